@@ -1,0 +1,96 @@
+//! The operations a Gemma-2 forward pass needs, behind one small trait, so that `model.rs`
+//! drives the CPU and the CUDA backend alike. Activations are f32 row-major [rows × cols];
+//! weight matrices stay in their stored type.
+
+use crate::error::Result;
+use crate::kv::CopyOp;
+use crate::weights::Tensor;
+
+/// Per-token and per-sequence layout of one batch, for attention.
+#[derive(Debug, Clone, Default)]
+pub struct AttentionMeta {
+    /// Position of each token of the batch.
+    pub positions: Vec<u32>,
+    /// Index into `spans` of each token.
+    pub span_of: Vec<u32>,
+    /// Block table of each sequence in the batch (positions 0..=its last in this batch).
+    pub spans: Vec<Vec<u32>>,
+    pub block_size: usize,
+}
+
+/// Static attention parameters of a layer.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionParams {
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    /// `query_pre_attn_scalar^-0.5`.
+    pub scale: f32,
+    pub softcap: Option<f32>,
+    /// Sliding window of this layer: keys q − window + 1 ..= q.
+    pub window: Option<usize>,
+}
+
+pub trait Backend: Send + Sync + 'static {
+    /// Activations [rows × cols], f32.
+    type Act: Send;
+    /// A weight matrix [out × in] in its stored type.
+    type Matrix: Send + Sync;
+    /// A small f32 vector (norm weights).
+    type Vector: Send + Sync;
+    /// KV storage for every layer.
+    type Kv: Send;
+
+    fn name(&self) -> String;
+
+    fn matrix(&self, t: &Tensor) -> Result<Self::Matrix>;
+    fn vector(&self, v: &[f32]) -> Result<Self::Vector>;
+    fn new_kv(
+        &self,
+        layers: usize,
+        num_blocks: usize,
+        block_size: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<Self::Kv>;
+
+    /// Rows of the embedding table, times `scale`.
+    fn embed(&self, table: &Self::Matrix, tokens: &[u32], scale: f32) -> Self::Act;
+    /// `x * rsqrt(mean(x²) + eps) * (1 + w)` per row.
+    fn rms_norm(&self, x: &Self::Act, w: &Self::Vector, eps: f32) -> Self::Act;
+    /// `residual += rms_norm(x)`.
+    fn add_rms_norm(&self, residual: &mut Self::Act, x: &Self::Act, w: &Self::Vector, eps: f32);
+    /// `x · wᵀ`.
+    fn linear(&self, x: &Self::Act, w: &Self::Matrix) -> Self::Act;
+    /// Rotary embedding in place on `heads` heads of `head_dim` per row, with the row's
+    /// `cos`/`sin` tables ([rows × head_dim/2]).
+    fn rope(&self, x: &mut Self::Act, heads: usize, head_dim: usize, cos: &[f32], sin: &[f32]);
+    /// `gelu_tanh(gate) * up`.
+    fn gelu_mul(&self, gate: &Self::Act, up: &Self::Act) -> Self::Act;
+    /// `tanh(x / cap) * cap` in place.
+    fn softcap(&self, x: &mut Self::Act, cap: f32);
+    /// Writes each row's K and V into its slot.
+    fn write_kv(
+        &self,
+        kv: &mut Self::Kv,
+        layer: usize,
+        k: &Self::Act,
+        v: &Self::Act,
+        slots: &[usize],
+    );
+    /// Copy-on-write of partial blocks, in every layer.
+    fn copy_blocks(&self, kv: &mut Self::Kv, ops: &[CopyOp]);
+    /// Paged attention of each query row over its sequence's cached keys and values.
+    fn attention(
+        &self,
+        kv: &Self::Kv,
+        layer: usize,
+        q: &Self::Act,
+        meta: &AttentionMeta,
+        p: AttentionParams,
+    ) -> Self::Act;
+    /// The given rows, in order.
+    fn gather_rows(&self, x: &Self::Act, rows: &[usize]) -> Self::Act;
+    /// Rows × cols on the host.
+    fn to_host(&self, x: &Self::Act) -> (usize, usize, Vec<f32>);
+}

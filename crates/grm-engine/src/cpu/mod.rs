@@ -1,0 +1,195 @@
+//! The CPU backend: AVX2/FMA kernels where the machine has them, a portable path otherwise,
+//! both in the same order of operations. Weights are read in place from the memory-mapped
+//! files; rayon's pool supplies the threads.
+
+pub mod attention;
+pub mod kv;
+pub mod matmul;
+pub mod ops;
+pub mod simd;
+
+use crate::backend::{AttentionMeta, AttentionParams, Backend};
+use crate::error::Result;
+use crate::kv::CopyOp;
+use crate::weights::Tensor;
+use matmul::WeightRef;
+
+/// Activations on the host, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CpuAct {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+impl CpuAct {
+    pub fn zeros(rows: usize, cols: usize) -> Self {
+        Self {
+            rows,
+            cols,
+            data: vec![0.0; rows * cols],
+        }
+    }
+}
+
+/// A weight matrix [rows × cols] in the mapped file.
+pub struct CpuMatrix {
+    tensor: Tensor,
+    rows: usize,
+    cols: usize,
+}
+
+impl CpuMatrix {
+    fn as_ref(&self) -> WeightRef<'_> {
+        WeightRef {
+            dtype: self.tensor.dtype,
+            bytes: self.tensor.bytes(),
+            rows: self.rows,
+            cols: self.cols,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuBackend;
+
+impl Backend for CpuBackend {
+    type Act = CpuAct;
+    type Matrix = CpuMatrix;
+    type Vector = Vec<f32>;
+    type Kv = kv::CpuKv;
+
+    fn name(&self) -> String {
+        let isa = if simd::has_avx2() {
+            "avx2+fma"
+        } else {
+            "portable"
+        };
+        format!("cpu ({isa}, {} threads)", rayon::current_num_threads())
+    }
+
+    fn matrix(&self, t: &Tensor) -> Result<CpuMatrix> {
+        let (rows, cols) = match t.shape.as_slice() {
+            [r, c] => (*r, *c),
+            [c] => (1, *c),
+            s => (s[0], s[1..].iter().product()),
+        };
+        Ok(CpuMatrix {
+            tensor: t.clone(),
+            rows,
+            cols,
+        })
+    }
+
+    fn vector(&self, v: &[f32]) -> Result<Vec<f32>> {
+        Ok(v.to_vec())
+    }
+
+    fn new_kv(
+        &self,
+        layers: usize,
+        num_blocks: usize,
+        block_size: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<kv::CpuKv> {
+        Ok(kv::CpuKv::new(
+            layers, num_blocks, block_size, kv_heads, head_dim,
+        ))
+    }
+
+    fn embed(&self, table: &CpuMatrix, tokens: &[u32], scale: f32) -> CpuAct {
+        let cols = table.cols;
+        let mut out = CpuAct::zeros(tokens.len(), cols);
+        let w = table.as_ref();
+        for (row, &tok) in out.data.chunks_exact_mut(cols).zip(tokens) {
+            let base = tok as usize * cols;
+            for (c, o) in row.iter_mut().enumerate() {
+                *o = crate::weights::element(w.bytes, w.dtype, base + c) * scale;
+            }
+        }
+        out
+    }
+
+    fn rms_norm(&self, x: &CpuAct, w: &Vec<f32>, eps: f32) -> CpuAct {
+        let mut out = CpuAct::zeros(x.rows, x.cols);
+        ops::rms_norm(&x.data, w, eps, &mut out.data);
+        out
+    }
+
+    fn add_rms_norm(&self, residual: &mut CpuAct, x: &CpuAct, w: &Vec<f32>, eps: f32) {
+        ops::add_rms_norm(&mut residual.data, &x.data, w, eps);
+    }
+
+    fn linear(&self, x: &CpuAct, w: &CpuMatrix) -> CpuAct {
+        let mut out = CpuAct::zeros(x.rows, w.rows);
+        matmul::linear(&x.data, x.rows, w.as_ref(), &mut out.data);
+        out
+    }
+
+    fn rope(&self, x: &mut CpuAct, heads: usize, head_dim: usize, cos: &[f32], sin: &[f32]) {
+        let half = head_dim / 2;
+        for (r, row) in x.data.chunks_exact_mut(x.cols).enumerate() {
+            ops::rope_row(
+                row,
+                heads,
+                head_dim,
+                &cos[r * half..(r + 1) * half],
+                &sin[r * half..(r + 1) * half],
+            );
+        }
+    }
+
+    fn gelu_mul(&self, gate: &CpuAct, up: &CpuAct) -> CpuAct {
+        let mut out = CpuAct::zeros(gate.rows, gate.cols);
+        ops::gelu_mul(&gate.data, &up.data, &mut out.data);
+        out
+    }
+
+    fn softcap(&self, x: &mut CpuAct, cap: f32) {
+        ops::softcap(&mut x.data, cap);
+    }
+
+    fn write_kv(&self, kv: &mut kv::CpuKv, layer: usize, k: &CpuAct, v: &CpuAct, slots: &[usize]) {
+        for (i, &slot) in slots.iter().enumerate() {
+            let (kr, vr) = (
+                &k.data[i * k.cols..(i + 1) * k.cols],
+                &v.data[i * v.cols..(i + 1) * v.cols],
+            );
+            kv.write(layer, slot, kr, vr);
+        }
+    }
+
+    fn copy_blocks(&self, kv: &mut kv::CpuKv, ops: &[CopyOp]) {
+        for &op in ops {
+            kv.copy(op);
+        }
+    }
+
+    fn attention(
+        &self,
+        kv: &kv::CpuKv,
+        layer: usize,
+        q: &CpuAct,
+        meta: &AttentionMeta,
+        p: AttentionParams,
+    ) -> CpuAct {
+        CpuAct {
+            rows: q.rows,
+            cols: q.cols,
+            data: attention::attention(kv, layer, &q.data, meta, p),
+        }
+    }
+
+    fn gather_rows(&self, x: &CpuAct, rows: &[usize]) -> CpuAct {
+        let mut out = CpuAct::zeros(rows.len(), x.cols);
+        for (o, &r) in out.data.chunks_exact_mut(x.cols).zip(rows) {
+            o.copy_from_slice(&x.data[r * x.cols..(r + 1) * x.cols]);
+        }
+        out
+    }
+
+    fn to_host(&self, x: &CpuAct) -> (usize, usize, Vec<f32>) {
+        (x.rows, x.cols, x.data.clone())
+    }
+}

@@ -1,0 +1,222 @@
+//! Vector primitives with one fixed order of floating-point operations.
+//!
+//! Every reduction here accumulates in 8 lanes (lane j takes elements j, j+8, …), folds the
+//! lanes in one fixed tree and then adds the tail in order, with fused multiply-adds
+//! throughout. The AVX2 path and the portable path follow exactly this order, so a value
+//! never depends on how many rows were computed with it: the same token gets the same bits in
+//! a batch of 1 or of 200, in prefill or in decode. That is what lets prefix caching,
+//! preemption and continuous batching leave outputs unchanged.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Whether the AVX2 + FMA + F16C path can run here (checked once, then cached by std).
+#[inline]
+pub fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The fixed fold of 8 lanes: ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)).
+#[inline]
+pub fn fold8(l: &[f32; 8]) -> f32 {
+    ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
+}
+
+/// The same fold on a vector register.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA ([`has_avx2`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+pub unsafe fn hsum(v: __m256) -> f32 {
+    let lo = _mm256_castps256_ps128(v);
+    let hi = _mm256_extractf128_ps(v, 1);
+    let s = _mm_add_ps(lo, hi); // l0+l4, l1+l5, l2+l6, l3+l7
+    let s2 = _mm_add_ps(s, _mm_movehl_ps(s, s)); // (l0+l4)+(l2+l6), (l1+l5)+(l3+l7)
+    _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))
+}
+
+/// Σ a[i]·b[i] in the fixed order.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the features were checked just above.
+        return unsafe { dot_avx2(a, b) };
+    }
+    dot_portable(a, b)
+}
+
+pub fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let body = n / 8 * 8;
+    let mut lanes = [0f32; 8];
+    for c in (0..body).step_by(8) {
+        for j in 0..8 {
+            lanes[j] = a[c + j].mul_add(b[c + j], lanes[j]);
+        }
+    }
+    let mut s = fold8(&lanes);
+    for i in body..n {
+        s = a[i].mul_add(b[i], s);
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let body = n / 8 * 8;
+    let mut acc = _mm256_setzero_ps();
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut c = 0;
+    while c < body {
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(c)), _mm256_loadu_ps(pb.add(c)), acc);
+        c += 8;
+    }
+    let mut s = hsum(acc);
+    for i in body..n {
+        s = a[i].mul_add(b[i], s);
+    }
+    s
+}
+
+/// y[i] += a · x[i] (element-wise, so any vector width gives the same bits).
+#[inline]
+pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = a.mul_add(x, *y);
+    }
+}
+
+/// e^x for f32, accurate to about 2 ulp over the range that does not overflow; one scalar
+/// definition so that every caller gets identical bits.
+#[inline]
+pub fn exp(x: f32) -> f32 {
+    // Range reduction x = n·ln2 + r, |r| ≤ ln2/2, then a degree-6 polynomial for e^r
+    // (Cephes expf coefficients).
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    if x > 88.72 {
+        return f32::INFINITY;
+    }
+    if x < -103.97 {
+        return 0.0;
+    }
+    let n = (x * LOG2E).round();
+    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
+    let mut p = 1.987_569_1e-4_f32;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 5e-1);
+    let er = (p * r).mul_add(r, r) + 1.0;
+    // 2^n in two steps so that n down to -149 (subnormal results) stays exact.
+    let n = n as i32;
+    let half = n / 2;
+    er * pow2i(half) * pow2i(n - half)
+}
+
+#[inline]
+fn pow2i(n: i32) -> f32 {
+    f32::from_bits(((n + 127).clamp(0, 255) as u32) << 23)
+}
+
+/// tanh for f32 with absolute error below 1e-7.
+#[inline]
+pub fn tanh(x: f32) -> f32 {
+    let a = x.abs();
+    let t = if a < 0.625 {
+        // Odd polynomial near 0 (Cephes tanhf), where 1 − 2/(e^{2a}+1) would cancel.
+        let z = a * a;
+        let mut p = -5.704_988_7e-3_f32;
+        p = p.mul_add(z, 2.063_909e-2);
+        p = p.mul_add(z, -5.373_971e-2);
+        p = p.mul_add(z, 1.333_144_2e-1);
+        p = p.mul_add(z, -3.333_328e-1);
+        (p * z).mul_add(a, a)
+    } else if a > 9.0 {
+        1.0
+    } else {
+        1.0 - 2.0 / (exp(2.0 * a) + 1.0)
+    };
+    t.copysign(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_paths_agree_bit_for_bit() {
+        for n in [0usize, 1, 7, 8, 9, 31, 64, 100, 777] {
+            let a: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013)
+                .collect();
+            let b: Vec<f32> = (0..n)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.021)
+                .collect();
+            assert_eq!(
+                dot(&a, &b).to_bits(),
+                dot_portable(&a, &b).to_bits(),
+                "n={n}"
+            );
+            let exact: f64 = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| f64::from(*x) * f64::from(*y))
+                .sum();
+            assert!((f64::from(dot(&a, &b)) - exact).abs() < 1e-4 * (1.0 + exact.abs()));
+        }
+    }
+
+    #[test]
+    fn exp_is_accurate() {
+        let mut x = -100.0f32;
+        while x < 88.0 {
+            let want = f64::from(x).exp();
+            let got = f64::from(exp(x));
+            // Subnormal results keep absolute, not relative, precision.
+            let err = if x < -87.0 {
+                (got - want).abs() / 1e-38
+            } else {
+                ((got - want) / want).abs()
+            };
+            assert!(err < 3e-7, "exp({x}) = {got}, want {want}");
+            x += 0.0371;
+        }
+        assert_eq!(exp(-200.0), 0.0);
+        assert_eq!(exp(100.0), f32::INFINITY);
+        assert_eq!(exp(0.0), 1.0);
+    }
+
+    #[test]
+    fn tanh_is_accurate() {
+        let mut x = -12.0f32;
+        while x < 12.0 {
+            let want = f64::from(x).tanh();
+            let got = f64::from(tanh(x));
+            assert!(
+                (got - want).abs() < 1.2e-7,
+                "tanh({x}) = {got}, want {want}"
+            );
+            x += 0.00713;
+        }
+        assert_eq!(tanh(0.0), 0.0);
+        assert_eq!(tanh(-1e-30), -1e-30);
+    }
+}

@@ -1,0 +1,285 @@
+//! The engine on its own thread, driven through channels: submit a prompt with k samples (or
+//! a scoring), receive each event as it happens, cancel. A gRPC worker calls this directly.
+
+use crate::backend::Backend;
+use crate::error::{EngineError, Result};
+use crate::kv::KvStats;
+use crate::model::Gemma2;
+use crate::scheduler::{Event, RequestId, Scheduler, SchedulerConfig, SchedulerCounters, Work};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+
+/// How the engine is set up.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// KV blocks; `None` sizes the pool from `kv_memory_bytes`.
+    pub num_blocks: Option<usize>,
+    /// Memory for the KV pool when `num_blocks` is not given; `None`: a quarter of the
+    /// memory available now.
+    pub kv_memory_bytes: Option<usize>,
+    /// Keep full blocks for reuse by later prompts.
+    pub prefix_caching: bool,
+    /// Compute threads (`None`: one per core).
+    pub threads: Option<usize>,
+    pub scheduler: SchedulerConfig,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            block_size: 16,
+            num_blocks: None,
+            kv_memory_bytes: None,
+            prefix_caching: true,
+            threads: None,
+            scheduler: SchedulerConfig::default(),
+        }
+    }
+}
+
+/// A snapshot of the engine's state.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct EngineStats {
+    pub kv: KvStats,
+    pub scheduler: SchedulerCounters,
+}
+
+enum Command {
+    Submit {
+        id: RequestId,
+        work: Work,
+        events: mpsc::UnboundedSender<Event>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Cancel(RequestId),
+}
+
+/// A handle to a running engine; cheap to clone. The engine stops when every handle is gone.
+#[derive(Clone)]
+pub struct Engine {
+    tx: mpsc::UnboundedSender<Command>,
+    stats: Arc<Mutex<EngineStats>>,
+    next_id: Arc<AtomicU64>,
+    pub info: Arc<EngineInfo>,
+}
+
+/// What the engine serves.
+#[derive(Debug, Clone)]
+pub struct EngineInfo {
+    pub config: crate::config::ModelConfig,
+    pub backend: String,
+    pub num_blocks: usize,
+    pub block_size: usize,
+    pub kv_bytes: usize,
+}
+
+/// A submitted request: its events, in order. Dropping it cancels the request.
+pub struct Submission {
+    pub id: RequestId,
+    pub events: mpsc::UnboundedReceiver<Event>,
+    cancel: Option<mpsc::UnboundedSender<Command>>,
+}
+
+impl Submission {
+    /// The next event, or `None` once the request is over.
+    pub async fn next(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// Blocking form of [`Submission::next`], for callers outside an async runtime.
+    pub fn next_blocking(&mut self) -> Option<Event> {
+        self.events.blocking_recv()
+    }
+}
+
+impl Drop for Submission {
+    fn drop(&mut self) {
+        if let Some(tx) = self.cancel.take() {
+            let _ = tx.send(Command::Cancel(self.id));
+        }
+    }
+}
+
+/// Memory the OS reports as available now, in bytes (Linux), if it can tell.
+pub fn available_memory() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+impl Engine {
+    /// Starts the engine thread for a loaded model.
+    pub fn start<B: Backend>(model: Gemma2<B>, opts: EngineOptions) -> Result<Engine> {
+        let block_bytes = model.kv_bytes_per_token() * opts.block_size;
+        let num_blocks = match opts.num_blocks {
+            Some(n) => n,
+            None => {
+                let budget = opts
+                    .kv_memory_bytes
+                    .or_else(|| available_memory().map(|m| m / 4))
+                    .unwrap_or(1 << 30);
+                (budget / block_bytes).max(1)
+            }
+        };
+        let mut pool = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("grm-compute-{i}"));
+        if let Some(t) = opts.threads {
+            pool = pool.num_threads(t);
+        }
+        let pool = pool
+            .build()
+            .map_err(|e| EngineError::Invalid(format!("cannot start compute threads: {e}")))?;
+        let info = Arc::new(EngineInfo {
+            config: model.config.clone(),
+            backend: pool.install(|| model.backend().name()),
+            num_blocks,
+            block_size: opts.block_size,
+            kv_bytes: num_blocks * block_bytes,
+        });
+        let scheduler = Scheduler::new(
+            model,
+            num_blocks,
+            opts.block_size,
+            opts.prefix_caching,
+            opts.scheduler,
+        )?;
+        let stats = Arc::new(Mutex::new(EngineStats {
+            kv: scheduler.kv_stats(),
+            scheduler: scheduler.counters(),
+        }));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::clone(&stats);
+        std::thread::Builder::new()
+            .name("grm-engine".into())
+            .spawn(move || pool.install(|| run(scheduler, rx, shared)))
+            .map_err(|e| EngineError::Invalid(format!("cannot start the engine thread: {e}")))?;
+        Ok(Engine {
+            tx,
+            stats,
+            next_id: Arc::new(AtomicU64::new(1)),
+            info,
+        })
+    }
+
+    /// Queues a request; its events arrive on the returned submission.
+    pub async fn submit(&self, work: Work) -> Result<Submission> {
+        let (reply, rx) = self.send_submit(work)?;
+        rx.await.map_err(|_| EngineError::Stopped)??;
+        Ok(reply)
+    }
+
+    /// [`Engine::submit`] for callers outside an async runtime.
+    pub fn submit_blocking(&self, work: Work) -> Result<Submission> {
+        let (reply, rx) = self.send_submit(work)?;
+        rx.blocking_recv().map_err(|_| EngineError::Stopped)??;
+        Ok(reply)
+    }
+
+    fn send_submit(&self, work: Work) -> Result<(Submission, oneshot::Receiver<Result<()>>)> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let (reply, reply_rx) = oneshot::channel();
+        self.tx
+            .send(Command::Submit {
+                id,
+                work,
+                events: events_tx,
+                reply,
+            })
+            .map_err(|_| EngineError::Stopped)?;
+        Ok((
+            Submission {
+                id,
+                events,
+                cancel: Some(self.tx.clone()),
+            },
+            reply_rx,
+        ))
+    }
+
+    /// Cancels a request (also done by dropping its submission).
+    pub fn cancel(&self, id: RequestId) {
+        let _ = self.tx.send(Command::Cancel(id));
+    }
+
+    /// The state after the last step.
+    pub fn stats(&self) -> EngineStats {
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn run<B: Backend>(
+    mut sched: Scheduler<B>,
+    mut rx: mpsc::UnboundedReceiver<Command>,
+    stats: Arc<Mutex<EngineStats>>,
+) {
+    let mut sinks: HashMap<RequestId, mpsc::UnboundedSender<Event>> = HashMap::new();
+    let publish = |sched: &Scheduler<B>| {
+        *stats.lock().unwrap_or_else(|e| e.into_inner()) = EngineStats {
+            kv: sched.kv_stats(),
+            scheduler: sched.counters(),
+        };
+    };
+    loop {
+        if sched.is_idle() {
+            publish(&sched);
+            match rx.blocking_recv() {
+                Some(cmd) => handle(&mut sched, &mut sinks, cmd),
+                None => return,
+            }
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(cmd) => handle(&mut sched, &mut sinks, cmd),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    if sched.is_idle() {
+                        return;
+                    }
+                    break;
+                }
+            }
+        }
+        for (id, event) in sched.step() {
+            if let Some(tx) = sinks.get(&id) {
+                if tx.send(event).is_err() {
+                    // Nobody listens any more: free the request's blocks now.
+                    sched.cancel(id);
+                    sinks.remove(&id);
+                }
+            }
+        }
+        // Requests that ended: dropping their sink ends the receiver's stream.
+        sinks.retain(|id, _| sched.has_request(*id));
+        publish(&sched);
+    }
+}
+
+fn handle<B: Backend>(
+    sched: &mut Scheduler<B>,
+    sinks: &mut HashMap<RequestId, mpsc::UnboundedSender<Event>>,
+    cmd: Command,
+) {
+    match cmd {
+        Command::Submit {
+            id,
+            work,
+            events,
+            reply,
+        } => {
+            let r = sched.submit(id, work);
+            if r.is_ok() {
+                sinks.insert(id, events);
+            }
+            let _ = reply.send(r);
+        }
+        Command::Cancel(id) => {
+            sched.cancel(id);
+            sinks.remove(&id);
+        }
+    }
+}

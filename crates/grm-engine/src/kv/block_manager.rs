@@ -1,0 +1,346 @@
+//! Block tables of the sequences over the block pool and the prefix cache: admission of a
+//! prompt (reusing cached prefix blocks), a slot per new token (with copy-on-write of a shared
+//! partial block), fork, free, and the accounting. Only the scheduler calls this.
+
+use super::block_pool::{BlockId, BlockPool};
+use super::prefix_cache::{PrefixCache, ROOT_HASH};
+use std::collections::HashMap;
+
+/// Identifies a sequence in the engine.
+pub type SeqId = u64;
+
+/// A sequence's blocks: position p lives in `blocks[p / block_size]` at `p % block_size`.
+#[derive(Debug, Clone, Default)]
+pub struct BlockTable {
+    pub blocks: Vec<BlockId>,
+    /// Positions with a reserved slot (their KV is written, or is written by this step).
+    pub num_tokens: usize,
+    /// Key of the last block registered in the prefix cache, and how many are registered.
+    chain: u64,
+    registered: usize,
+}
+
+/// Copy the first `slots` slots of block `src` into block `dst` (copy-on-write).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyOp {
+    pub src: BlockId,
+    pub dst: BlockId,
+    pub slots: usize,
+}
+
+/// Where the KV cache stands, readable at any time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KvStats {
+    pub block_size: usize,
+    pub blocks_total: usize,
+    /// On the free list.
+    pub blocks_free: usize,
+    /// Referenced by at least one sequence.
+    pub blocks_used: usize,
+    /// Referenced by more than one sequence (e.g. a prompt forked into k samples).
+    pub blocks_shared: usize,
+    /// Registered in the prefix cache (used or not).
+    pub blocks_cached: usize,
+    /// Cached and unreferenced: reusable by a later prompt, evicted when blocks run out.
+    pub blocks_evictable: usize,
+    pub prefix_hits: u64,
+    pub prefix_lookups: u64,
+}
+
+impl KvStats {
+    /// Blocks a new sequence could get: free, or evictable from the prefix cache.
+    pub fn blocks_available(&self) -> usize {
+        self.blocks_free + self.blocks_evictable
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutOfBlocks;
+
+#[derive(Debug)]
+pub struct BlockManager {
+    pool: BlockPool,
+    cache: PrefixCache,
+    block_size: usize,
+    tables: HashMap<SeqId, BlockTable>,
+    prefix_caching: bool,
+}
+
+impl BlockManager {
+    pub fn new(num_blocks: usize, block_size: usize, prefix_caching: bool) -> Self {
+        assert!(block_size > 0);
+        Self {
+            pool: BlockPool::new(num_blocks),
+            cache: PrefixCache::default(),
+            block_size,
+            tables: HashMap::new(),
+            prefix_caching,
+        }
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    pub fn table(&self, seq: SeqId) -> Option<&BlockTable> {
+        self.tables.get(&seq)
+    }
+
+    pub fn stats(&self) -> KvStats {
+        let (used, shared) = self.pool.used_and_shared();
+        let (cached, evictable) = self.cache.counts();
+        KvStats {
+            block_size: self.block_size,
+            blocks_total: self.pool.num_blocks(),
+            blocks_free: self.pool.num_free(),
+            blocks_used: used,
+            blocks_shared: shared,
+            blocks_cached: cached,
+            blocks_evictable: evictable,
+            prefix_hits: self.cache.hits,
+            prefix_lookups: self.cache.lookups,
+        }
+    }
+
+    /// Blocks needed to hold `tokens` positions.
+    pub fn blocks_for(&self, tokens: usize) -> usize {
+        tokens.div_ceil(self.block_size)
+    }
+
+    fn alloc(&mut self) -> Option<BlockId> {
+        if let Some(id) = self.pool.alloc() {
+            return Some(id);
+        }
+        let id = self.cache.evict()?;
+        self.pool.retain(id);
+        Some(id)
+    }
+
+    fn release(&mut self, id: BlockId) {
+        if self.pool.release(id) {
+            if self.cache.contains(id) {
+                self.cache.park(id);
+            } else {
+                self.pool.put_free(id);
+            }
+        }
+    }
+
+    fn retain(&mut self, id: BlockId) {
+        self.pool.retain(id);
+        if self.pool.ref_count(id) == 1 {
+            self.cache.unpark(id);
+        }
+    }
+
+    /// Gives a new sequence blocks for its whole prompt, reusing cached full blocks of its
+    /// prefix. Returns how many leading tokens are already in the cache (their KV need not be
+    /// computed). At least one token is always left to compute, so the caller gets logits.
+    /// Changes nothing when the blocks do not suffice.
+    pub fn admit(&mut self, seq: SeqId, tokens: &[u32]) -> Result<usize, OutOfBlocks> {
+        assert!(!tokens.is_empty() && !self.tables.contains_key(&seq));
+        let bs = self.block_size;
+        let mut hits: Vec<(BlockId, u64)> = Vec::new();
+        if self.prefix_caching {
+            let mut chain = ROOT_HASH;
+            for chunk in tokens[..tokens.len() - 1].chunks_exact(bs) {
+                match self.cache.lookup(chain, chunk) {
+                    Some((id, key)) => {
+                        hits.push((id, key));
+                        chain = key;
+                    }
+                    None => break,
+                }
+            }
+        }
+        let parked_hits = hits
+            .iter()
+            .filter(|(id, _)| self.pool.ref_count(*id) == 0)
+            .count();
+        let new = self.blocks_for(tokens.len()) - hits.len();
+        if new > self.stats().blocks_available() - parked_hits {
+            // Undo the hit count of a lookup that did not lead to admission.
+            self.cache.hits -= hits.len() as u64;
+            return Err(OutOfBlocks);
+        }
+        let mut table = BlockTable {
+            blocks: Vec::with_capacity(hits.len() + new),
+            num_tokens: hits.len() * bs,
+            chain: hits.last().map_or(ROOT_HASH, |h| h.1),
+            registered: hits.len(),
+        };
+        for &(id, _) in &hits {
+            self.retain(id);
+            table.blocks.push(id);
+        }
+        for _ in 0..new {
+            let id = self.alloc().expect("availability was checked");
+            table.blocks.push(id);
+        }
+        self.tables.insert(seq, table);
+        Ok(hits.len() * bs)
+    }
+
+    /// Reserves the slots of the next `count` positions of an admitted prompt (chunked
+    /// prefill); their blocks were allocated at admission.
+    pub fn reserve_prompt(&mut self, seq: SeqId, count: usize) -> Vec<usize> {
+        let bs = self.block_size;
+        let t = self.tables.get_mut(&seq).expect("admitted sequence");
+        let start = t.num_tokens;
+        assert!(
+            start + count <= t.blocks.len() * bs,
+            "prompt slots beyond admission"
+        );
+        t.num_tokens += count;
+        (start..start + count)
+            .map(|p| t.blocks[p / bs] as usize * bs + p % bs)
+            .collect()
+    }
+
+    /// Reserves the slot of the next position of a sequence, allocating a block when the last
+    /// is full, or copying a shared partial last block (the copy is returned for the KV
+    /// storage to perform before the slot is written).
+    pub fn append_slot(&mut self, seq: SeqId) -> Result<(usize, Option<CopyOp>), OutOfBlocks> {
+        let bs = self.block_size;
+        let (pos, last, have) = {
+            let t = &self.tables[&seq];
+            (t.num_tokens, t.blocks.last().copied(), t.blocks.len())
+        };
+        let mut copy = None;
+        if pos == have * bs {
+            let id = self.alloc().ok_or(OutOfBlocks)?;
+            self.tables.get_mut(&seq).expect("seq").blocks.push(id);
+        } else if let Some(last) = last.filter(|&b| self.pool.ref_count(b) > 1) {
+            let id = self.alloc().ok_or(OutOfBlocks)?;
+            self.release(last);
+            *self
+                .tables
+                .get_mut(&seq)
+                .expect("seq")
+                .blocks
+                .last_mut()
+                .expect("block") = id;
+            copy = Some(CopyOp {
+                src: last,
+                dst: id,
+                slots: pos % bs,
+            });
+        }
+        let t = self.tables.get_mut(&seq).expect("seq");
+        t.num_tokens += 1;
+        Ok((t.blocks[pos / bs] as usize * bs + pos % bs, copy))
+    }
+
+    /// Registers the sequence's newly full blocks in the prefix cache. `tokens` are the
+    /// sequence's tokens from position 0 (at least `num_tokens` of them).
+    pub fn register_full_blocks(&mut self, seq: SeqId, tokens: &[u32]) {
+        if !self.prefix_caching {
+            return;
+        }
+        let bs = self.block_size;
+        let Some(t) = self.tables.get_mut(&seq) else {
+            return;
+        };
+        let full = t.num_tokens.min(tokens.len()) / bs;
+        while t.registered < full {
+            let i = t.registered;
+            t.chain = self
+                .cache
+                .insert(t.blocks[i], t.chain, &tokens[i * bs..(i + 1) * bs]);
+            t.registered += 1;
+        }
+    }
+
+    /// A new sequence sharing every block of `parent` (its prompt, typically).
+    pub fn fork(&mut self, parent: SeqId, child: SeqId) {
+        let t = self.tables[&parent].clone();
+        for &id in &t.blocks {
+            self.retain(id);
+        }
+        self.tables.insert(child, t);
+    }
+
+    /// Drops a sequence's blocks (cached ones stay reusable until evicted).
+    pub fn free(&mut self, seq: SeqId) {
+        if let Some(t) = self.tables.remove(&seq) {
+            for id in t.blocks {
+                self.release(id);
+            }
+        }
+    }
+
+    /// Sequences with a block table.
+    pub fn num_sequences(&self) -> usize {
+        self.tables.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fork_shares_and_copy_on_write_splits() {
+        let mut m = BlockManager::new(16, 4, true);
+        let prompt: Vec<u32> = (0..10).collect(); // 2 full blocks + 2 tokens
+        assert_eq!(m.admit(1, &prompt), Ok(0));
+        let slots = m.reserve_prompt(1, 10);
+        assert_eq!(slots.len(), 10);
+        m.register_full_blocks(1, &prompt);
+        for c in 2..5 {
+            m.fork(1, c);
+        }
+        let s = m.stats();
+        assert_eq!((s.blocks_used, s.blocks_shared), (3, 3));
+        // The first append of each child copies the shared partial block.
+        let (slot, copy) = m.append_slot(2).unwrap();
+        let copy = copy.expect("copy-on-write");
+        assert_eq!(copy.slots, 2);
+        assert_eq!(slot, copy.dst as usize * 4 + 2);
+        // The full prompt blocks stay shared by all four.
+        let s = m.stats();
+        assert_eq!(s.blocks_used, 4);
+        assert_eq!(s.blocks_shared, 3);
+        for c in 1..5 {
+            m.free(c);
+        }
+        let s = m.stats();
+        assert_eq!(s.blocks_used, 0);
+        assert_eq!(s.blocks_available(), 16);
+        assert_eq!(s.blocks_cached, 2);
+    }
+
+    #[test]
+    fn prefix_cache_serves_full_blocks_and_leaves_one_token() {
+        let mut m = BlockManager::new(8, 4, true);
+        let a: Vec<u32> = (0..9).collect();
+        m.admit(1, &a).unwrap();
+        m.reserve_prompt(1, 9);
+        m.register_full_blocks(1, &a);
+        m.free(1);
+        // Same first 8 tokens, then different.
+        let b: Vec<u32> = (0..8).chain([99, 98]).collect();
+        assert_eq!(m.admit(2, &b), Ok(8));
+        assert_eq!(m.stats().prefix_hits, 2);
+        // A prompt that is exactly the cached blocks recomputes its last block.
+        let c: Vec<u32> = (0..8).collect();
+        assert_eq!(m.admit(3, &c), Ok(4));
+    }
+
+    #[test]
+    fn admission_is_all_or_nothing_and_eviction_is_lru() {
+        let mut m = BlockManager::new(4, 2, true);
+        let a = [1u32, 2, 3, 4, 5];
+        m.admit(1, &a).unwrap(); // 3 blocks
+        m.reserve_prompt(1, 5);
+        m.register_full_blocks(1, &a);
+        assert_eq!(m.admit(2, &[7, 7, 7, 7, 7]), Err(OutOfBlocks));
+        assert_eq!(m.stats().blocks_free, 1);
+        m.free(1);
+        // Two cached blocks are evictable; a 4-block prompt evicts both.
+        assert_eq!(m.stats().blocks_evictable, 2);
+        m.admit(2, &[7, 7, 7, 7, 7, 7, 7]).unwrap();
+        let s = m.stats();
+        assert_eq!((s.blocks_free, s.blocks_cached, s.blocks_used), (0, 0, 4));
+    }
+}

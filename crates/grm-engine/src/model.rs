@@ -1,0 +1,300 @@
+//! Gemma-2, top-down, exactly as HF transformers computes it (DESIGN.md §3), over any
+//! [`Backend`]:
+//!
+//! embedding × √hidden (the factor rounded to the weight dtype) → per layer
+//! [RMSNorm → attention (GQA, RoPE, scale `query_pre_attn_scalar^-½`, tanh softcap, sliding
+//! window on sliding layers) → RMSNorm → residual; RMSNorm → GeGLU MLP → RMSNorm → residual]
+//! → final RMSNorm → tied LM head with the final softcap, or the scalar `score` head.
+
+use crate::backend::{AttentionMeta, AttentionParams, Backend};
+use crate::config::{Head, ModelConfig};
+use crate::error::{EngineError, Result};
+use crate::kv::CopyOp;
+use crate::rope::rope_tables;
+use crate::weights::{Tensor, WeightStore};
+use std::path::Path;
+
+struct Layer<B: Backend> {
+    input_norm: B::Vector,
+    q: B::Matrix,
+    k: B::Matrix,
+    v: B::Matrix,
+    o: B::Matrix,
+    post_attn_norm: B::Vector,
+    pre_ff_norm: B::Vector,
+    gate: B::Matrix,
+    up: B::Matrix,
+    down: B::Matrix,
+    post_ff_norm: B::Vector,
+    attn: AttentionParams,
+}
+
+enum TopHead<B: Backend> {
+    /// Logits over the vocabulary; `None` is tied to the embedding.
+    Lm(Option<B::Matrix>),
+    /// `score.weight` of a sequence-classification model.
+    Score(B::Matrix),
+}
+
+/// What one forward step computes: new tokens of several sequences at once.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardBatch {
+    /// Every new token of the step, sequence after sequence.
+    pub tokens: Vec<u32>,
+    /// The KV slot of each token (block × block_size + offset).
+    pub slots: Vec<usize>,
+    /// Positions and block tables for attention.
+    pub meta: AttentionMeta,
+    /// Copy-on-write of shared partial blocks, done before anything is written.
+    pub copies: Vec<CopyOp>,
+    /// Rows (indices into `tokens`) whose logits (or scores) are wanted, in order.
+    pub outputs: Vec<usize>,
+}
+
+/// Rows × cols of f32: logits (causal LM) or scores (sequence classification).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outputs {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+impl Outputs {
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.cols..(i + 1) * self.cols]
+    }
+}
+
+pub struct Gemma2<B: Backend> {
+    pub config: ModelConfig,
+    backend: B,
+    embed: B::Matrix,
+    embed_scale: f32,
+    layers: Vec<Layer<B>>,
+    final_norm: B::Vector,
+    head: TopHead<B>,
+    weight_bytes: usize,
+}
+
+impl<B: Backend> Gemma2<B> {
+    /// Loads a HuggingFace model directory (config.json + safetensors).
+    pub fn load(dir: &Path, backend: B) -> Result<Self> {
+        let config = ModelConfig::load(dir)?;
+        let store = WeightStore::open(dir)?;
+        Self::from_store(config, &store, backend)
+    }
+
+    pub fn from_store(config: ModelConfig, store: &WeightStore, backend: B) -> Result<Self> {
+        let c = &config;
+        let (h, q_out, kv_out) = (
+            c.hidden_size,
+            c.num_heads * c.head_dim,
+            c.num_kv_heads * c.head_dim,
+        );
+        let matrix = |name: &str, shape: &[usize]| -> Result<B::Matrix> {
+            backend.matrix(&store.get(name, shape)?)
+        };
+        let vector =
+            |name: &str| -> Result<B::Vector> { backend.vector(&store.get(name, &[h])?.to_f32()) };
+
+        let embed_t: Tensor = store.get("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        // HF: hidden * torch.tensor(hidden_size ** 0.5, dtype=weight dtype).
+        let embed_scale = embed_t.dtype.round((h as f64).sqrt() as f32);
+        let embed = backend.matrix(&embed_t)?;
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Layer {
+                input_norm: vector(&format!("{p}.input_layernorm.weight"))?,
+                q: matrix(&format!("{p}.self_attn.q_proj.weight"), &[q_out, h])?,
+                k: matrix(&format!("{p}.self_attn.k_proj.weight"), &[kv_out, h])?,
+                v: matrix(&format!("{p}.self_attn.v_proj.weight"), &[kv_out, h])?,
+                o: matrix(&format!("{p}.self_attn.o_proj.weight"), &[h, q_out])?,
+                post_attn_norm: vector(&format!("{p}.post_attention_layernorm.weight"))?,
+                pre_ff_norm: vector(&format!("{p}.pre_feedforward_layernorm.weight"))?,
+                gate: matrix(
+                    &format!("{p}.mlp.gate_proj.weight"),
+                    &[c.intermediate_size, h],
+                )?,
+                up: matrix(
+                    &format!("{p}.mlp.up_proj.weight"),
+                    &[c.intermediate_size, h],
+                )?,
+                down: matrix(
+                    &format!("{p}.mlp.down_proj.weight"),
+                    &[h, c.intermediate_size],
+                )?,
+                post_ff_norm: vector(&format!("{p}.post_feedforward_layernorm.weight"))?,
+                attn: AttentionParams {
+                    num_heads: c.num_heads,
+                    num_kv_heads: c.num_kv_heads,
+                    head_dim: c.head_dim,
+                    scale: c.query_pre_attn_scalar.powf(-0.5) as f32,
+                    softcap: c.attn_softcap,
+                    window: c.window_of(i),
+                },
+            });
+        }
+        let final_norm = vector("model.norm.weight")?;
+        let head = match c.head {
+            Head::CausalLm if !c.tie_word_embeddings => {
+                TopHead::Lm(Some(matrix("lm_head.weight", &[c.vocab_size, h])?))
+            }
+            Head::CausalLm => TopHead::Lm(None),
+            Head::SequenceClassification { num_labels } => {
+                TopHead::Score(matrix("score.weight", &[num_labels, h])?)
+            }
+        };
+        Ok(Self {
+            weight_bytes: store.bytes(),
+            config,
+            backend,
+            embed,
+            embed_scale,
+            layers,
+            final_norm,
+            head,
+        })
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Bytes of weights read by one forward step.
+    pub fn weight_bytes(&self) -> usize {
+        self.weight_bytes
+    }
+
+    /// Width of an output row: the vocabulary, or the number of labels.
+    pub fn output_width(&self) -> usize {
+        match self.config.head {
+            Head::CausalLm => self.config.vocab_size,
+            Head::SequenceClassification { num_labels } => num_labels,
+        }
+    }
+
+    /// A KV storage for `num_blocks` blocks of `block_size` tokens.
+    pub fn new_kv(&self, num_blocks: usize, block_size: usize) -> Result<B::Kv> {
+        let c = &self.config;
+        self.backend.new_kv(
+            c.num_layers,
+            num_blocks,
+            block_size,
+            c.num_kv_heads,
+            c.head_dim,
+        )
+    }
+
+    /// Bytes of KV storage per token (all layers, K and V, f32).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        let c = &self.config;
+        2 * c.num_layers * c.num_kv_heads * c.head_dim * 4
+    }
+
+    /// Runs one sequence through a KV cache of its own in a single step, returning the outputs
+    /// of its last position, or of every position.
+    pub fn run_once(&self, tokens: &[u32], all_positions: bool) -> Result<Outputs> {
+        let c = &self.config;
+        if tokens.is_empty() {
+            return Err(EngineError::Invalid("no tokens given".into()));
+        }
+        if let Some((position, &token)) = tokens
+            .iter()
+            .enumerate()
+            .find(|(_, &t)| t as usize >= c.vocab_size)
+        {
+            return Err(EngineError::TokenOutOfVocab {
+                token,
+                position,
+                vocab: c.vocab_size,
+            });
+        }
+        if tokens.len() > c.max_position_embeddings {
+            return Err(EngineError::Limit {
+                what: "tokens",
+                found: tokens.len(),
+                limit: c.max_position_embeddings,
+            });
+        }
+        const BLOCK: usize = 16;
+        let blocks = tokens.len().div_ceil(BLOCK);
+        let mut kv = self.new_kv(blocks, BLOCK)?;
+        let n = tokens.len();
+        let batch = ForwardBatch {
+            tokens: tokens.to_vec(),
+            slots: (0..n).collect(),
+            meta: AttentionMeta {
+                positions: (0..n as u32).collect(),
+                span_of: vec![0; n],
+                spans: vec![(0..blocks as u32).collect()],
+                block_size: BLOCK,
+            },
+            copies: Vec::new(),
+            outputs: if all_positions {
+                (0..n).collect()
+            } else {
+                vec![n - 1]
+            },
+        };
+        Ok(self.forward(&mut kv, &batch))
+    }
+
+    /// Runs one step: writes the new tokens' K and V into their slots and returns the
+    /// outputs of the requested rows.
+    pub fn forward(&self, kv: &mut B::Kv, batch: &ForwardBatch) -> Outputs {
+        let b = &self.backend;
+        let c = &self.config;
+        let eps = c.rms_norm_eps;
+        if !batch.copies.is_empty() {
+            b.copy_blocks(kv, &batch.copies);
+        }
+        let half = c.head_dim / 2;
+        let rows = batch.tokens.len();
+        let (mut cos, mut sin) = (vec![0f32; rows * half], vec![0f32; rows * half]);
+        for (r, &pos) in batch.meta.positions.iter().enumerate() {
+            rope_tables(
+                pos,
+                c.head_dim,
+                c.rope_theta,
+                &mut cos[r * half..(r + 1) * half],
+                &mut sin[r * half..(r + 1) * half],
+            );
+        }
+
+        let mut x = b.embed(&self.embed, &batch.tokens, self.embed_scale);
+        for (i, l) in self.layers.iter().enumerate() {
+            let hn = b.rms_norm(&x, &l.input_norm, eps);
+            let mut q = b.linear(&hn, &l.q);
+            let mut k = b.linear(&hn, &l.k);
+            let v = b.linear(&hn, &l.v);
+            b.rope(&mut q, c.num_heads, c.head_dim, &cos, &sin);
+            b.rope(&mut k, c.num_kv_heads, c.head_dim, &cos, &sin);
+            b.write_kv(kv, i, &k, &v, &batch.slots);
+            let a = b.attention(kv, i, &q, &batch.meta, l.attn);
+            let o = b.linear(&a, &l.o);
+            b.add_rms_norm(&mut x, &o, &l.post_attn_norm, eps);
+
+            let hn = b.rms_norm(&x, &l.pre_ff_norm, eps);
+            let g = b.linear(&hn, &l.gate);
+            let u = b.linear(&hn, &l.up);
+            let m = b.gelu_mul(&g, &u);
+            let d = b.linear(&m, &l.down);
+            b.add_rms_norm(&mut x, &d, &l.post_ff_norm, eps);
+        }
+        let last = b.gather_rows(&x, &batch.outputs);
+        let y = b.rms_norm(&last, &self.final_norm, eps);
+        let out = match &self.head {
+            TopHead::Lm(head) => {
+                let mut logits = b.linear(&y, head.as_ref().unwrap_or(&self.embed));
+                if let Some(cap) = c.final_softcap {
+                    b.softcap(&mut logits, cap);
+                }
+                logits
+            }
+            TopHead::Score(score) => b.linear(&y, score),
+        };
+        let (rows, cols, data) = b.to_host(&out);
+        Outputs { rows, cols, data }
+    }
+}

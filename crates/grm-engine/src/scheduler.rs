@@ -1,0 +1,609 @@
+//! Continuous batching: every step takes the running sequences' next tokens and chunks of
+//! waiting prompts, up to a token budget, through one forward pass.
+//!
+//! A generation request is one prompt and k samples: the prompt is prefilled once by a parent
+//! sequence, then forked into k children that share its blocks and each sample from the same
+//! last-position logits with their own seed. When blocks run out, the newest sequences are
+//! preempted (their blocks freed, their tokens kept) and recomputed later; since every kernel
+//! is batch-invariant and the sampler's state is kept, outputs do not change. Cancelling a
+//! request frees all its blocks at once. Only this module mutates block tables.
+
+use crate::backend::Backend;
+use crate::error::{EngineError, Result};
+use crate::kv::{BlockManager, CopyOp, KvStats, OutOfBlocks, SeqId};
+use crate::model::{ForwardBatch, Gemma2, Outputs};
+use crate::sampler::{Sampler, SamplingParams};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// Identifies a request (a group of samples, or one scoring).
+pub type RequestId = u64;
+
+/// What a request asks for.
+#[derive(Debug, Clone)]
+pub enum Work {
+    /// k samples continuing one prompt; each entry is one sample's sampling.
+    Generate {
+        prompt: Vec<u32>,
+        samples: Vec<SamplingParams>,
+    },
+    /// Prefill only: the head's output at the last token (meta-RM scalar scoring).
+    Score { tokens: Vec<u32> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// A stop token (not included in the tokens).
+    Stop,
+    /// max_new_tokens reached.
+    Length,
+}
+
+/// What the engine reports about a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The prompt is in the cache; `cached` of its tokens came from the prefix cache.
+    Prefilled { prompt_tokens: usize, cached: usize },
+    /// One sample finished.
+    Sample {
+        sample: usize,
+        tokens: Vec<u32>,
+        finish: FinishReason,
+    },
+    /// A scoring request's output row.
+    Score {
+        values: Vec<f32>,
+        prompt_tokens: usize,
+        cached: usize,
+    },
+}
+
+/// Scheduling limits.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Tokens per forward step (prefill chunks plus one per decoding sequence).
+    pub max_batch_tokens: usize,
+    /// Sequences per forward step.
+    pub max_seqs: usize,
+    /// Stop tokens added to every sample's own (eos, `<end_of_turn>`).
+    pub default_stop_tokens: Vec<u32>,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_tokens: 512,
+            max_seqs: 256,
+            default_stop_tokens: Vec::new(),
+        }
+    }
+}
+
+/// Priority key: older requests first; within one, the parent (0) then the samples.
+type Key = (u64, usize);
+
+struct Sequence {
+    request: RequestId,
+    key: Key,
+    /// Prompt, then generated tokens.
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    /// Tokens whose KV is in the cache.
+    computed: usize,
+    admitted: bool,
+    /// Positions whose blocks admission allocated (prefill up to here; decode beyond).
+    admitted_len: usize,
+    /// Prompt tokens served by the prefix cache at the first admission.
+    first_cached: Option<usize>,
+    role: Role,
+}
+
+enum Role {
+    /// Prefills a generation request's prompt, then forks into its samples.
+    Parent,
+    Child {
+        sample: usize,
+        sampler: Box<Sampler>,
+    },
+    Scorer,
+}
+
+struct Request {
+    samples: Vec<SamplingParams>,
+    live: Vec<SeqId>,
+}
+
+/// Counters since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SchedulerCounters {
+    pub steps: u64,
+    pub prompt_tokens_computed: u64,
+    pub generated_tokens: u64,
+    pub preemptions: u64,
+    pub running: usize,
+    pub waiting: usize,
+    pub requests: usize,
+    /// Tokens that the queued and running work still has to compute (prompts) — a load figure.
+    pub queued_tokens: usize,
+    /// Most KV blocks in use at once, and most shared at once, since start.
+    pub peak_blocks_used: usize,
+    pub peak_blocks_shared: usize,
+}
+
+pub struct Scheduler<B: Backend> {
+    model: Gemma2<B>,
+    kv: B::Kv,
+    blocks: BlockManager,
+    config: SchedulerConfig,
+    seqs: HashMap<SeqId, Sequence>,
+    order: BTreeMap<Key, SeqId>,
+    requests: HashMap<RequestId, Request>,
+    next_seq: SeqId,
+    next_arrival: u64,
+    counters: SchedulerCounters,
+}
+
+/// One sequence's part of a step.
+struct Planned {
+    seq: SeqId,
+    start: usize,
+    len: usize,
+    slots: Vec<usize>,
+    output: bool,
+}
+
+impl<B: Backend> Scheduler<B> {
+    pub fn new(
+        model: Gemma2<B>,
+        num_blocks: usize,
+        block_size: usize,
+        prefix_caching: bool,
+        config: SchedulerConfig,
+    ) -> Result<Self> {
+        let kv = model.new_kv(num_blocks, block_size)?;
+        Ok(Self {
+            model,
+            kv,
+            blocks: BlockManager::new(num_blocks, block_size, prefix_caching),
+            config,
+            seqs: HashMap::new(),
+            order: BTreeMap::new(),
+            requests: HashMap::new(),
+            next_seq: 1,
+            next_arrival: 0,
+            counters: SchedulerCounters::default(),
+        })
+    }
+
+    pub fn model(&self) -> &Gemma2<B> {
+        &self.model
+    }
+
+    pub fn kv_stats(&self) -> KvStats {
+        self.blocks.stats()
+    }
+
+    pub fn counters(&self) -> SchedulerCounters {
+        let mut c = self.counters;
+        c.running = self.seqs.values().filter(|s| s.admitted).count();
+        c.waiting = self.seqs.len() - c.running;
+        c.requests = self.requests.len();
+        c.queued_tokens = self
+            .seqs
+            .values()
+            .map(|s| s.tokens.len() - s.computed)
+            .sum();
+        c
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.seqs.is_empty()
+    }
+
+    /// Checks and queues a request.
+    pub fn submit(&mut self, id: RequestId, work: Work) -> Result<()> {
+        let c = &self.model.config;
+        let (tokens, samples, role) = match work {
+            Work::Generate { prompt, samples } => {
+                if samples.is_empty() {
+                    return Err(EngineError::Invalid(
+                        "a generation request needs at least one sample".into(),
+                    ));
+                }
+                for s in &samples {
+                    s.validate().map_err(EngineError::Invalid)?;
+                }
+                if self.model.output_width() != c.vocab_size
+                    || !matches!(c.head, crate::config::Head::CausalLm)
+                {
+                    return Err(EngineError::Invalid(
+                        "this model has a scoring head; it cannot generate".into(),
+                    ));
+                }
+                (prompt, samples, Role::Parent)
+            }
+            Work::Score { tokens } => (tokens, Vec::new(), Role::Scorer),
+        };
+        if tokens.is_empty() {
+            return Err(EngineError::Invalid("the prompt is empty".into()));
+        }
+        if let Some((position, &token)) = tokens
+            .iter()
+            .enumerate()
+            .find(|(_, &t)| t as usize >= c.vocab_size)
+        {
+            return Err(EngineError::TokenOutOfVocab {
+                token,
+                position,
+                vocab: c.vocab_size,
+            });
+        }
+        let longest = tokens.len() + samples.iter().map(|s| s.max_new_tokens).max().unwrap_or(0);
+        if longest > c.max_position_embeddings {
+            return Err(EngineError::Limit {
+                what: "prompt tokens + max_new_tokens",
+                found: longest,
+                limit: c.max_position_embeddings,
+            });
+        }
+        let needed = self.blocks.blocks_for(longest);
+        let total = self.blocks.stats().blocks_total;
+        if needed > total {
+            return Err(EngineError::KvTooSmall {
+                needed,
+                available: total,
+            });
+        }
+        if self.requests.contains_key(&id) {
+            return Err(EngineError::Invalid(format!(
+                "request id {id} is already in use"
+            )));
+        }
+        let seq = self.new_seq(id, (self.next_arrival, 0), tokens, role);
+        self.next_arrival += 1;
+        self.requests.insert(
+            id,
+            Request {
+                samples,
+                live: vec![seq],
+            },
+        );
+        Ok(())
+    }
+
+    fn new_seq(&mut self, request: RequestId, key: Key, tokens: Vec<u32>, role: Role) -> SeqId {
+        let id = self.next_seq;
+        self.next_seq += 1;
+        let prompt_len = tokens.len();
+        self.seqs.insert(
+            id,
+            Sequence {
+                request,
+                key,
+                tokens,
+                prompt_len,
+                computed: 0,
+                admitted: false,
+                admitted_len: 0,
+                first_cached: None,
+                role,
+            },
+        );
+        self.order.insert(key, id);
+        id
+    }
+
+    /// Drops a request and frees all its blocks. Returns whether it existed.
+    pub fn cancel(&mut self, id: RequestId) -> bool {
+        let Some(req) = self.requests.remove(&id) else {
+            return false;
+        };
+        for seq in req.live {
+            self.drop_seq(seq);
+        }
+        true
+    }
+
+    fn drop_seq(&mut self, seq: SeqId) {
+        if let Some(s) = self.seqs.remove(&seq) {
+            self.order.remove(&s.key);
+            self.blocks.free(seq);
+        }
+    }
+
+    fn preempt(&mut self, seq: SeqId) {
+        if let Some(s) = self.seqs.get_mut(&seq) {
+            self.blocks.free(seq);
+            s.computed = 0;
+            s.admitted = false;
+            self.counters.preemptions += 1;
+        }
+    }
+
+    /// Runs one forward step over everything that can progress; returns the events of
+    /// requests, each with its request id.
+    pub fn step(&mut self) -> Vec<(RequestId, Event)> {
+        let (plan, copies) = self.plan();
+        if plan.is_empty() {
+            return Vec::new();
+        }
+        let kv = self.blocks.stats();
+        self.counters.peak_blocks_used = self.counters.peak_blocks_used.max(kv.blocks_used);
+        self.counters.peak_blocks_shared = self.counters.peak_blocks_shared.max(kv.blocks_shared);
+        let batch = self.build_batch(&plan, copies);
+        let outputs = self.model.forward(&mut self.kv, &batch);
+        self.counters.steps += 1;
+        self.finish_step(plan, outputs)
+    }
+
+    /// Chooses this step's work, reserving slots (and preempting when blocks run out).
+    fn plan(&mut self) -> (Vec<Planned>, Vec<CopyOp>) {
+        let mut budget = self.config.max_batch_tokens;
+        let mut plan: Vec<Planned> = Vec::new();
+        let mut copies = Vec::new();
+        let mut scheduled: HashSet<SeqId> = HashSet::new();
+        let mut admission_blocked = false;
+        let queue: Vec<SeqId> = self.order.values().copied().collect();
+        for seq in queue {
+            if budget == 0 || plan.len() >= self.config.max_seqs {
+                break;
+            }
+            // It may have been preempted or dropped earlier in this loop.
+            let Some(s) = self.seqs.get(&seq) else {
+                continue;
+            };
+            if !s.admitted {
+                if admission_blocked {
+                    continue;
+                }
+                let tokens = s.tokens.clone();
+                match self.blocks.admit(seq, &tokens) {
+                    Ok(cached) => {
+                        let s = self.seqs.get_mut(&seq).expect("queued sequence");
+                        s.admitted = true;
+                        s.computed = cached;
+                        s.admitted_len = s.tokens.len();
+                        s.first_cached.get_or_insert(cached);
+                    }
+                    Err(OutOfBlocks) => {
+                        // First come, first served: nothing younger is admitted either.
+                        admission_blocked = true;
+                        continue;
+                    }
+                }
+            }
+            let s = &self.seqs[&seq];
+            if s.computed < s.admitted_len {
+                let len = (s.admitted_len - s.computed).min(budget);
+                let start = s.computed;
+                let output = start + len == s.tokens.len();
+                let slots = self.blocks.reserve_prompt(seq, len);
+                plan.push(Planned {
+                    seq,
+                    start,
+                    len,
+                    slots,
+                    output,
+                });
+                scheduled.insert(seq);
+                budget -= len;
+                continue;
+            }
+            // Decode: one new slot, preempting younger sequences while blocks lack.
+            loop {
+                match self.blocks.append_slot(seq) {
+                    Ok((slot, copy)) => {
+                        copies.extend(copy);
+                        let start = self.seqs[&seq].computed;
+                        plan.push(Planned {
+                            seq,
+                            start,
+                            len: 1,
+                            slots: vec![slot],
+                            output: true,
+                        });
+                        scheduled.insert(seq);
+                        budget -= 1;
+                        break;
+                    }
+                    Err(OutOfBlocks) => {
+                        let victim =
+                            self.order.values().rev().copied().find(|v| {
+                                *v != seq && !scheduled.contains(v) && self.seqs[v].admitted
+                            });
+                        match victim {
+                            Some(v) => self.preempt(v),
+                            None => {
+                                self.preempt(seq);
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (plan, copies)
+    }
+
+    fn build_batch(&self, plan: &[Planned], copies: Vec<CopyOp>) -> ForwardBatch {
+        let mut b = ForwardBatch {
+            copies,
+            ..Default::default()
+        };
+        b.meta.block_size = self.blocks.block_size();
+        for (i, p) in plan.iter().enumerate() {
+            let s = &self.seqs[&p.seq];
+            let table = self
+                .blocks
+                .table(p.seq)
+                .expect("planned sequences have blocks");
+            b.meta.spans.push(table.blocks.clone());
+            for pos in p.start..p.start + p.len {
+                b.tokens.push(s.tokens[pos]);
+                b.meta.positions.push(pos as u32);
+                b.meta.span_of.push(i as u32);
+            }
+            b.slots.extend_from_slice(&p.slots);
+            if p.output {
+                b.outputs.push(b.tokens.len() - 1);
+            }
+        }
+        b
+    }
+
+    fn finish_step(&mut self, plan: Vec<Planned>, outputs: Outputs) -> Vec<(RequestId, Event)> {
+        let mut events = Vec::new();
+        let mut row = 0;
+        for p in plan {
+            let Some(s) = self.seqs.get_mut(&p.seq) else {
+                continue;
+            };
+            s.computed += p.len;
+            if s.computed <= s.prompt_len {
+                self.counters.prompt_tokens_computed += p.len as u64;
+            }
+            let request = s.request;
+            let tokens = std::mem::take(&mut s.tokens);
+            self.blocks.register_full_blocks(p.seq, &tokens);
+            self.seqs.get_mut(&p.seq).expect("seq").tokens = tokens;
+            if !p.output {
+                continue;
+            }
+            let logits = outputs.row(row);
+            row += 1;
+            self.on_output(p.seq, request, logits, &mut events);
+        }
+        events
+    }
+
+    /// A sequence reached the end of its known tokens: sample, fork, score or finish.
+    fn on_output(
+        &mut self,
+        seq: SeqId,
+        request: RequestId,
+        out: &[f32],
+        events: &mut Vec<(RequestId, Event)>,
+    ) {
+        let s = self.seqs.get_mut(&seq).expect("seq");
+        let cached = s.first_cached.unwrap_or(0);
+        match &mut s.role {
+            Role::Scorer => {
+                let prompt_tokens = s.prompt_len;
+                events.push((
+                    request,
+                    Event::Score {
+                        values: out.to_vec(),
+                        prompt_tokens,
+                        cached,
+                    },
+                ));
+                self.finish_seq(request, seq);
+            }
+            Role::Parent => {
+                let (prompt, arrival) = (s.tokens.clone(), s.key.0);
+                let prompt_len = prompt.len();
+                events.push((
+                    request,
+                    Event::Prefilled {
+                        prompt_tokens: prompt_len,
+                        cached,
+                    },
+                ));
+                let samples = self
+                    .requests
+                    .get(&request)
+                    .map(|r| r.samples.clone())
+                    .unwrap_or_default();
+                let mut children = Vec::with_capacity(samples.len());
+                for (i, params) in samples.into_iter().enumerate() {
+                    let mut sampler = Sampler::new(params);
+                    let mut tokens = prompt.clone();
+                    tokens.push(sampler.sample(out));
+                    self.counters.generated_tokens += 1;
+                    let child = self.new_seq(
+                        request,
+                        (arrival, i + 1),
+                        tokens,
+                        Role::Child {
+                            sample: i,
+                            sampler: Box::new(sampler),
+                        },
+                    );
+                    self.blocks.fork(seq, child);
+                    let c = self.seqs.get_mut(&child).expect("child");
+                    c.admitted = true;
+                    c.computed = prompt_len;
+                    c.admitted_len = prompt_len;
+                    c.prompt_len = prompt_len;
+                    children.push(child);
+                }
+                if let Some(r) = self.requests.get_mut(&request) {
+                    r.live.extend(&children);
+                }
+                self.finish_seq(request, seq);
+                // A sample may be done at once (a stop token, or max_new_tokens = 1).
+                for child in children {
+                    self.check_done(child, request, events);
+                }
+            }
+            Role::Child { sampler, .. } => {
+                let token = sampler.sample(out);
+                s.tokens.push(token);
+                self.counters.generated_tokens += 1;
+                self.check_done(seq, request, events);
+            }
+        }
+    }
+
+    /// Finishes a sample whose last token is a stop token or whose length is reached.
+    fn check_done(&mut self, seq: SeqId, request: RequestId, events: &mut Vec<(RequestId, Event)>) {
+        let Some(s) = self.seqs.get(&seq) else { return };
+        let Role::Child { sample, sampler } = &s.role else {
+            return;
+        };
+        let p = sampler.params();
+        let generated = &s.tokens[s.prompt_len..];
+        let last = *generated.last().expect("a sample has a token");
+        let stop = !p.ignore_stop
+            && (p.stop_tokens.contains(&last) || self.config.default_stop_tokens.contains(&last));
+        let finish = if stop {
+            FinishReason::Stop
+        } else if generated.len() >= p.max_new_tokens {
+            FinishReason::Length
+        } else {
+            return;
+        };
+        let kept = if stop {
+            &generated[..generated.len() - 1]
+        } else {
+            generated
+        };
+        events.push((
+            request,
+            Event::Sample {
+                sample: *sample,
+                tokens: kept.to_vec(),
+                finish,
+            },
+        ));
+        self.finish_seq(request, seq);
+    }
+
+    /// Drops a finished sequence; the request ends with its last sequence.
+    fn finish_seq(&mut self, request: RequestId, seq: SeqId) {
+        self.drop_seq(seq);
+        if let Some(r) = self.requests.get_mut(&request) {
+            r.live.retain(|&s| s != seq);
+            if r.live.is_empty() {
+                self.requests.remove(&request);
+            }
+        }
+    }
+}
+
+impl<B: Backend> Scheduler<B> {
+    /// Whether a request is still queued or running.
+    pub fn has_request(&self, id: RequestId) -> bool {
+        self.requests.contains_key(&id)
+    }
+}

@@ -1,0 +1,293 @@
+//! The engine's scheduling and KV cache: shared prompts, prefix caching, cancellation,
+//! preemption, seeds — each checked against a plain run of the same work.
+
+mod common;
+
+use common::*;
+use grm_engine::{
+    Event, FinishReason, RequestId, SamplingParams, Scheduler, SchedulerConfig, Work,
+};
+use std::collections::HashMap;
+
+fn scheduler(
+    blocks: usize,
+    block_size: usize,
+    batch_tokens: usize,
+) -> Scheduler<grm_engine::CpuBackend> {
+    let cfg = SchedulerConfig {
+        max_batch_tokens: batch_tokens,
+        max_seqs: 256,
+        default_stop_tokens: vec![1, 5],
+    };
+    Scheduler::new(model("tiny-f32"), blocks, block_size, true, cfg).unwrap()
+}
+
+fn prompt(len: usize, salt: u32) -> Vec<u32> {
+    std::iter::once(2)
+        .chain((1..len as u32).map(|i| 6 + (i * 37 + salt * 11) % 256))
+        .collect()
+}
+
+fn params(t: f32, seed: u64, max_new: usize) -> SamplingParams {
+    SamplingParams {
+        temperature: t,
+        seed,
+        max_new_tokens: max_new,
+        ignore_stop: true,
+        ..Default::default()
+    }
+}
+
+/// Per request: each sample's tokens (by index) and the score row.
+type Results = HashMap<RequestId, (Vec<Option<Vec<u32>>>, Option<Vec<f32>>)>;
+
+/// Runs the scheduler until idle.
+fn drain(s: &mut Scheduler<grm_engine::CpuBackend>) -> Results {
+    let mut out = Results::new();
+    let mut steps = 0;
+    while !s.is_idle() {
+        for (id, ev) in s.step() {
+            let e = out.entry(id).or_default();
+            match ev {
+                Event::Sample {
+                    sample,
+                    tokens,
+                    finish,
+                } => {
+                    assert_eq!(finish, FinishReason::Length);
+                    if e.0.len() <= sample {
+                        e.0.resize(sample + 1, None);
+                    }
+                    e.0[sample] = Some(tokens);
+                }
+                Event::Score { values, .. } => e.1 = Some(values),
+                Event::Prefilled { .. } => {}
+            }
+        }
+        steps += 1;
+        assert!(steps < 100_000, "the scheduler does not make progress");
+    }
+    out
+}
+
+#[test]
+fn eight_greedy_samples_equal_the_single_greedy_one_and_share_the_prompt() {
+    let p = prompt(100, 1);
+    let mut s = scheduler(256, 16, 512);
+    s.submit(
+        1,
+        Work::Generate {
+            prompt: p.clone(),
+            samples: vec![params(0.0, 0, 24)],
+        },
+    )
+    .unwrap();
+    let single = drain(&mut s).remove(&1).unwrap().0[0].clone().unwrap();
+
+    let mut s = scheduler(256, 16, 512);
+    let samples = (0..8).map(|i| params(0.0, i, 24)).collect();
+    s.submit(
+        2,
+        Work::Generate {
+            prompt: p.clone(),
+            samples,
+        },
+    )
+    .unwrap();
+    let out = drain(&mut s).remove(&2).unwrap().0;
+    assert_eq!(out.len(), 8);
+    for o in out {
+        assert_eq!(o.unwrap(), single);
+    }
+    // 100 tokens = 6 full blocks + 4: the full blocks are stored once for all 8 samples.
+    let c = s.counters();
+    assert_eq!(c.peak_blocks_shared, 6, "{c:?}");
+    // 6 shared + 8 private last blocks (the partial prompt block is copied on write), plus at
+    // most one more each as 24 tokens cross a block boundary.
+    assert!(c.peak_blocks_used <= 6 + 8 * 2, "{c:?}");
+    assert_eq!(s.kv_stats().blocks_used, 0);
+}
+
+#[test]
+fn a_cached_prefix_gives_the_same_logits_as_running_alone() {
+    let m = model("tiny-f32");
+    let a = prompt(60, 3);
+    let mut b = a[..40].to_vec();
+    b.extend(prompt(25, 9).into_iter().skip(1));
+    let alone = m.run_once(&b, false).unwrap();
+
+    let mut s = scheduler(64, 16, 512);
+    s.submit(1, Work::Score { tokens: a }).unwrap();
+    drain(&mut s);
+    let before = s.kv_stats();
+    s.submit(2, Work::Score { tokens: b.clone() }).unwrap();
+    let mut cached = None;
+    let mut logits = None;
+    while !s.is_idle() {
+        for (_, ev) in s.step() {
+            if let Event::Score {
+                values, cached: c, ..
+            } = ev
+            {
+                logits = Some(values);
+                cached = Some(c);
+            }
+        }
+    }
+    // 40 shared tokens = 2 full blocks of 16 served from the cache.
+    assert_eq!(cached, Some(32));
+    assert_eq!(s.kv_stats().prefix_hits - before.prefix_hits, 2);
+    let logits = logits.unwrap();
+    assert_eq!(logits, alone.data, "bit-identical to the uncached run");
+}
+
+#[test]
+fn chunked_prefill_is_bit_identical() {
+    let m = model("tiny-f32");
+    let p = prompt(61, 4);
+    let alone = m.run_once(&p, false).unwrap();
+    let mut s = scheduler(64, 4, 7);
+    s.submit(1, Work::Score { tokens: p }).unwrap();
+    let out = drain(&mut s).remove(&1).unwrap().1.unwrap();
+    assert_eq!(out, alone.data);
+}
+
+#[test]
+fn the_same_seed_gives_the_same_tokens_whatever_else_runs() {
+    let p = prompt(30, 5);
+    let mut s = scheduler(256, 16, 512);
+    s.submit(
+        1,
+        Work::Generate {
+            prompt: p.clone(),
+            samples: vec![params(4.0, 77, 20)],
+        },
+    )
+    .unwrap();
+    let alone = drain(&mut s).remove(&1).unwrap().0[0].clone().unwrap();
+
+    let mut s = scheduler(256, 16, 64);
+    for id in 10..16 {
+        let samples = (0..4).map(|i| params(4.0, id * 10 + i, 25)).collect();
+        s.submit(
+            id,
+            Work::Generate {
+                prompt: prompt(20 + id as usize, id as u32),
+                samples,
+            },
+        )
+        .unwrap();
+    }
+    s.step();
+    s.submit(
+        1,
+        Work::Generate {
+            prompt: p,
+            samples: vec![params(4.0, 77, 20)],
+        },
+    )
+    .unwrap();
+    let busy = drain(&mut s).remove(&1).unwrap().0[0].clone().unwrap();
+    assert_eq!(alone, busy);
+    // And another seed gives another continuation.
+    let mut s = scheduler(256, 16, 512);
+    s.submit(
+        1,
+        Work::Generate {
+            prompt: prompt(30, 5),
+            samples: vec![params(4.0, 78, 20)],
+        },
+    )
+    .unwrap();
+    assert_ne!(
+        drain(&mut s).remove(&1).unwrap().0[0].clone().unwrap(),
+        alone
+    );
+}
+
+#[test]
+fn running_out_of_blocks_preempts_and_leaves_outputs_unchanged() {
+    let work: Vec<(RequestId, Work)> = (0..6)
+        .map(|i| {
+            let samples = (0..4).map(|j| params(4.0, i * 100 + j, 30)).collect();
+            (
+                i,
+                Work::Generate {
+                    prompt: prompt(25 + 3 * i as usize, i as u32),
+                    samples,
+                },
+            )
+        })
+        .collect();
+    let mut roomy = scheduler(512, 4, 512);
+    for (id, w) in work.clone() {
+        roomy.submit(id, w).unwrap();
+    }
+    let want = drain(&mut roomy);
+    assert_eq!(roomy.counters().preemptions, 0);
+
+    // 40 blocks of 4 tokens: one sequence needs up to 17; six requests of four samples cannot
+    // all fit, so sequences are preempted and recomputed.
+    let mut tight = scheduler(40, 4, 512);
+    for (id, w) in work {
+        tight.submit(id, w).unwrap();
+    }
+    let got = drain(&mut tight);
+    assert!(tight.counters().preemptions > 0, "the test must preempt");
+    assert_eq!(got.len(), 6);
+    for (id, (samples, _)) in &want {
+        assert_eq!(&got[id].0, samples, "request {id} changed under preemption");
+    }
+    let kv = tight.kv_stats();
+    assert_eq!((kv.blocks_used, kv.blocks_available()), (0, 40));
+}
+
+#[test]
+fn cancelling_a_thousand_sequences_returns_every_block() {
+    let mut s = scheduler(400, 8, 256);
+    let initial = s.kv_stats();
+    assert_eq!(initial.blocks_available(), 400);
+    // A fixed pseudo-random schedule of cancellations.
+    let mut rng = 0x9e37_79b9_u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut live: Vec<RequestId> = Vec::new();
+    let mut submitted = 0u64;
+    let mut sequences = 0;
+    while sequences < 1000 || !live.is_empty() {
+        while sequences < 1000 && live.len() < 40 {
+            let k = 1 + (next() % 12) as usize;
+            let samples = (0..k)
+                .map(|j| params(0.7, submitted * 31 + j as u64, 40))
+                .collect();
+            s.submit(
+                submitted,
+                Work::Generate {
+                    prompt: prompt(10 + (next() % 60) as usize, submitted as u32),
+                    samples,
+                },
+            )
+            .unwrap();
+            live.push(submitted);
+            submitted += 1;
+            sequences += k;
+        }
+        for _ in 0..(next() % 3) {
+            s.step();
+        }
+        if !live.is_empty() {
+            let victim = live.swap_remove((next() % live.len() as u64) as usize);
+            s.cancel(victim);
+        }
+        live.retain(|&id| s.has_request(id));
+    }
+    assert!(s.is_idle());
+    let end = s.kv_stats();
+    assert_eq!(end.blocks_used, 0);
+    assert_eq!(end.blocks_available(), initial.blocks_available());
+    assert_eq!(end.blocks_free + end.blocks_evictable, 400);
+}
