@@ -1,7 +1,9 @@
 //! `grm`: the command-line entry point. Each subcommand lives in its own module; this file only
 //! parses the command line and dispatches.
 
+mod bench_cmd;
 mod judge_cmd;
+mod model_cmd;
 mod request_json;
 
 use clap::{Parser, Subcommand};
@@ -23,12 +25,20 @@ enum Command {
     /// The method without a model: build prompts, parse judgements.
     #[command(subcommand)]
     Judge(judge_cmd::JudgeCommand),
+    /// Inspect and exercise the engine on a model directory (JSON on stdout).
+    #[command(subcommand)]
+    Model(model_cmd::ModelCommand),
+    /// Throughput and latency figures as JSON.
+    #[command(subcommand)]
+    Bench(bench_cmd::BenchCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Judge(cmd) => judge_cmd::run(cmd),
+        Command::Model(cmd) => model_cmd::run(cmd),
+        Command::Bench(cmd) => bench_cmd::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -9,6 +9,7 @@ pub mod config;
 pub mod cpu;
 pub mod engine;
 pub mod error;
+pub mod init;
 pub mod kv;
 pub mod model;
 pub mod rope;

@@ -291,3 +291,87 @@ fn cancelling_a_thousand_sequences_returns_every_block() {
     assert_eq!(end.blocks_available(), initial.blocks_available());
     assert_eq!(end.blocks_free + end.blocks_evictable, 400);
 }
+
+/// The threaded engine: events arrive per request, and dropping a submission cancels it and
+/// frees its blocks.
+#[test]
+fn the_engine_thread_serves_and_cancels_by_drop() {
+    use grm_engine::{Engine, EngineOptions};
+    let engine = Engine::start(
+        model("tiny-f32"),
+        EngineOptions {
+            num_blocks: Some(300),
+            block_size: 8,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let total = engine.info.num_blocks;
+    let mut kept = Vec::new();
+    for i in 0..20u64 {
+        let samples = (0..4).map(|j| params(1.0, i * 4 + j, 40)).collect();
+        let sub = engine
+            .submit_blocking(Work::Generate {
+                prompt: prompt(30, i as u32),
+                samples,
+            })
+            .unwrap();
+        if i % 2 == 0 {
+            kept.push(sub);
+        } // odd ones are dropped at once: cancelled
+    }
+    for mut sub in kept {
+        let mut samples = 0;
+        let mut prefilled = false;
+        while let Some(ev) = sub.next_blocking() {
+            match ev {
+                Event::Prefilled { prompt_tokens, .. } => {
+                    assert_eq!(prompt_tokens, 30);
+                    prefilled = true;
+                }
+                Event::Sample { tokens, .. } => {
+                    assert_eq!(tokens.len(), 40);
+                    samples += 1;
+                }
+                Event::Score { .. } => panic!("no scores here"),
+            }
+        }
+        assert!(prefilled);
+        assert_eq!(samples, 4);
+    }
+    // Everything is finished or cancelled: every block is available again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let s = engine.stats();
+        if s.kv.blocks_used == 0 && s.scheduler.requests == 0 {
+            assert_eq!(s.kv.blocks_available(), total);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "blocks not returned: {s:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Bad work is refused with a reason, not a panic.
+    let err = engine
+        .submit_blocking(Work::Generate {
+            prompt: vec![2, 9999],
+            samples: vec![params(0.0, 0, 4)],
+        })
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("outside the vocabulary"), "{err}");
+    let err = engine
+        .submit_blocking(Work::Generate {
+            prompt: vec![2; 10],
+            samples: vec![params(0.0, 0, 5000)],
+        })
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string()
+            .contains("prompt tokens + max_new_tokens is 5010, the limit is 512"),
+        "{err}"
+    );
+}

@@ -94,3 +94,21 @@ fn tokenizer_matches() {
     );
     assert_eq!(t.token_id("<end_of_turn>"), Some(5));
 }
+
+#[test]
+fn the_tokenizer_written_by_init_matches_the_fixtures() {
+    let r = reference();
+    let dir = std::env::temp_dir().join(format!("grm-tok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = grm_engine::init::byte_tokenizer_json();
+    std::fs::write(dir.join("tokenizer.json"), json.to_string()).unwrap();
+    let t = Tokenizer::load(&dir, Some(2)).unwrap();
+    for text in &r.prompts_text {
+        let want = Tokenizer::load(&fixtures().join("tiny-f32"), Some(2))
+            .unwrap()
+            .encode(text, true)
+            .unwrap();
+        assert_eq!(t.encode(text, true).unwrap(), want);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

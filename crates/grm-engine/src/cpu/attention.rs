@@ -1,10 +1,17 @@
 //! Paged attention on the host: each query row reads its sequence's keys and values through
-//! the block table. Scores are `q·k · scale`, softcapped `tanh(s/c)·c`, masked to the causal
-//! (and, on sliding layers, windowed) range, soft-maxed in f32. Each row is computed on its
-//! own, in one fixed order, so a token's output does not depend on the rest of the batch.
+//! the block table. This is the CPU reference of `kernels/attention.cu`.
+//!
+//! For each head, over the keys j = lo..=pos of the row (lo = pos − window + 1 on sliding
+//! layers), exactly:
+//!   s_j = (Σ_d q_d·k_jd, fused multiply-adds in order of d) · scale, then tanh(s_j/c)·c;
+//!   e_j = exp(s_j − max s); Σe in 8 lanes by (j − lo) mod 8, folded in the fixed order;
+//!   out_d = (Σ_j e_j·v_jd, in order of j) · (1/Σe).
+//! The AVX2 path computes the same operations in the same order as the portable one (scores
+//! with one key per lane), so both give the same bits, and each row is computed on its own:
+//! a token's output never depends on the rest of the batch.
 
 use super::kv::CpuKv;
-use super::simd::{axpy, dot, exp, tanh};
+use super::simd::{exp, fold8, tanh};
 use crate::backend::{AttentionMeta, AttentionParams};
 use rayon::prelude::*;
 
@@ -21,7 +28,14 @@ pub fn attention(
     assert_eq!(q.len(), rows * row_len, "attention: q shape");
     let mut out = vec![0f32; rows * row_len];
     let work = |(t, o): (usize, &mut [f32])| {
-        attend_row(kv, layer, &q[t * row_len..(t + 1) * row_len], t, meta, p, o);
+        let qrow = &q[t * row_len..(t + 1) * row_len];
+        #[cfg(target_arch = "x86_64")]
+        if super::simd::has_avx2() && kv.block_size % 8 == 0 && p.head_dim % 8 == 0 {
+            // SAFETY: the features were checked; shapes are multiples of 8 as the kernel needs.
+            unsafe { avx2::attend_row(kv, layer, qrow, t, meta, p, o) };
+            return;
+        }
+        attend_row(kv, layer, qrow, t, meta, p, o);
     };
     if rows > 1 {
         out.par_chunks_mut(row_len).enumerate().for_each(work);
@@ -31,8 +45,14 @@ pub fn attention(
     out
 }
 
-/// One query row: every head, over keys `lo..=pos`.
-fn attend_row(
+/// The keys a row sees: `lo..=pos`.
+fn key_range(meta: &AttentionMeta, t: usize, window: Option<usize>) -> (usize, usize) {
+    let pos = meta.positions[t] as usize;
+    (window.map_or(0, |w| (pos + 1).saturating_sub(w)), pos)
+}
+
+/// The portable row: the definition above, written plainly.
+pub fn attend_row(
     kv: &CpuKv,
     layer: usize,
     q: &[f32],
@@ -41,39 +61,219 @@ fn attend_row(
     p: AttentionParams,
     out: &mut [f32],
 ) {
-    let hd = p.head_dim;
-    let bs = meta.block_size;
+    let (hd, bs) = (p.head_dim, meta.block_size);
     let group = p.num_heads / p.num_kv_heads;
-    let pos = meta.positions[t] as usize;
     let blocks = &meta.spans[meta.span_of[t] as usize];
-    let lo = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-    let n = pos + 1 - lo;
-    let (keys, values) = (&kv.k[layer], &kv.v[layer]);
-    let mut scores = vec![0f32; n];
+    let (lo, pos) = key_range(meta, t, p.window);
+    let mut e = vec![0f32; pos + 1 - lo];
     for h in 0..p.num_heads {
         let g = h / group;
         let qh = &q[h * hd..(h + 1) * hd];
-        let mut max = f32::NEG_INFINITY;
-        for (i, s) in scores.iter_mut().enumerate() {
-            let at = lo + i;
-            let o = kv.offset(blocks[at / bs] as usize, g, at % bs);
-            let mut v = dot(qh, &keys[o..o + hd]) * p.scale;
+        for (i, s) in e.iter_mut().enumerate() {
+            let j = lo + i;
+            let (b, slot) = (blocks[j / bs] as usize, j % bs);
+            let mut acc = 0f32;
+            for (d, &qd) in qh.iter().enumerate() {
+                acc = qd.mul_add(kv.key(layer, b, g, slot, d), acc);
+            }
+            let mut v = acc * p.scale;
             if let Some(c) = p.softcap {
                 v = tanh(v / c) * c;
             }
             *s = v;
-            max = max.max(v);
         }
-        let mut sum = 0f32;
-        for s in scores.iter_mut() {
+        let max = e.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut lanes = [0f32; 8];
+        for (i, s) in e.iter_mut().enumerate() {
             *s = exp(*s - max);
-            sum += *s;
+            lanes[i % 8] += *s;
         }
+        let inv = 1.0 / fold8(&lanes);
         let oh = &mut out[h * hd..(h + 1) * hd];
-        for (i, &s) in scores.iter().enumerate() {
-            let at = lo + i;
-            let o = kv.offset(blocks[at / bs] as usize, g, at % bs);
-            axpy(oh, s / sum, &values[o..o + hd]);
+        oh.fill(0.0);
+        for (i, &w) in e.iter().enumerate() {
+            let j = lo + i;
+            let vrow = kv.value(layer, blocks[j / bs] as usize, g, j % bs);
+            for (o, &v) in oh.iter_mut().zip(vrow) {
+                *o = w.mul_add(v, *o);
+            }
+        }
+        for o in oh.iter_mut() {
+            *o *= inv;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+    use crate::cpu::simd::{exp8, tanh8};
+    use std::arch::x86_64::*;
+
+    /// The AVX2 row (block_size and head_dim multiples of 8).
+    ///
+    /// # Safety
+    /// AVX2, FMA must be available.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn attend_row(
+        kv: &CpuKv,
+        layer: usize,
+        q: &[f32],
+        t: usize,
+        meta: &AttentionMeta,
+        p: AttentionParams,
+        out: &mut [f32],
+    ) {
+        let (hd, bs) = (p.head_dim, meta.block_size);
+        let group = p.num_heads / p.num_kv_heads;
+        let blocks = &meta.spans[meta.span_of[t] as usize];
+        let (lo, pos) = key_range(meta, t, p.window);
+        let n = pos + 1 - lo;
+        // Scores of whole blocks, then the valid range [lo - first, ...) is used.
+        let first_block = lo / bs;
+        let last_block = pos / bs;
+        let base = first_block * bs;
+        let mut s = vec![0f32; (last_block + 1 - first_block) * bs];
+        let keys = &kv.k[layer];
+        let scale = _mm256_set1_ps(p.scale);
+        for h in 0..p.num_heads {
+            let g = h / group;
+            let qh = q.as_ptr().add(h * hd);
+            // Scores, eight keys per vector: lane = slot.
+            for (bi, b) in (first_block..=last_block).enumerate() {
+                let kb = keys.as_ptr().add(kv.head_base(blocks[b] as usize, g));
+                for chunk in (0..bs).step_by(8) {
+                    let mut acc = _mm256_setzero_ps();
+                    for d in 0..hd {
+                        acc = _mm256_fmadd_ps(
+                            _mm256_set1_ps(*qh.add(d)),
+                            _mm256_loadu_ps(kb.add(d * bs + chunk)),
+                            acc,
+                        );
+                    }
+                    let mut v = _mm256_mul_ps(acc, scale);
+                    if let Some(c) = p.softcap {
+                        let c = _mm256_set1_ps(c);
+                        v = _mm256_mul_ps(tanh8(_mm256_div_ps(v, c)), c);
+                    }
+                    _mm256_storeu_ps(s.as_mut_ptr().add(bi * bs + chunk), v);
+                }
+            }
+            let e = &mut s[lo - base..lo - base + n];
+            let max = e.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            // exp, and the sum in lanes by index mod 8 (a zero-padded tail adds nothing).
+            let vmax = _mm256_set1_ps(max);
+            let mut lanes = _mm256_setzero_ps();
+            let full = n / 8 * 8;
+            for i in (0..full).step_by(8) {
+                let x = exp8(_mm256_sub_ps(_mm256_loadu_ps(e.as_ptr().add(i)), vmax));
+                _mm256_storeu_ps(e.as_mut_ptr().add(i), x);
+                lanes = _mm256_add_ps(lanes, x);
+            }
+            let mut tail = [0f32; 8];
+            for i in full..n {
+                e[i] = exp(e[i] - max);
+                tail[i - full] = e[i];
+            }
+            lanes = _mm256_add_ps(lanes, _mm256_loadu_ps(tail.as_ptr()));
+            let mut l = [0f32; 8];
+            _mm256_storeu_ps(l.as_mut_ptr(), lanes);
+            let inv = _mm256_set1_ps(1.0 / fold8(&l));
+            // Values: out_d = Σ_j e_j·v_jd in order of j, eight dimensions per register.
+            let oh = out.as_mut_ptr().add(h * hd);
+            for d0 in (0..hd).step_by(64) {
+                let width = (hd - d0).min(64) / 8;
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for (i, &w) in e.iter().enumerate() {
+                    let j = lo + i;
+                    let vrow = kv
+                        .value(layer, blocks[j / bs] as usize, g, j % bs)
+                        .as_ptr()
+                        .add(d0);
+                    let wv = _mm256_set1_ps(w);
+                    for (r, a) in acc.iter_mut().enumerate().take(width) {
+                        *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(vrow.add(8 * r)), *a);
+                    }
+                }
+                for (r, a) in acc.iter().enumerate().take(width) {
+                    _mm256_storeu_ps(oh.add(d0 + 8 * r), _mm256_mul_ps(*a, inv));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AVX2 row equals the portable row bit for bit, across windows, softcaps, GQA and
+    /// rows that start mid-block.
+    #[test]
+    fn vector_path_equals_portable_path() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if !crate::cpu::simd::has_avx2() {
+                eprintln!("skipped: no AVX2 on this CPU");
+                return;
+            }
+            let (layers, blocks, bs, kvh, hd, heads) = (1, 12, 8, 2, 24, 6);
+            let mut kv = CpuKv::new(layers, blocks, bs, kvh, hd);
+            let mut x = 1u32;
+            let mut rnd = move || {
+                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (x >> 8) as f32 / (1 << 24) as f32 * 4.0 - 2.0
+            };
+            // A scrambled block table for one sequence of 80 positions.
+            let table: Vec<u32> = vec![7, 2, 9, 0, 11, 5, 3, 8, 1, 10];
+            for pos in 0..80 {
+                let k: Vec<f32> = (0..kvh * hd).map(|_| rnd() * 3.0).collect();
+                let v: Vec<f32> = (0..kvh * hd).map(|_| rnd()).collect();
+                kv.write(0, table[pos / bs] as usize * bs + pos % bs, &k, &v);
+            }
+            let positions: Vec<u32> = vec![0, 5, 8, 17, 40, 63, 79];
+            let meta = AttentionMeta {
+                span_of: vec![0; positions.len()],
+                positions: positions.clone(),
+                spans: vec![table],
+                block_size: bs,
+            };
+            let q: Vec<f32> = (0..positions.len() * heads * hd)
+                .map(|_| rnd() * 3.0)
+                .collect();
+            for (window, softcap) in [
+                (None, Some(50.0)),
+                (Some(11), Some(5.0)),
+                (Some(3), None),
+                (None, None),
+            ] {
+                let p = AttentionParams {
+                    num_heads: heads,
+                    num_kv_heads: kvh,
+                    head_dim: hd,
+                    scale: 0.2,
+                    softcap,
+                    window,
+                };
+                let fast = attention(&kv, 0, &q, &meta, p);
+                let mut slow = vec![0f32; fast.len()];
+                for (t, o) in slow.chunks_mut(heads * hd).enumerate() {
+                    attend_row(
+                        &kv,
+                        0,
+                        &q[t * heads * hd..(t + 1) * heads * hd],
+                        t,
+                        &meta,
+                        p,
+                        o,
+                    );
+                }
+                assert_eq!(
+                    fast.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    slow.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "window {window:?} softcap {softcap:?}"
+                );
+            }
         }
     }
 }

@@ -58,6 +58,12 @@ pub fn linear(x: &[f32], m: usize, w: WeightRef<'_>, out: &mut [f32]) {
     }
 }
 
+/// Up to this many rows, weights are widened in registers rather than into a panel.
+const DIRECT_ROWS: usize = 8;
+
+/// Bytes of `x` rows kept hot in L2 while the weight panels stream past them.
+const X_BLOCK_BYTES: usize = 192 << 10;
+
 unsafe fn block(
     x: &[f32],
     m: usize,
@@ -67,28 +73,102 @@ unsafe fn block(
     out: *mut f32,
     avx2: bool,
 ) {
-    let n = w.rows;
-    let k = w.cols;
+    let (n, k) = (w.rows, w.cols);
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // Rows of x in blocks that stay in L2; for each, every panel of NR weight rows is
+        // converted to f32 once (into L1) and swept across the block's row tiles.
+        let mb = ((X_BLOCK_BYTES / (4 * k.max(1))) / MR * MR).max(MR);
+        let mut panel = vec![0f32; NR * k];
+        let mut i0 = 0;
+        while i0 < m {
+            let i1 = (i0 + mb).min(m);
+            let mut j = n0;
+            while j < n1 {
+                let nr = (n1 - j).min(NR);
+                let wp = w.bytes.as_ptr().add(j * k * w.dtype.size());
+                if m <= DIRECT_ROWS {
+                    // Few rows: widen in registers, keeping loads and FMAs interleaved.
+                    let mut i = i0;
+                    while i < i1 {
+                        let mr = (i1 - i).min(MR);
+                        avx2_tile_direct(
+                            mr,
+                            nr,
+                            x.as_ptr().add(i * k),
+                            wp,
+                            w.dtype,
+                            k,
+                            out.add(i * n + j),
+                            n,
+                        );
+                        i += mr;
+                    }
+                    j += nr;
+                    continue;
+                }
+                let wf: *const f32 = match w.dtype {
+                    DType::F32 => wp as *const f32,
+                    dt => {
+                        to_f32_avx2(wp, dt, nr * k, panel.as_mut_ptr());
+                        panel.as_ptr()
+                    }
+                };
+                let mut i = i0;
+                while i < i1 {
+                    let mr = (i1 - i).min(MR);
+                    avx2_tile(mr, nr, x.as_ptr().add(i * k), wf, k, out.add(i * n + j), n);
+                    i += mr;
+                }
+                j += nr;
+            }
+            i0 = i1;
+        }
+        return;
+    }
+    let _ = avx2;
     let mut i = 0;
     while i < m {
         let mr = (m - i).min(MR);
         let mut j = n0;
         while j < n1 {
             let nr = (n1 - j).min(NR);
-            let xp = x.as_ptr().add(i * k);
             let wp = w.bytes.as_ptr().add(j * k * w.dtype.size());
-            let op = out.add(i * n + j);
-            #[cfg(target_arch = "x86_64")]
-            if avx2 {
-                avx2_tile(mr, nr, xp, wp, w.dtype, k, op, n);
-                j += nr;
-                continue;
-            }
-            let _ = avx2;
-            portable_tile(mr, nr, xp, wp, w.dtype, k, op, n);
+            portable_tile(
+                mr,
+                nr,
+                x.as_ptr().add(i * k),
+                wp,
+                w.dtype,
+                k,
+                out.add(i * n + j),
+                n,
+            );
             j += nr;
         }
         i += mr;
+    }
+}
+
+/// Widens `count` bf16/f16 values to f32 (exactly: both convert losslessly).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn to_f32_avx2(src: *const u8, dt: DType, count: usize, dst: *mut f32) {
+    let body = count / 8 * 8;
+    let mut i = 0;
+    while i < body {
+        let v = match dt {
+            DType::BF16 => LoadBf16::load8(src.add(2 * i)),
+            _ => LoadF16::load8(src.add(2 * i)),
+        };
+        _mm256_storeu_ps(dst.add(i), v);
+        i += 8;
+    }
+    for i in body..count {
+        *dst.add(i) = match dt {
+            DType::BF16 => LoadBf16::one(src.add(2 * i)),
+            _ => LoadF16::one(src.add(2 * i)),
+        };
     }
 }
 
@@ -125,9 +205,37 @@ unsafe fn portable_tile(
 }
 
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
 #[inline]
 unsafe fn avx2_tile(
+    mr: usize,
+    nr: usize,
+    x: *const f32,
+    w: *const f32,
+    k: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    let w = w as *const u8;
+    match (mr, nr) {
+        (4, 3) => tile::<4, 3, LoadF32>(x, w, k, out, ldo),
+        (4, 2) => tile::<4, 2, LoadF32>(x, w, k, out, ldo),
+        (4, 1) => tile::<4, 1, LoadF32>(x, w, k, out, ldo),
+        (3, 3) => tile::<3, 3, LoadF32>(x, w, k, out, ldo),
+        (3, 2) => tile::<3, 2, LoadF32>(x, w, k, out, ldo),
+        (3, 1) => tile::<3, 1, LoadF32>(x, w, k, out, ldo),
+        (2, 3) => tile::<2, 3, LoadF32>(x, w, k, out, ldo),
+        (2, 2) => tile::<2, 2, LoadF32>(x, w, k, out, ldo),
+        (2, 1) => tile::<2, 1, LoadF32>(x, w, k, out, ldo),
+        (1, 3) => tile::<1, 3, LoadF32>(x, w, k, out, ldo),
+        (1, 2) => tile::<1, 2, LoadF32>(x, w, k, out, ldo),
+        _ => tile::<1, 1, LoadF32>(x, w, k, out, ldo),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn avx2_tile_direct(
     mr: usize,
     nr: usize,
     x: *const f32,

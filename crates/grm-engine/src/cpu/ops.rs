@@ -1,11 +1,89 @@
 //! Row-wise operations of the forward pass on the host. Each is the CPU reference of the
 //! CUDA kernel of the same name in `kernels/`.
 
-use super::simd::{dot, tanh};
+use super::simd::{dot_portable as dot, tanh, with_avx2};
 
-/// `x * rsqrt(mean(x²) + eps) * (1 + w)` for each row of `cols`, as HF's Gemma2RMSNorm (in
-/// f32, the weight offset by one).
-pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+with_avx2!(
+    /// `x * rsqrt(mean(x²) + eps) * (1 + w)` for each row of `cols`, as HF's Gemma2RMSNorm (in
+    /// f32, the weight offset by one).
+    pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) => rms_norm_impl
+);
+with_avx2!(
+    /// `residual += rms_norm(x)`, row by row.
+    pub fn add_rms_norm(residual: &mut [f32], x: &[f32], w: &[f32], eps: f32) => add_rms_norm_impl
+);
+/// `gelu_tanh(g) * u`, where gelu_tanh(g) = 0.5·g·(1 + tanh(√(2/π)·(g + 0.044715·g³))).
+pub fn gelu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    let n = out.len().min(gate.len()).min(up.len());
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2() {
+        // SAFETY: features checked; indices stay below n.
+        done = unsafe { avx2::gelu_mul(&gate[..n], &up[..n], &mut out[..n]) };
+    }
+    gelu_mul_impl(&gate[done..n], &up[done..n], &mut out[done..n]);
+}
+
+/// `tanh(x / cap) * cap`.
+pub fn softcap(x: &mut [f32], cap: f32) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::has_avx2() {
+        // SAFETY: features checked.
+        done = unsafe { avx2::softcap(x, cap) };
+    }
+    softcap_impl(&mut x[done..], cap);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    //! Eight elements at a time, the same operations in the same order as the scalar code.
+    use crate::cpu::simd::tanh8;
+    use std::arch::x86_64::*;
+
+    /// Returns how many leading elements it did (a multiple of 8).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gelu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) -> usize {
+        let n = out.len() / 8 * 8;
+        let (k, c, half, one) = (
+            _mm256_set1_ps(super::SQRT_2_OVER_PI),
+            _mm256_set1_ps(0.044_715),
+            _mm256_set1_ps(0.5),
+            _mm256_set1_ps(1.0),
+        );
+        for i in (0..n).step_by(8) {
+            let g = _mm256_loadu_ps(gate.as_ptr().add(i));
+            let u = _mm256_loadu_ps(up.as_ptr().add(i));
+            let cube = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(c, g), g), g);
+            let inner = _mm256_mul_ps(k, _mm256_add_ps(g, cube));
+            let r = _mm256_mul_ps(
+                _mm256_mul_ps(_mm256_mul_ps(half, g), _mm256_add_ps(one, tanh8(inner))),
+                u,
+            );
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), r);
+        }
+        n
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn softcap(x: &mut [f32], cap: f32) -> usize {
+        let n = x.len() / 8 * 8;
+        let c = _mm256_set1_ps(cap);
+        for i in (0..n).step_by(8) {
+            let v = _mm256_loadu_ps(x.as_ptr().add(i));
+            _mm256_storeu_ps(
+                x.as_mut_ptr().add(i),
+                _mm256_mul_ps(tanh8(_mm256_div_ps(v, c)), c),
+            );
+        }
+        n
+    }
+}
+
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+
+#[inline(always)]
+fn rms_norm_impl(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let cols = w.len();
     for (xr, or) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
         let inv = 1.0 / ((dot(xr, xr) / cols as f32) + eps).sqrt();
@@ -15,8 +93,8 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// `residual += rms_norm(x)`, row by row.
-pub fn add_rms_norm(residual: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+#[inline(always)]
+fn add_rms_norm_impl(residual: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     let cols = w.len();
     for (xr, rr) in x.chunks_exact(cols).zip(residual.chunks_exact_mut(cols)) {
         let inv = 1.0 / ((dot(xr, xr) / cols as f32) + eps).sqrt();
@@ -26,17 +104,14 @@ pub fn add_rms_norm(residual: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     }
 }
 
-/// `gelu_tanh(g) * u`, where gelu_tanh(g) = 0.5·g·(1 + tanh(√(2/π)·(g + 0.044715·g³))).
-pub fn gelu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+fn gelu_mul_impl(gate: &[f32], up: &[f32], out: &mut [f32]) {
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
         let inner = SQRT_2_OVER_PI * (g + 0.044_715 * g * g * g);
         *o = 0.5 * g * (1.0 + tanh(inner)) * u;
     }
 }
 
-/// `tanh(x / cap) * cap`.
-pub fn softcap(x: &mut [f32], cap: f32) {
+fn softcap_impl(x: &mut [f32], cap: f32) {
     for v in x {
         *v = tanh(*v / cap) * cap;
     }
@@ -53,5 +128,30 @@ pub fn rope_row(row: &mut [f32], heads: usize, head_dim: usize, cos: &[f32], sin
             x[i] = a * cos[i] - b * sin[i];
             x[i + half] = b * cos[i] + a * sin[i];
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vector_and_scalar_elementwise_ops_agree() {
+        let g: Vec<f32> = (0..1003).map(|i| (i as f32 - 500.0) * 0.013).collect();
+        let u: Vec<f32> = (0..1003).map(|i| (i as f32 * 0.7).sin()).collect();
+        let mut fast = vec![0f32; g.len()];
+        gelu_mul(&g, &u, &mut fast);
+        let mut slow = vec![0f32; g.len()];
+        gelu_mul_impl(&g, &u, &mut slow);
+        assert_eq!(fast, slow);
+        let mut a: Vec<f32> = g.iter().map(|x| x * 40.0).collect();
+        let mut b = a.clone();
+        softcap(&mut a, 30.0);
+        softcap_impl(&mut b, 30.0);
+        assert_eq!(a, b);
+        // gelu_tanh(1) = 0.841192
+        let mut o = [0f32];
+        gelu_mul(&[1.0], &[1.0], &mut o);
+        assert!((o[0] - 0.841_192).abs() < 1e-5);
     }
 }

@@ -25,6 +25,30 @@ pub fn has_avx2() -> bool {
     }
 }
 
+/// Defines a safe function that runs an `#[inline(always)]` implementation compiled for
+/// AVX2 + FMA + F16C when the CPU has them, and as plain code otherwise. Both compile the same
+/// source, and `mul_add` is exact either way, so both give the same bits; the AVX2 build just
+/// turns `mul_add` into one instruction instead of a libm call, and vectorizes.
+macro_rules! with_avx2 {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $imp:path) => {
+        $(#[$m])* $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma,f16c")]
+                unsafe fn fast($($arg: $ty),*) $(-> $ret)? {
+                    $imp($($arg),*)
+                }
+                if $crate::cpu::simd::has_avx2() {
+                    // SAFETY: the CPU features were just checked.
+                    return unsafe { fast($($arg),*) };
+                }
+            }
+            $imp($($arg),*)
+        }
+    };
+}
+pub(crate) use with_avx2;
+
 /// The fixed fold of 8 lanes: ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)).
 #[inline]
 pub fn fold8(l: &[f32; 8]) -> f32 {
@@ -58,6 +82,9 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     dot_portable(a, b)
 }
 
+/// The portable dot product; `#[inline(always)]` so that callers compiled for AVX2 get it
+/// vectorized in place.
+#[inline(always)]
 pub fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let body = n / 8 * 8;
@@ -94,7 +121,7 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// y[i] += a · x[i] (element-wise, so any vector width gives the same bits).
-#[inline]
+#[inline(always)]
 pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     for (y, &x) in y.iter_mut().zip(x) {
         *y = a.mul_add(x, *y);
@@ -103,7 +130,7 @@ pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 
 /// e^x for f32, accurate to about 2 ulp over the range that does not overflow; one scalar
 /// definition so that every caller gets identical bits.
-#[inline]
+#[inline(always)]
 pub fn exp(x: f32) -> f32 {
     // Range reduction x = n·ln2 + r, |r| ≤ ln2/2, then a degree-6 polynomial for e^r
     // (Cephes expf coefficients).
@@ -116,7 +143,8 @@ pub fn exp(x: f32) -> f32 {
     if x < -103.97 {
         return 0.0;
     }
-    let n = (x * LOG2E).round();
+    // Ties to even, as the vector rounding instruction does.
+    let n = (x * LOG2E).round_ties_even();
     let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, x));
     let mut p = 1.987_569_1e-4_f32;
     p = p.mul_add(r, 1.398_199_9e-3);
@@ -131,13 +159,13 @@ pub fn exp(x: f32) -> f32 {
     er * pow2i(half) * pow2i(n - half)
 }
 
-#[inline]
+#[inline(always)]
 fn pow2i(n: i32) -> f32 {
     f32::from_bits(((n + 127).clamp(0, 255) as u32) << 23)
 }
 
 /// tanh for f32 with absolute error below 1e-7.
-#[inline]
+#[inline(always)]
 pub fn tanh(x: f32) -> f32 {
     let a = x.abs();
     let t = if a < 0.625 {
@@ -156,6 +184,88 @@ pub fn tanh(x: f32) -> f32 {
     };
     t.copysign(x)
 }
+
+#[cfg(target_arch = "x86_64")]
+mod v8 {
+    //! Eight-lane versions of [`super::exp`] and [`super::tanh`]: the same operations in the
+    //! same order, so every lane equals the scalar result bit for bit.
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> __m256 {
+        _mm256_set1_ps(x)
+    }
+
+    #[inline(always)]
+    unsafe fn pow2i(n: __m256i) -> __m256 {
+        let biased = _mm256_min_epi32(
+            _mm256_max_epi32(
+                _mm256_add_epi32(n, _mm256_set1_epi32(127)),
+                _mm256_setzero_si256(),
+            ),
+            _mm256_set1_epi32(255),
+        );
+        _mm256_castsi256_ps(_mm256_slli_epi32(biased, 23))
+    }
+
+    /// # Safety
+    /// AVX2 and FMA must be available.
+    #[inline(always)]
+    pub unsafe fn exp8(x: __m256) -> __m256 {
+        let over = _mm256_cmp_ps(x, splat(88.72), _CMP_GT_OQ);
+        let under = _mm256_cmp_ps(x, splat(-103.97), _CMP_LT_OQ);
+        let n = _mm256_round_ps(
+            _mm256_mul_ps(x, splat(std::f32::consts::LOG2_E)),
+            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+        );
+        let r = _mm256_fmadd_ps(
+            n,
+            splat(2.121_944_4e-4),
+            _mm256_fmadd_ps(n, splat(-0.693_359_4), x),
+        );
+        let mut p = splat(1.987_569_1e-4);
+        p = _mm256_fmadd_ps(p, r, splat(1.398_199_9e-3));
+        p = _mm256_fmadd_ps(p, r, splat(8.333_452e-3));
+        p = _mm256_fmadd_ps(p, r, splat(4.166_579_6e-2));
+        p = _mm256_fmadd_ps(p, r, splat(1.666_666_5e-1));
+        p = _mm256_fmadd_ps(p, r, splat(5e-1));
+        let er = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), splat(1.0));
+        let ni = _mm256_cvtps_epi32(n);
+        // n / 2 truncated toward zero, as Rust's integer division.
+        let half = _mm256_srai_epi32(_mm256_add_epi32(ni, _mm256_srli_epi32(ni, 31)), 1);
+        let res = _mm256_mul_ps(
+            _mm256_mul_ps(er, pow2i(half)),
+            pow2i(_mm256_sub_epi32(ni, half)),
+        );
+        let res = _mm256_blendv_ps(res, splat(f32::INFINITY), over);
+        _mm256_blendv_ps(res, _mm256_setzero_ps(), under)
+    }
+
+    /// # Safety
+    /// AVX2 and FMA must be available.
+    #[inline(always)]
+    pub unsafe fn tanh8(x: __m256) -> __m256 {
+        let sign = splat(-0.0);
+        let a = _mm256_andnot_ps(sign, x);
+        let z = _mm256_mul_ps(a, a);
+        let mut p = splat(-5.704_988_7e-3);
+        p = _mm256_fmadd_ps(p, z, splat(2.063_909e-2));
+        p = _mm256_fmadd_ps(p, z, splat(-5.373_971e-2));
+        p = _mm256_fmadd_ps(p, z, splat(1.333_144_2e-1));
+        p = _mm256_fmadd_ps(p, z, splat(-3.333_328e-1));
+        let small = _mm256_fmadd_ps(_mm256_mul_ps(p, z), a, a);
+        let e = exp8(_mm256_mul_ps(splat(2.0), a));
+        let mid = _mm256_sub_ps(
+            splat(1.0),
+            _mm256_div_ps(splat(2.0), _mm256_add_ps(e, splat(1.0))),
+        );
+        let t = _mm256_blendv_ps(mid, small, _mm256_cmp_ps(a, splat(0.625), _CMP_LT_OQ));
+        let t = _mm256_blendv_ps(t, splat(1.0), _mm256_cmp_ps(a, splat(9.0), _CMP_GT_OQ));
+        _mm256_or_ps(t, _mm256_and_ps(sign, x))
+    }
+}
+#[cfg(target_arch = "x86_64")]
+pub use v8::{exp8, tanh8};
 
 #[cfg(test)]
 mod tests {
@@ -202,6 +312,46 @@ mod tests {
         assert_eq!(exp(-200.0), 0.0);
         assert_eq!(exp(100.0), f32::INFINITY);
         assert_eq!(exp(0.0), 1.0);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_exp_and_tanh_equal_the_scalar_ones() {
+        use std::arch::x86_64::*;
+        if !has_avx2() {
+            eprintln!("skipped: no AVX2 on this CPU");
+            return;
+        }
+        let mut xs: Vec<f32> = (-40_000..40_000).map(|i| i as f32 * 0.003_7).collect();
+        xs.extend([
+            0.0,
+            -0.0,
+            0.625,
+            -0.625,
+            9.0,
+            88.72,
+            88.73,
+            -103.97,
+            -104.0,
+            -150.0,
+            1e-30,
+            f32::MIN_POSITIVE,
+        ]);
+        while xs.len() % 8 != 0 {
+            xs.push(1.0);
+        }
+        for c in xs.chunks_exact(8) {
+            let (mut e, mut t) = ([0f32; 8], [0f32; 8]);
+            unsafe {
+                let v = _mm256_loadu_ps(c.as_ptr());
+                _mm256_storeu_ps(e.as_mut_ptr(), exp8(v));
+                _mm256_storeu_ps(t.as_mut_ptr(), tanh8(v));
+            }
+            for i in 0..8 {
+                assert_eq!(e[i].to_bits(), exp(c[i]).to_bits(), "exp({})", c[i]);
+                assert_eq!(t[i].to_bits(), tanh(c[i]).to_bits(), "tanh({})", c[i]);
+            }
+        }
     }
 
     #[test]

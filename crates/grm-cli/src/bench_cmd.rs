@@ -1,0 +1,358 @@
+//! `grm bench`: throughput and latency figures as JSON, with the machine they ran on.
+
+use crate::model_cmd::thread_pool;
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use grm_engine::backend::Backend;
+use grm_engine::init::{shape, write_random_model, InitOptions};
+use grm_engine::weights::DType;
+use grm_engine::{CpuBackend, Event, Gemma2, SamplingParams, Scheduler, SchedulerConfig, Work};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// The engine alone: prefill, decode at several batch sizes, and the GRM workload (one
+    /// prompt, k samples) with and without prefix sharing; optionally transformers beside it.
+    Engine(EngineArgs),
+}
+
+#[derive(Args)]
+pub struct EngineArgs {
+    /// A model directory; without it a random model of --shape is written to a temporary
+    /// directory.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Shape of the random model (see `grm model init`).
+    #[arg(long, default_value = "small-100m")]
+    shape: String,
+    /// Weight type of the random model: f32, bf16 or f16.
+    #[arg(long, default_value = "bf16")]
+    dtype: String,
+    #[arg(long, env = "GRM_THREADS")]
+    threads: Option<usize>,
+    /// Prompt tokens (P) of the prefill and GRM measurements.
+    #[arg(long, default_value_t = 512)]
+    prompt_tokens: usize,
+    /// Samples (k) of the GRM workload.
+    #[arg(long, default_value_t = 8)]
+    samples: usize,
+    /// Tokens generated per sample (G) in the GRM workload.
+    #[arg(long, default_value_t = 128)]
+    gen_tokens: usize,
+    /// Batch sizes of the decode measurement.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    decode_batches: Vec<usize>,
+    /// Decode steps timed per batch size.
+    #[arg(long, default_value_t = 32)]
+    decode_steps: usize,
+    /// Temperature of the GRM workload's samples.
+    #[arg(long, default_value_t = 0.5)]
+    temperature: f32,
+    /// Run the same GRM workload through a peer in the same run: `transformers`.
+    #[arg(long)]
+    peer: Option<String>,
+    /// Python with torch and transformers for the peer (scripts/setup-python.sh makes one).
+    #[arg(long, env = "GRM_PYTHON", default_value = ".venv-ref/bin/python")]
+    python: PathBuf,
+    /// Skip parts: any of prefill, decode, grm.
+    #[arg(long, value_delimiter = ',')]
+    skip: Vec<String>,
+    /// Also write the JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
+    match cmd {
+        BenchCommand::Engine(a) => engine(a)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What the machine is, for the record.
+pub fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok())
+        })
+        .map(|kb| kb / (1024 * 1024))
+        .unwrap_or(0);
+    json!({
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "memory_gib": mem,
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+    })
+}
+
+fn prompt(len: usize, vocab: usize, salt: usize) -> Vec<u32> {
+    // BOS, then a spread of ordinary ids (ids below 6 are the special tokens).
+    std::iter::once(2)
+        .chain((1..len).map(|i| (6 + (i * 7919 + salt * 104_729) % (vocab - 6)) as u32))
+        .collect()
+}
+
+fn sched(
+    model: Gemma2<CpuBackend>,
+    blocks: usize,
+    sharing: bool,
+    batch_tokens: usize,
+) -> Result<Scheduler<CpuBackend>> {
+    let cfg = SchedulerConfig {
+        max_batch_tokens: batch_tokens,
+        max_seqs: 512,
+        default_stop_tokens: Vec::new(),
+    };
+    Ok(Scheduler::new(model, blocks, 16, sharing, cfg)?)
+}
+
+fn engine(a: EngineArgs) -> Result<()> {
+    thread_pool(a.threads)?;
+    let tmp;
+    let dir: &Path = match &a.model {
+        Some(d) => d,
+        None => {
+            let Some(s) = shape(&a.shape) else {
+                bail!("--shape {:?} is not known", a.shape)
+            };
+            let dtype = match a.dtype.as_str() {
+                "f32" => DType::F32,
+                "bf16" => DType::BF16,
+                "f16" => DType::F16,
+                d => bail!("--dtype {d:?} is not one of f32, bf16, f16"),
+            };
+            tmp = std::env::temp_dir().join(format!(
+                "grm-bench-{}-{}-{}",
+                s.name,
+                a.dtype,
+                std::process::id()
+            ));
+            eprintln!(
+                "writing a random {} model ({}) to {}",
+                s.name,
+                a.dtype,
+                tmp.display()
+            );
+            write_random_model(
+                &s,
+                &tmp,
+                &InitOptions {
+                    dtype,
+                    ..Default::default()
+                },
+            )?;
+            &tmp
+        }
+    };
+    let load =
+        || Gemma2::load(dir, CpuBackend).with_context(|| format!("loading {}", dir.display()));
+    let m = load()?;
+    let vocab = m.config.vocab_size;
+    let mut report = json!({
+        "machine": machine(),
+        "backend": m.backend().name(),
+        "threads": rayon::current_num_threads(),
+        "model": {
+            "dir": dir.display().to_string(),
+            "parameters": m.config.num_parameters(),
+            "weight_bytes": m.weight_bytes(),
+            "shape": if a.model.is_some() { Value::Null } else { json!(a.shape) },
+        },
+    });
+    let kv_token_bytes = m.kv_bytes_per_token();
+    drop(m);
+
+    if !a.skip.iter().any(|s| s == "prefill") {
+        let m = load()?;
+        let p = prompt(a.prompt_tokens, vocab, 1);
+        m.run_once(&p[..16.min(p.len())], false)?; // warm-up
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            m.run_once(&p, false)?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        let best = times[0];
+        report["prefill"] = json!({ "tokens": a.prompt_tokens, "seconds": best, "tokens_per_s": a.prompt_tokens as f64 / best });
+        eprintln!(
+            "prefill: {} tokens in {best:.3} s ({:.0} tok/s)",
+            a.prompt_tokens,
+            a.prompt_tokens as f64 / best
+        );
+    }
+
+    if !a.skip.iter().any(|s| s == "decode") {
+        let mut rows = Vec::new();
+        for &b in &a.decode_batches {
+            let ctx = 64;
+            let per = (ctx + a.decode_steps + 2).div_ceil(16) + 1;
+            let mut s = sched(load()?, per * b + 1, false, 4096)?;
+            for i in 0..b {
+                let params = SamplingParams {
+                    max_new_tokens: a.decode_steps + 2,
+                    ignore_stop: true,
+                    ..Default::default()
+                };
+                s.submit(
+                    i as u64,
+                    Work::Generate {
+                        prompt: prompt(ctx, vocab, i + 2),
+                        samples: vec![params],
+                    },
+                )?;
+            }
+            // Prefill everything (and the first decode step), then time pure decode steps.
+            while s.counters().prompt_tokens_computed < (b * ctx) as u64 {
+                s.step();
+            }
+            s.step();
+            let t = Instant::now();
+            let before = s.counters().generated_tokens;
+            for _ in 0..a.decode_steps {
+                s.step();
+            }
+            let secs = t.elapsed().as_secs_f64();
+            let tokens = s.counters().generated_tokens - before;
+            let tps = tokens as f64 / secs;
+            eprintln!(
+                "decode batch {b}: {tokens} tokens in {secs:.3} s ({tps:.1} tok/s, {:.1} ms/step)",
+                1e3 * secs / a.decode_steps as f64
+            );
+            rows.push(json!({ "batch": b, "tokens": tokens, "seconds": secs, "tokens_per_s": tps, "ms_per_step": 1e3 * secs / a.decode_steps as f64 }));
+        }
+        report["decode"] = json!(rows);
+    }
+
+    if !a.skip.iter().any(|s| s == "grm") {
+        let mut rows = Vec::new();
+        for sharing in [true, false] {
+            let (p, k, g) = (a.prompt_tokens, a.samples, a.gen_tokens);
+            let blocks = k * ((p + g).div_ceil(16) + 1) + 1;
+            let mut s = sched(load()?, blocks, sharing, 512)?;
+            let prompt = prompt(p, vocab, 7);
+            let params = |i: usize| SamplingParams {
+                temperature: a.temperature,
+                seed: i as u64,
+                max_new_tokens: g,
+                ignore_stop: true,
+                ..Default::default()
+            };
+            let t = Instant::now();
+            if sharing {
+                s.submit(
+                    0,
+                    Work::Generate {
+                        prompt: prompt.clone(),
+                        samples: (0..k).map(params).collect(),
+                    },
+                )?;
+            } else {
+                for i in 0..k {
+                    s.submit(
+                        i as u64,
+                        Work::Generate {
+                            prompt: prompt.clone(),
+                            samples: vec![params(i)],
+                        },
+                    )?;
+                }
+            }
+            let mut first_token = None;
+            let mut done = 0;
+            while !s.is_idle() {
+                for (_, ev) in s.step() {
+                    if let Event::Sample { .. } = ev {
+                        done += 1;
+                    }
+                }
+                if first_token.is_none() && s.counters().generated_tokens > 0 {
+                    first_token = Some(t.elapsed().as_secs_f64());
+                }
+            }
+            let secs = t.elapsed().as_secs_f64();
+            let c = s.counters();
+            let generated = c.generated_tokens as f64;
+            let kv_bytes = c.peak_blocks_used * 16 * kv_token_bytes;
+            eprintln!(
+                "grm workload P={p} k={k} G={g} sharing={sharing}: {secs:.2} s, {:.1} generated tok/s, KV peak {:.1} MiB",
+                generated / secs,
+                kv_bytes as f64 / (1 << 20) as f64
+            );
+            rows.push(json!({
+                "prefix_sharing": sharing, "prompt_tokens": p, "samples": k, "gen_tokens": g, "completed_samples": done,
+                "seconds_to_all_samples": secs, "seconds_to_first_token": first_token, "generated_tokens_per_s": generated / secs,
+                "prompt_tokens_computed": c.prompt_tokens_computed, "kv_peak_blocks": c.peak_blocks_used,
+                "kv_peak_bytes": kv_bytes,
+            }));
+        }
+        report["grm_workload"] = json!(rows);
+        if let Some(peer) = &a.peer {
+            if peer != "transformers" {
+                bail!("--peer {peer:?} is not known (known: transformers)");
+            }
+            report["peer"] = peer_transformers(&a, dir)?;
+        }
+    }
+
+    let text = serde_json::to_string_pretty(&report)?;
+    println!("{text}");
+    if let Some(out) = &a.out {
+        std::fs::write(out, text + "\n").with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
+}
+
+/// The same GRM workload through HF transformers (torch, CPU), same weights, same threads.
+fn peer_transformers(a: &EngineArgs, dir: &Path) -> Result<Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/peer_transformers.py");
+    let threads = a.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let out = std::process::Command::new(&a.python)
+        .arg(&script)
+        .args(["--model", &dir.display().to_string()])
+        .args(["--prompt-tokens", &a.prompt_tokens.to_string()])
+        .args(["--samples", &a.samples.to_string()])
+        .args(["--gen-tokens", &a.gen_tokens.to_string()])
+        .args(["--temperature", &a.temperature.to_string()])
+        .args(["--threads", &threads.to_string()])
+        .output()
+        .with_context(|| {
+            format!(
+                "running {} (make it with scripts/setup-python.sh, or pass --python)",
+                a.python.display()
+            )
+        })?;
+    if !out.status.success() {
+        bail!(
+            "the transformers peer failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: Value =
+        serde_json::from_slice(&out.stdout).context("the transformers peer printed no JSON")?;
+    eprintln!(
+        "transformers: {:.1} generated tok/s",
+        v["generated_tokens_per_s"].as_f64().unwrap_or(0.0)
+    );
+    Ok(v)
+}
