@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Installs what building and testing need, where it is missing. Safe to run again.
-#   protoc      Debian's protobuf-compiler (tonic/prost code generation, etcd-client)
+#   protoc       Debian's protobuf-compiler (tonic/prost code generation, etcd-client)
+#   etcd         Debian's etcd-server (the cross-process tests start a real one)
+#   .venv-test   a Python venv with grpcio and the Python client (clients/python), for the
+#                cross-process test of the client
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 apt_pkgs=()
 command -v protoc >/dev/null 2>&1 || apt_pkgs+=(protobuf-compiler)
+command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || apt_pkgs+=(etcd-server)
+python3 -m venv --help >/dev/null 2>&1 || apt_pkgs+=(python3-venv)
 
 if ((${#apt_pkgs[@]})); then
   sudo=""
@@ -12,4 +18,14 @@ if ((${#apt_pkgs[@]})); then
   echo "setup: installing ${apt_pkgs[*]} (Debian packages)" >&2
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}" >/dev/null
+fi
+# Debian starts etcd-server as a service on port 2379 when it installs it; the tests start
+# their own on free ports, so it does no harm, but it need not run.
+if command -v systemctl >/dev/null 2>&1; then systemctl stop etcd >/dev/null 2>&1 || true; fi
+
+if ! .venv-test/bin/python -c "import grm_client, grpc" >/dev/null 2>&1; then
+  echo "setup: creating .venv-test (grpcio, protobuf, clients/python)" >&2
+  python3 -m venv .venv-test
+  .venv-test/bin/pip install -q --upgrade pip
+  .venv-test/bin/pip install -q ./clients/python
 fi

@@ -1,6 +1,7 @@
 //! `grm judge` as a user runs it: a real process, text on stdin, JSON on stdout.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 fn grm(args: &[&str], stdin: &[u8]) -> Output {
@@ -134,4 +135,29 @@ fn prompt_rejects_bad_requests_by_field() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--hint is 5"));
+}
+
+/// The tiny judge fixture was trained (scripts/fixtures/make_tiny_judge.py) on prompts that
+/// Python builds by hand; they must be exactly what the short test template renders.
+#[test]
+fn the_short_test_template_matches_the_tiny_judges_training_prompts() {
+    let template =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/short-template.toml");
+    let t = template.display().to_string();
+    let out = grm(
+        &["judge", "prompt", "--no-shuffle", "--template", &t],
+        br#"{"query": "red sun?", "responses": ["tree bad", "apple good"]}"#,
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "<bos><start_of_turn>user\nJudge the responses.\nCorrect.\nQ: red sun?\n[1] tree bad\n[2] apple good\nScores: \\boxed{x, x}<end_of_turn>\n<start_of_turn>model\n"
+    );
+    let out = grm(
+        &["judge", "prompt", "--template", &t],
+        br#"{"query": "q?", "responses": ["a good"]}"#,
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "<bos><start_of_turn>user\nJudge the responses.\nCorrect.\nQ: q?\n[1] a good\nScores: \\boxed{x}<end_of_turn>\n<start_of_turn>model\n"
+    );
 }

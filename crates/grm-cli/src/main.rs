@@ -5,6 +5,9 @@ mod bench_cmd;
 mod judge_cmd;
 mod model_cmd;
 mod request_json;
+mod response_json;
+mod score_cmd;
+mod serve_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -22,6 +25,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Router, worker(s) and aggregator in one process: the whole service on one machine.
+    Serve(serve_cmd::ServeArgs),
+    /// The public gRPC API (and OpenRLHF's HTTP /get_reward) over GRM workers.
+    Router(serve_cmd::RouterArgs),
+    /// One engine serving a GRM (judgements) or a meta RM (scores) to routers and aggregators.
+    Worker(serve_cmd::WorkerArgs),
+    /// Turns a request's judgements into its answer: meta-RM scores, filtering, voting.
+    Aggregator(serve_cmd::AggregatorArgs),
+    /// Score one request, against a router or in-process.
+    Score(score_cmd::ScoreArgs),
     /// The method without a model: build prompts, parse judgements.
     #[command(subcommand)]
     Judge(judge_cmd::JudgeCommand),
@@ -35,7 +48,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging();
     let result = match cli.command {
+        Command::Serve(a) => serve_cmd::serve(a).map(|()| ExitCode::SUCCESS),
+        Command::Router(a) => serve_cmd::router(a).map(|()| ExitCode::SUCCESS),
+        Command::Worker(a) => serve_cmd::worker(a).map(|()| ExitCode::SUCCESS),
+        Command::Aggregator(a) => serve_cmd::aggregator(a).map(|()| ExitCode::SUCCESS),
+        Command::Score(a) => score_cmd::run(a).map(|()| ExitCode::SUCCESS),
         Command::Judge(cmd) => judge_cmd::run(cmd),
         Command::Model(cmd) => model_cmd::run(cmd),
         Command::Bench(cmd) => bench_cmd::run(cmd),
@@ -47,4 +66,17 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Logs on stderr; the level from GRM_LOG (or RUST_LOG), `info` by default.
+fn init_logging() {
+    let filter = std::env::var("GRM_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
 }

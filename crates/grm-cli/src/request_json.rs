@@ -66,6 +66,46 @@ impl RequestJson {
     }
 }
 
+impl RequestJson {
+    /// The request as the public API takes it (checked first, so errors name JSON fields).
+    pub fn to_proto(&self) -> Result<grm_proto::v1::ScoreRequest> {
+        use grm_proto::v1 as pb;
+        let input = self.judge_input()?;
+        let s = &self.sampling;
+        Ok(pb::ScoreRequest {
+            id: self.id.clone().unwrap_or_default(),
+            conversation: input
+                .conversation
+                .iter()
+                .map(|m| pb::Message {
+                    role: m.role.as_str().into(),
+                    content: m.content.clone(),
+                })
+                .collect(),
+            responses: input.responses,
+            criteria: input.criteria,
+            sampling: Some(pb::Sampling {
+                k: s.k.unwrap_or(1),
+                k_meta: s.k_meta,
+                temperature: s.temperature,
+                top_p: s.top_p,
+                max_new_tokens: s.max_new_tokens.unwrap_or(0),
+                seed: s.seed,
+                no_shuffle: s.no_shuffle,
+            }),
+            label: self.label.map(|l| pb::Label {
+                kind: Some(match l {
+                    Label::Best(b) => pb::label::Kind::Best(b as u32),
+                    Label::Rating(r) => pb::label::Kind::Rating(u32::from(r)),
+                    Label::Correct(c) => pb::label::Kind::Correct(c),
+                }),
+            }),
+            return_samples: true,
+            model: String::new(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

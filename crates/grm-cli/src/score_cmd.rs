@@ -1,0 +1,175 @@
+//! `grm score`: one request from the command line, against a running router or in-process on
+//! a model directory. Text or JSON in; a readable table or JSON out.
+
+use crate::request_json::RequestJson;
+use crate::response_json::to_json;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use grm_proto::v1::reward_service_client::RewardServiceClient;
+use grm_proto::v1::{sample, ScoreRequest, ScoreResponse};
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    /// A router's gRPC address (http://host:port).
+    #[arg(long, env = "GRM_ADDR")]
+    pub addr: Option<String>,
+    /// Score in-process with this GRM model instead of a server.
+    #[arg(long, conflicts_with = "addr")]
+    pub model: Option<PathBuf>,
+    /// A meta-RM model for in-process scoring.
+    #[arg(long, requires = "model")]
+    pub meta_model: Option<PathBuf>,
+    /// The user's query (otherwise a JSON request is read on stdin).
+    #[arg(long)]
+    pub query: Option<String>,
+    /// A response (repeat for each).
+    #[arg(long = "response")]
+    pub responses: Vec<String>,
+    /// Judgements sampled (k).
+    #[arg(long)]
+    pub k: Option<u32>,
+    /// Judgements kept by the meta RM.
+    #[arg(long)]
+    pub k_meta: Option<u32>,
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub max_new_tokens: Option<u32>,
+    /// Print the judgements too.
+    #[arg(long)]
+    pub samples: bool,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600.0)]
+    pub timeout_s: f64,
+    #[command(flatten)]
+    pub engine: crate::serve_cmd::EngineFlags,
+}
+
+fn request(a: &ScoreArgs) -> Result<ScoreRequest> {
+    let mut r = match &a.query {
+        Some(q) => {
+            if a.responses.is_empty() {
+                bail!("--query needs at least one --response");
+            }
+            RequestJson {
+                query: Some(q.clone()),
+                responses: a.responses.clone(),
+                ..Default::default()
+            }
+        }
+        None => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading a JSON request (UTF-8) from stdin")?;
+            RequestJson::parse(&text)?
+        }
+    };
+    let s = &mut r.sampling;
+    s.k = a.k.or(s.k);
+    s.k_meta = a.k_meta.or(s.k_meta);
+    s.temperature = a.temperature.or(s.temperature);
+    s.seed = a.seed.or(s.seed);
+    s.max_new_tokens = a.max_new_tokens.or(s.max_new_tokens);
+    r.to_proto()
+}
+
+pub fn run(a: ScoreArgs) -> Result<()> {
+    let req = request(&a)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let resp = rt.block_on(async {
+        match (&a.addr, &a.model) {
+            (Some(addr), _) => {
+                let uri = if addr.contains("://") { addr.clone() } else { format!("http://{addr}") };
+                let mut client = RewardServiceClient::connect(uri.clone()).await.with_context(|| format!("connecting to {uri}"))?;
+                let mut r = tonic::Request::new(req);
+                r.set_timeout(Duration::from_secs_f64(a.timeout_s));
+                let resp = client.score(r).await.map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?;
+                Ok::<_, anyhow::Error>(resp.into_inner())
+            }
+            (None, model) => {
+                let (default, default_meta) = crate::serve_cmd::embedded_models();
+                let Some(model) = model.clone().or(default) else {
+                    bail!("give --addr of a router, or --model (no embedded model is shipped in models/grm)");
+                };
+                let meta = a.meta_model.clone().or(if a.model.is_none() { default_meta } else { None });
+                let router = crate::serve_cmd::local_router(&model, meta.as_deref(), &a.engine).await?;
+                let len = prost::Message::encoded_len(&req);
+                router.score(req, len, None).await.map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))
+            }
+        }
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&to_json(&resp))?);
+    } else {
+        print_table(&resp, a.samples);
+    }
+    Ok(())
+}
+
+fn print_table(r: &ScoreResponse, samples: bool) {
+    println!(
+        "{:<10} {:>7} {:>6} {:>6}",
+        "response", "reward", "mean", "votes"
+    );
+    for (i, x) in r.rewards.iter().enumerate() {
+        let mark = if r.best == Some(i as u32) {
+            " (best)"
+        } else {
+            ""
+        };
+        println!(
+            "{:<10} {:>7} {:>6.2} {:>6}",
+            format!("{i}{mark}"),
+            x.reward,
+            x.mean_score,
+            x.votes
+        );
+    }
+    let k = r.valid_samples + r.invalid_samples;
+    println!(
+        "best: {}   tie: {}   valid judgements: {}/{}   k_meta: {}   seed: {}",
+        r.best.map_or("none".into(), |b| b.to_string()),
+        if r.tie { "yes" } else { "no" },
+        r.valid_samples,
+        k.max(r.samples.len() as u32),
+        r.k_meta,
+        r.seed
+    );
+    if let Some(t) = &r.timings {
+        println!("time: {:.0} ms", t.total_ms);
+    }
+    if samples {
+        for s in &r.samples {
+            let verdict = match &s.outcome {
+                Some(sample::Outcome::Scores(sc)) => {
+                    format!("scores {:?} (original order {:?})", sc.shown, sc.original)
+                }
+                Some(sample::Outcome::Invalid(i)) => format!("invalid: {}", i.message),
+                None => String::new(),
+            };
+            let meta = s
+                .meta_score
+                .map_or(String::new(), |m| format!("  meta {m:.3}"));
+            println!(
+                "\n--- sample {}  order {:?}  {}{}{}",
+                s.index,
+                s.order,
+                verdict,
+                meta,
+                if s.kept { "  kept" } else { "" }
+            );
+            println!("{}", s.text.trim_end());
+        }
+    }
+}

@@ -1,0 +1,608 @@
+//! `grm serve | router | worker | aggregator`: the cluster's roles as processes. Each prints
+//! one JSON line on stdout once it listens (`{"ready": role, "grpc": addr, ...}`), logs on
+//! stderr, and stops gracefully on SIGTERM or Ctrl-C.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use grm_cluster::aggregator::Aggregator;
+use grm_cluster::chunking::ChunkPolicy;
+use grm_cluster::dispatch::DispatchOptions;
+use grm_cluster::etcd;
+use grm_cluster::http::{self, HttpOptions};
+use grm_cluster::members::{self, Member, Members, Role};
+use grm_cluster::pool::Pool;
+use grm_cluster::router::{Router, RouterOptions};
+use grm_cluster::server::{bind, serve_grpc, serve_http, termination, Services};
+use grm_cluster::validation::Limits;
+use grm_cluster::worker::{Worker, WorkerOptions};
+use grm_engine::{CpuBackend, Engine, EngineOptions, Gemma2, Head, SchedulerConfig, Tokenizer};
+use grm_judge::Template;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How an engine is set up (workers, and `grm serve`).
+#[derive(Args, Debug, Clone)]
+pub struct EngineFlags {
+    /// Compute threads (default: one per core).
+    #[arg(long, env = "GRM_THREADS")]
+    pub threads: Option<usize>,
+    /// Tokens per KV block.
+    #[arg(long, env = "GRM_BLOCK_SIZE", default_value_t = 16)]
+    pub block_size: usize,
+    /// KV blocks in the pool (default: from --kv-memory-mib, else a quarter of free memory).
+    #[arg(long, env = "GRM_KV_BLOCKS")]
+    pub kv_blocks: Option<usize>,
+    /// Memory for the KV pool, in MiB.
+    #[arg(long, env = "GRM_KV_MEMORY_MIB")]
+    pub kv_memory_mib: Option<usize>,
+    /// Tokens per forward step (prefill chunks and decode tokens).
+    #[arg(long, env = "GRM_MAX_BATCH_TOKENS", default_value_t = 512)]
+    pub max_batch_tokens: usize,
+    /// Sequences per forward step.
+    #[arg(long, env = "GRM_MAX_SEQS", default_value_t = 256)]
+    pub max_seqs: usize,
+    /// Turn off the cross-request prefix cache.
+    #[arg(long, env = "GRM_NO_PREFIX_CACHE")]
+    pub no_prefix_cache: bool,
+    /// Compute device: cpu (the CUDA backend is not in this build).
+    #[arg(long, env = "GRM_DEVICE", default_value = "cpu")]
+    pub device: String,
+}
+
+impl EngineFlags {
+    fn start(&self, dir: &Path) -> Result<(Engine, Tokenizer)> {
+        if self.device != "cpu" {
+            bail!(
+                "--device {:?}: this build has the CPU backend only (--device cpu)",
+                self.device
+            );
+        }
+        let model = Gemma2::load(dir, CpuBackend)
+            .with_context(|| format!("loading the model in {}", dir.display()))?;
+        let tokenizer = Tokenizer::load(dir, model.config.bos_token_id)?;
+        let mut stop = model.config.eos_token_ids.clone();
+        stop.extend(tokenizer.token_id("<end_of_turn>"));
+        let opts = EngineOptions {
+            block_size: self.block_size.max(1),
+            num_blocks: self.kv_blocks,
+            kv_memory_bytes: self.kv_memory_mib.map(|m| m << 20),
+            prefix_caching: !self.no_prefix_cache,
+            threads: self.threads,
+            scheduler: SchedulerConfig {
+                max_batch_tokens: self.max_batch_tokens.max(1),
+                max_seqs: self.max_seqs.max(1),
+                default_stop_tokens: stop,
+            },
+        };
+        Ok((Engine::start(model, opts)?, tokenizer))
+    }
+}
+
+/// The router's knobs (`grm router` and `grm serve`).
+#[derive(Args, Debug, Clone)]
+pub struct RouterFlags {
+    /// A prompt template (TOML) replacing the paper's.
+    #[arg(long, env = "GRM_TEMPLATE")]
+    pub template: Option<PathBuf>,
+    /// Most responses per request.
+    #[arg(long, env = "GRM_MAX_RESPONSES", default_value_t = 16)]
+    pub max_responses: usize,
+    /// Most samples (k) per request.
+    #[arg(long, env = "GRM_MAX_K", default_value_t = 64)]
+    pub max_k: usize,
+    /// Largest encoded request, in bytes.
+    #[arg(long, env = "GRM_MAX_REQUEST_BYTES", default_value_t = 4 << 20)]
+    pub max_request_bytes: usize,
+    /// Judgement length when a request does not say.
+    #[arg(long, env = "GRM_MAX_NEW_TOKENS", default_value_t = 512)]
+    pub max_new_tokens: u32,
+    /// Longest judgement a request may ask for.
+    #[arg(long, env = "GRM_MAX_NEW_TOKENS_LIMIT", default_value_t = 4096)]
+    pub max_new_tokens_limit: u32,
+    /// Most samples in one chunk sent to a worker.
+    #[arg(long, env = "GRM_CHUNK_SAMPLES", default_value_t = 8)]
+    pub chunk_samples: usize,
+    /// Extra samples in flight the affinity worker may carry before chunks go elsewhere.
+    #[arg(long, env = "GRM_AFFINITY_SLACK", default_value_t = 4)]
+    pub affinity_slack: usize,
+    /// A worker silent for this many seconds is given up on (its samples go elsewhere).
+    #[arg(long, env = "GRM_STALL_TIMEOUT_S", default_value_t = 120.0)]
+    pub stall_timeout_s: f64,
+    /// Workers tried per chunk.
+    #[arg(long, env = "GRM_MAX_ATTEMPTS", default_value_t = 4)]
+    pub max_attempts: usize,
+    /// Requests in flight at once; past it new ones get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "GRM_MAX_INFLIGHT", default_value_t = 1024)]
+    pub max_inflight: usize,
+    /// Requests of one ScoreStream in flight at once.
+    #[arg(long, env = "GRM_STREAM_CONCURRENCY", default_value_t = 64)]
+    pub stream_concurrency: usize,
+    /// k of `/get_reward` calls that do not give ?k=.
+    #[arg(long, env = "GRM_HTTP_K", default_value_t = 4)]
+    pub http_k: u32,
+    /// The served model's name, reported in answers.
+    #[arg(long, env = "GRM_MODEL_NAME", default_value = "")]
+    pub model_name: String,
+}
+
+impl RouterFlags {
+    fn options(&self) -> RouterOptions {
+        RouterOptions {
+            limits: Limits {
+                max_responses: self.max_responses,
+                max_k: self.max_k,
+                max_request_bytes: self.max_request_bytes,
+                default_max_new_tokens: self.max_new_tokens,
+                max_new_tokens: self.max_new_tokens_limit,
+                max_id_bytes: 256,
+            },
+            dispatch: DispatchOptions {
+                policy: ChunkPolicy {
+                    max_samples: self.chunk_samples.max(1),
+                    affinity_slack: self.affinity_slack,
+                },
+                stall_timeout: Duration::from_secs_f64(self.stall_timeout_s.max(0.05)),
+                max_attempts: self.max_attempts.max(1),
+                cool_down: Duration::from_secs(5),
+            },
+            max_inflight: self.max_inflight,
+            stream_concurrency: self.stream_concurrency,
+            model_name: self.model_name.clone(),
+        }
+    }
+}
+
+/// Where members are found.
+#[derive(Args, Debug, Clone)]
+pub struct MembershipFlags {
+    /// etcd endpoints (comma-separated), e.g. http://127.0.0.1:2379.
+    #[arg(long, env = "GRM_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// GRM workers (host:port, comma-separated), when not using etcd.
+    #[arg(long, env = "GRM_WORKERS", value_delimiter = ',')]
+    pub workers: Vec<String>,
+    /// Meta-RM workers (host:port, comma-separated), when not using etcd.
+    #[arg(long, env = "GRM_META_WORKERS", value_delimiter = ',')]
+    pub meta_workers: Vec<String>,
+    /// Aggregators (host:port, comma-separated), when not using etcd; without any, the router
+    /// aggregates itself.
+    #[arg(long, env = "GRM_AGGREGATORS", value_delimiter = ',')]
+    pub aggregators: Vec<String>,
+}
+
+impl MembershipFlags {
+    fn members(&self) -> Members {
+        if !self.etcd.is_empty() {
+            return etcd::watch_members(self.etcd.clone());
+        }
+        let mut list = members::from_addrs(Role::Grm, &self.workers);
+        list.extend(members::from_addrs(Role::MetaRm, &self.meta_workers));
+        list.extend(members::from_addrs(Role::Aggregator, &self.aggregators));
+        members::fixed(list)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// The model directory.
+    #[arg(long, env = "GRM_MODEL")]
+    pub model: PathBuf,
+    /// grm or meta-rm (default: meta-rm for a sequence-classification model, else grm).
+    #[arg(long, env = "GRM_ROLE")]
+    pub role: Option<Role>,
+    /// gRPC address to listen on (port 0 picks one).
+    #[arg(long, env = "GRM_LISTEN", default_value = "127.0.0.1:50061")]
+    pub listen: String,
+    /// Address others reach this worker at (default: the listening address).
+    #[arg(long, env = "GRM_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// etcd endpoints to register in (comma-separated).
+    #[arg(long, env = "GRM_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// Lease of the etcd registration, in seconds.
+    #[arg(long, env = "GRM_LEASE_TTL_S", default_value_t = 5)]
+    pub lease_ttl_s: u64,
+    /// The model's name (default: its directory's name).
+    #[arg(long, env = "GRM_MODEL_NAME")]
+    pub model_name: Option<String>,
+    /// Past this many queued prompt tokens, new work gets RESOURCE_EXHAUSTED.
+    #[arg(long, env = "GRM_MAX_QUEUED_TOKENS", default_value_t = 1 << 20)]
+    pub max_queued_tokens: usize,
+    /// On SIGTERM, wait at most this long for running work.
+    #[arg(long, env = "GRM_DRAIN_TIMEOUT_S", default_value_t = 60)]
+    pub drain_timeout_s: u64,
+    #[command(flatten)]
+    pub engine: EngineFlags,
+}
+
+#[derive(Args, Debug)]
+pub struct RouterArgs {
+    /// gRPC address to listen on.
+    #[arg(long, env = "GRM_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: String,
+    /// HTTP address (OpenRLHF's /get_reward, /health); empty turns it off.
+    #[arg(long, env = "GRM_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    pub http_listen: String,
+    #[command(flatten)]
+    pub members: MembershipFlags,
+    #[command(flatten)]
+    pub router: RouterFlags,
+}
+
+#[derive(Args, Debug)]
+pub struct AggregatorArgs {
+    /// gRPC address to listen on.
+    #[arg(long, env = "GRM_LISTEN", default_value = "0.0.0.0:50071")]
+    pub listen: String,
+    /// Address others reach this aggregator at (default: the listening address).
+    #[arg(long, env = "GRM_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// A prompt template (TOML) replacing the paper's (its meta-RM input is used).
+    #[arg(long, env = "GRM_TEMPLATE")]
+    pub template: Option<PathBuf>,
+    #[command(flatten)]
+    pub members: MembershipFlags,
+    #[arg(long, env = "GRM_LEASE_TTL_S", default_value_t = 5)]
+    pub lease_ttl_s: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The GRM model directory (default: the embedded model shipped in models/).
+    #[arg(long, env = "GRM_MODEL")]
+    pub model: Option<PathBuf>,
+    /// A meta-RM model directory (a sequence-classification model); enables meta-RM voting.
+    #[arg(long, env = "GRM_META_MODEL")]
+    pub meta_model: Option<PathBuf>,
+    /// gRPC address of the public API.
+    #[arg(long, env = "GRM_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: String,
+    /// HTTP address (OpenRLHF's /get_reward, /health); empty turns it off.
+    #[arg(long, env = "GRM_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub http_listen: String,
+    #[command(flatten)]
+    pub engine: EngineFlags,
+    #[command(flatten)]
+    pub router: RouterFlags,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn ready(v: serde_json::Value) {
+    println!("{v}");
+}
+
+fn model_name(dir: &Path, given: Option<&str>) -> String {
+    given
+        .map(str::to_string)
+        .or_else(|| dir.file_name().map(|f| f.to_string_lossy().into_owned()))
+        .unwrap_or_default()
+}
+
+/// A shutdown signal that several servers can wait on.
+fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        termination().await;
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+async fn wait(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|&v| v).await;
+}
+
+pub fn worker(a: WorkerArgs) -> Result<()> {
+    let (engine, tokenizer) = a.engine.start(&a.model)?;
+    let role = a.role.unwrap_or(match engine.info.config.head {
+        Head::CausalLm => Role::Grm,
+        Head::SequenceClassification { .. } => Role::MetaRm,
+    });
+    match (role, engine.info.config.head) {
+        (Role::Grm, Head::SequenceClassification { .. }) => bail!(
+            "--role grm needs a causal LM; {} has a scoring head",
+            a.model.display()
+        ),
+        (Role::MetaRm, Head::CausalLm) => bail!(
+            "--role meta-rm needs a sequence-classification model; {} is a causal LM",
+            a.model.display()
+        ),
+        (Role::Aggregator, _) => bail!("--role aggregator: run `grm aggregator` instead"),
+        _ => {}
+    }
+    let name = model_name(&a.model, a.model_name.as_deref());
+    let w = Worker::new(
+        engine,
+        tokenizer,
+        WorkerOptions {
+            model_name: name.clone(),
+            role,
+            max_queued_tokens: a.max_queued_tokens,
+        },
+    );
+    runtime()?.block_on(async move {
+        let (listener, addr) = bind(&a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
+        let advertise = a.advertise.clone().unwrap_or_else(|| addr.to_string());
+        let registration = (!a.etcd.is_empty()).then(|| {
+            let member = Member { id: advertise.clone(), addr: advertise.clone(), role, model: name.clone(), capacity: 0 };
+            etcd::register(a.etcd.clone(), member, Duration::from_secs(a.lease_ttl_s.max(1)))
+        });
+        let stop = shutdown_signal();
+        let (server_stop_tx, server_stop_rx) = watch::channel(false);
+        let server = tokio::spawn(serve_grpc(listener, Services { worker: Some(w.clone()), ..Default::default() }, wait(server_stop_rx)));
+        ready(json!({ "ready": role.as_str(), "grpc": addr.to_string(), "model": name, "kv_blocks": w.engine().info.num_blocks }));
+        wait(stop).await;
+        // Drain: take no new work, leave the membership, finish what is running.
+        tracing::info!("draining");
+        w.drain();
+        if let Some(r) = registration {
+            r.deregister().await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(a.drain_timeout_s), w.idle()).await;
+        let _ = server_stop_tx.send(true);
+        server.await??;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+pub fn aggregator(a: AggregatorArgs) -> Result<()> {
+    let template = Arc::new(crate::judge_cmd::load_template(a.template.as_ref())?);
+    runtime()?.block_on(async move {
+        let members = a.members.members();
+        let meta = Pool::new(Role::MetaRm, members);
+        let agg = Aggregator::new(template, Some(meta));
+        let (listener, addr) = bind(&a.listen)
+            .await
+            .with_context(|| format!("listening on {}", a.listen))?;
+        let advertise = a.advertise.clone().unwrap_or_else(|| addr.to_string());
+        let registration = (!a.members.etcd.is_empty()).then(|| {
+            let member = Member {
+                id: advertise.clone(),
+                addr: advertise.clone(),
+                role: Role::Aggregator,
+                model: String::new(),
+                capacity: 0,
+            };
+            etcd::register(
+                a.members.etcd.clone(),
+                member,
+                Duration::from_secs(a.lease_ttl_s.max(1)),
+            )
+        });
+        ready(json!({ "ready": "aggregator", "grpc": addr.to_string() }));
+        let stop = shutdown_signal();
+        serve_grpc(
+            listener,
+            Services {
+                aggregator: Some(agg),
+                ..Default::default()
+            },
+            wait(stop),
+        )
+        .await?;
+        if let Some(r) = registration {
+            r.deregister().await;
+        }
+        Ok(())
+    })
+}
+
+/// Starts a router over `members`, serving until `stop`.
+async fn run_router(
+    listen: &str,
+    http_listen: &str,
+    members: Members,
+    flags: &RouterFlags,
+    stop: watch::Receiver<bool>,
+    extra: serde_json::Value,
+) -> Result<()> {
+    let template = Arc::new(crate::judge_cmd::load_template(flags.template.as_ref())?);
+    let grm = Pool::new(Role::Grm, members.clone());
+    let meta = Pool::new(Role::MetaRm, members.clone());
+    let aggregators = Pool::new(Role::Aggregator, members);
+    let local = Aggregator::new(Arc::clone(&template), Some(meta));
+    let router = Router::new(template, grm, local, Some(aggregators), flags.options());
+    let (listener, addr) = bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let mut line = json!({ "ready": "router", "grpc": addr.to_string() });
+    let http = if http_listen.is_empty() {
+        None
+    } else {
+        let (hl, haddr) = bind(http_listen)
+            .await
+            .with_context(|| format!("listening on {http_listen}"))?;
+        line["http"] = json!(haddr.to_string());
+        let app = http::app(
+            router.clone(),
+            HttpOptions {
+                k: flags.http_k,
+                max_new_tokens: flags.max_new_tokens,
+            },
+        );
+        Some(tokio::spawn(serve_http(hl, app, wait(stop.clone()))))
+    };
+    if let (Some(o), Some(e)) = (line.as_object_mut(), extra.as_object()) {
+        o.extend(e.clone());
+    }
+    ready(line);
+    serve_grpc(
+        listener,
+        Services {
+            router: Some(router),
+            ..Default::default()
+        },
+        wait(stop),
+    )
+    .await?;
+    if let Some(h) = http {
+        h.await??;
+    }
+    Ok(())
+}
+
+pub fn router(a: RouterArgs) -> Result<()> {
+    runtime()?.block_on(async move {
+        let members = a.members.members();
+        let stop = shutdown_signal();
+        run_router(
+            &a.listen,
+            &a.http_listen,
+            members,
+            &a.router,
+            stop,
+            json!({}),
+        )
+        .await
+    })
+}
+
+/// The embedded default GRM (and meta RM) shipped with the repository, if present.
+pub fn embedded_models() -> (Option<PathBuf>, Option<PathBuf>) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
+    let grm = root.join("grm");
+    let meta = root.join("meta-rm");
+    (
+        grm.join("config.json").exists().then_some(grm),
+        meta.join("config.json").exists().then_some(meta),
+    )
+}
+
+/// An all-in-one cluster inside this process, for `grm score --model`: workers on loopback
+/// ports, a router in-process.
+pub async fn local_router(
+    model: &Path,
+    meta_model: Option<&Path>,
+    engine: &EngineFlags,
+) -> Result<Router> {
+    let mut list = Vec::new();
+    for (dir, role) in [(Some(model), Role::Grm), (meta_model, Role::MetaRm)] {
+        let Some(dir) = dir else { continue };
+        let (e, t) = engine.start(dir)?;
+        let w = Worker::new(
+            e,
+            t,
+            WorkerOptions {
+                model_name: model_name(dir, None),
+                role,
+                max_queued_tokens: 1 << 20,
+            },
+        );
+        let (l, addr) = bind("127.0.0.1:0").await?;
+        tokio::spawn(serve_grpc(
+            l,
+            Services {
+                worker: Some(w),
+                ..Default::default()
+            },
+            std::future::pending(),
+        ));
+        list.push(Member {
+            id: addr.to_string(),
+            addr: addr.to_string(),
+            role,
+            model: String::new(),
+            capacity: 0,
+        });
+    }
+    let members = members::fixed(list);
+    let template = Arc::new(Template::default());
+    let local = Aggregator::new(
+        Arc::clone(&template),
+        Some(Pool::new(Role::MetaRm, members.clone())),
+    );
+    let opts = RouterOptions {
+        model_name: model_name(model, None),
+        ..Default::default()
+    };
+    Ok(Router::new(
+        template,
+        Pool::new(Role::Grm, members),
+        local,
+        None,
+        opts,
+    ))
+}
+
+pub fn serve(a: ServeArgs) -> Result<()> {
+    let (default_grm, default_meta) = embedded_models();
+    let Some(model) = a.model.clone().or(default_grm.clone()) else {
+        bail!("--model is not given and no embedded model is shipped in models/grm");
+    };
+    let meta_model = a.meta_model.clone().or(if a.model.is_none() {
+        default_meta
+    } else {
+        None
+    });
+    let (engine, tokenizer) = a.engine.start(&model)?;
+    let name = if a.router.model_name.is_empty() {
+        model_name(&model, None)
+    } else {
+        a.router.model_name.clone()
+    };
+    let grm = Worker::new(
+        engine,
+        tokenizer,
+        WorkerOptions {
+            model_name: name.clone(),
+            role: Role::Grm,
+            max_queued_tokens: 1 << 20,
+        },
+    );
+    let meta = match &meta_model {
+        Some(dir) => {
+            let (engine, tokenizer) = a.engine.start(dir)?;
+            if !matches!(engine.info.config.head, Head::SequenceClassification { .. }) {
+                bail!(
+                    "--meta-model {} is not a sequence-classification model",
+                    dir.display()
+                );
+            }
+            Some(Worker::new(
+                engine,
+                tokenizer,
+                WorkerOptions {
+                    model_name: model_name(dir, None),
+                    role: Role::MetaRm,
+                    max_queued_tokens: 1 << 20,
+                },
+            ))
+        }
+        None => None,
+    };
+    let mut flags = a.router.clone();
+    flags.model_name = name.clone();
+    runtime()?.block_on(async move {
+        let stop = shutdown_signal();
+        // The workers listen on loopback ports of their own; the router reaches them over gRPC
+        // exactly as in a cluster, and aggregates in-process.
+        let (gl, gaddr) = bind("127.0.0.1:0").await?;
+        let mut list = vec![Member { id: gaddr.to_string(), addr: gaddr.to_string(), role: Role::Grm, model: name.clone(), capacity: 0 }];
+        let g = tokio::spawn(serve_grpc(gl, Services { worker: Some(grm), ..Default::default() }, wait(stop.clone())));
+        let m = match meta {
+            Some(w) => {
+                let (ml, maddr) = bind("127.0.0.1:0").await?;
+                list.push(Member { id: maddr.to_string(), addr: maddr.to_string(), role: Role::MetaRm, model: String::new(), capacity: 0 });
+                Some(tokio::spawn(serve_grpc(ml, Services { worker: Some(w), ..Default::default() }, wait(stop.clone()))))
+            }
+            None => None,
+        };
+        let extra = json!({ "model": model.display().to_string(), "meta_model": meta_model.as_ref().map(|p| p.display().to_string()) });
+        run_router(&a.listen, &a.http_listen, members::fixed(list), &flags, stop, extra).await?;
+        g.await??;
+        if let Some(m) = m {
+            m.await??;
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,263 @@
+//! The aggregator role: a request's k judgements in, its answer out. Extraction, meta-RM
+//! scores (from the meta-RM workers), top-k_meta filtering and voting are grm-judge's; this
+//! layer fetches the meta scores and writes the ScoreResponse.
+
+use crate::pool::{Pool, MAX_MESSAGE_BYTES};
+use crate::validation::parse_input;
+use grm_judge::judgement::JudgementOutcome;
+use grm_judge::{aggregate, default_k_meta, Judgement as JJudgement, Template};
+use grm_proto::v1::aggregator_service_server::AggregatorService;
+use grm_proto::v1::worker_service_client::WorkerServiceClient;
+use grm_proto::v1::{
+    sample, AggregateRequest, InvalidJudgement, ResponseReward, Sample, ScoreResponse,
+    ScoreTextsRequest, Scores, Timings, Usage,
+};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::{Request, Response, Status};
+use tracing::warn;
+
+#[derive(Clone)]
+pub struct Aggregator {
+    template: Arc<Template>,
+    meta: Option<Arc<Pool>>,
+    /// Texts per meta-RM call.
+    meta_batch: usize,
+}
+
+impl Aggregator {
+    /// `meta`: the meta-RM workers, if the cluster has any.
+    pub fn new(template: Arc<Template>, meta: Option<Arc<Pool>>) -> Self {
+        Self {
+            template,
+            meta,
+            meta_batch: 16,
+        }
+    }
+
+    pub fn meta_pool(&self) -> Option<&Arc<Pool>> {
+        self.meta.as_ref()
+    }
+
+    fn has_meta(&self) -> bool {
+        self.meta.as_ref().is_some_and(|p| !p.peers().is_empty())
+    }
+
+    /// Aggregates one request.
+    pub async fn aggregate(&self, req: AggregateRequest) -> Result<ScoreResponse, Status> {
+        let request = req
+            .request
+            .ok_or_else(|| Status::invalid_argument("request is missing"))?;
+        let (input, label) = parse_input(&request)?;
+        let n = input.responses.len();
+        let k = req.judgements.len();
+        if k == 0 {
+            return Err(Status::invalid_argument("judgements is empty"));
+        }
+        let asked = request
+            .sampling
+            .as_ref()
+            .and_then(|s| s.k_meta)
+            .map(|m| m as usize);
+        let k_meta = match (asked, self.has_meta()) {
+            (Some(m), true) => Some(m),
+            (None, true) => Some(default_k_meta(k)),
+            (Some(m), false) if m < k => {
+                return Err(Status::failed_precondition(format!(
+                    "sampling.k_meta is {m} (< k = {k}), which needs a meta RM, and this cluster has no meta-RM worker"
+                )))
+            }
+            (_, false) => None,
+        };
+        let mut judgements: Vec<JJudgement> = Vec::with_capacity(k);
+        for (i, j) in req.judgements.iter().enumerate() {
+            let order: Vec<usize> = j.order.iter().map(|&o| o as usize).collect();
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            if sorted != (0..n).collect::<Vec<_>>() {
+                return Err(Status::invalid_argument(format!(
+                    "judgements[{i}].order is not a permutation of 0..{n}"
+                )));
+            }
+            judgements.push(JJudgement {
+                text: j.text.clone(),
+                order,
+                meta_score: None,
+            });
+        }
+        let mut meta_tokens = 0;
+        let mut meta_ms = 0.0;
+        if k_meta.is_some() {
+            let t = Instant::now();
+            meta_tokens = self
+                .meta_scores(&request.id, &input, &mut judgements, n)
+                .await?;
+            meta_ms = t.elapsed().as_secs_f64() * 1e3;
+        }
+        let agg = aggregate(&judgements, n, k_meta, req.seed, label.as_ref())
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let v = &agg.vote;
+        let invalid = agg
+            .samples
+            .iter()
+            .filter(|s| s.outcome.original().is_none())
+            .count();
+        let samples = if request.return_samples {
+            agg.samples
+                .iter()
+                .zip(&req.judgements)
+                .zip(&judgements)
+                .map(|((verdict, j), jj)| Sample {
+                    index: j.index,
+                    text: j.text.clone(),
+                    order: j.order.clone(),
+                    outcome: Some(match &verdict.outcome {
+                        JudgementOutcome::Valid { shown, original } => {
+                            sample::Outcome::Scores(Scores {
+                                shown: shown.iter().map(|&s| u32::from(s)).collect(),
+                                original: original.iter().map(|&s| u32::from(s)).collect(),
+                            })
+                        }
+                        JudgementOutcome::Invalid(r) => {
+                            sample::Outcome::Invalid(InvalidJudgement {
+                                code: r.code().into(),
+                                message: r.to_string(),
+                            })
+                        }
+                    }),
+                    meta_score: jj.meta_score,
+                    kept: verdict.kept,
+                    correct: verdict.correct,
+                    generated_tokens: j.generated_tokens,
+                    finish_reason: j.finish_reason.clone(),
+                    worker: j.worker.clone(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut usage = req.usage.unwrap_or_default();
+        usage.meta_tokens += meta_tokens;
+        usage.generated_tokens = req
+            .judgements
+            .iter()
+            .map(|j| u64::from(j.generated_tokens))
+            .sum();
+        let mut timings = req.timings.unwrap_or_default();
+        timings.meta_ms += meta_ms;
+        Ok(ScoreResponse {
+            id: request.id.clone(),
+            rewards: (0..n)
+                .map(|i| ResponseReward {
+                    reward: v.rewards[i],
+                    mean_score: v.means[i],
+                    votes: v.votes,
+                })
+                .collect(),
+            best: v.best.map(|b| b as u32),
+            tie: v.tie,
+            valid_samples: v.votes,
+            invalid_samples: invalid as u32,
+            correct: agg.correct,
+            samples,
+            usage: Some(usage),
+            timings: Some(timings),
+            seed: req.seed,
+            k_meta: k_meta.unwrap_or(0) as u32,
+            model: request.model.clone(),
+            error: None,
+        })
+    }
+
+    /// Asks the meta-RM workers for a score of every valid judgement; returns tokens read.
+    async fn meta_scores(
+        &self,
+        request_id: &str,
+        input: &grm_judge::JudgeInput,
+        js: &mut [JJudgement],
+        n: usize,
+    ) -> Result<u64, Status> {
+        let pool = self
+            .meta
+            .as_ref()
+            .ok_or_else(|| Status::failed_precondition("no meta-RM worker"))?;
+        let wanted: Vec<usize> = (0..js.len())
+            .filter(|&i| grm_judge::extract_scores(&js[i].text, n).is_ok())
+            .collect();
+        let texts: Vec<String> = wanted
+            .iter()
+            .map(|&i| self.template.meta_input(input, &js[i].order, &js[i].text))
+            .collect();
+        let mut tokens = 0;
+        let calls = texts.chunks(self.meta_batch).zip(wanted.chunks(self.meta_batch)).map(|(batch, idx)| async move {
+            let mut tried = Vec::new();
+            let mut last = String::new();
+            for _ in 0..3 {
+                let Some(peer) = pool.least_loaded(&tried).or_else(|| pool.least_loaded(&[])) else {
+                    return Err(Status::unavailable("no meta-RM worker is live"));
+                };
+                let _g = peer.hold(batch.len());
+                let mut client = WorkerServiceClient::new(peer.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
+                let mut r = Request::new(ScoreTextsRequest { request_id: request_id.to_string(), texts: batch.to_vec() });
+                r.set_timeout(Duration::from_secs(120));
+                match client.score_texts(r).await {
+                    Ok(resp) => return Ok((idx, resp.into_inner())),
+                    Err(s) if s.code() == tonic::Code::InvalidArgument => return Err(s),
+                    Err(s) => {
+                        warn!(worker = peer.addr, error = %s, "meta-RM call failed; trying another worker");
+                        peer.mark_down(Duration::from_secs(5));
+                        tried.push(peer.addr.clone());
+                        last = s.to_string();
+                    }
+                }
+            }
+            Err(Status::unavailable(format!("meta-RM scoring failed on every worker tried: {last}")))
+        });
+        for (idx, resp) in futures::future::try_join_all(calls).await? {
+            if resp.scores.len() != idx.len() {
+                return Err(Status::internal(
+                    "a meta-RM worker returned the wrong number of scores",
+                ));
+            }
+            for (&i, &s) in idx.iter().zip(&resp.scores) {
+                js[i].meta_score = Some(s);
+            }
+            tokens += resp.tokens;
+        }
+        Ok(tokens)
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatorService for Aggregator {
+    async fn aggregate(
+        &self,
+        request: Request<AggregateRequest>,
+    ) -> Result<Response<ScoreResponse>, Status> {
+        let r = Aggregator::aggregate(self, request.into_inner()).await?;
+        tracing::info!(
+            id = r.id,
+            votes = r.valid_samples,
+            k_meta = r.k_meta,
+            "aggregated"
+        );
+        Ok(Response::new(r))
+    }
+}
+
+/// Zeroed usage and timings, for building an AggregateRequest.
+pub fn usage(prompt_tokens: u64, cached: u64) -> Usage {
+    Usage {
+        prompt_tokens,
+        cached_prompt_tokens: cached,
+        ..Default::default()
+    }
+}
+
+pub fn timings(queue_ms: f64, generate_ms: f64) -> Timings {
+    Timings {
+        queue_ms,
+        generate_ms,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,184 @@
+//! How a request's k samples are split into chunks and placed on workers.
+//!
+//! The policy (documented in the README, configurable with `--chunk-samples` and
+//! `--affinity-slack`):
+//! 1. Samples whose prompts are identical (the same response order) form a group; a group is
+//!    the unit of KV sharing: one prefill, forked into its samples.
+//! 2. A group is cut into chunks of at most `max_samples` samples.
+//! 3. Workers are ranked per request by rendezvous hashing of the request's conversation, so
+//!    requests about the same query (a GRPO group) prefer the same worker and reuse its
+//!    cached prefix.
+//! 4. Chunks are placed one by one: on the highest-ranked worker unless its load (samples in
+//!    flight, counting this request's chunks placed so far) exceeds the least-loaded worker's by
+//!    more than `affinity_slack`; then on the least-loaded one (ties by rank). A request with a
+//!    large k thus spreads over the workers, and a small one stays with its affinity worker.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkPolicy {
+    /// Most samples in one chunk.
+    pub max_samples: usize,
+    /// Extra load the affinity worker may carry before a chunk goes to the least-loaded one.
+    pub affinity_slack: usize,
+}
+
+impl Default for ChunkPolicy {
+    fn default() -> Self {
+        Self {
+            max_samples: 8,
+            affinity_slack: 4,
+        }
+    }
+}
+
+/// Samples that share one prompt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// Index into the request's distinct prompts.
+    pub prompt: usize,
+    /// Sample indices (0..k).
+    pub samples: Vec<u32>,
+}
+
+/// Groups samples by prompt (`prompt_of[s]` is sample s's prompt index) and cuts the groups
+/// into chunks, in order of first appearance.
+pub fn chunks(prompt_of: &[usize], policy: ChunkPolicy) -> Vec<Chunk> {
+    let mut groups: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
+    let mut first_seen = Vec::new();
+    for (s, &p) in prompt_of.iter().enumerate() {
+        let g = groups.entry(p).or_default();
+        if g.is_empty() {
+            first_seen.push(p);
+        }
+        g.push(s as u32);
+    }
+    let max = policy.max_samples.max(1);
+    let mut out = Vec::new();
+    for p in first_seen {
+        for part in groups[&p].chunks(max) {
+            out.push(Chunk {
+                prompt: p,
+                samples: part.to_vec(),
+            });
+        }
+    }
+    out
+}
+
+/// Workers (by index into `ids`) in rendezvous order for `key`: highest hash first.
+pub fn rank(key: u64, ids: &[String]) -> Vec<usize> {
+    let mut scored: Vec<(u64, usize)> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let mut h = std::hash::DefaultHasher::new();
+            key.hash(&mut h);
+            id.hash(&mut h);
+            (h.finish(), i)
+        })
+        .collect();
+    scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    scored.into_iter().map(|(_, i)| i).collect()
+}
+
+/// Places chunks of the given sizes on workers whose current loads are `loads` (indexed like
+/// `ranked`'s entries), following rule 4 above. Returns a worker index per chunk.
+pub fn place(
+    sizes: &[usize],
+    ranked: &[usize],
+    loads: &[usize],
+    policy: ChunkPolicy,
+) -> Vec<usize> {
+    let mut load = loads.to_vec();
+    let mut out = Vec::with_capacity(sizes.len());
+    let Some(&preferred) = ranked.first() else {
+        return out;
+    };
+    for &size in sizes {
+        let min = ranked.iter().map(|&w| load[w]).min().unwrap_or(0);
+        let w = if load[preferred] <= min + policy.affinity_slack {
+            preferred
+        } else {
+            *ranked
+                .iter()
+                .find(|&&w| load[w] == min)
+                .unwrap_or(&preferred)
+        };
+        load[w] += size;
+        out.push(w);
+    }
+    out
+}
+
+/// The affinity key of a conversation: what a GRPO group's requests have in common.
+pub fn affinity_key(parts: &[&str]) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    parts.hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_then_cuts() {
+        let c = chunks(
+            &[0, 1, 0, 0, 1, 0],
+            ChunkPolicy {
+                max_samples: 3,
+                affinity_slack: 0,
+            },
+        );
+        assert_eq!(
+            c,
+            vec![
+                Chunk {
+                    prompt: 0,
+                    samples: vec![0, 2, 3]
+                },
+                Chunk {
+                    prompt: 0,
+                    samples: vec![5]
+                },
+                Chunk {
+                    prompt: 1,
+                    samples: vec![1, 4]
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn rendezvous_is_stable_and_spreads() {
+        let ids: Vec<String> = (0..4).map(|i| format!("w{i}")).collect();
+        assert_eq!(rank(7, &ids), rank(7, &ids));
+        let firsts: std::collections::HashSet<usize> = (0..64).map(|k| rank(k, &ids)[0]).collect();
+        assert_eq!(firsts.len(), 4);
+        // Removing a worker that is not first keeps the first.
+        let r = rank(7, &ids);
+        let kept: Vec<String> = ids
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != r[1])
+            .map(|(_, s)| s.clone())
+            .collect();
+        assert_eq!(kept[rank(7, &kept)[0]], ids[r[0]]);
+    }
+
+    #[test]
+    fn small_requests_stay_large_ones_spread() {
+        let p = ChunkPolicy {
+            max_samples: 8,
+            affinity_slack: 4,
+        };
+        // Two idle workers, worker 1 preferred.
+        assert_eq!(place(&[4], &[1, 0], &[0, 0], p), vec![1]);
+        assert_eq!(place(&[8, 8], &[1, 0], &[0, 0], p), vec![1, 0]);
+        assert_eq!(place(&[8, 8, 8, 8], &[1, 0], &[0, 0], p), vec![1, 0, 1, 0]);
+        // A busy preferred worker is skipped.
+        assert_eq!(place(&[2], &[1, 0], &[0, 10], p), vec![0]);
+    }
+}

@@ -1,0 +1,186 @@
+//! Membership in etcd: each member puts `/grm/members/<role>/<id>` (its [`Member`] as JSON)
+//! under a lease that it keeps alive; routers list and watch the prefix. When etcd is away,
+//! members keep retrying and re-register once it is back, and watchers keep the last known
+//! membership, so serving goes on.
+
+use crate::members::{Member, Members};
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+use tracing::{info, warn};
+
+/// The key prefix of all members.
+pub const PREFIX: &str = "/grm/members/";
+
+fn key(m: &Member) -> String {
+    format!("{PREFIX}{}/{}", m.role.as_str(), m.id)
+}
+
+async fn connect(endpoints: &[String]) -> Result<Client, etcd_client::Error> {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(5))
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+    Client::connect(endpoints, Some(opts)).await
+}
+
+/// A member's registration; [`Registration::deregister`] removes it at once (on drain).
+pub struct Registration {
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Registration {
+    /// Deletes the key and stops keeping the lease alive.
+    pub async fn deregister(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.done).await;
+    }
+}
+
+/// Registers `member` under a lease of `ttl` seconds, re-registering whenever the lease is
+/// lost (etcd restarted, network cut), until deregistered.
+pub fn register(endpoints: Vec<String>, member: Member, ttl: Duration) -> Registration {
+    let (stop_tx, mut stop) = oneshot::channel::<()>();
+    let done = tokio::spawn(async move {
+        let ttl_s = ttl.as_secs().max(1) as i64;
+        let value = serde_json::to_string(&member).expect("a member serialises");
+        let key = key(&member);
+        loop {
+            let session = async {
+                let mut client = connect(&endpoints).await?;
+                let lease = client.lease_grant(ttl_s, None).await?.id();
+                client
+                    .put(
+                        key.clone(),
+                        value.clone(),
+                        Some(PutOptions::new().with_lease(lease)),
+                    )
+                    .await?;
+                info!(key, lease, "registered in etcd");
+                let (mut keeper, mut responses) = client.lease_keep_alive(lease).await?;
+                loop {
+                    keeper.keep_alive().await?;
+                    match responses.message().await? {
+                        Some(r) if r.ttl() > 0 => {}
+                        _ => {
+                            return Err(etcd_client::Error::LeaseKeepAliveError(
+                                "lease expired".into(),
+                            ))
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis((ttl_s as u64 * 1000 / 3).max(200)))
+                        .await;
+                }
+                #[allow(unreachable_code)]
+                Ok::<_, etcd_client::Error>((client, lease))
+            };
+            tokio::select! {
+                r = session => {
+                    if let Err(e) = r {
+                        warn!(key, error = %e, "etcd registration lost; retrying");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = &mut stop => break,
+                    }
+                }
+                _ = &mut stop => break,
+            }
+        }
+        // Deregister: best effort, bounded.
+        let removal = async {
+            let mut client = connect(&endpoints).await?;
+            client.delete(key.clone(), None).await?;
+            Ok::<_, etcd_client::Error>(())
+        };
+        match tokio::time::timeout(Duration::from_secs(3), removal).await {
+            Ok(Ok(())) => info!(key, "deregistered from etcd"),
+            _ => warn!(key, "could not deregister from etcd; the lease will expire"),
+        }
+    });
+    Registration {
+        stop: Some(stop_tx),
+        done,
+    }
+}
+
+/// The members under [`PREFIX`], kept current by a watch. While etcd cannot be reached the
+/// last known list stays in place.
+pub fn watch_members(endpoints: Vec<String>) -> Members {
+    let (tx, rx) = watch::channel(Vec::new());
+    tokio::spawn(async move {
+        let mut known: BTreeMap<String, Member> = BTreeMap::new();
+        loop {
+            let r = async {
+                let mut client = connect(&endpoints).await?;
+                let listing = client
+                    .get(PREFIX, Some(GetOptions::new().with_prefix()))
+                    .await?;
+                let revision = listing.header().map_or(0, |h| h.revision());
+                known.clear();
+                for kv in listing.kvs() {
+                    if let (Ok(k), Ok(m)) =
+                        (kv.key_str(), serde_json::from_slice::<Member>(kv.value()))
+                    {
+                        known.insert(k.to_string(), m);
+                    }
+                }
+                publish(&tx, &known);
+                let mut stream = client
+                    .watch(
+                        PREFIX,
+                        Some(
+                            WatchOptions::new()
+                                .with_prefix()
+                                .with_start_revision(revision + 1),
+                        ),
+                    )
+                    .await?;
+                while let Some(resp) = stream.message().await? {
+                    for ev in resp.events() {
+                        let Some(kv) = ev.kv() else { continue };
+                        let Ok(k) = kv.key_str() else { continue };
+                        match ev.event_type() {
+                            EventType::Put => {
+                                if let Ok(m) = serde_json::from_slice::<Member>(kv.value()) {
+                                    known.insert(k.to_string(), m);
+                                }
+                            }
+                            EventType::Delete => {
+                                known.remove(k);
+                            }
+                        }
+                    }
+                    publish(&tx, &known);
+                }
+                Ok::<_, etcd_client::Error>(())
+            }
+            .await;
+            if tx.is_closed() {
+                return;
+            }
+            if let Err(e) = r {
+                warn!(error = %e, "etcd watch lost; keeping the last known members and retrying");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    rx
+}
+
+fn publish(tx: &watch::Sender<Vec<Member>>, known: &BTreeMap<String, Member>) {
+    let list: Vec<Member> = known.values().cloned().collect();
+    tx.send_if_modified(|cur| {
+        if *cur == list {
+            false
+        } else {
+            info!(members = list.len(), "membership changed");
+            *cur = list;
+            true
+        }
+    });
+}

@@ -1,0 +1,198 @@
+//! The router's HTTP side: OpenRLHF's remote reward-model protocol (`POST /get_reward`) and a
+//! health check (`GET /health`).
+//!
+//! `/get_reward` takes `{"query": [...], "prompts": [...], "labels": [...]}` where each query is
+//! its prompt followed by the policy's response. Entries that share a prompt are judged
+//! together, as the responses of one request (up to --max-responses at a time; a GRPO group
+//! is scored in one go), with the prompt text as the user's turn. Labels are accepted and
+//! ignored: a GRM needs none. The answer is `{"rewards": [...], "scores": [...],
+//! "extra_logs": {...}}` with, per entry, `scores` = the mean score (1..10) over the counted
+//! judgements and `rewards` = (mean − 1) / 9, in [0, 1]; an entry none of whose judgements
+//! was valid gets reward 0 and score 0, and is counted in `extra_logs.unscored`.
+
+use crate::router::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Json;
+use grm_proto::v1::{Message, Sampling, ScoreRequest};
+use prost::Message as _;
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::HashMap;
+
+/// Defaults for `/get_reward` requests, overridable per call with `?k=&k_meta=`.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpOptions {
+    pub k: u32,
+    pub max_new_tokens: u32,
+}
+
+#[derive(Clone)]
+struct AppState {
+    router: Router,
+    opts: HttpOptions,
+}
+
+pub fn app(router: Router, opts: HttpOptions) -> axum::Router {
+    axum::Router::new()
+        .route("/get_reward", post(get_reward))
+        .route("/health", get(health))
+        .with_state(AppState { router, opts })
+}
+
+#[derive(Deserialize)]
+struct RewardBody {
+    query: Vec<String>,
+    #[serde(default)]
+    prompts: Vec<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    labels: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct RewardParams {
+    k: Option<u32>,
+    k_meta: Option<u32>,
+    seed: Option<u64>,
+}
+
+fn error(code: StatusCode, msg: String) -> Response {
+    (code, Json(json!({ "error": msg }))).into_response()
+}
+
+async fn health(State(s): State<AppState>) -> Response {
+    let (grm, meta, aggregators) = s.router.members_seen();
+    if grm == 0 {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no GRM worker is live".into(),
+        );
+    }
+    Json(json!({ "status": "ok", "grm_workers": grm, "meta_workers": meta, "aggregators": aggregators })).into_response()
+}
+
+async fn get_reward(
+    State(s): State<AppState>,
+    Query(p): Query<RewardParams>,
+    body: Bytes,
+) -> Response {
+    let de = &mut serde_json::Deserializer::from_slice(&body);
+    let b: RewardBody = match serde_path_to_error::deserialize(de) {
+        Ok(b) => b,
+        Err(e) => {
+            let path = e.path().to_string();
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("body field `{path}`: {}", e.inner()),
+            );
+        }
+    };
+    if b.query.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "query is empty: give at least one prompt + response".into(),
+        );
+    }
+    if b.prompts.len() != b.query.len() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "prompts has {} entries but query has {}; give one prompt per query",
+                b.prompts.len(),
+                b.query.len()
+            ),
+        );
+    }
+    let mut responses = Vec::with_capacity(b.query.len());
+    for (i, (q, pr)) in b.query.iter().zip(&b.prompts).enumerate() {
+        match q.strip_prefix(pr.as_str()) {
+            Some(r) => responses.push(r.to_string()),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("query[{i}] does not start with prompts[{i}]"),
+                )
+            }
+        }
+    }
+    // Group entries by prompt, in order of first appearance, cut at --max-responses.
+    let max = s.router.limits().max_responses.max(1);
+    let mut order: Vec<&str> = Vec::new();
+    let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, pr) in b.prompts.iter().enumerate() {
+        let g = groups.entry(pr.as_str()).or_default();
+        if g.is_empty() {
+            order.push(pr.as_str());
+        }
+        g.push(i);
+    }
+    let mut batches: Vec<(&str, Vec<usize>)> = Vec::new();
+    for pr in order {
+        for part in groups[pr].chunks(max) {
+            batches.push((pr, part.to_vec()));
+        }
+    }
+    let k = p.k.unwrap_or(s.opts.k);
+    let calls = batches.iter().enumerate().map(|(bi, (prompt, idx))| {
+        let req = ScoreRequest {
+            id: format!("get_reward-{bi}"),
+            conversation: vec![Message {
+                role: "user".into(),
+                content: prompt.to_string(),
+            }],
+            responses: idx.iter().map(|&i| responses[i].clone()).collect(),
+            sampling: Some(Sampling {
+                k,
+                k_meta: p.k_meta,
+                max_new_tokens: s.opts.max_new_tokens,
+                seed: p.seed,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let router = s.router.clone();
+        async move {
+            let len = req.encoded_len();
+            router.score(req, len, None).await
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    let n = b.query.len();
+    let (mut rewards, mut scores, mut votes) = (vec![0f64; n], vec![0f64; n], vec![0u32; n]);
+    let mut unscored = 0;
+    for ((_, idx), r) in batches.iter().zip(results) {
+        let resp = match r {
+            Ok(r) => r,
+            Err(st) => {
+                let code = match st.code() {
+                    tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+                    tonic::Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+                    tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                    tonic::Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                return error(code, st.message().to_string());
+            }
+        };
+        for (j, &i) in idx.iter().enumerate() {
+            let rr = &resp.rewards[j];
+            votes[i] = rr.votes;
+            if rr.votes == 0 {
+                unscored += 1;
+                continue;
+            }
+            scores[i] = rr.mean_score;
+            rewards[i] = (rr.mean_score - 1.0) / 9.0;
+        }
+    }
+    Json(json!({
+        "rewards": rewards,
+        "scores": scores,
+        "extra_logs": { "votes": votes, "unscored": unscored, "k": k },
+    }))
+    .into_response()
+}

@@ -1,0 +1,16 @@
+//! The cluster's roles over gRPC, thin layers over grm-judge (the method) and grm-engine (the
+//! model): `worker` (an engine behind WorkerService), `router` (the public RewardService:
+//! validation, prompts, dispatch of chunks to workers with retries), `aggregator` (meta-RM
+//! scores and voting), membership from etcd or a static list, and the HTTP side.
+
+pub mod aggregator;
+pub mod chunking;
+pub mod dispatch;
+pub mod etcd;
+pub mod http;
+pub mod members;
+pub mod pool;
+pub mod router;
+pub mod server;
+pub mod validation;
+pub mod worker;

@@ -1,0 +1,363 @@
+//! The router role: the public `grm.v1.RewardService`. It validates a request, builds each
+//! sample's prompt (grm-judge), has the GRM workers generate the k judgements (dispatch) and
+//! the aggregator turn them into the answer. Deadlines are propagated; a client that goes
+//! away drops everything it started; past `--max-inflight` requests new ones get
+//! RESOURCE_EXHAUSTED.
+
+use crate::aggregator::{self, Aggregator};
+use crate::chunking;
+use crate::dispatch::{self, DispatchOptions, Sampling};
+use crate::pool::{Pool, MAX_MESSAGE_BYTES};
+use crate::validation::{validate, Limits};
+use grm_judge::rng::{derive, Stream};
+use grm_judge::{PromptOptions, Template};
+use grm_proto::v1::aggregator_service_client::AggregatorServiceClient;
+use grm_proto::v1::reward_service_server::RewardService;
+use grm_proto::v1::{AggregateRequest, Judgement, ScoreError, ScoreRequest, ScoreResponse};
+use prost::Message as _;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+#[derive(Debug, Clone)]
+pub struct RouterOptions {
+    pub limits: Limits,
+    pub dispatch: DispatchOptions,
+    /// Requests in flight at once (Score and ScoreStream together); past it, RESOURCE_EXHAUSTED.
+    pub max_inflight: usize,
+    /// Requests of one ScoreStream in flight at once.
+    pub stream_concurrency: usize,
+    /// The served model's name, reported in answers.
+    pub model_name: String,
+}
+
+impl Default for RouterOptions {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            dispatch: DispatchOptions::default(),
+            max_inflight: 1024,
+            stream_concurrency: 64,
+            model_name: String::new(),
+        }
+    }
+}
+
+struct Inner {
+    template: Arc<Template>,
+    grm: Arc<Pool>,
+    local: Aggregator,
+    aggregators: Option<Arc<Pool>>,
+    opts: RouterOptions,
+    inflight: Arc<Semaphore>,
+}
+
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+/// The deadline a gRPC client set (`grpc-timeout`), if any.
+pub fn deadline_of(meta: &tonic::metadata::MetadataMap) -> Option<Instant> {
+    let v = meta.get("grpc-timeout")?.to_str().ok()?;
+    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    let d = match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    Some(Instant::now() + d)
+}
+
+impl Router {
+    /// `aggregators`: remote aggregators to use when any is live; otherwise the router
+    /// aggregates in-process with `local`.
+    pub fn new(
+        template: Arc<Template>,
+        grm: Arc<Pool>,
+        local: Aggregator,
+        aggregators: Option<Arc<Pool>>,
+        opts: RouterOptions,
+    ) -> Self {
+        let inflight = Arc::new(Semaphore::new(opts.max_inflight.max(1)));
+        Self {
+            inner: Arc::new(Inner {
+                template,
+                grm,
+                local,
+                aggregators,
+                opts,
+                inflight,
+            }),
+        }
+    }
+
+    pub fn grm_pool(&self) -> &Arc<Pool> {
+        &self.inner.grm
+    }
+
+    /// Live members by role, as this router sees them: (GRM workers, meta-RM workers,
+    /// aggregators).
+    pub fn members_seen(&self) -> (usize, usize, usize) {
+        let me = &self.inner;
+        (
+            me.grm.peers().len(),
+            me.local.meta_pool().map_or(0, |p| p.peers().len()),
+            me.aggregators.as_ref().map_or(0, |p| p.peers().len()),
+        )
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.opts.limits
+    }
+
+    /// Scores one request end to end.
+    pub async fn score(
+        &self,
+        req: ScoreRequest,
+        encoded_len: usize,
+        deadline: Option<Instant>,
+    ) -> Result<ScoreResponse, Status> {
+        let me = &self.inner;
+        let _permit = Arc::clone(&me.inflight).try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "the router has {} requests in flight, its limit (--max-inflight); retry later",
+                me.opts.max_inflight
+            ))
+        })?;
+        let start = Instant::now();
+        let v = validate(&req, encoded_len, &me.opts.limits)?;
+        let popts = PromptOptions {
+            seed: v.seed,
+            shuffle: v.shuffle,
+            hint_best: None,
+        };
+        let mut prompts: Vec<String> = Vec::new();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut prompt_of = Vec::with_capacity(v.k);
+        let mut orders = Vec::with_capacity(v.k);
+        for s in 0..v.k as u32 {
+            let p = me.template.sample_prompt(&v.input, s, popts);
+            let idx = *seen.entry(p.text.clone()).or_insert_with(|| {
+                prompts.push(p.text);
+                prompts.len() - 1
+            });
+            prompt_of.push(idx);
+            orders.push(p.order);
+        }
+        let seeds: Vec<u64> = (0..v.k as u64)
+            .map(|s| derive(v.seed, Stream::Sampler, s))
+            .collect();
+        let parts: Vec<&str> = v
+            .input
+            .conversation
+            .iter()
+            .map(|m| m.content.as_str())
+            .collect();
+        let work = dispatch::Work {
+            request_id: &v.id,
+            prompts: &prompts,
+            prompt_of: &prompt_of,
+            seeds: &seeds,
+            sampling: Sampling {
+                temperature: v.temperature,
+                top_p: v.top_p,
+                top_k: 0,
+                max_new_tokens: v.max_new_tokens,
+            },
+            affinity: chunking::affinity_key(&parts),
+            deadline,
+        };
+        let out = dispatch::generate(&me.grm, work, &me.opts.dispatch).await?;
+        let judgements = out
+            .judgements
+            .into_iter()
+            .zip(orders)
+            .enumerate()
+            .map(|(i, (g, order))| Judgement {
+                index: i as u32,
+                text: g.text,
+                order: order.into_iter().map(|o| o as u32).collect(),
+                generated_tokens: g.generated_tokens,
+                finish_reason: g.finish_reason,
+                worker: g.worker,
+            })
+            .collect();
+        let mut request = req;
+        // Pin the defaults the router chose, so the aggregator sees the same request.
+        let sampling = request.sampling.get_or_insert_with(Default::default);
+        sampling.seed = Some(v.seed);
+        sampling.k = v.k as u32;
+        let agg = AggregateRequest {
+            request: Some(request),
+            judgements,
+            seed: v.seed,
+            usage: Some(aggregator::usage(
+                out.prompt_tokens,
+                out.cached_prompt_tokens,
+            )),
+            timings: Some(aggregator::timings(out.queue_ms, out.generate_ms)),
+        };
+        let mut resp = self.aggregate(agg, deadline).await?;
+        resp.model = me.opts.model_name.clone();
+        if let Some(t) = resp.timings.as_mut() {
+            t.total_ms = start.elapsed().as_secs_f64() * 1e3;
+        }
+        info!(
+            id = resp.id,
+            k = v.k,
+            retries = out.retries,
+            ms = start.elapsed().as_millis() as u64,
+            "scored"
+        );
+        Ok(resp)
+    }
+
+    async fn aggregate(
+        &self,
+        req: AggregateRequest,
+        deadline: Option<Instant>,
+    ) -> Result<ScoreResponse, Status> {
+        let me = &self.inner;
+        let Some(pool) = me.aggregators.as_ref().filter(|p| !p.peers().is_empty()) else {
+            return me.local.aggregate(req).await;
+        };
+        let mut tried = Vec::new();
+        let mut last = String::new();
+        for _ in 0..3 {
+            let Some(peer) = pool.least_loaded(&tried) else {
+                break;
+            };
+            let _g = peer.hold(1);
+            let mut client = AggregatorServiceClient::new(peer.channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            let mut r = Request::new(req.clone());
+            if let Some(d) = deadline {
+                r.set_timeout(
+                    d.saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(1)),
+                );
+            }
+            match client.aggregate(r).await {
+                Ok(resp) => return Ok(resp.into_inner()),
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::Unavailable
+                            | tonic::Code::Unknown
+                            | tonic::Code::Internal
+                            | tonic::Code::Cancelled
+                    ) =>
+                {
+                    warn!(aggregator = peer.addr, error = %s, "aggregator failed; trying another");
+                    peer.mark_down(Duration::from_secs(5));
+                    tried.push(peer.addr.clone());
+                    last = s.to_string();
+                }
+                Err(s) => return Err(s),
+            }
+        }
+        warn!(
+            last,
+            "no remote aggregator answered; aggregating in the router"
+        );
+        me.local.aggregate(req).await
+    }
+}
+
+type ScoreStreamOut =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<ScoreResponse, Status>> + Send>>;
+
+/// A failed request of a stream, answered in band.
+fn stream_error(id: String, s: Status) -> ScoreResponse {
+    ScoreResponse {
+        id,
+        error: Some(ScoreError {
+            code: s.code() as i32,
+            message: s.message().to_string(),
+        }),
+        ..Default::default()
+    }
+}
+
+#[tonic::async_trait]
+impl RewardService for Router {
+    async fn score(
+        &self,
+        request: Request<ScoreRequest>,
+    ) -> Result<Response<ScoreResponse>, Status> {
+        let deadline = deadline_of(request.metadata());
+        let req = request.into_inner();
+        let len = req.encoded_len();
+        Router::score(self, req, len, deadline)
+            .await
+            .map(Response::new)
+    }
+
+    type ScoreStreamStream = ScoreStreamOut;
+
+    async fn score_stream(
+        &self,
+        request: Request<Streaming<ScoreRequest>>,
+    ) -> Result<Response<ScoreStreamOut>, Status> {
+        let deadline = deadline_of(request.metadata());
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel::<Result<ScoreResponse, Status>>(64);
+        let router = self.clone();
+        let per_stream = Arc::new(Semaphore::new(self.inner.opts.stream_concurrency.max(1)));
+        tokio::spawn(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            let mut reading = true;
+            loop {
+                tokio::select! {
+                    // The client went away: abort everything it started.
+                    _ = tx.closed() => {
+                        tasks.abort_all();
+                        return;
+                    }
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                    permit = Arc::clone(&per_stream).acquire_owned(), if reading => {
+                        let Ok(permit) = permit else { break };
+                        match inbound.message().await {
+                            Ok(Some(req)) => {
+                                let (router, tx) = (router.clone(), tx.clone());
+                                tasks.spawn(async move {
+                                    let id = req.id.clone();
+                                    let resp = if id.is_empty() {
+                                        stream_error(id, Status::invalid_argument("id is empty: every request of a ScoreStream needs an id"))
+                                    } else {
+                                        let len = req.encoded_len();
+                                        router.score(req, len, deadline).await.unwrap_or_else(|s| stream_error(id, s))
+                                    };
+                                    let _ = tx.send(Ok(resp)).await;
+                                    drop(permit);
+                                });
+                            }
+                            Ok(None) => reading = false,
+                            Err(s) => {
+                                let _ = tx.send(Err(s)).await;
+                                reading = false;
+                            }
+                        }
+                    }
+                    else => break,
+                }
+                if !reading && tasks.is_empty() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

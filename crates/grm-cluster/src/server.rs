@@ -1,0 +1,113 @@
+//! Starting the gRPC and HTTP servers of a role, with `grpc.health.v1`, reflection, and a
+//! graceful stop.
+
+use crate::pool::MAX_MESSAGE_BYTES;
+use grm_proto::v1::aggregator_service_server::AggregatorServiceServer;
+use grm_proto::v1::reward_service_server::RewardServiceServer;
+use grm_proto::v1::worker_service_server::WorkerServiceServer;
+use std::future::Future;
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+/// The services one process serves over gRPC.
+#[derive(Default)]
+pub struct Services {
+    pub router: Option<crate::router::Router>,
+    pub worker: Option<crate::worker::Worker>,
+    pub aggregator: Option<crate::aggregator::Aggregator>,
+}
+
+/// Binds `addr` (port 0 picks one), returning the listener and its real address.
+pub async fn bind(addr: &str) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let l = TcpListener::bind(addr).await?;
+    let a = l.local_addr()?;
+    Ok((l, a))
+}
+
+/// Serves `services` on `listener` until `shutdown` resolves, then lets in-flight calls finish.
+pub async fn serve_grpc(
+    listener: TcpListener,
+    services: Services,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(grm_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptors are valid");
+    let mut routes = Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .add_service(health)
+        .add_service(reflection);
+    if let Some(r) = services.router {
+        reporter
+            .set_serving::<RewardServiceServer<crate::router::Router>>()
+            .await;
+        routes = routes.add_service(
+            RewardServiceServer::new(r)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        );
+    }
+    if let Some(w) = services.worker {
+        reporter
+            .set_serving::<WorkerServiceServer<crate::worker::Worker>>()
+            .await;
+        routes = routes.add_service(
+            WorkerServiceServer::new(w)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        );
+    }
+    if let Some(a) = services.aggregator {
+        reporter
+            .set_serving::<AggregatorServiceServer<crate::aggregator::Aggregator>>()
+            .await;
+        routes = routes.add_service(
+            AggregatorServiceServer::new(a)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        );
+    }
+    routes
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// Serves an HTTP app on `listener` until `shutdown` resolves.
+pub async fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn termination() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

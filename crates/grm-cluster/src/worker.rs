@@ -1,0 +1,274 @@
+//! The worker role: the engine behind `grm.v1.WorkerService`. It tokenizes prompts, checks
+//! them against the model's context, runs a chunk's samples over one shared prefill and
+//! streams each judgement back as it finishes. A caller that goes away cancels its chunk.
+
+use crate::members::Role;
+use grm_engine::{Engine, EngineError, Event, FinishReason, SamplingParams, Tokenizer, Work};
+use grm_proto::v1::worker_service_server::WorkerService;
+use grm_proto::v1::{
+    generate_event, GenerateEvent, GenerateRequest, Prefilled, SampleResult, ScoreTextsRequest,
+    ScoreTextsResponse, StatusRequest, WorkerStatus,
+};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// How a worker serves.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// The model's name, as reported and registered.
+    pub model_name: String,
+    pub role: Role,
+    /// Refuse new work with RESOURCE_EXHAUSTED while more prompt tokens than this wait.
+    pub max_queued_tokens: usize,
+}
+
+#[derive(Clone)]
+pub struct Worker {
+    engine: Engine,
+    tokenizer: Arc<Tokenizer>,
+    stop_tokens: Vec<u32>,
+    opts: WorkerOptions,
+    draining: Arc<AtomicBool>,
+}
+
+/// Maps an engine error to the status a caller can act on.
+pub fn engine_status(e: EngineError) -> Status {
+    match e {
+        EngineError::Stopped => Status::unavailable("the engine has stopped"),
+        e @ (EngineError::TokenOutOfVocab { .. }
+        | EngineError::Limit { .. }
+        | EngineError::KvTooSmall { .. }
+        | EngineError::Invalid(_)) => Status::invalid_argument(e.to_string()),
+        e => Status::internal(e.to_string()),
+    }
+}
+
+impl Worker {
+    pub fn new(engine: Engine, tokenizer: Tokenizer, opts: WorkerOptions) -> Self {
+        let mut stop_tokens = engine.info.config.eos_token_ids.clone();
+        if let Some(t) = tokenizer.token_id("<end_of_turn>") {
+            if !stop_tokens.contains(&t) {
+                stop_tokens.push(t);
+            }
+        }
+        Self {
+            engine,
+            tokenizer: Arc::new(tokenizer),
+            stop_tokens,
+            opts,
+            draining: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Stops taking new work (callers get UNAVAILABLE and go elsewhere).
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until the engine has no request left.
+    pub async fn idle(&self) {
+        while self.engine.stats().scheduler.requests > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    fn admit(&self, role: Role) -> Result<(), Status> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(Status::unavailable(
+                "this worker is draining and takes no new work",
+            ));
+        }
+        if self.opts.role != role {
+            return Err(Status::failed_precondition(format!(
+                "this worker serves the {} role, not {}",
+                self.opts.role.as_str(),
+                role.as_str()
+            )));
+        }
+        let queued = self.engine.stats().scheduler.queued_tokens;
+        if queued > self.opts.max_queued_tokens {
+            return Err(Status::resource_exhausted(format!(
+                "{queued} prompt tokens are queued on this worker; the limit is {} (--max-queued-tokens)",
+                self.opts.max_queued_tokens
+            )));
+        }
+        Ok(())
+    }
+
+    fn encode(&self, text: &str) -> Result<Vec<u32>, Status> {
+        self.tokenizer
+            .encode(text, true)
+            .map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+type EventStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<GenerateEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl WorkerService for Worker {
+    type GenerateStream = EventStream;
+
+    async fn generate(
+        &self,
+        request: Request<GenerateRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        self.admit(Role::Grm)?;
+        let r = request.into_inner();
+        if r.sample_indices.is_empty() || r.sample_indices.len() != r.seeds.len() {
+            return Err(Status::invalid_argument(format!(
+                "sample_indices ({}) and seeds ({}) must be non-empty and of equal length",
+                r.sample_indices.len(),
+                r.seeds.len()
+            )));
+        }
+        let tokens = self.encode(&r.prompt)?;
+        let context = self.engine.info.config.max_position_embeddings;
+        let max_new = r.max_new_tokens.max(1) as usize;
+        if tokens.len() + max_new > context {
+            return Err(Status::invalid_argument(format!(
+                "the prompt is {} tokens; with max_new_tokens {max_new} that is {}, over the model's context of {context} tokens",
+                tokens.len(),
+                tokens.len() + max_new
+            )));
+        }
+        let samples = r
+            .seeds
+            .iter()
+            .map(|&seed| SamplingParams {
+                temperature: r.temperature,
+                top_p: if r.top_p > 0.0 { r.top_p } else { 1.0 },
+                top_k: r.top_k as usize,
+                seed,
+                max_new_tokens: max_new,
+                stop_tokens: self.stop_tokens.clone(),
+                ignore_stop: false,
+            })
+            .collect();
+        let mut sub = self
+            .engine
+            .submit(Work::Generate {
+                prompt: tokens,
+                samples,
+            })
+            .await
+            .map_err(engine_status)?;
+        let (tx, rx) = mpsc::channel::<Result<GenerateEvent, Status>>(16);
+        let tokenizer = Arc::clone(&self.tokenizer);
+        let indices = r.sample_indices;
+        tokio::spawn(async move {
+            loop {
+                let ev = tokio::select! {
+                    ev = sub.next() => ev,
+                    // The caller went away: dropping the submission cancels the chunk.
+                    _ = tx.closed() => break,
+                };
+                let out = match ev {
+                    None => break,
+                    Some(Event::Prefilled {
+                        prompt_tokens,
+                        cached,
+                    }) => Ok(generate_event::Event::Prefilled(Prefilled {
+                        prompt_tokens: prompt_tokens as u32,
+                        cached_tokens: cached as u32,
+                    })),
+                    Some(Event::Sample {
+                        sample,
+                        tokens,
+                        finish,
+                    }) => match tokenizer.decode(&tokens) {
+                        Ok(text) => Ok(generate_event::Event::Sample(SampleResult {
+                            sample_index: indices[sample],
+                            text,
+                            generated_tokens: tokens.len() as u32,
+                            finish_reason: match finish {
+                                FinishReason::Stop => "stop",
+                                FinishReason::Length => "length",
+                            }
+                            .into(),
+                        })),
+                        Err(e) => Err(Status::internal(e.to_string())),
+                    },
+                    Some(Event::Score { .. }) => continue,
+                };
+                let msg = out.map(|e| GenerateEvent { event: Some(e) });
+                if tx.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn score_texts(
+        &self,
+        request: Request<ScoreTextsRequest>,
+    ) -> Result<Response<ScoreTextsResponse>, Status> {
+        self.admit(Role::MetaRm)?;
+        let r = request.into_inner();
+        let mut subs = Vec::with_capacity(r.texts.len());
+        let context = self.engine.info.config.max_position_embeddings;
+        for (i, text) in r.texts.iter().enumerate() {
+            let tokens = self.encode(text)?;
+            if tokens.len() > context {
+                return Err(Status::invalid_argument(format!(
+                    "texts[{i}] is {} tokens, over the model's context of {context} tokens",
+                    tokens.len()
+                )));
+            }
+            subs.push(
+                self.engine
+                    .submit(Work::Score { tokens })
+                    .await
+                    .map_err(engine_status)?,
+            );
+        }
+        let mut out = ScoreTextsResponse::default();
+        for mut sub in subs {
+            while let Some(ev) = sub.next().await {
+                if let Event::Score {
+                    values,
+                    prompt_tokens,
+                    cached,
+                } = ev
+                {
+                    out.scores.push(values.first().copied().unwrap_or(f32::NAN));
+                    out.tokens += prompt_tokens as u64;
+                    out.cached_tokens += cached as u64;
+                }
+            }
+        }
+        if out.scores.len() != r.texts.len() {
+            return Err(Status::internal("the engine lost a scoring request"));
+        }
+        Ok(Response::new(out))
+    }
+
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<WorkerStatus>, Status> {
+        let s = self.engine.stats();
+        Ok(Response::new(WorkerStatus {
+            model: self.opts.model_name.clone(),
+            role: self.opts.role.as_str().into(),
+            queued_tokens: s.scheduler.queued_tokens as u64,
+            running: s.scheduler.running as u32,
+            waiting: s.scheduler.waiting as u32,
+            blocks_total: s.kv.blocks_total as u32,
+            blocks_available: s.kv.blocks_available() as u32,
+            blocks_used: s.kv.blocks_used as u32,
+            blocks_shared: s.kv.blocks_shared as u32,
+            blocks_cached: s.kv.blocks_cached as u32,
+            prefix_hits: s.kv.prefix_hits,
+            prefix_lookups: s.kv.prefix_lookups,
+            max_context: self.engine.info.config.max_position_embeddings as u32,
+            draining: self.draining.load(Ordering::SeqCst),
+            generated_tokens: s.scheduler.generated_tokens,
+        }))
+    }
+}

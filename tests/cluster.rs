@@ -1,0 +1,702 @@
+//! The cluster as it runs: real `grm` processes (router, GRM workers, a meta-RM worker, an
+//! aggregator) and a real etcd on 127.0.0.1, with the tiny trained judge (a response ending in
+//! "good" scores 8, "bad" 3). Load, a kill -9, an etcd restart, bad requests, cancellation, a
+//! graceful drain, the Python client and OpenRLHF's /get_reward.
+
+mod support;
+
+use grm_proto::v1::reward_service_client::RewardServiceClient;
+use grm_proto::v1::worker_service_client::WorkerServiceClient;
+use grm_proto::v1::{
+    label, sample, Label, Message, Sampling, ScoreRequest, ScoreResponse, StatusRequest,
+};
+use std::collections::HashSet;
+use std::time::Duration;
+use support::*;
+
+const WORDS: [&str; 19] = [
+    "the", "a", "answer", "is", "it", "so", "cat", "sun", "red", "blue", "two", "nine", "ok",
+    "yes", "no", "maybe", "seven", "apple", "tree",
+];
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn words(&mut self, lo: usize, hi: usize) -> String {
+        let n = lo + self.below(hi - lo + 1);
+        (0..n)
+            .map(|_| WORDS[self.below(WORDS.len())])
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// A request in the judge's domain; labelled when exactly one response is good.
+fn request(rng: &mut Rng, id: String, k: u32) -> ScoreRequest {
+    let n = 1 + rng.below(4);
+    let goods: Vec<bool> = (0..n).map(|_| rng.below(2) == 0).collect();
+    let responses: Vec<String> = goods
+        .iter()
+        .map(|&g| format!("{} {}", rng.words(1, 4), if g { "good" } else { "bad" }))
+        .collect();
+    let label = (n >= 2 && goods.iter().filter(|&&g| g).count() == 1).then(|| Label {
+        kind: Some(label::Kind::Best(
+            goods.iter().position(|&g| g).unwrap() as u32
+        )),
+    });
+    ScoreRequest {
+        id,
+        conversation: vec![Message {
+            role: "user".into(),
+            content: format!("{}?", rng.words(2, 5)),
+        }],
+        responses,
+        sampling: Some(Sampling {
+            k,
+            seed: Some(rng.next()),
+            max_new_tokens: 32,
+            ..Default::default()
+        }),
+        label,
+        return_samples: true,
+        ..Default::default()
+    }
+}
+
+/// Every answer must add up: k samples by index, scores mapped back through each sample's
+/// order, rewards equal to the kept samples' sums. Returns whether the vote is correct
+/// (None without a label).
+fn check(req: &ScoreRequest, r: &ScoreResponse) -> Option<bool> {
+    let k = req.sampling.as_ref().unwrap().k as usize;
+    let n = req.responses.len();
+    assert_eq!(r.id, req.id);
+    assert_eq!(
+        r.samples.len(),
+        k,
+        "{}: {} samples for k = {k}",
+        r.id,
+        r.samples.len()
+    );
+    let idx: HashSet<u32> = r.samples.iter().map(|s| s.index).collect();
+    assert_eq!(
+        idx,
+        (0..k as u32).collect::<HashSet<_>>(),
+        "{}: sample indices",
+        r.id
+    );
+    let (mut sums, mut kept, mut invalid) = (vec![0u32; n], 0u32, 0u32);
+    for s in &r.samples {
+        let mut o = s.order.clone();
+        o.sort_unstable();
+        assert_eq!(o, (0..n as u32).collect::<Vec<_>>());
+        match s.outcome.as_ref().expect("an outcome") {
+            sample::Outcome::Scores(sc) => {
+                assert_eq!(sc.shown.len(), n);
+                for (pos, &orig) in s.order.iter().enumerate() {
+                    assert_eq!(
+                        sc.original[orig as usize], sc.shown[pos],
+                        "{}: mapping back",
+                        r.id
+                    );
+                }
+                if s.kept {
+                    kept += 1;
+                    for (sum, &v) in sums.iter_mut().zip(&sc.original) {
+                        *sum += v;
+                    }
+                }
+            }
+            sample::Outcome::Invalid(_) => {
+                assert!(!s.kept);
+                invalid += 1;
+            }
+        }
+    }
+    assert_eq!(
+        (r.valid_samples, r.invalid_samples),
+        (kept, invalid),
+        "{}",
+        r.id
+    );
+    for (i, (rr, &sum)) in r.rewards.iter().zip(&sums).enumerate() {
+        assert_eq!(rr.reward, sum, "{}: reward {i}", r.id);
+        assert_eq!(rr.votes, kept);
+    }
+    if r.k_meta > 0 {
+        assert!(kept <= r.k_meta);
+    } else {
+        assert_eq!((kept + invalid) as usize, k);
+    }
+    match (&req.label, r.best) {
+        (Some(l), Some(best)) => match l.kind {
+            Some(label::Kind::Best(b)) => Some(best == b),
+            _ => None,
+        },
+        (Some(_), None) => Some(false),
+        _ => None,
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn client(addr: &str) -> RewardServiceClient<tonic::transport::Channel> {
+    RewardServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+/// Sends the requests concurrently; returns each answer (or status) in order.
+async fn send_all(
+    addr: &str,
+    reqs: Vec<ScoreRequest>,
+) -> Vec<Result<ScoreResponse, tonic::Status>> {
+    let c = client(addr).await;
+    let tasks: Vec<_> = reqs
+        .into_iter()
+        .map(|r| {
+            let mut c = c.clone();
+            tokio::spawn(async move {
+                let mut req = tonic::Request::new(r);
+                req.set_timeout(Duration::from_secs(300));
+                c.score(req).await.map(|r| r.into_inner())
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+fn health(router: &Proc, field: &str) -> i64 {
+    let (code, body) = http(&router.http(), "GET", "/health", b"");
+    if code != 200 {
+        return 0;
+    }
+    serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v[field].as_i64())
+        .unwrap_or(0)
+}
+
+fn health_workers(router: &Proc) -> i64 {
+    health(router, "grm_workers")
+}
+
+fn worker(dir: &std::path::Path, name: &str, model: &str, etcd: &str) -> Proc {
+    grm(
+        dir,
+        name,
+        &[
+            "worker",
+            "--model",
+            &fixture(model),
+            "--listen",
+            "127.0.0.1:0",
+            "--etcd",
+            etcd,
+            "--lease-ttl-s",
+            "2",
+            "--threads",
+            "1",
+            "--kv-blocks",
+            "4096",
+            "--block-size",
+            "16",
+        ],
+    )
+}
+
+fn router(dir: &std::path::Path, etcd: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "router",
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--etcd",
+        etcd,
+        "--template",
+        &short_template_static(),
+        "--chunk-samples",
+        "2",
+        "--affinity-slack",
+        "1",
+        "--max-new-tokens",
+        "32",
+        "--stall-timeout-s",
+        "10",
+    ];
+    args.extend_from_slice(extra);
+    grm(dir, "router", &args)
+}
+
+fn short_template_static() -> &'static str {
+    Box::leak(short_template().into_boxed_str())
+}
+
+#[test]
+fn a_cluster_serves_load_spreads_large_requests_and_survives_a_kill() {
+    let _serial = serial();
+    let dir = scratch("cluster");
+    let etcd = Etcd::start(&dir);
+    let url = etcd.client_url.clone();
+    let mut w1 = worker(&dir, "w1", "tiny-judge", &url);
+    let _w2 = worker(&dir, "w2", "tiny-judge", &url);
+    let _meta = worker(&dir, "meta", "tiny-judge-meta", &url);
+    let agg = grm(
+        &dir,
+        "aggregator",
+        &[
+            "aggregator",
+            "--listen",
+            "127.0.0.1:0",
+            "--etcd",
+            &url,
+            "--template",
+            &short_template(),
+        ],
+    );
+    let router = router(&dir, &url, &[]);
+    wait_for(
+        Duration::from_secs(20),
+        "the router to see every member",
+        || {
+            health_workers(&router) == 2
+                && health(&router, "meta_workers") == 1
+                && health(&router, "aggregators") == 1
+        },
+    );
+    let rt = runtime();
+    let addr = router.grpc();
+    let mut rng = Rng(0x5eed);
+    // The aggregator learns of the meta RM through etcd too: once it has, k_meta defaults to k/2.
+    wait_for(Duration::from_secs(20), "meta-RM voting", || {
+        let r = rt
+            .block_on(send_all(
+                &addr,
+                vec![request(&mut Rng(1), "probe".into(), 2)],
+            ))
+            .pop()
+            .unwrap();
+        r.is_ok_and(|r| r.k_meta == 1)
+    });
+
+    // On an idle cluster, a request of k = 8 is cut into chunks of 2 spread over both workers.
+    for i in 0..3 {
+        let req = request(&mut rng, format!("spread-{i}"), 8);
+        let r = rt
+            .block_on(send_all(&addr, vec![req.clone()]))
+            .pop()
+            .unwrap()
+            .unwrap();
+        check(&req, &r);
+        let workers: HashSet<&str> = r.samples.iter().map(|s| s.worker.as_str()).collect();
+        assert_eq!(
+            workers.len(),
+            2,
+            "k = 8 should use both workers: {workers:?}"
+        );
+        assert!(
+            r.k_meta > 0,
+            "the meta RM is in the cluster, so k_meta defaults to k/2"
+        );
+    }
+
+    // 200 concurrent requests, all answered and consistent; the votes follow the judge's rule.
+    let reqs: Vec<ScoreRequest> = (0..200)
+        .map(|i| request(&mut rng, format!("load-{i}"), [1, 2, 4, 8][i % 4]))
+        .collect();
+    let answers = rt.block_on(send_all(&addr, reqs.clone()));
+    let (mut labelled, mut right) = (0, 0);
+    for (req, a) in reqs.iter().zip(&answers) {
+        let r = a
+            .as_ref()
+            .unwrap_or_else(|s| panic!("{} failed: {s:?}", req.id));
+        if let Some(ok) = check(req, r) {
+            labelled += 1;
+            right += usize::from(ok);
+        }
+    }
+    eprintln!("votes that pick the good response: {right}/{labelled}");
+    assert!(labelled > 50);
+    assert!(
+        right * 10 >= labelled * 9,
+        "only {right}/{labelled} votes pick the good response"
+    );
+    assert!(
+        agg.log_text().contains("aggregated"),
+        "the remote aggregator took part"
+    );
+
+    // kill -9 of a worker in the middle of the load: every request still completes, with
+    // exactly k judgements each.
+    let reqs: Vec<ScoreRequest> = (0..100)
+        .map(|i| request(&mut rng, format!("kill-{i}"), [2, 4, 8][i % 3]))
+        .collect();
+    let answers = rt.block_on(async {
+        let pending = tokio::spawn({
+            let (addr, reqs) = (addr.clone(), reqs.clone());
+            async move { send_all(&addr, reqs).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        w1.kill9();
+        pending.await.unwrap()
+    });
+    for (req, a) in reqs.iter().zip(&answers) {
+        let r = a
+            .as_ref()
+            .unwrap_or_else(|s| panic!("{} failed after the kill: {s:?}", req.id));
+        check(req, r);
+    }
+    assert!(
+        router.log_text().contains("sending it elsewhere"),
+        "the kill should have forced a retry"
+    );
+    wait_for(
+        Duration::from_secs(20),
+        "the dead worker's lease to expire",
+        || health_workers(&router) == 1,
+    );
+
+    // The Python client against the live cluster.
+    let py = repo().join(".venv-test/bin/python");
+    assert!(
+        py.exists(),
+        "{} is missing: run `bash scripts/setup.sh`",
+        py.display()
+    );
+    let out = std::process::Command::new(&py)
+        .arg(repo().join("tests/python/client_check.py"))
+        .arg(&addr)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["best"], 1, "{v}");
+    assert_eq!(v["samples"], 4);
+    assert_eq!(
+        v["stream_ids"],
+        serde_json::json!((0..10).map(|i| format!("s{i}")).collect::<Vec<_>>())
+    );
+    assert!(
+        v["stream_best"].as_array().unwrap().iter().all(|b| b == 0),
+        "{v}"
+    );
+    assert_eq!(v["refused"][0], "INVALID_ARGUMENT");
+
+    // OpenRLHF's /get_reward: prompts + responses, rewards in [0, 1].
+    let body = serde_json::json!({
+        "query": ["cat sun?apple good", "cat sun?tree bad", "red?yes good"],
+        "prompts": ["cat sun?", "cat sun?", "red?"],
+        "labels": ["", "", ""],
+    });
+    let (code, text) = http(
+        &router.http(),
+        "POST",
+        "/get_reward?k=4&seed=3",
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(code, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let rewards: Vec<f64> = v["rewards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(rewards.len(), 3);
+    assert!(rewards.iter().all(|r| (0.0..=1.0).contains(r)));
+    assert!(rewards[0] > rewards[1], "good beats bad: {v}");
+}
+
+#[test]
+fn serving_goes_on_while_etcd_restarts_and_workers_re_register() {
+    let _serial = serial();
+    let dir = scratch("etcd-restart");
+    let mut etcd = Etcd::start(&dir);
+    let url = etcd.client_url.clone();
+    let _w1 = worker(&dir, "w1", "tiny-judge", &url);
+    let _w2 = worker(&dir, "w2", "tiny-judge", &url);
+    let router = router(&dir, &url, &[]);
+    wait_for(Duration::from_secs(20), "two workers", || {
+        health_workers(&router) == 2
+    });
+    let rt = runtime();
+    let mut rng = Rng(77);
+    let addr = router.grpc();
+
+    etcd.kill();
+    let reqs: Vec<ScoreRequest> = (0..40)
+        .map(|i| request(&mut rng, format!("down-{i}"), 4))
+        .collect();
+    for (req, a) in reqs.iter().zip(rt.block_on(send_all(&addr, reqs.clone()))) {
+        check(
+            req,
+            &a.unwrap_or_else(|s| panic!("{} failed while etcd was down: {s:?}", req.id)),
+        );
+    }
+    assert_eq!(
+        health_workers(&router),
+        2,
+        "the last known membership stays"
+    );
+
+    etcd.restart();
+    // A worker that joins after the restart is seen: the router's watch came back.
+    let _w3 = worker(&dir, "w3", "tiny-judge", &url);
+    wait_for(
+        Duration::from_secs(30),
+        "three workers after the restart",
+        || health_workers(&router) == 3,
+    );
+    // The first two re-registered: their keys are back under fresh leases.
+    std::thread::sleep(Duration::from_secs(4)); // past the old leases' TTL
+    assert_eq!(
+        health_workers(&router),
+        3,
+        "workers re-registered after the restart"
+    );
+    let reqs: Vec<ScoreRequest> = (0..40)
+        .map(|i| request(&mut rng, format!("up-{i}"), 4))
+        .collect();
+    for (req, a) in reqs.iter().zip(rt.block_on(send_all(&addr, reqs.clone()))) {
+        check(req, &a.unwrap());
+    }
+}
+
+#[test]
+fn bad_requests_are_refused_by_field_and_overload_is_shed() {
+    let _serial = serial();
+    let dir = scratch("bad");
+    let etcd = Etcd::start(&dir);
+    let url = etcd.client_url.clone();
+    let _w = worker(&dir, "w", "tiny-judge", &url);
+    let router = router(
+        &dir,
+        &url,
+        &["--max-inflight", "3", "--max-request-bytes", "100000"],
+    );
+    wait_for(Duration::from_secs(20), "a worker", || {
+        health_workers(&router) == 1
+    });
+    let rt = runtime();
+    let addr = router.grpc();
+    let mut rng = Rng(9);
+    let base = request(&mut rng, "bad".into(), 2);
+    let mut cases: Vec<(ScoreRequest, &str)> = Vec::new();
+    let mut r = base.clone();
+    r.responses.clear();
+    r.label = None;
+    cases.push((r, "responses is empty"));
+    let mut r = base.clone();
+    r.sampling.as_mut().unwrap().k = 0;
+    cases.push((r, "sampling.k is 0; allowed 1..=64"));
+    let mut r = base.clone();
+    r.sampling.as_mut().unwrap().k = 65;
+    cases.push((r, "sampling.k is 65; allowed 1..=64"));
+    let mut r = base.clone();
+    r.sampling.as_mut().unwrap().k_meta = Some(3);
+    cases.push((r, "sampling.k_meta is 3; allowed 1..=k (2)"));
+    let mut r = base.clone();
+    r.responses[0] = "word ".repeat(150);
+    cases.push((r, "over the model's context of 512 tokens"));
+    let mut r = base.clone();
+    r.responses[0] = "x".repeat(150_000);
+    cases.push((r, "the limit is 100000 (--max-request-bytes)"));
+    for (req, want) in cases {
+        let got = rt.block_on(send_all(&addr, vec![req])).pop().unwrap();
+        let s = got.expect_err(want);
+        assert_eq!(s.code(), tonic::Code::InvalidArgument, "{want}: {s:?}");
+        assert!(
+            s.message().contains(want),
+            "{:?} should say {want:?}",
+            s.message()
+        );
+    }
+    // Invalid UTF-8 inside a JSON body: 400, naming the field.
+    let (code, body) = http(
+        &router.http(),
+        "POST",
+        "/get_reward",
+        b"{\"query\": [\"ok\", \"\xff\xfe\"], \"prompts\": [\"\", \"\"]}",
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("query[1]"), "{body}");
+    let (code, body) = http(&router.http(), "POST", "/get_reward", b"{\"prompts\": []}");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("query"), "{body}");
+
+    // Past --max-inflight (3), new requests are shed with RESOURCE_EXHAUSTED.
+    let reqs: Vec<ScoreRequest> = (0..24)
+        .map(|i| request(&mut rng, format!("flood-{i}"), 8))
+        .collect();
+    let answers = rt.block_on(send_all(&addr, reqs));
+    let shed = answers
+        .iter()
+        .filter(|a| matches!(a, Err(s) if s.code() == tonic::Code::ResourceExhausted))
+        .count();
+    let served = answers.iter().filter(|a| a.is_ok()).count();
+    eprintln!("shed {shed}, served {served}");
+    assert!(shed > 0 && served > 0, "shed {shed}, served {served}");
+    let s = answers.iter().find_map(|a| a.as_ref().err()).unwrap();
+    assert!(s.message().contains("--max-inflight"), "{}", s.message());
+}
+
+#[test]
+fn cancelled_requests_free_every_block_on_the_workers() {
+    let _serial = serial();
+    let dir = scratch("cancel");
+    // A random-weight model writes long judgements: plenty in flight to cancel.
+    let w = grm(
+        &dir,
+        "w",
+        &[
+            "worker",
+            "--model",
+            &fixture("tiny-f32"),
+            "--listen",
+            "127.0.0.1:0",
+            "--kv-blocks",
+            "3000",
+            "--block-size",
+            "8",
+        ],
+    );
+    let router = grm(
+        &dir,
+        "router",
+        &[
+            "router",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "",
+            "--workers",
+            &w.grpc(),
+            "--template",
+            &short_template(),
+            "--max-new-tokens",
+            "400",
+        ],
+    );
+    let rt = runtime();
+    let mut rng = Rng(4242);
+    rt.block_on(async {
+        let mut status = WorkerServiceClient::connect(format!("http://{}", w.grpc()))
+            .await
+            .unwrap();
+        let idle = status.status(StatusRequest {}).await.unwrap().into_inner();
+        assert_eq!(idle.blocks_used, 0);
+        let c = client(&router.grpc()).await;
+        let mut tasks = Vec::new();
+        for i in 0..100 {
+            let mut req = request(&mut rng, format!("c{i}"), 4);
+            req.sampling.as_mut().unwrap().max_new_tokens = 400;
+            req.sampling.as_mut().unwrap().temperature = Some(1.0);
+            let mut c = c.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut r = tonic::Request::new(req);
+                // The client gives up mid-flight: the call is cancelled.
+                r.set_timeout(Duration::from_millis(700 + 10 * i));
+                c.score(r).await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let busy = status.status(StatusRequest {}).await.unwrap().into_inner();
+        assert!(
+            busy.blocks_used > 0 && busy.running + busy.waiting > 0,
+            "nothing in flight to cancel: {busy:?}"
+        );
+        let mut cancelled = 0;
+        for t in tasks {
+            if t.await.unwrap().is_err() {
+                cancelled += 1;
+            }
+        }
+        assert!(cancelled >= 90, "only {cancelled} of 100 were cancelled");
+        let end = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let s = status.status(StatusRequest {}).await.unwrap().into_inner();
+            if s.blocks_used == 0 && s.running == 0 && s.waiting == 0 {
+                assert_eq!(s.blocks_available, s.blocks_total, "{s:?}");
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < end,
+                "blocks not returned after cancellation: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
+
+#[test]
+fn sigterm_drains_a_worker_without_losing_requests() {
+    let _serial = serial();
+    let dir = scratch("drain");
+    let etcd = Etcd::start(&dir);
+    let url = etcd.client_url.clone();
+    let _w1 = worker(&dir, "w1", "tiny-judge", &url);
+    let mut w2 = worker(&dir, "w2", "tiny-judge", &url);
+    let router = router(&dir, &url, &[]);
+    wait_for(Duration::from_secs(20), "two workers", || {
+        health_workers(&router) == 2
+    });
+    let rt = runtime();
+    let mut rng = Rng(31337);
+    let addr = router.grpc();
+    let reqs: Vec<ScoreRequest> = (0..60)
+        .map(|i| request(&mut rng, format!("d{i}"), 8))
+        .collect();
+    let answers = rt.block_on(async {
+        let pending = tokio::spawn({
+            let (addr, reqs) = (addr.clone(), reqs.clone());
+            async move { send_all(&addr, reqs).await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        w2.term();
+        pending.await.unwrap()
+    });
+    for (req, a) in reqs.iter().zip(&answers) {
+        check(
+            req,
+            a.as_ref()
+                .unwrap_or_else(|s| panic!("{} failed during the drain: {s:?}", req.id)),
+        );
+    }
+    assert_eq!(
+        w2.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "the drained worker exits cleanly:\n{}",
+        w2.log_text()
+    );
+    assert!(
+        w2.log_text().contains("deregistered from etcd"),
+        "{}",
+        w2.log_text()
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "the router to drop the drained worker",
+        || health_workers(&router) == 1,
+    );
+}

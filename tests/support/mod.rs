@@ -1,0 +1,286 @@
+//! Starting real processes for the cross-process tests: `grm` roles and a real etcd, on
+//! 127.0.0.1, each stopped when its handle drops.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Cross-process tests share two cores: run them one at a time.
+pub static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+pub fn fixture(name: &str) -> String {
+    repo()
+        .join("crates/grm-engine/tests/fixtures")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+pub fn short_template() -> String {
+    repo()
+        .join("tests/data/short-template.toml")
+        .display()
+        .to_string()
+}
+
+/// A scratch directory for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("grm-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A running process; killed when dropped.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub ready: Value,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn grpc(&self) -> String {
+        self.ready["grpc"]
+            .as_str()
+            .expect("a gRPC address")
+            .to_string()
+    }
+
+    pub fn http(&self) -> String {
+        self.ready["http"]
+            .as_str()
+            .expect("an HTTP address")
+            .to_string()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM: a graceful stop.
+    pub fn term(&self) {
+        unsafe {
+            libc::kill(self.pid(), libc::SIGTERM);
+        }
+    }
+
+    /// Waits for the process to exit, returning its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `grm <args>` and waits for its ready line.
+pub fn grm(dir: &Path, name: &str, args: &[&str]) -> Proc {
+    let log = dir.join(format!("{name}.log"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_grm"))
+        .args(args)
+        .env("GRM_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start grm");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = r.read_line(&mut line);
+        let _ = tx.send(line);
+        let _ = std::io::copy(&mut r, &mut std::io::sink());
+    });
+    let line = rx.recv_timeout(Duration::from_secs(90)).unwrap_or_default();
+    let ready: Value = serde_json::from_str(&line).unwrap_or_else(|_| {
+        let _ = child.kill();
+        panic!(
+            "{name} did not start ({line:?}); its log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    Proc {
+        name: name.into(),
+        child,
+        ready,
+        log,
+    }
+}
+
+/// A real etcd on loopback ports.
+pub struct Etcd {
+    pub proc: Option<Child>,
+    pub client_url: String,
+    peer_url: String,
+    data: PathBuf,
+    log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn etcd_binary() -> String {
+    for c in ["etcd", "/usr/bin/etcd", "/usr/local/bin/etcd"] {
+        if Command::new(c)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+        {
+            return c.into();
+        }
+    }
+    panic!("etcd is not installed: run `bash scripts/setup.sh` (Debian's etcd-server)");
+}
+
+impl Etcd {
+    pub fn start(dir: &Path) -> Etcd {
+        let (c, p) = (free_port(), free_port());
+        let mut e = Etcd {
+            proc: None,
+            client_url: format!("http://127.0.0.1:{c}"),
+            peer_url: format!("http://127.0.0.1:{p}"),
+            data: dir.join("etcd-data"),
+            log: dir.join("etcd.log"),
+        };
+        e.restart();
+        e
+    }
+
+    /// Starts (again) on the same ports and data.
+    pub fn restart(&mut self) {
+        let child = Command::new(etcd_binary())
+            .args([
+                "--name",
+                "default",
+                "--data-dir",
+                &self.data.display().to_string(),
+                "--listen-client-urls",
+                &self.client_url,
+                "--advertise-client-urls",
+                &self.client_url,
+                "--listen-peer-urls",
+                &self.peer_url,
+                "--initial-advertise-peer-urls",
+                &self.peer_url,
+                "--initial-cluster",
+                &format!("default={}", self.peer_url),
+            ])
+            .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.log)
+                    .unwrap(),
+            )
+            .spawn()
+            .expect("start etcd");
+        self.proc = Some(child);
+        let addr = self.client_url.trim_start_matches("http://").to_string();
+        wait_for(Duration::from_secs(20), "etcd to listen", || {
+            TcpStream::connect(&addr).is_ok()
+        });
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.proc.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `f` until it holds, or panics after `limit`.
+pub fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// A minimal HTTP/1.1 exchange: returns (status, body).
+pub fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    // Chunked bodies: keep the JSON part.
+    let body = match (body.find('{'), body.rfind('}')) {
+        (Some(a), Some(b)) if b >= a => body[a..=b].to_string(),
+        _ => body,
+    };
+    (status, body)
+}
