@@ -17,6 +17,42 @@ pub enum BenchCommand {
     /// The engine alone: prefill, decode at several batch sizes, and the GRM workload (one
     /// prompt, k samples) with and without prefix sharing; optionally transformers beside it.
     Engine(EngineArgs),
+    /// A router over 1, then 2, worker processes on this machine: requests/s, p50/p99 latency
+    /// of a fixed workload, and the router's own time per request.
+    Cluster(ClusterArgs),
+}
+
+#[derive(Args)]
+pub struct ClusterArgs {
+    /// The GRM model directory (default: the embedded model).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// A prompt template (TOML) for the router.
+    #[arg(long)]
+    pub template: Option<PathBuf>,
+    /// Requests in the workload.
+    #[arg(long, default_value_t = 200)]
+    pub requests: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Samples per request.
+    #[arg(long, default_value_t = 4)]
+    pub k: u32,
+    /// Responses per request.
+    #[arg(long, default_value_t = 2)]
+    pub responses: usize,
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: u32,
+    /// Worker counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub workers: Vec<usize>,
+    /// KV blocks per worker.
+    #[arg(long, default_value_t = 4096)]
+    pub kv_blocks: usize,
+    /// Also write the JSON here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -68,6 +104,7 @@ pub struct EngineArgs {
 pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
     match cmd {
         BenchCommand::Engine(a) => engine(a)?,
+        BenchCommand::Cluster(a) => crate::bench_cluster::run(a)?,
     }
     Ok(ExitCode::SUCCESS)
 }

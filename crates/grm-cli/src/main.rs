@@ -1,6 +1,7 @@
 //! `grm`: the command-line entry point. Each subcommand lives in its own module; this file only
 //! parses the command line and dispatches.
 
+mod bench_cluster;
 mod bench_cmd;
 mod judge_cmd;
 mod model_cmd;
