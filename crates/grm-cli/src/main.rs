@@ -3,12 +3,19 @@
 
 mod bench_cluster;
 mod bench_cmd;
+mod eval_cmd;
 mod judge_cmd;
+mod label_cmd;
 mod model_cmd;
+mod plot;
+mod progress;
+mod records;
 mod request_json;
 mod response_json;
 mod score_cmd;
+mod scorer;
 mod serve_cmd;
+mod spct_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -36,6 +43,13 @@ enum Command {
     Aggregator(serve_cmd::AggregatorArgs),
     /// Score one request, against a router or in-process.
     Score(score_cmd::ScoreArgs),
+    /// Offline labeling of a JSONL file: resumable, nothing lost.
+    Label(label_cmd::LabelArgs),
+    /// A GRM's accuracy on preference data: greedy, voting@k and meta-RM@k, with a plot.
+    Eval(eval_cmd::EvalArgs),
+    /// SPCT training data: rejective-sampling pairs and meta-RM data.
+    #[command(subcommand)]
+    Spct(spct_cmd::SpctCommand),
     /// The method without a model: build prompts, parse judgements.
     #[command(subcommand)]
     Judge(judge_cmd::JudgeCommand),
@@ -49,13 +63,25 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // Servers log their requests; the offline commands only warnings (GRM_LOG overrides).
+    let quiet = matches!(
+        cli.command,
+        Command::Score(_)
+            | Command::Label(_)
+            | Command::Eval(_)
+            | Command::Spct(_)
+            | Command::Bench(_)
+    );
+    init_logging(if quiet { "warn" } else { "info" });
     let result = match cli.command {
         Command::Serve(a) => serve_cmd::serve(a).map(|()| ExitCode::SUCCESS),
         Command::Router(a) => serve_cmd::router(a).map(|()| ExitCode::SUCCESS),
         Command::Worker(a) => serve_cmd::worker(a).map(|()| ExitCode::SUCCESS),
         Command::Aggregator(a) => serve_cmd::aggregator(a).map(|()| ExitCode::SUCCESS),
         Command::Score(a) => score_cmd::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Label(a) => label_cmd::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Eval(a) => eval_cmd::run(a).map(|()| ExitCode::SUCCESS),
+        Command::Spct(c) => spct_cmd::run(c).map(|()| ExitCode::SUCCESS),
         Command::Judge(cmd) => judge_cmd::run(cmd),
         Command::Model(cmd) => model_cmd::run(cmd),
         Command::Bench(cmd) => bench_cmd::run(cmd),
@@ -69,11 +95,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs on stderr; the level from GRM_LOG (or RUST_LOG), `info` by default.
-fn init_logging() {
+/// Logs on stderr; the level from GRM_LOG (or RUST_LOG), else `default`.
+fn init_logging(default: &str) {
     let filter = std::env::var("GRM_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".into());
+        .unwrap_or_else(|_| default.into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

@@ -102,6 +102,7 @@ impl RequestJson {
             }),
             return_samples: true,
             model: String::new(),
+            hinted: false,
         })
     }
 }

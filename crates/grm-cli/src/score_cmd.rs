@@ -3,25 +3,15 @@
 
 use crate::request_json::RequestJson;
 use crate::response_json::to_json;
+use crate::scorer::{Scorer, ScorerFlags};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use grm_proto::v1::reward_service_client::RewardServiceClient;
 use grm_proto::v1::{sample, ScoreRequest, ScoreResponse};
 use std::io::Read;
-use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub struct ScoreArgs {
-    /// A router's gRPC address (http://host:port).
-    #[arg(long, env = "GRM_ADDR")]
-    pub addr: Option<String>,
-    /// Score in-process with this GRM model instead of a server.
-    #[arg(long, conflicts_with = "addr")]
-    pub model: Option<PathBuf>,
-    /// A meta-RM model for in-process scoring.
-    #[arg(long, requires = "model")]
-    pub meta_model: Option<PathBuf>,
     /// The user's query (otherwise a JSON request is read on stdin).
     #[arg(long)]
     pub query: Option<String>,
@@ -50,7 +40,7 @@ pub struct ScoreArgs {
     #[arg(long, default_value_t = 600.0)]
     pub timeout_s: f64,
     #[command(flatten)]
-    pub engine: crate::serve_cmd::EngineFlags,
+    pub scorer: ScorerFlags,
 }
 
 fn request(a: &ScoreArgs) -> Result<ScoreRequest> {
@@ -88,27 +78,18 @@ pub fn run(a: ScoreArgs) -> Result<()> {
         .enable_all()
         .build()?;
     let resp = rt.block_on(async {
-        match (&a.addr, &a.model) {
-            (Some(addr), _) => {
-                let uri = if addr.contains("://") { addr.clone() } else { format!("http://{addr}") };
-                let mut client = RewardServiceClient::connect(uri.clone()).await.with_context(|| format!("connecting to {uri}"))?;
-                let mut r = tonic::Request::new(req);
-                r.set_timeout(Duration::from_secs_f64(a.timeout_s));
-                let resp = client.score(r).await.map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))?;
-                Ok::<_, anyhow::Error>(resp.into_inner())
-            }
-            (None, model) => {
-                let (default, default_meta) = crate::serve_cmd::embedded_models();
-                let Some(model) = model.clone().or(default) else {
-                    bail!("give --addr of a router, or --model (no embedded model is shipped in models/grm)");
-                };
-                let meta = a.meta_model.clone().or(if a.model.is_none() { default_meta } else { None });
-                let router = crate::serve_cmd::local_router(&model, meta.as_deref(), &a.engine).await?;
-                let len = prost::Message::encoded_len(&req);
-                router.score(req, len, None).await.map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))
-            }
-        }
+        let scorer = Scorer::connect(&a.scorer).await?;
+        tokio::time::timeout(Duration::from_secs_f64(a.timeout_s), scorer.score(req))
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer within --timeout-s {}", a.timeout_s))
     })?;
+    if let Some(e) = &resp.error {
+        bail!(
+            "{}: {}",
+            tonic::Code::from_i32(e.code).description(),
+            e.message
+        );
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&to_json(&resp))?);
     } else {

@@ -16,7 +16,6 @@ use grm_cluster::server::{bind, serve_grpc, serve_http, termination, Services};
 use grm_cluster::validation::Limits;
 use grm_cluster::worker::{Worker, WorkerOptions};
 use grm_engine::{CpuBackend, Engine, EngineOptions, Gemma2, Head, SchedulerConfig, Tokenizer};
-use grm_judge::Template;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -129,7 +128,7 @@ pub struct RouterFlags {
 }
 
 impl RouterFlags {
-    fn options(&self) -> RouterOptions {
+    pub fn options(&self) -> RouterOptions {
         RouterOptions {
             limits: Limits {
                 max_responses: self.max_responses,
@@ -484,6 +483,8 @@ pub async fn local_router(
     model: &Path,
     meta_model: Option<&Path>,
     engine: &EngineFlags,
+    template: Option<&PathBuf>,
+    opts: RouterOptions,
 ) -> Result<Router> {
     let mut list = Vec::new();
     for (dir, role) in [(Some(model), Role::Grm), (meta_model, Role::MetaRm)] {
@@ -516,14 +517,14 @@ pub async fn local_router(
         });
     }
     let members = members::fixed(list);
-    let template = Arc::new(Template::default());
+    let template = Arc::new(crate::judge_cmd::load_template(template)?);
     let local = Aggregator::new(
         Arc::clone(&template),
         Some(Pool::new(Role::MetaRm, members.clone())),
     );
     let opts = RouterOptions {
         model_name: model_name(model, None),
-        ..Default::default()
+        ..opts
     };
     Ok(Router::new(
         template,

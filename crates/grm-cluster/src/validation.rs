@@ -45,6 +45,8 @@ pub struct Valid {
     pub shuffle: bool,
     pub label: Option<Label>,
     pub return_samples: bool,
+    /// Hinted sampling: the labelled best response, named in each prompt.
+    pub hint_best: Option<usize>,
 }
 
 fn bad(msg: String) -> Status {
@@ -170,7 +172,16 @@ pub fn validate(req: &ScoreRequest, encoded_len: usize, limits: &Limits) -> Resu
         None => getrandom::u64()
             .map_err(|e| Status::internal(format!("no randomness for a seed: {e}")))?,
     };
+    let hint_best = match (req.hinted, &label) {
+        (false, _) => None,
+        (true, Some(Label::Best(b))) => Some(*b),
+        (true, _) => return Err(bad(
+            "hinted is set but label.best is not: hinted sampling names the labelled best response"
+                .into(),
+        )),
+    };
     Ok(Valid {
+        hint_best,
         id: req.id.clone(),
         input,
         k,

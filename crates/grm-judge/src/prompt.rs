@@ -209,11 +209,23 @@ impl Template {
         } else {
             identity(n)
         };
-        let instruction = self.instruction(input, &order, opts.hint_best);
         SamplePrompt {
-            text: render(&self.chat, &[("prompt", &instruction)]),
+            text: self.chat_prompt(input, &order, opts.hint_best),
             order,
         }
+    }
+
+    /// The full prompt for a given order of the responses, chat template included.
+    pub fn chat_prompt(
+        &self,
+        input: &JudgeInput,
+        order: &[usize],
+        hint_best: Option<usize>,
+    ) -> String {
+        render(
+            &self.chat,
+            &[("prompt", &self.instruction(input, order, hint_best))],
+        )
     }
 
     /// The meta RM's input for one judgement of a sample that saw the responses in `order`.
