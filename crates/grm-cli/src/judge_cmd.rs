@@ -41,6 +41,14 @@ pub struct PromptArgs {
     /// Print {"prompt": .., "order": [..]} instead of the bare text.
     #[arg(long)]
     json: bool,
+    /// Batch mode: JSONL requests on stdin; for each, one JSON line per sample (0..k, k from
+    /// the request's sampling.k, default 1) on stdout: {"id", "sample", "prompt", "order"}.
+    #[arg(long, conflicts_with_all = ["json", "sample", "hint"])]
+    jsonl: bool,
+    /// Meta-RM inputs too, in batch mode: each request's `judgements` (one text per sample)
+    /// rendered with the template's meta form, as "meta".
+    #[arg(long, requires = "jsonl")]
+    meta: bool,
 }
 
 pub fn run(cmd: JudgeCommand) -> Result<ExitCode> {
@@ -79,6 +87,9 @@ pub fn load_template(path: Option<&PathBuf>) -> Result<Template> {
 
 fn prompt(args: PromptArgs) -> Result<ExitCode> {
     let template = load_template(args.template.as_ref())?;
+    if args.jsonl {
+        return prompts_jsonl(&template, &args);
+    }
     let mut text = String::new();
     std::io::stdin()
         .read_to_string(&mut text)
@@ -109,5 +120,48 @@ fn prompt(args: PromptArgs) -> Result<ExitCode> {
     } else {
         out.write_all(p.text.as_bytes())?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `grm judge prompt --jsonl`: every sample's prompt of every request, so that training
+/// scripts render prompts exactly as the servers do.
+fn prompts_jsonl(template: &Template, args: &PromptArgs) -> Result<ExitCode> {
+    let stdin = std::io::stdin();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for (i, line) in std::io::BufRead::lines(stdin.lock()).enumerate() {
+        let line = line.context("reading stdin (UTF-8 JSONL)")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("stdin line {}", i + 1);
+        let value: serde_json::Value = serde_json::from_str(&line).with_context(at)?;
+        // `judgements` (for --meta) is not part of a request: take it out before parsing.
+        let judgements: Vec<String> = value
+            .get("judgements")
+            .and_then(|j| serde_json::from_value(j.clone()).ok())
+            .unwrap_or_default();
+        let mut v = value;
+        if let Some(o) = v.as_object_mut() {
+            o.remove("judgements");
+        }
+        let request = RequestJson::parse(&v.to_string()).with_context(at)?;
+        let input = request.judge_input().with_context(at)?;
+        let opts = PromptOptions {
+            seed: args.seed.or(request.sampling.seed).unwrap_or(0),
+            shuffle: !(args.no_shuffle || request.sampling.no_shuffle),
+            hint_best: None,
+        };
+        for s in 0..request.sampling.k.unwrap_or(1).max(1) {
+            let p = template.sample_prompt(&input, s, opts);
+            let mut row = serde_json::json!({ "id": request.id, "sample": s, "prompt": p.text, "order": p.order });
+            if args.meta {
+                if let Some(j) = judgements.get(s as usize) {
+                    row["meta"] = serde_json::json!(template.meta_input(&input, &p.order, j));
+                }
+            }
+            writeln!(out, "{row}")?;
+        }
+    }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }

@@ -52,7 +52,8 @@ pub struct RftArgs {
     /// Judgements drawn per item (N_RFT).
     #[arg(long, default_value_t = 3)]
     pub n_rft: u32,
-    /// Hinted sampling: one judgement per item, from a prompt naming the best response.
+    /// Hinted sampling: one judgement per item, from a prompt naming the best response (items
+    /// without label.best, i.e. single responses, are skipped).
     #[arg(long)]
     pub hinted: bool,
     #[command(flatten)]
@@ -94,6 +95,10 @@ fn read(c: &Common, k: u32, hinted: bool) -> Result<Vec<Item>> {
         // Every judgement is wanted: no meta-RM filtering.
         r.sampling.k_meta = Some(k);
         let input = r.judge_input().with_context(at)?;
+        // Hinted sampling names the best response: items without one (n = 1) are skipped.
+        if hinted && !matches!(r.label, Some(grm_judge::Label::Best(_))) {
+            continue;
+        }
         let mut request = r.to_proto().with_context(at)?;
         request.hinted = hinted;
         items.push(Item { input, request });

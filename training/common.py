@@ -1,0 +1,85 @@
+"""Shared pieces of the training scripts: paths, the grm binary, prompt rendering (by grm
+itself, so that training sees exactly what the servers send), the tokenizer and the model's
+configuration."""
+import json
+import os
+import subprocess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.environ.get("GRM_TRAIN_OUT", os.path.join(ROOT, "training", "out"))
+GRM = os.environ.get("GRM_BIN", os.path.join(ROOT, "target", "release", "grm"))
+SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
+PAD, EOS, BOS, END_OF_TURN = 0, 1, 2, 5
+
+# A small Gemma-2 with every feature on: GQA (4 query heads, 2 KV heads), head_dim 64,
+# sliding layers (window 64, shorter than every prompt) alternating with global ones,
+# attention and final softcaps, tied embeddings.
+MODEL = dict(
+    vocab_size=4096,
+    hidden_size=256,
+    intermediate_size=768,
+    num_hidden_layers=6,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=64,
+    query_pre_attn_scalar=64,
+    sliding_window=64,
+    attn_logit_softcapping=50.0,
+    final_logit_softcapping=30.0,
+    rope_theta=10000.0,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=1024,
+    tie_word_embeddings=True,
+    bos_token_id=BOS,
+    eos_token_id=[EOS, END_OF_TURN],
+    pad_token_id=PAD,
+    hidden_activation="gelu_pytorch_tanh",
+)
+
+
+def path(*p):
+    full = os.path.join(OUT, *p)
+    os.makedirs(os.path.dirname(full), exist_ok=True)
+    return full
+
+
+def write_jsonl(p, rows):
+    with open(p, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def read_jsonl(p):
+    with open(p) as f:
+        return [json.loads(l) for l in f if l.strip()]
+
+
+def render_prompts(requests):
+    """Every sample's prompt of every request, rendered by `grm judge prompt --jsonl`:
+    [{"id", "sample", "prompt", "order"}] in order."""
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in requests)
+    out = subprocess.run([GRM, "judge", "prompt", "--jsonl"], input=text.encode(), capture_output=True, check=True)
+    return [json.loads(l) for l in out.stdout.decode().splitlines()]
+
+
+def render_meta(requests_with_judgements):
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in requests_with_judgements)
+    out = subprocess.run([GRM, "judge", "prompt", "--jsonl", "--meta"], input=text.encode(), capture_output=True, check=True)
+    return [json.loads(l) for l in out.stdout.decode().splitlines()]
+
+
+def grm(*args, **kw):
+    """Runs the grm binary; raises with its stderr on failure."""
+    r = subprocess.run([GRM, *map(str, args)], capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        raise RuntimeError(f"grm {' '.join(map(str, args))} failed:\n{r.stderr[-4000:]}")
+    return r
+
+
+def load_tokenizer():
+    from tokenizers import Tokenizer
+    return Tokenizer.from_file(path("tokenizer", "tokenizer.json"))
+
+
+def encode(tok, text):
+    return tok.encode(text, add_special_tokens=False).ids

@@ -1,0 +1,79 @@
+"""The embedded meta RM: the GRM's backbone with a scalar head (Gemma2ForSequenceClassification),
+trained with binary cross-entropy on the GRM's own sampled judgements labelled by the SPCT
+rule (`grm spct meta-data`), each read in the template's meta form."""
+import argparse
+import random
+import sys
+
+import torch
+
+sys.path.insert(0, __import__("os").path.dirname(__file__))
+import domain  # noqa: E402
+from common import MODEL, PAD, encode, grm, load_tokenizer, path, read_jsonl, write_jsonl  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--items", type=int, default=1000)
+    ap.add_argument("--k", type=int, default=6)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--grm", default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    grm_dir = a.grm or path("grm-rft", "x")[:-2]
+    items = domain.split(51, a.items, "meta")
+    write_jsonl(path("data", "meta-items.jsonl"), [domain.request(it) for it in items])
+    r = grm("spct", "meta-data", "--input", path("data", "meta-items.jsonl"), "--output", path("data", "meta.jsonl"), "--k", a.k,
+            "--model", grm_dir, "--temperature", a.temperature, "--max-new-tokens", 96, "--concurrency", 64, "--kv-blocks", 20000)
+    print("meta-data:", r.stderr.strip().splitlines()[-1], flush=True)
+    rows = read_jsonl(path("data", "meta.jsonl"))
+    pos = sum(r["label"] for r in rows)
+    print(f"meta: {len(rows)} judgements, {pos} correct", flush=True)
+
+    from transformers import Gemma2Config, Gemma2ForCausalLM, Gemma2ForSequenceClassification
+    tok = load_tokenizer()
+    base = Gemma2ForCausalLM.from_pretrained(grm_dir, attn_implementation="eager", dtype=torch.float32)
+    cfg = Gemma2Config(**dict(MODEL, vocab_size=tok.get_vocab_size()), num_labels=1, attn_implementation="eager")
+    cfg.architectures = ["Gemma2ForSequenceClassification"]
+    meta = Gemma2ForSequenceClassification(cfg)
+    meta.model.load_state_dict(base.model.state_dict())
+    torch.nn.init.normal_(meta.score.weight, std=0.02)
+    data = [(encode(tok, r["text"]), float(r["label"])) for r in rows]
+    # Balance the classes by weighting the loss.
+    w_pos = (len(data) - pos) / max(pos, 1)
+    bce = torch.nn.BCEWithLogitsLoss(reduction="none")
+    opt = torch.optim.AdamW(meta.parameters(), lr=5e-4, weight_decay=0.01)
+    rng = random.Random(3)
+    meta.train()
+    step = 0
+    for epoch in range(a.epochs):
+        order = sorted(range(len(data)), key=lambda i: len(data[i][0]) + rng.random() * 8)
+        chunks = [order[i:i + 32] for i in range(0, len(order), 32)]
+        rng.shuffle(chunks)
+        for idx in chunks:
+            L = max(len(data[i][0]) for i in idx)
+            # Left padding: the last position is every row's last token.
+            x = torch.tensor([[PAD] * (L - len(data[i][0])) + data[i][0] for i in idx])
+            m = torch.tensor([[0] * (L - len(data[i][0])) + [1] * len(data[i][0]) for i in idx])
+            y = torch.tensor([data[i][1] for i in idx])
+            logits = meta(input_ids=x, attention_mask=m).logits[:, 0]
+            loss = (bce(logits, y) * torch.where(y > 0, w_pos, 1.0)).mean()
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(meta.parameters(), 1.0)
+            opt.step()
+            if step % 50 == 0:
+                print(f"meta epoch {epoch} step {step} loss {loss.item():.4f}", flush=True)
+            step += 1
+    meta.eval()
+    import shutil
+    out = path("meta-rm", "x")[:-2]
+    meta.save_pretrained(out, safe_serialization=True)
+    shutil.copy(path("tokenizer", "tokenizer.json"), f"{out}/tokenizer.json")
+    print("saved", out, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Stage 2 of the embedded GRM: rejective fine-tuning (SPCT's first stage) on the model's own
+judgements. `grm spct rft` draws N_RFT judgements per labelled item from the stage-1 model
+(served by grm itself), keeps the correct ones and drops items it already gets right every
+time; hinted sampling adds judgements for the items it gets wrong. The model is then
+fine-tuned on those (prompt, completion) pairs, with some stage-1 data replayed."""
+import argparse
+import random
+import sys
+
+import torch
+
+sys.path.insert(0, __import__("os").path.dirname(__file__))
+import domain  # noqa: E402
+from common import END_OF_TURN, encode, grm, load_tokenizer, path, read_jsonl, write_jsonl  # noqa: E402
+from sft import save, sft_examples, train  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--items", type=int, default=3000)
+    ap.add_argument("--n-rft", type=int, default=4)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    items = domain.split(31, a.items, "rft")
+    write_jsonl(path("data", "rft-items.jsonl"), [domain.request(it) for it in items])
+    model_dir = path("grm-sft", "x")[:-2]
+    common = ["--model", model_dir, "--temperature", a.temperature, "--max-new-tokens", 96, "--concurrency", 64, "--kv-blocks", 20000]
+    r = grm("spct", "rft", "--input", path("data", "rft-items.jsonl"), "--output", path("data", "rft.jsonl"), "--n-rft", a.n_rft, *common)
+    print("rft:", r.stderr.strip().splitlines()[-1], flush=True)
+    r = grm("spct", "rft", "--hinted", "--input", path("data", "rft-items.jsonl"), "--output", path("data", "rft-hinted.jsonl"), *common)
+    print("rft hinted:", r.stderr.strip().splitlines()[-1], flush=True)
+
+    tok = load_tokenizer()
+    pairs = read_jsonl(path("data", "rft.jsonl")) + read_jsonl(path("data", "rft-hinted.jsonl"))
+    examples = []
+    for p in pairs:
+        pi = encode(tok, p["prompt"])
+        ci = encode(tok, p["completion"].removesuffix("<end_of_turn>")) + [END_OF_TURN]
+        examples.append((pi + ci, [-100] * len(pi) + ci))
+    # Replay rule-made judgements so the format and the easy items are not forgotten.
+    replay = sft_examples(tok, domain.split(41, max(500, len(examples) // 2), "replay"), seed=5)
+    print(f"rft: {len(examples)} own correct judgements + {len(replay)} replayed", flush=True)
+    from transformers import Gemma2ForCausalLM
+    model = Gemma2ForCausalLM.from_pretrained(model_dir, attn_implementation="eager", dtype=torch.float32)
+    train(model, examples + replay, epochs=1, lr=3e-4, batch_tokens=4096, seed=7, label="rft")
+    save(model, path("tokenizer", "tokenizer.json"), path("grm-rft", "x")[:-2])
+    print("saved", path("grm-rft"), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Stages 0 and 1 of the embedded GRM: pretraining on the domain's text (the stand-in for a
+pretrained base model: arithmetic facts, questions, responses), then supervised fine-tuning
+on rule-made judgements in the paper's format (the prompt is exactly what grm renders, each
+item shown in a seeded order of its responses). Loss on the judgement tokens only."""
+import argparse
+import math
+import random
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, __import__("os").path.dirname(__file__))
+import domain  # noqa: E402
+from common import EOS, END_OF_TURN, MODEL, PAD, encode, load_tokenizer, path, render_prompts, write_jsonl  # noqa: E402
+
+
+def new_model(vocab):
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+    cfg = Gemma2Config(**dict(MODEL, vocab_size=vocab), attn_implementation="eager")
+    return Gemma2ForCausalLM(cfg)
+
+
+def batches(examples, batch_tokens, rng):
+    """Groups (ids, labels) examples of similar length into batches of about batch_tokens."""
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]) + rng.random())
+    out, cur, longest = [], [], 0
+    for i in order:
+        longest = max(longest, len(examples[i][0]))
+        if cur and longest * (len(cur) + 1) > batch_tokens:
+            out.append(cur)
+            cur, longest = [], len(examples[i][0])
+        cur.append(i)
+    if cur:
+        out.append(cur)
+    rng.shuffle(out)
+    return out
+
+
+def collate(examples, idx):
+    L = max(len(examples[i][0]) for i in idx)
+    x = torch.full((len(idx), L), PAD)
+    y = torch.full((len(idx), L), -100)
+    m = torch.zeros((len(idx), L), dtype=torch.long)
+    for r, i in enumerate(idx):
+        ids, labels = examples[i]
+        x[r, : len(ids)] = torch.tensor(ids)
+        y[r, : len(labels)] = torch.tensor(labels)
+        m[r, : len(ids)] = 1
+    return x, y, m
+
+
+def train(model, examples, epochs, lr, batch_tokens, seed, label, time_budget=None):
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    plan = [b for e in range(epochs) for b in batches(examples, batch_tokens, random.Random(seed + e))]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    warm = max(1, len(plan) // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / len(plan)))))
+    model.train()
+    t0, ema = time.time(), None
+    for step, idx in enumerate(plan):
+        x, y, m = collate(examples, idx)
+        loss = model(input_ids=x, attention_mask=m, labels=y).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        if step % 50 == 0 or step == len(plan) - 1:
+            print(f"{label} step {step}/{len(plan)} loss {ema:.4f} ({time.time() - t0:.0f} s)", flush=True)
+        if time_budget and time.time() - t0 > time_budget:
+            print(f"{label}: time budget reached at step {step}", flush=True)
+            break
+    model.eval()
+    return model
+
+
+def pretrain_examples(tok, n, seed):
+    rng = random.Random(seed)
+    out = []
+    for it in domain.split(seed, n, "pre"):
+        a, b, c, op = it["a"], it["b"], it["answer"], it["op"]
+        text = f"{it['query']} {a} {op} {b} = {c}. " + " ".join(it["responses"])
+        ids = [2] + encode(tok, text) + [EOS]
+        out.append((ids, ids[:]))
+    # Every fact of the domain, several times, in random order.
+    facts = []
+    for op, rng_a, rng_b in [("+", range(2, 21), range(2, 21)), ("-", range(2, 26), range(1, 25)), ("×", range(2, 13), range(2, 10))]:
+        for a in rng_a:
+            for b in rng_b:
+                if op == "-" and b >= a:
+                    continue
+                facts.append(f"{a} {op} {b} = {domain.OPS[op](a, b)}.")
+    for _ in range(3):
+        rng.shuffle(facts)
+        for j in range(0, len(facts), 8):
+            ids = [2] + encode(tok, " ".join(facts[j:j + 8])) + [EOS]
+            out.append((ids, ids[:]))
+    return out
+
+
+def sft_examples(tok, items, seed, samples_per_item=1):
+    rng = random.Random(seed)
+    reqs = [domain.request(it, k=samples_per_item, seed=rng.randrange(1 << 40)) for it in items]
+    prompts = render_prompts(reqs)
+    by_id = {it["id"]: it for it in items}
+    out = []
+    for p in prompts:
+        it = by_id[p["id"]]
+        pi = encode(tok, p["prompt"])
+        ji = encode(tok, domain.judgement(it, p["order"], rng)) + [END_OF_TURN]
+        out.append((pi + ji, [-100] * len(pi) + ji))
+    return out
+
+
+def save(model, tok_path, out_dir, dtype=torch.float32):
+    import shutil
+    model.to(dtype).save_pretrained(out_dir, safe_serialization=True)
+    shutil.copy(tok_path, f"{out_dir}/tokenizer.json")
+    model.to(torch.float32)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--train-items", type=int, default=6000)
+    ap.add_argument("--pretrain-items", type=int, default=4000)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--pretrain-epochs", type=int, default=4)
+    ap.add_argument("--time-budget", type=float, default=None, help="seconds for stage 1")
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    tok = load_tokenizer()
+    model = new_model(tok.get_vocab_size())
+    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
+    pre = pretrain_examples(tok, a.pretrain_items, seed=11)
+    train(model, pre, epochs=a.pretrain_epochs, lr=2e-3, batch_tokens=4096, seed=1, label="pretrain")
+    items = domain.split(21, a.train_items, "train")
+    write_jsonl(path("data", "train.jsonl"), items)
+    sft = sft_examples(tok, items, seed=2)
+    train(model, sft, epochs=a.epochs, lr=1e-3, batch_tokens=4096, seed=3, label="sft", time_budget=a.time_budget)
+    save(model, path("tokenizer", "tokenizer.json"), path("grm-sft", "x")[:-2])
+    print("saved", path("grm-sft"), flush=True)
+
+
+if __name__ == "__main__":
+    main()
