@@ -125,6 +125,64 @@ fn prompt_shows_the_samples_order() {
 }
 
 #[test]
+fn prompt_jsonl_renders_every_sample_as_the_single_form_does() {
+    let reqs = concat!(
+        r#"{"id": "a", "query": "2+2?", "responses": ["4", "5", "3"], "sampling": {"k": 3, "seed": 11}}"#,
+        "\n\n",
+        r#"{"id": "b", "query": "1+1?", "responses": ["2", "3"], "judgements": ["J0"]}"#,
+        "\n"
+    );
+    let out = grm(&["judge", "prompt", "--jsonl", "--meta"], reqs.as_bytes());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let keys: Vec<(String, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["sample"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("a".into(), 0),
+            ("a".into(), 1),
+            ("a".into(), 2),
+            ("b".into(), 0)
+        ]
+    );
+    // Each row is exactly what the one-sample form prints for that sample.
+    let single = br#"{"query": "2+2?", "responses": ["4", "5", "3"], "sampling": {"seed": 11}}"#;
+    for r in &rows[..3] {
+        let s = r["sample"].to_string();
+        let one = grm(&["judge", "prompt", "--json", "--sample", &s], single);
+        let one: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+        assert_eq!((&r["prompt"], &r["order"]), (&one["prompt"], &one["order"]));
+    }
+    // --meta renders a request's judgement in the template's meta form.
+    let meta = rows[3]["meta"].as_str().unwrap();
+    assert!(meta.contains("J0") && meta.contains("1+1?"), "{meta}");
+    assert!(rows[0].get("meta").is_none());
+    // A bad line is refused with its line number.
+    let out = grm(
+        &["judge", "prompt", "--jsonl"],
+        b"{\"query\": \"q\", \"responses\": []}\n",
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stdin line 1"));
+}
+
+#[test]
 fn prompt_rejects_bad_requests_by_field() {
     let out = grm(&["judge", "prompt"], br#"{"query": "q", "responses": []}"#);
     assert_eq!(out.status.code(), Some(2));

@@ -238,8 +238,9 @@ fn router(dir: &std::path::Path, etcd: &str, extra: &[&str]) -> Proc {
         "1",
         "--max-new-tokens",
         "32",
+        // Generous: a loaded 2-core CI machine must not look like a stalled worker.
         "--stall-timeout-s",
-        "10",
+        "30",
     ];
     args.extend_from_slice(extra);
     grm(dir, "router", &args)
@@ -522,6 +523,9 @@ fn bad_requests_are_refused_by_field_and_overload_is_shed() {
     let mut r = base.clone();
     r.responses[0] = "x".repeat(150_000);
     cases.push((r, "the limit is 100000 (--max-request-bytes)"));
+    let mut r = base.clone();
+    r.responses[0] = "ok good<end_of_turn>".into();
+    cases.push((r, "responses[0] contains the control token <end_of_turn>"));
     for (req, want) in cases {
         let got = rt.block_on(send_all(&addr, vec![req])).pop().unwrap();
         let s = got.expect_err(want);
@@ -532,6 +536,40 @@ fn bad_requests_are_refused_by_field_and_overload_is_shed() {
             s.message()
         );
     }
+    // k_meta < k needs a meta RM, and this cluster has none: refused before any generation.
+    let mut r = base.clone();
+    r.sampling.as_mut().unwrap().k_meta = Some(1);
+    let s = rt
+        .block_on(send_all(&addr, vec![r]))
+        .pop()
+        .unwrap()
+        .expect_err("no meta RM");
+    assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}");
+    assert!(s.message().contains("needs a meta RM"), "{s:?}");
+
+    // Hinted sampling reaches the worker: the hinted prompt is longer by the hint.
+    let mut plain = base.clone();
+    plain.responses = vec!["a good".into(), "a bad".into()];
+    plain.label = Some(Label {
+        kind: Some(label::Kind::Best(0)),
+    });
+    plain.sampling.as_mut().unwrap().k = 1;
+    let mut hinted = plain.clone();
+    hinted.hinted = true;
+    let got = rt.block_on(send_all(&addr, vec![plain, hinted]));
+    let tokens: Vec<u64> = got
+        .iter()
+        .map(|a| {
+            a.as_ref()
+                .expect("scored")
+                .usage
+                .as_ref()
+                .unwrap()
+                .prompt_tokens
+        })
+        .collect();
+    assert!(tokens[1] > tokens[0], "hinted prompt tokens {tokens:?}");
+
     // Invalid UTF-8 inside a JSON body: 400, naming the field.
     let (code, body) = http(
         &router.http(),

@@ -320,6 +320,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if items.is_empty() {
         bail!("{} has no items", a.input.display());
     }
+    crate::records::check_unique_ids(&a.input, items.iter().map(|it| it.id.as_str()))?;
     let ks: Vec<usize> =
         a.ks.iter()
             .copied()
@@ -371,18 +372,30 @@ pub fn run(a: EvalArgs) -> Result<()> {
             }
         }
         progress.finish();
+        if out.len() < total {
+            bail!(
+                "the scorer stopped after {} of {total} answers (did the router shut down?)",
+                out.len()
+            );
+        }
         Ok::<_, anyhow::Error>(out)
     })?;
+    let answer = |id: String| {
+        answers
+            .get(&id)
+            .map(drawn)
+            .with_context(|| format!("no answer for {id}"))
+    };
     let rows: Vec<(&Item, Drawn, Drawn)> = items
         .iter()
         .map(|it| {
-            (
+            Ok((
                 it,
-                drawn(&answers[&format!("{}#draw", it.id)]),
-                drawn(&answers[&format!("{}#greedy", it.id)]),
-            )
+                answer(format!("{}#draw", it.id))?,
+                answer(format!("{}#greedy", it.id))?,
+            ))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let mut by_subset: BTreeMap<&str, Vec<(&Item, Drawn, Drawn)>> = BTreeMap::new();
     for (it, d, g) in &rows {
         by_subset

@@ -2,7 +2,7 @@
 //! file (by its extension) turned into JSON objects, column name → value (lists as arrays,
 //! structs as objects).
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -42,4 +42,19 @@ pub fn read_records(path: &Path) -> Result<Vec<(usize, Result<String, String>)>>
         ));
     }
     Ok(out)
+}
+
+/// Refuses a file whose items repeat an id: answers are matched to items by id, so a repeat
+/// would silently replace one item's answer with another's.
+pub fn check_unique_ids<'a>(path: &Path, ids: impl IntoIterator<Item = &'a str>) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for id in ids {
+        if !seen.insert(id) {
+            bail!(
+                "{}: the id {id:?} appears more than once; ids must be unique",
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }

@@ -117,14 +117,18 @@ fn print_table(r: &ScoreResponse, samples: bool) {
             x.votes
         );
     }
-    let k = r.valid_samples + r.invalid_samples;
+    // With a meta RM only the top k_meta valid judgements vote.
+    let kept = if r.k_meta > 0 {
+        format!(" (top k_meta = {} by the meta RM)", r.k_meta)
+    } else {
+        String::new()
+    };
     println!(
-        "best: {}   tie: {}   valid judgements: {}/{}   k_meta: {}   seed: {}",
+        "best: {}   tie: {}   votes from {} judgements{kept}; {} invalid   seed: {}",
         r.best.map_or("none".into(), |b| b.to_string()),
         if r.tie { "yes" } else { "no" },
         r.valid_samples,
-        k.max(r.samples.len() as u32),
-        r.k_meta,
+        r.invalid_samples,
         r.seed
     );
     if let Some(t) = &r.timings {

@@ -466,9 +466,21 @@ pub fn router(a: RouterArgs) -> Result<()> {
     })
 }
 
-/// The embedded default GRM (and meta RM) shipped with the repository, if present.
+/// The embedded default GRM (and meta RM) shipped with the repository, if present: under
+/// `$GRM_MODELS` when set, else the first `models/` found above the executable (a copied
+/// checkout or an installed tree), else the source tree this binary was built from.
 pub fn embedded_models() -> (Option<PathBuf>, Option<PathBuf>) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
+    let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
+    let beside_exe = std::env::current_exe().ok().and_then(|exe| {
+        exe.ancestors()
+            .skip(1)
+            .map(|d| d.join("models"))
+            .find(|m| m.join("grm/config.json").exists())
+    });
+    let root = match std::env::var_os("GRM_MODELS") {
+        Some(dir) => PathBuf::from(dir),
+        None => beside_exe.unwrap_or(built_from),
+    };
     let grm = root.join("grm");
     let meta = root.join("meta-rm");
     (

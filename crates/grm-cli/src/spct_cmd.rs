@@ -116,6 +116,7 @@ fn run_all(
         .enable_all()
         .build()?;
     let total = items.len();
+    crate::records::check_unique_ids(&c.input, items.iter().map(|it| it.request.id.as_str()))?;
     let by_id: HashMap<String, Item> = items
         .into_iter()
         .map(|it| (it.request.id.clone(), it))
@@ -147,6 +148,9 @@ fn run_all(
             }
         }
         progress.finish();
+        if got < total {
+            bail!("the scorer stopped after {got} of {total} answers (did the router shut down?)");
+        }
         Ok(())
     })
 }

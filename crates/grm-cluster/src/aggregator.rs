@@ -39,7 +39,8 @@ impl Aggregator {
         self.meta.as_ref()
     }
 
-    fn has_meta(&self) -> bool {
+    /// Whether any meta-RM worker is live in this aggregator's view.
+    pub fn has_meta(&self) -> bool {
         self.meta.as_ref().is_some_and(|p| !p.peers().is_empty())
     }
 

@@ -268,6 +268,10 @@ async fn attempt_chunk(
         Ok(Err(s)) => return Err(classify(s)),
         Ok(Ok(r)) => r.into_inner(),
     };
+    // This attempt's prefill (prompt tokens, of which cached), counted in the usage once per
+    // judgement it delivers: a retried chunk's earlier attempt must not count twice.
+    let mut prefill: Option<(u64, u64)> = None;
+    let mut delivered = 0u64;
     loop {
         let msg = match tokio::time::timeout(opts.stall_timeout, stream.message()).await {
             Err(_) => {
@@ -283,9 +287,7 @@ async fn attempt_chunk(
         let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
         match msg.event {
             Some(generate_event::Event::Prefilled(p)) => {
-                let n = samples.len() as u64;
-                s.prompt_tokens += u64::from(p.prompt_tokens) * n;
-                s.cached += u64::from(p.cached_tokens) + u64::from(p.prompt_tokens) * (n - 1);
+                prefill = Some((u64::from(p.prompt_tokens), u64::from(p.cached_tokens)));
                 s.first_prefill.get_or_insert_with(Instant::now);
             }
             Some(generate_event::Event::Sample(r)) => {
@@ -299,6 +301,12 @@ async fn attempt_chunk(
                         finish_reason: r.finish_reason,
                         worker: peer.addr.clone(),
                     });
+                    if let Some((prompt, cached)) = prefill {
+                        // The first judgement paid for the prefill; the others forked from it.
+                        s.prompt_tokens += prompt;
+                        s.cached += if delivered == 0 { cached } else { prompt };
+                    }
+                    delivered += 1;
                     guard.release(1);
                 }
             }

@@ -17,11 +17,15 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
+use futures::StreamExt;
 use grm_proto::v1::{Message, Sampling, ScoreRequest};
 use prost::Message as _;
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::HashMap;
+
+/// Score calls one `/get_reward` request keeps in flight at once.
+const BATCHES_IN_FLIGHT: usize = 32;
 
 /// Defaults for `/get_reward` requests, overridable per call with `?k=&k_meta=`.
 #[derive(Debug, Clone, Copy)]
@@ -137,8 +141,10 @@ async fn get_reward(
         }
     }
     let k = p.k.unwrap_or(s.opts.k);
-    let calls = batches.iter().enumerate().map(|(bi, (prompt, idx))| {
-        let req = ScoreRequest {
+    let requests: Vec<ScoreRequest> = batches
+        .iter()
+        .enumerate()
+        .map(|(bi, (prompt, idx))| ScoreRequest {
             id: format!("get_reward-{bi}"),
             conversation: vec![Message {
                 role: "user".into(),
@@ -153,14 +159,22 @@ async fn get_reward(
                 ..Default::default()
             }),
             ..Default::default()
-        };
-        let router = s.router.clone();
+        })
+        .collect();
+    let router = s.router.clone();
+    let calls = requests.into_iter().map(move |req| {
+        let router = router.clone();
         async move {
             let len = req.encoded_len();
             router.score(req, len, None).await
         }
     });
-    let results = futures::future::join_all(calls).await;
+    // A bounded number at a time: one large call must not take every --max-inflight permit
+    // (and be refused with 429 while its own earlier batches still run).
+    let results: Vec<_> = futures::stream::iter(calls)
+        .buffered(BATCHES_IN_FLIGHT)
+        .collect()
+        .await;
     let n = b.query.len();
     let (mut rewards, mut scores, mut votes) = (vec![0f64; n], vec![0f64; n], vec![0u32; n]);
     let mut unscored = 0;
@@ -178,8 +192,17 @@ async fn get_reward(
                 return error(code, st.message().to_string());
             }
         };
-        for (j, &i) in idx.iter().enumerate() {
-            let rr = &resp.rewards[j];
+        if resp.rewards.len() != idx.len() {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "the cluster answered {} rewards for {} responses",
+                    resp.rewards.len(),
+                    idx.len()
+                ),
+            );
+        }
+        for (&i, rr) in idx.iter().zip(&resp.rewards) {
             votes[i] = rr.votes;
             if rr.votes == 0 {
                 unscored += 1;

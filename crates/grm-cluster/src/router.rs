@@ -66,17 +66,21 @@ pub struct Router {
 pub fn deadline_of(meta: &tonic::metadata::MetadataMap) -> Option<Instant> {
     let v = meta.get("grpc-timeout")?.to_str().ok()?;
     let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    // The gRPC spec allows at most 8 digits; anything longer is not a deadline we can honour.
+    if num.is_empty() || num.len() > 8 {
+        return None;
+    }
     let n: u64 = num.parse().ok()?;
     let d = match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
         "S" => Duration::from_secs(n),
         "m" => Duration::from_millis(n),
         "u" => Duration::from_micros(n),
         "n" => Duration::from_nanos(n),
         _ => return None,
     };
-    Some(Instant::now() + d)
+    Instant::now().checked_add(d)
 }
 
 impl Router {
@@ -137,10 +141,24 @@ impl Router {
         })?;
         let start = Instant::now();
         let v = validate(&req, encoded_len, &me.opts.limits)?;
+        let serving = &me.opts.model_name;
+        if !req.model.is_empty() && !serving.is_empty() && req.model != *serving {
+            return Err(Status::not_found(format!(
+                "model is {:?}; this cluster serves {serving:?} (leave model empty for the default)",
+                req.model
+            )));
+        }
+        // Refuse before generating k judgements that the aggregator would then refuse.
+        if let Some(m) = v.k_meta.filter(|&m| m < v.k && !me.local.has_meta()) {
+            return Err(Status::failed_precondition(format!(
+                "sampling.k_meta is {m} (< k = {}), which needs a meta RM, and this cluster has no meta-RM worker",
+                v.k
+            )));
+        }
         let popts = PromptOptions {
             seed: v.seed,
             shuffle: v.shuffle,
-            hint_best: None,
+            hint_best: v.hint_best,
         };
         let mut prompts: Vec<String> = Vec::new();
         let mut seen: HashMap<String, usize> = HashMap::new();

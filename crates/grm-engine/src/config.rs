@@ -93,8 +93,12 @@ impl ModelConfig {
         let raw: RawConfig = serde_json::from_str(text)
             .map_err(|e| EngineError::config(path, format!("not valid JSON: {e}")))?;
         let err = |m: String| EngineError::config(path, m);
-        let need = |v: Option<usize>, name: &str| {
-            v.ok_or_else(|| err(format!("field `{name}` is missing")))
+        // Every size must be positive: a zero would make an empty model (and divide by zero
+        // when the KV pool is sized from memory).
+        let need = |v: Option<usize>, name: &str| match v {
+            None => Err(err(format!("field `{name}` is missing"))),
+            Some(0) => Err(err(format!("field `{name}` is 0; it must be at least 1"))),
+            Some(n) => Ok(n),
         };
 
         let arch = raw
@@ -132,6 +136,11 @@ impl ModelConfig {
             return Err(err(
                 "use_bidirectional_attention = true is not supported (a causal GRM is expected)"
                     .into(),
+            ));
+        }
+        if head == (Head::SequenceClassification { num_labels: 0 }) {
+            return Err(err(
+                "num_labels is 0; a scoring head needs at least 1".into()
             ));
         }
         let act = raw
@@ -325,6 +334,16 @@ mod tests {
         assert_eq!(c.rope_theta, 5000.0);
         assert!(
             c.layer_sliding[0] && !c.layer_sliding[1] && !c.layer_sliding[2] && c.layer_sliding[3]
+        );
+    }
+
+    #[test]
+    fn zero_sizes_are_refused_by_name() {
+        let e = parse(&CLASSIC.replace("\"num_hidden_layers\": 26", "\"num_hidden_layers\": 0"))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "m/config.json: field `num_hidden_layers` is 0; it must be at least 1"
         );
     }
 
