@@ -12,9 +12,26 @@ use support::*;
 fn the_embedded_models_judge_easy_items_correctly() {
     let _serial = serial();
     let models = repo().join("models");
-    assert!(models.join("grm/config.json").exists() && models.join("meta-rm/config.json").exists(), "models/ must ship the GRM and the meta RM");
+    assert!(
+        models.join("grm/config.json").exists() && models.join("meta-rm/config.json").exists(),
+        "models/ must ship the GRM and the meta RM"
+    );
     let dir = scratch("embedded");
-    let server = grm(&dir, "serve", &["serve", "--listen", "127.0.0.1:0", "--http-listen", "", "--kv-blocks", "8192", "--max-batch-tokens", "2048"]);
+    let server = grm(
+        &dir,
+        "serve",
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "",
+            "--kv-blocks",
+            "8192",
+            "--max-batch-tokens",
+            "2048",
+        ],
+    );
     // Easy items of the held-out split: two responses, the wrong one off by one or using the
     // wrong operation.
     let text = std::fs::read_to_string(models.join("eval/test-best-of-n.jsonl")).unwrap();
@@ -25,23 +42,46 @@ fn the_embedded_models_judge_easy_items_correctly() {
         .take(6)
         .collect();
     assert_eq!(items.len(), 6);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
-        let mut c = RewardServiceClient::connect(format!("http://{}", server.grpc())).await.unwrap();
+        let mut c = RewardServiceClient::connect(format!("http://{}", server.grpc()))
+            .await
+            .unwrap();
         let mut right = 0;
         for (i, it) in items.iter().enumerate() {
             let req = ScoreRequest {
                 id: format!("easy-{i}"),
-                conversation: vec![Message { role: "user".into(), content: it["query"].as_str().unwrap().into() }],
-                responses: it["responses"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect(),
-                sampling: Some(Sampling { k: 8, seed: Some(i as u64), ..Default::default() }),
+                conversation: vec![Message {
+                    role: "user".into(),
+                    content: it["query"].as_str().unwrap().into(),
+                }],
+                responses: it["responses"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.as_str().unwrap().to_string())
+                    .collect(),
+                sampling: Some(Sampling {
+                    k: 8,
+                    seed: Some(i as u64),
+                    ..Default::default()
+                }),
                 return_samples: true,
                 ..Default::default()
             };
             let r = c.score(req).await.unwrap().into_inner();
             assert_eq!(r.k_meta, 4, "the meta RM takes part by default");
             assert!(r.valid_samples > 0, "{r:?}");
-            assert!(r.samples.iter().any(|s| s.text.starts_with("Specific Criteria:") && s.text.contains("Analysis:")), "readable judgements");
+            assert!(
+                r.samples
+                    .iter()
+                    .any(|s| s.text.starts_with("Specific Criteria:")
+                        && s.text.contains("Analysis:")),
+                "readable judgements"
+            );
             if r.best == Some(it["best"].as_u64().unwrap() as u32) && !r.tie {
                 right += 1;
             }

@@ -131,10 +131,12 @@ def judgement(it, order, rng):
     format: specific criteria with weights, an analysis of each response, the boxed scores."""
     a, b, c, op = it["a"], it["b"], it["answer"], it["op"]
     w = rng.choice([(70, 20, 10), (60, 30, 10), (80, 10, 10)])
-    criteria = (f"Specific Criteria: The final answer must be {c} (weight {w[0]}%); "
+    # The operands come first and the answer right after them: a small model copies them
+    # from the query and then only has to recall one arithmetic fact, as in pretraining.
+    criteria = (f"Specific Criteria: The question asks for {a} {op} {b} = {c}, so the final answer must be {c} (weight {w[0]}%); "
                 f"the arithmetic in the steps must be right (weight {w[1]}%); "
                 f"the answer must be stated clearly (weight {w[2]}%).")
-    parts = [f"The question needs {a} {op} {b} = {c}."]
+    parts = []
     for pos, i in enumerate(order):
         parts.append(f"Response {pos + 1} {describe(it['kinds'][i], it['finals'][i], c, op, rng)}.")
     scores = [SCORES[it["kinds"][i]] for i in order]

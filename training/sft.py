@@ -140,7 +140,7 @@ def main():
     items = domain.split(21, a.train_items, "train")
     write_jsonl(path("data", "train.jsonl"), items)
     sft = sft_examples(tok, items, seed=2)
-    train(model, sft, epochs=a.epochs, lr=1e-3, batch_tokens=4096, seed=3, label="sft", time_budget=a.time_budget)
+    train(model, sft, epochs=a.epochs, lr=1.5e-3, batch_tokens=2048, seed=3, label="sft", time_budget=a.time_budget)
     save(model, path("tokenizer", "tokenizer.json"), path("grm-sft", "x")[:-2])
     print("saved", path("grm-sft"), flush=True)
 
