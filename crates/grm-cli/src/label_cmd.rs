@@ -17,7 +17,6 @@ use grm_proto::v1::{sample, ScoreRequest};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::OpenOptions;
-use std::hash::{Hash, Hasher};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use tokio::sync::mpsc;
@@ -78,12 +77,37 @@ pub fn done_ids(path: &Path) -> Result<HashSet<String>> {
     Ok(ids)
 }
 
-/// A stable seed for an item without one, so that a rerun redoes it the same way.
+/// A stable seed for an item without one, so that a rerun redoes it the same way: FNV-1a,
+/// fixed forever (std's hasher may change between Rust releases).
 pub fn seed_of(id: &str) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    id.hash(&mut h);
-    h.finish()
+    id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
+
+/// Appends one JSON line in a single write, then flushes: a kill leaves at most one
+/// half-written last line, never a line spliced from two.
+fn append_line(f: &mut std::fs::File, v: &serde_json::Value) -> Result<()> {
+    let mut line = serde_json::to_vec(v)?;
+    line.push(b'\n');
+    f.write_all(&line)?;
+    f.flush()?;
+    Ok(())
+}
+
+/// Failures worth another try: the cluster was busy, restarting or slow.
+fn retryable(code: i32) -> bool {
+    [
+        tonic::Code::Unavailable,
+        tonic::Code::ResourceExhausted,
+        tonic::Code::DeadlineExceeded,
+    ]
+    .iter()
+    .any(|&c| c as i32 == code)
+}
+
+/// Tries per item before a retryable failure goes to the errors file.
+const ATTEMPTS: u32 = 4;
 
 /// Reads the input: (line number, the request) or (line number, why it is unreadable).
 pub fn read_items(
@@ -128,10 +152,14 @@ pub fn run(a: LabelArgs) -> Result<()> {
         .append(true)
         .open(&a.output)
         .with_context(|| format!("opening {}", a.output.display()))?;
+    // Rewritten by every run: each run re-derives every failure (failed items are retried,
+    // as they are not in the output).
     let mut errors = OpenOptions::new()
         .create(true)
-        .append(true)
-        .open(&errors_path)?;
+        .write(true)
+        .truncate(true)
+        .open(&errors_path)
+        .with_context(|| format!("opening {}", errors_path.display()))?;
     let mut line_of: HashMap<String, usize> = HashMap::new();
     let (mut todo, mut skipped, mut malformed) = (Vec::new(), 0usize, 0usize);
     let mut seen = HashSet::new();
@@ -139,16 +167,15 @@ pub fn run(a: LabelArgs) -> Result<()> {
         match item {
             Err(e) => {
                 malformed += 1;
-                writeln!(errors, "{}", json!({ "line": n, "error": e }))?;
+                append_line(&mut errors, &json!({ "line": n, "error": e }))?;
             }
             Ok(r) if done.contains(&r.id) => skipped += 1,
             Ok(r) => {
                 if !seen.insert(r.id.clone()) {
                     malformed += 1;
-                    writeln!(
-                        errors,
-                        "{}",
-                        json!({ "line": n, "id": r.id, "error": "duplicate id: an earlier line has it" })
+                    append_line(
+                        &mut errors,
+                        &json!({ "line": n, "id": r.id, "error": "duplicate id: an earlier line has it" }),
                     )?;
                     continue;
                 }
@@ -157,7 +184,6 @@ pub fn run(a: LabelArgs) -> Result<()> {
             }
         }
     }
-    errors.flush()?;
     if malformed > 0 {
         eprintln!(
             "{malformed} input line(s) could not be read; see {}",
@@ -178,6 +204,14 @@ pub fn run(a: LabelArgs) -> Result<()> {
     let summary = rt.block_on(async move {
         let scorer = Scorer::connect(&a.scorer).await?;
         let (tx, rx) = mpsc::channel(a.scorer.concurrency.max(1));
+        // Dropped on Ctrl-C, so that the answers' channel closes once the items in flight end.
+        let mut retry_tx = Some(tx.clone());
+        let by_id: HashMap<String, ScoreRequest> =
+            todo.iter().map(|r| (r.id.clone(), r.clone())).collect();
+        let mut attempts: HashMap<String, u32> = HashMap::new();
+        // One listener for the whole run, so that no Ctrl-C falls between two waits.
+        let mut interrupt =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         let feeder = tokio::spawn(async move {
             for r in todo {
                 if tx.send(r).await.is_err() {
@@ -194,13 +228,14 @@ pub fn run(a: LabelArgs) -> Result<()> {
         loop {
             let r = tokio::select! {
                 r = answers.recv() => r,
-                _ = tokio::signal::ctrl_c() => {
+                _ = interrupt.recv() => {
                     if stopping {
                         eprintln!("\nstopped; rerun the same command to finish the rest");
                         break;
                     }
                     stopping = true;
                     feeder.abort();
+                    retry_tx = None;
                     eprintln!("\nstopping: finishing the items in flight (Ctrl-C again to stop now)");
                     continue;
                 }
@@ -210,9 +245,25 @@ pub fn run(a: LabelArgs) -> Result<()> {
                 if r.id.is_empty() {
                     bail!("the connection to the cluster failed: {} (rerun to resume)", e.message);
                 }
+                let tries = attempts.entry(r.id.clone()).or_insert(1);
+                if retryable(e.code) && *tries < ATTEMPTS {
+                    if let (Some(req), Some(tx)) = (by_id.get(&r.id), &retry_tx) {
+                        // Back off 1, 2, 4 s: a restarting worker or a full router recovers.
+                        let delay = std::time::Duration::from_secs(1 << (*tries - 1));
+                        *tries += 1;
+                        let (req, tx) = (req.clone(), tx.clone());
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            let _ = tx.send(req).await;
+                        });
+                        continue;
+                    }
+                }
                 failed += 1;
-                writeln!(errors, "{}", json!({ "line": line_of.get(&r.id), "id": r.id, "error": { "code": e.code, "message": e.message } }))?;
-                errors.flush()?;
+                append_line(
+                    &mut errors,
+                    &json!({ "line": line_of.get(&r.id), "id": r.id, "attempts": *tries, "error": { "code": e.code, "message": e.message } }),
+                )?;
             } else {
                 for s in &r.samples {
                     judgements += 1;
@@ -223,10 +274,7 @@ pub fn run(a: LabelArgs) -> Result<()> {
                 if no_samples {
                     r.samples.clear();
                 }
-                let mut line = serde_json::to_vec(&to_json(&r))?;
-                line.push(b'\n');
-                out.write_all(&line)?;
-                out.flush()?;
+                append_line(&mut out, &to_json(&r))?;
                 written += 1;
             }
             progress.add(1);

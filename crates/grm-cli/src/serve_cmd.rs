@@ -17,6 +17,7 @@ use grm_cluster::validation::Limits;
 use grm_cluster::worker::{Worker, WorkerOptions};
 use grm_engine::{CpuBackend, Engine, EngineOptions, Gemma2, Head, SchedulerConfig, Tokenizer};
 use serde_json::json;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,7 +77,20 @@ impl EngineFlags {
                 default_stop_tokens: stop,
             },
         };
-        Ok((Engine::start(model, opts)?, tokenizer))
+        let engine = Engine::start(model, opts)?;
+        // A dead engine would leave a process that looks healthy and fails every request:
+        // exit instead, so that the supervisor (systemd, Kubernetes) restarts it.
+        let watched = engine.clone();
+        std::thread::Builder::new()
+            .name("grm-engine-watch".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(500));
+                if !watched.alive() {
+                    tracing::error!("the engine thread stopped; exiting");
+                    std::process::exit(70);
+                }
+            })?;
+        Ok((engine, tokenizer))
     }
 }
 
@@ -286,6 +300,18 @@ fn model_name(dir: &Path, given: Option<&str>) -> String {
         .unwrap_or_default()
 }
 
+/// The address registered in etcd: `--advertise`, else the bound one, which must then be one
+/// that other hosts can dial.
+fn advertised(given: Option<&String>, bound: SocketAddr, registers: bool) -> Result<String> {
+    match given {
+        Some(a) => Ok(a.clone()),
+        None if registers && bound.ip().is_unspecified() => bail!(
+            "--advertise is needed: this process listens on {bound}, which other hosts cannot dial; give the host:port they should use"
+        ),
+        None => Ok(bound.to_string()),
+    }
+}
+
 /// A shutdown signal that several servers can wait on.
 fn shutdown_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
@@ -330,7 +356,7 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
     );
     runtime()?.block_on(async move {
         let (listener, addr) = bind(&a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
-        let advertise = a.advertise.clone().unwrap_or_else(|| addr.to_string());
+        let advertise = advertised(a.advertise.as_ref(), addr, !a.etcd.is_empty())?;
         let registration = (!a.etcd.is_empty()).then(|| {
             let member = Member { id: advertise.clone(), addr: advertise.clone(), role, model: name.clone(), capacity: 0 };
             etcd::register(a.etcd.clone(), member, Duration::from_secs(a.lease_ttl_s.max(1)))
@@ -363,7 +389,7 @@ pub fn aggregator(a: AggregatorArgs) -> Result<()> {
         let (listener, addr) = bind(&a.listen)
             .await
             .with_context(|| format!("listening on {}", a.listen))?;
-        let advertise = a.advertise.clone().unwrap_or_else(|| addr.to_string());
+        let advertise = advertised(a.advertise.as_ref(), addr, !a.members.etcd.is_empty())?;
         let registration = (!a.members.etcd.is_empty()).then(|| {
             let member = Member {
                 id: advertise.clone(),
@@ -380,18 +406,22 @@ pub fn aggregator(a: AggregatorArgs) -> Result<()> {
         });
         ready(json!({ "ready": "aggregator", "grpc": addr.to_string() }));
         let stop = shutdown_signal();
-        serve_grpc(
+        let (server_stop_tx, server_stop_rx) = watch::channel(false);
+        let server = tokio::spawn(serve_grpc(
             listener,
             Services {
                 aggregator: Some(agg),
                 ..Default::default()
             },
-            wait(stop),
-        )
-        .await?;
+            wait(server_stop_rx),
+        ));
+        wait(stop).await;
+        // Leave the membership first, so that routers stop choosing this aggregator.
         if let Some(r) = registration {
             r.deregister().await;
         }
+        let _ = server_stop_tx.send(true);
+        server.await??;
         Ok(())
     })
 }
@@ -597,21 +627,25 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     flags.model_name = name.clone();
     runtime()?.block_on(async move {
         let stop = shutdown_signal();
+        // The workers stop after the router: its requests in flight still need them.
+        let (workers_stop_tx, workers_stop) = watch::channel(false);
         // The workers listen on loopback ports of their own; the router reaches them over gRPC
         // exactly as in a cluster, and aggregates in-process.
         let (gl, gaddr) = bind("127.0.0.1:0").await?;
         let mut list = vec![Member { id: gaddr.to_string(), addr: gaddr.to_string(), role: Role::Grm, model: name.clone(), capacity: 0 }];
-        let g = tokio::spawn(serve_grpc(gl, Services { worker: Some(grm), ..Default::default() }, wait(stop.clone())));
+        let g = tokio::spawn(serve_grpc(gl, Services { worker: Some(grm), ..Default::default() }, wait(workers_stop.clone())));
         let m = match meta {
             Some(w) => {
                 let (ml, maddr) = bind("127.0.0.1:0").await?;
                 list.push(Member { id: maddr.to_string(), addr: maddr.to_string(), role: Role::MetaRm, model: String::new(), capacity: 0 });
-                Some(tokio::spawn(serve_grpc(ml, Services { worker: Some(w), ..Default::default() }, wait(stop.clone()))))
+                Some(tokio::spawn(serve_grpc(ml, Services { worker: Some(w), ..Default::default() }, wait(workers_stop.clone()))))
             }
             None => None,
         };
         let extra = json!({ "model": model.display().to_string(), "meta_model": meta_model.as_ref().map(|p| p.display().to_string()) });
-        run_router(&a.listen, &a.http_listen, members::fixed(list), &flags, stop, extra).await?;
+        let served = run_router(&a.listen, &a.http_listen, members::fixed(list), &flags, stop, extra).await;
+        let _ = workers_stop_tx.send(true);
+        served?;
         g.await??;
         if let Some(m) = m {
             m.await??;

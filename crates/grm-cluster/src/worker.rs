@@ -26,6 +26,10 @@ pub struct WorkerOptions {
     pub max_queued_tokens: usize,
 }
 
+/// Samples one chunk may ask for: far above any router's --max-k, low enough that a
+/// malformed internal call cannot make the worker allocate without bound.
+pub const MAX_SAMPLES_PER_CHUNK: usize = 1024;
+
 #[derive(Clone)]
 pub struct Worker {
     engine: Engine,
@@ -75,12 +79,15 @@ impl Worker {
 
     /// Waits until the engine has no request left.
     pub async fn idle(&self) {
-        while self.engine.stats().scheduler.requests > 0 {
+        while self.engine.alive() && self.engine.stats().scheduler.requests > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 
     fn admit(&self, role: Role) -> Result<(), Status> {
+        if !self.engine.alive() {
+            return Err(Status::unavailable("this worker's engine has stopped"));
+        }
         if self.draining.load(Ordering::SeqCst) {
             return Err(Status::unavailable(
                 "this worker is draining and takes no new work",
@@ -127,6 +134,18 @@ impl WorkerService for Worker {
                 "sample_indices ({}) and seeds ({}) must be non-empty and of equal length",
                 r.sample_indices.len(),
                 r.seeds.len()
+            )));
+        }
+        if r.seeds.len() > MAX_SAMPLES_PER_CHUNK {
+            return Err(Status::invalid_argument(format!(
+                "seeds has {} entries; allowed 1..={MAX_SAMPLES_PER_CHUNK} per chunk",
+                r.seeds.len()
+            )));
+        }
+        let mut distinct = std::collections::HashSet::with_capacity(r.sample_indices.len());
+        if let Some(dup) = r.sample_indices.iter().find(|&&i| !distinct.insert(i)) {
+            return Err(Status::invalid_argument(format!(
+                "sample_indices repeats {dup}: each sample is generated once"
             )));
         }
         let tokens = self.encode(&r.prompt)?;

@@ -7,7 +7,7 @@ use crate::kv::KvStats;
 use crate::model::Gemma2;
 use crate::scheduler::{Event, RequestId, Scheduler, SchedulerConfig, SchedulerCounters, Work};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
@@ -63,6 +63,8 @@ enum Command {
 pub struct Engine {
     tx: mpsc::UnboundedSender<Command>,
     stats: Arc<Mutex<EngineStats>>,
+    /// False once the engine thread has ended (normally only by a panic).
+    alive: Arc<AtomicBool>,
     next_id: Arc<AtomicU64>,
     pub info: Arc<EngineInfo>,
 }
@@ -153,13 +155,27 @@ impl Engine {
         }));
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::clone(&stats);
+        let alive = Arc::new(AtomicBool::new(true));
+        let flag = Arc::clone(&alive);
         std::thread::Builder::new()
             .name("grm-engine".into())
-            .spawn(move || pool.install(|| run(scheduler, rx, shared)))
+            .spawn(move || {
+                // Cleared however the thread ends, a panic included, so callers can tell a
+                // dead engine from an idle one.
+                struct Clear(Arc<AtomicBool>);
+                impl Drop for Clear {
+                    fn drop(&mut self) {
+                        self.0.store(false, Ordering::SeqCst);
+                    }
+                }
+                let _clear = Clear(flag);
+                pool.install(|| run(scheduler, rx, shared))
+            })
             .map_err(|e| EngineError::Invalid(format!("cannot start the engine thread: {e}")))?;
         Ok(Engine {
             tx,
             stats,
+            alive,
             next_id: Arc::new(AtomicU64::new(1)),
             info,
         })
@@ -204,6 +220,11 @@ impl Engine {
     /// Cancels a request (also done by dropping its submission).
     pub fn cancel(&self, id: RequestId) {
         let _ = self.tx.send(Command::Cancel(id));
+    }
+
+    /// Whether the engine thread is still running.
+    pub fn alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
     }
 
     /// The state after the last step.

@@ -199,17 +199,7 @@ impl<B: Backend> Gemma2<B> {
         if tokens.is_empty() {
             return Err(EngineError::Invalid("no tokens given".into()));
         }
-        if let Some((position, &token)) = tokens
-            .iter()
-            .enumerate()
-            .find(|(_, &t)| t as usize >= c.vocab_size)
-        {
-            return Err(EngineError::TokenOutOfVocab {
-                token,
-                position,
-                vocab: c.vocab_size,
-            });
-        }
+        check_vocab(tokens, c.vocab_size)?;
         if tokens.len() > c.max_position_embeddings {
             return Err(EngineError::Limit {
                 what: "tokens",
@@ -296,5 +286,17 @@ impl<B: Backend> Gemma2<B> {
         };
         let (rows, cols, data) = b.to_host(&out);
         Outputs { rows, cols, data }
+    }
+}
+
+/// Refuses a token id outside the vocabulary, naming its position.
+pub(crate) fn check_vocab(tokens: &[u32], vocab: usize) -> Result<()> {
+    match tokens.iter().position(|&t| t as usize >= vocab) {
+        Some(position) => Err(EngineError::TokenOutOfVocab {
+            token: tokens[position],
+            position,
+            vocab,
+        }),
+        None => Ok(()),
     }
 }

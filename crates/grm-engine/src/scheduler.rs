@@ -11,7 +11,7 @@
 use crate::backend::Backend;
 use crate::error::{EngineError, Result};
 use crate::kv::{BlockManager, CopyOp, KvStats, OutOfBlocks, SeqId};
-use crate::model::{ForwardBatch, Gemma2, Outputs};
+use crate::model::{check_vocab, ForwardBatch, Gemma2, Outputs};
 use crate::sampler::{Sampler, SamplingParams};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -227,17 +227,7 @@ impl<B: Backend> Scheduler<B> {
         if tokens.is_empty() {
             return Err(EngineError::Invalid("the prompt is empty".into()));
         }
-        if let Some((position, &token)) = tokens
-            .iter()
-            .enumerate()
-            .find(|(_, &t)| t as usize >= c.vocab_size)
-        {
-            return Err(EngineError::TokenOutOfVocab {
-                token,
-                position,
-                vocab: c.vocab_size,
-            });
-        }
+        check_vocab(&tokens, c.vocab_size)?;
         let longest = tokens.len() + samples.iter().map(|s| s.max_new_tokens).max().unwrap_or(0);
         if longest > c.max_position_embeddings {
             return Err(EngineError::Limit {
