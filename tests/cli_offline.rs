@@ -174,6 +174,68 @@ fn labeling_resumes_after_a_kill_with_exactly_one_line_per_id() {
 }
 
 #[test]
+fn labeling_retries_what_a_busy_router_refuses() {
+    let _serial = serial();
+    let dir = scratch("label-retry");
+    // A router that takes one request at a time, and three items sent at once: without
+    // retries two of them would end in the errors file as RESOURCE_EXHAUSTED.
+    let (model, template) = (fixture("tiny-judge"), short_template());
+    let server = grm(
+        &dir,
+        "serve",
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "",
+            "--model",
+            &model,
+            "--template",
+            &template,
+            "--threads",
+            "1",
+            "--kv-blocks",
+            "2048",
+            "--max-inflight",
+            "1",
+        ],
+    );
+    let input = dir.join("items.jsonl");
+    let items: Vec<Value> = (0..3)
+        .map(|i| {
+            json!({ "id": format!("r{i}"), "query": "which?", "responses": ["a good", "b bad"],
+                         "sampling": { "k": 16, "max_new_tokens": 32 } })
+        })
+        .collect();
+    write_lines(&input, &items);
+    let out = dir.join("out.jsonl");
+    let (code, _, err) = grm_run(&[
+        "label",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--addr",
+        &server.grpc(),
+        "--concurrency",
+        "3",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let summary = &err[err.rfind("\n{\n").map_or(0, |i| i + 1)..];
+    let summary: Value = serde_json::from_str(summary).unwrap_or_else(|e| panic!("{e}: {err}"));
+    assert!(summary["retried"].as_u64().unwrap() >= 1, "{summary}");
+    assert_eq!(summary["failed"], 0, "{summary}");
+    let ids: HashSet<String> = read_lines(&out)
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    let errors = std::fs::read_to_string(format!("{}.errors.jsonl", out.display())).unwrap();
+    assert!(errors.is_empty(), "{errors}");
+}
+
+#[test]
 fn eval_numbers_equal_the_hand_computed_accuracies() {
     let _serial = serial();
     let dir = scratch("eval");

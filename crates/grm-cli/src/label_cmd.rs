@@ -225,6 +225,7 @@ pub fn run(a: LabelArgs) -> Result<()> {
         let mut invalid: BTreeMap<String, usize> = BTreeMap::new();
         let mut judgements = 0usize;
         let mut stopping = false;
+        let mut retried = 0usize;
         loop {
             let r = tokio::select! {
                 r = answers.recv() => r,
@@ -251,6 +252,7 @@ pub fn run(a: LabelArgs) -> Result<()> {
                         // Back off 1, 2, 4 s: a restarting worker or a full router recovers.
                         let delay = std::time::Duration::from_secs(1 << (*tries - 1));
                         *tries += 1;
+                        retried += 1;
                         let (req, tx) = (req.clone(), tx.clone());
                         tokio::spawn(async move {
                             tokio::time::sleep(delay).await;
@@ -288,6 +290,7 @@ pub fn run(a: LabelArgs) -> Result<()> {
             "written": written,
             "skipped_already_done": skipped,
             "failed": failed,
+            "retried": retried,
             "malformed_lines": malformed,
             "judgements": judgements,
             "invalid_judgements": invalid,
