@@ -236,6 +236,108 @@ fn labeling_retries_what_a_busy_router_refuses() {
 }
 
 #[test]
+fn a_stopping_router_ends_a_labeling_stream_cleanly_and_a_rerun_finishes_it() {
+    let _serial = serial();
+    let dir = scratch("label-stop");
+    let (model, template) = (fixture("tiny-judge"), short_template());
+    let mut server = grm(
+        &dir,
+        "serve",
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "",
+            "--model",
+            &model,
+            "--template",
+            &template,
+            "--threads",
+            "1",
+            "--kv-blocks",
+            "2048",
+        ],
+    );
+    let input = dir.join("items.jsonl");
+    let items: Vec<Value> = (0..400)
+        .map(|i| {
+            json!({ "id": format!("s{i}"), "query": "which?", "responses": ["a good", "b bad"],
+                         "sampling": { "k": 8, "max_new_tokens": 32 } })
+        })
+        .collect();
+    write_lines(&input, &items);
+    let out = dir.join("out.jsonl");
+    let args = [
+        "label",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--addr",
+        &server.grpc(),
+        "--concurrency",
+        "4",
+    ];
+    let label = Command::new(env!("CARGO_BIN_EXE_grm"))
+        .args(args)
+        .env("GRM_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(60), "some labels", || {
+        std::fs::read_to_string(&out).is_ok_and(|t| t.lines().count() >= 10)
+    });
+    // SIGTERM: the router answers what it took, ends the stream and exits.
+    server.term();
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        server.log_text()
+    );
+    let done = label.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&done.stderr);
+    let written = read_lines(&out).len();
+    assert!(written < 400, "the stop came too late to test anything");
+    assert!(
+        !done.status.success() && err.contains("unfinished; rerun"),
+        "{err}"
+    );
+    // Nothing lost: a rerun against a new server finishes exactly the rest.
+    let server = grm(
+        &dir,
+        "serve2",
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "",
+            "--model",
+            &model,
+            "--template",
+            &template,
+            "--threads",
+            "1",
+            "--kv-blocks",
+            "2048",
+        ],
+    );
+    let addr = server.grpc();
+    let mut args = args;
+    args[6] = &addr;
+    let (code, _, err) = grm_run(&args);
+    assert_eq!(code, 0, "{err}");
+    let ids: Vec<String> = read_lines(&out)
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 400);
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 400);
+}
+
+#[test]
 fn eval_numbers_equal_the_hand_computed_accuracies() {
     let _serial = serial();
     let dir = scratch("eval");

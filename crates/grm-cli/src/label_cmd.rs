@@ -297,8 +297,15 @@ pub fn run(a: LabelArgs) -> Result<()> {
             "items_per_s": progress.rate(),
             "output": a.output.display().to_string(),
             "errors": errors_path.display().to_string(),
+            "unfinished": total - written - failed,
         }))
     })?;
     eprintln!("{}", serde_json::to_string_pretty(&summary)?);
+    // Items neither written nor reported (Ctrl-C, or a router that stopped and ended the
+    // stream) are done by a rerun; say so, and exit non-zero so that scripts notice.
+    let unfinished = summary["unfinished"].as_u64().unwrap_or(0);
+    if unfinished > 0 {
+        bail!("{unfinished} item(s) unfinished; rerun the same command to finish them");
+    }
     Ok(())
 }

@@ -465,13 +465,17 @@ async fn run_router(
         o.extend(e.clone());
     }
     ready(line);
+    let stopping = router.clone();
     serve_grpc(
         listener,
         Services {
             router: Some(router),
             ..Default::default()
         },
-        wait(stop),
+        async move {
+            wait(stop).await;
+            stopping.stop();
+        },
     )
     .await?;
     if let Some(h) = http {

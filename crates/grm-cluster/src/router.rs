@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
@@ -55,6 +55,8 @@ struct Inner {
     aggregators: Option<Arc<Pool>>,
     opts: RouterOptions,
     inflight: Arc<Semaphore>,
+    /// Set when the process stops: new requests are refused and open streams stop reading.
+    stopping: watch::Sender<bool>,
 }
 
 #[derive(Clone)]
@@ -102,6 +104,7 @@ impl Router {
                 aggregators,
                 opts,
                 inflight,
+                stopping: watch::Sender::new(false),
             }),
         }
     }
@@ -121,6 +124,13 @@ impl Router {
         )
     }
 
+    /// Begins a graceful stop: requests already taken are finished and answered, new ones are
+    /// refused with UNAVAILABLE, and each open ScoreStream ends once its answers are sent (a
+    /// client such as `grm label` then resumes against another router, or on a rerun).
+    pub fn stop(&self) {
+        self.inner.stopping.send_replace(true);
+    }
+
     pub fn limits(&self) -> &Limits {
         &self.inner.opts.limits
     }
@@ -133,6 +143,11 @@ impl Router {
         deadline: Option<Instant>,
     ) -> Result<ScoreResponse, Status> {
         let me = &self.inner;
+        if *me.stopping.borrow() {
+            return Err(Status::unavailable(
+                "the router is shutting down; retry another one",
+            ));
+        }
         let _permit = Arc::clone(&me.inflight).try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
                 "the router has {} requests in flight, its limit (--max-inflight); retry later",
@@ -334,11 +349,14 @@ impl RewardService for Router {
         let (tx, rx) = mpsc::channel::<Result<ScoreResponse, Status>>(64);
         let router = self.clone();
         let per_stream = Arc::new(Semaphore::new(self.inner.opts.stream_concurrency.max(1)));
+        let mut stopping = self.inner.stopping.subscribe();
         tokio::spawn(async move {
             let mut tasks = tokio::task::JoinSet::new();
             let mut reading = true;
             loop {
                 tokio::select! {
+                    // The process is stopping: answer what was taken, read nothing more.
+                    _ = async { let _ = stopping.wait_for(|&v| v).await; }, if reading => reading = false,
                     // The client went away: abort everything it started.
                     _ = tx.closed() => {
                         tasks.abort_all();
