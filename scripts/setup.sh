@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 apt_pkgs=()
 command -v protoc >/dev/null 2>&1 || apt_pkgs+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || apt_pkgs+=(etcd-server)
-python3 -m venv --help >/dev/null 2>&1 || apt_pkgs+=(python3-venv)
+# Debian splits ensurepip (which `python3 -m venv` needs) into python3-venv.
+python3 -c "import ensurepip" >/dev/null 2>&1 || apt_pkgs+=(python3-venv)
 
 if ((${#apt_pkgs[@]})); then
   sudo=""
