@@ -738,3 +738,131 @@ fn sigterm_drains_a_worker_without_losing_requests() {
         || health_workers(&router) == 1,
     );
 }
+
+/// One sample's value in a Prometheus text scrape (0 when the series is absent).
+fn metric(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn metrics_on_the_router_and_a_worker_move_with_the_load() {
+    let _serial = serial();
+    let dir = scratch("metrics");
+    let model = fixture("tiny-judge");
+    let w = grm(
+        &dir,
+        "worker",
+        &[
+            "worker",
+            "--model",
+            &model,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+            "--kv-blocks",
+            "1024",
+        ],
+    );
+    let worker_metrics = w.ready["metrics"].as_str().unwrap().to_string();
+    let router = grm(
+        &dir,
+        "router",
+        &[
+            "router",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--workers",
+            &w.grpc(),
+            "--template",
+            short_template_static(),
+            "--max-new-tokens",
+            "32",
+        ],
+    );
+    let scrape = |addr: &str| {
+        let (code, body) = http(addr, "GET", "/metrics", b"");
+        assert_eq!(code, 200, "{body}");
+        body
+    };
+    let before = scrape(&router.http());
+    assert_eq!(
+        metric(&before, "grm_score_requests_total{code=\"OK\"}"),
+        0.0
+    );
+    assert_eq!(
+        metric(&before, "grm_workers_live{role=\"grm\"}"),
+        1.0,
+        "{before}"
+    );
+
+    let rt = runtime();
+    let mut rng = Rng(5);
+    let reqs: Vec<ScoreRequest> = (0..10)
+        .map(|i| request(&mut rng, format!("m{i}"), 4))
+        .collect();
+    for a in rt.block_on(send_all(&router.grpc(), reqs)) {
+        a.expect("scored");
+    }
+    let mut bad = request(&mut rng, "bad".into(), 4);
+    bad.sampling.as_mut().unwrap().k = 0;
+    rt.block_on(send_all(&router.grpc(), vec![bad]))
+        .pop()
+        .unwrap()
+        .expect_err("k = 0");
+
+    let r = scrape(&router.http());
+    assert_eq!(
+        metric(&r, "grm_score_requests_total{code=\"OK\"}"),
+        10.0,
+        "{r}"
+    );
+    assert_eq!(
+        metric(&r, "grm_score_requests_total{code=\"INVALID_ARGUMENT\"}"),
+        1.0,
+        "{r}"
+    );
+    assert_eq!(
+        metric(&r, "grm_score_request_duration_seconds_count"),
+        11.0,
+        "{r}"
+    );
+    assert_eq!(
+        metric(&r, "grm_score_request_duration_seconds_bucket{le=\"+Inf\"}"),
+        11.0
+    );
+    assert_eq!(metric(&r, "grm_score_requests_in_flight"), 0.0);
+    // Ten requests of k = 4, no meta RM: every judgement voted or was invalid.
+    let judged =
+        metric(&r, "grm_judgements_voted_total") + metric(&r, "grm_judgements_invalid_total");
+    assert_eq!(judged, 40.0, "{r}");
+    let generated = metric(&r, "grm_generated_tokens_total");
+    assert!(generated >= 40.0, "{r}");
+
+    // The worker generated the tokens the router was told of, plus at most one stop token per
+    // judgement (the judgements' texts leave it out), from a pool of 1024 blocks, and looked
+    // its prompts up in the prefix cache.
+    let wm = scrape(&worker_metrics);
+    let stops = metric(&wm, "grm_engine_generated_tokens_total{role=\"grm\"}") - generated;
+    assert!((0.0..=40.0).contains(&stops), "{stops}: {wm}");
+    assert_eq!(
+        metric(&wm, "grm_kv_blocks{role=\"grm\",state=\"total\"}"),
+        1024.0,
+        "{wm}"
+    );
+    assert!(
+        metric(&wm, "grm_prefix_cache_lookups_total{role=\"grm\"}") > 0.0,
+        "{wm}"
+    );
+    assert!(
+        metric(&wm, "grm_engine_steps_total{role=\"grm\"}") > 0.0,
+        "{wm}"
+    );
+}

@@ -212,6 +212,9 @@ pub struct WorkerArgs {
     /// Address others reach this worker at (default: the listening address).
     #[arg(long, env = "GRM_ADVERTISE")]
     pub advertise: Option<String>,
+    /// HTTP address for Prometheus' `GET /metrics` (empty: none).
+    #[arg(long, env = "GRM_METRICS_LISTEN", default_value = "")]
+    pub metrics_listen: String,
     /// etcd endpoints to register in (comma-separated).
     #[arg(long, env = "GRM_ETCD", value_delimiter = ',')]
     pub etcd: Vec<String>,
@@ -363,8 +366,14 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
         });
         let stop = shutdown_signal();
         let (server_stop_tx, server_stop_rx) = watch::channel(false);
-        let server = tokio::spawn(serve_grpc(listener, Services { worker: Some(w.clone()), ..Default::default() }, wait(server_stop_rx)));
-        ready(json!({ "ready": role.as_str(), "grpc": addr.to_string(), "model": name, "kv_blocks": w.engine().info.num_blocks }));
+        let server = tokio::spawn(serve_grpc(listener, Services { worker: Some(w.clone()), ..Default::default() }, wait(server_stop_rx.clone())));
+        let mut line = json!({ "ready": role.as_str(), "grpc": addr.to_string(), "model": name, "kv_blocks": w.engine().info.num_blocks });
+        if !a.metrics_listen.is_empty() {
+            let (ml, maddr) = bind(&a.metrics_listen).await.with_context(|| format!("listening on {}", a.metrics_listen))?;
+            line["metrics"] = json!(maddr.to_string());
+            tokio::spawn(serve_http(ml, http::engine_metrics_app(role.as_str(), w.engine().clone()), wait(server_stop_rx)));
+        }
+        ready(line);
         wait(stop).await;
         // Drain: take no new work, leave the membership, finish what is running.
         tracing::info!("draining");
@@ -434,6 +443,7 @@ async fn run_router(
     flags: &RouterFlags,
     stop: watch::Receiver<bool>,
     extra: serde_json::Value,
+    engines: Vec<(&'static str, Engine)>,
 ) -> Result<()> {
     let template = Arc::new(crate::judge_cmd::load_template(flags.template.as_ref())?);
     let grm = Pool::new(Role::Grm, members.clone());
@@ -458,6 +468,7 @@ async fn run_router(
                 k: flags.http_k,
                 max_new_tokens: flags.max_new_tokens,
             },
+            engines,
         );
         Some(tokio::spawn(serve_http(hl, app, wait(stop.clone()))))
     };
@@ -495,6 +506,7 @@ pub fn router(a: RouterArgs) -> Result<()> {
             &a.router,
             stop,
             json!({}),
+            Vec::new(),
         )
         .await
     })
@@ -635,6 +647,10 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         let (workers_stop_tx, workers_stop) = watch::channel(false);
         // The workers listen on loopback ports of their own; the router reaches them over gRPC
         // exactly as in a cluster, and aggregates in-process.
+        let engines: Vec<(&'static str, Engine)> = std::iter::once(&grm)
+            .chain(meta.as_ref())
+            .map(|w| (w.role().as_str(), w.engine().clone()))
+            .collect();
         let (gl, gaddr) = bind("127.0.0.1:0").await?;
         let mut list = vec![Member { id: gaddr.to_string(), addr: gaddr.to_string(), role: Role::Grm, model: name.clone(), capacity: 0 }];
         let g = tokio::spawn(serve_grpc(gl, Services { worker: Some(grm), ..Default::default() }, wait(workers_stop.clone())));
@@ -647,7 +663,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             None => None,
         };
         let extra = json!({ "model": model.display().to_string(), "meta_model": meta_model.as_ref().map(|p| p.display().to_string()) });
-        let served = run_router(&a.listen, &a.http_listen, members::fixed(list), &flags, stop, extra).await;
+        let served = run_router(&a.listen, &a.http_listen, members::fixed(list), &flags, stop, extra, engines).await;
         let _ = workers_stop_tx.send(true);
         served?;
         g.await??;

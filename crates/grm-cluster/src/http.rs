@@ -1,5 +1,6 @@
-//! The router's HTTP side: OpenRLHF's remote reward-model protocol (`POST /get_reward`) and a
-//! health check (`GET /health`).
+//! The HTTP side: OpenRLHF's remote reward-model protocol (`POST /get_reward`), a health
+//! check (`GET /health`) and Prometheus metrics (`GET /metrics`, on routers and, with
+//! `--metrics-listen`, on workers).
 //!
 //! `/get_reward` takes `{"query": [...], "prompts": [...], "labels": [...]}` where each query is
 //! its prompt followed by the policy's response. Entries that share a prompt are judged
@@ -10,6 +11,7 @@
 //! judgements and `rewards` = (mean − 1) / 9, in [0, 1]; an entry none of whose judgements
 //! was valid gets reward 0 and score 0, and is counted in `extra_logs.unscored`.
 
+use crate::metrics::{render_engine, Exposition};
 use crate::router::Router;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -18,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
 use futures::StreamExt;
+use grm_engine::{Engine, EngineStats};
 use grm_proto::v1::{Message, Sampling, ScoreRequest};
 use prost::Message as _;
 use serde::Deserialize;
@@ -38,13 +41,60 @@ pub struct HttpOptions {
 struct AppState {
     router: Router,
     opts: HttpOptions,
+    engines: Vec<(&'static str, Engine)>,
 }
 
-pub fn app(router: Router, opts: HttpOptions) -> axum::Router {
+/// The router's HTTP app; `engines` are in-process workers (by role) whose engine metrics
+/// `/metrics` adds to the router's.
+pub fn app(
+    router: Router,
+    opts: HttpOptions,
+    engines: Vec<(&'static str, Engine)>,
+) -> axum::Router {
     axum::Router::new()
         .route("/get_reward", post(get_reward))
         .route("/health", get(health))
-        .with_state(AppState { router, opts })
+        .route("/metrics", get(router_metrics))
+        .with_state(AppState {
+            router,
+            opts,
+            engines,
+        })
+}
+
+/// A worker's metrics endpoint (`--metrics-listen`): its engine's state and counters.
+pub fn engine_metrics_app(role: &'static str, engine: Engine) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let engine = engine.clone();
+            async move {
+                let mut out = Exposition::default();
+                render_engine(&mut out, &[(role, engine.stats())]);
+                prometheus_text(out.finish())
+            }
+        }),
+    )
+}
+
+async fn router_metrics(State(s): State<AppState>) -> Response {
+    let engines: Vec<(&str, EngineStats)> = s
+        .engines
+        .iter()
+        .map(|(role, e)| (*role, e.stats()))
+        .collect();
+    prometheus_text(s.router.render_metrics(&engines))
+}
+
+fn prometheus_text(body: String) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]

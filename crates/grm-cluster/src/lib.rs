@@ -9,6 +9,7 @@ pub mod dispatch;
 pub mod etcd;
 pub mod http;
 pub mod members;
+pub mod metrics;
 pub mod pool;
 pub mod router;
 pub mod server;

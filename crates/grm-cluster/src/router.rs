@@ -7,6 +7,7 @@
 use crate::aggregator::{self, Aggregator};
 use crate::chunking;
 use crate::dispatch::{self, DispatchOptions, Sampling};
+use crate::metrics::{render_engine, Exposition, RouterGauges, RouterMetrics};
 use crate::pool::{Pool, MAX_MESSAGE_BYTES};
 use crate::validation::{validate, Limits};
 use grm_judge::rng::{derive, Stream};
@@ -57,6 +58,7 @@ struct Inner {
     inflight: Arc<Semaphore>,
     /// Set when the process stops: new requests are refused and open streams stop reading.
     stopping: watch::Sender<bool>,
+    metrics: RouterMetrics,
 }
 
 #[derive(Clone)]
@@ -105,6 +107,7 @@ impl Router {
                 opts,
                 inflight,
                 stopping: watch::Sender::new(false),
+                metrics: RouterMetrics::default(),
             }),
         }
     }
@@ -135,8 +138,39 @@ impl Router {
         &self.inner.opts.limits
     }
 
-    /// Scores one request end to end.
+    /// The router's metrics, and those of `engines` (the in-process workers of `grm serve`),
+    /// in Prometheus' text format.
+    pub fn render_metrics(&self, engines: &[(&str, grm_engine::EngineStats)]) -> String {
+        let me = &self.inner;
+        let mut out = Exposition::default();
+        let gauges = RouterGauges {
+            in_flight: me.opts.max_inflight.max(1) - me.inflight.available_permits(),
+            members: self.members_seen(),
+        };
+        me.metrics.render(&mut out, &gauges);
+        if !engines.is_empty() {
+            render_engine(&mut out, engines);
+        }
+        out.finish()
+    }
+
+    /// Scores one request end to end, and counts it in the metrics.
     pub async fn score(
+        &self,
+        req: ScoreRequest,
+        encoded_len: usize,
+        deadline: Option<Instant>,
+    ) -> Result<ScoreResponse, Status> {
+        let start = Instant::now();
+        let r = self.score_counted(req, encoded_len, deadline).await;
+        let outcome = r.as_ref().map_err(Status::code);
+        self.inner
+            .metrics
+            .record(outcome, start.elapsed().as_secs_f64());
+        r
+    }
+
+    async fn score_counted(
         &self,
         req: ScoreRequest,
         encoded_len: usize,

@@ -68,6 +68,10 @@ impl Worker {
         }
     }
 
+    pub fn role(&self) -> Role {
+        self.opts.role
+    }
+
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
