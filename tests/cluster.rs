@@ -866,3 +866,120 @@ fn metrics_on_the_router_and_a_worker_move_with_the_load() {
         "{wm}"
     );
 }
+
+#[test]
+fn a_bearer_token_guards_the_public_api_and_only_it() {
+    let _serial = serial();
+    let dir = scratch("auth");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "tok-123\n").unwrap();
+    let w = grm(
+        &dir,
+        "worker",
+        &[
+            "worker",
+            "--model",
+            &fixture("tiny-judge"),
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+            "--kv-blocks",
+            "512",
+        ],
+    );
+    let router = grm(
+        &dir,
+        "router",
+        &[
+            "router",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--workers",
+            &w.grpc(),
+            "--template",
+            short_template_static(),
+            "--max-new-tokens",
+            "32",
+            "--auth-token-file",
+            token_file.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !router.log_text().contains("tok-123"),
+        "the token must never be logged"
+    );
+    let rt = runtime();
+    let req = request(&mut Rng(3), "auth".into(), 2);
+    let call = |token: Option<&str>| {
+        let (addr, req) = (router.grpc(), req.clone());
+        rt.block_on(async move {
+            let mut c = client(&addr).await;
+            let mut r = tonic::Request::new(req);
+            if let Some(t) = token {
+                r.metadata_mut().insert("authorization", t.parse().unwrap());
+            }
+            c.score(r).await
+        })
+    };
+    for wrong in [
+        None,
+        Some("Bearer tok-12"),
+        Some("Bearer tok-1234"),
+        Some("tok-123"),
+    ] {
+        let s = call(wrong).expect_err("refused");
+        assert_eq!(s.code(), tonic::Code::Unauthenticated, "{wrong:?}: {s:?}");
+    }
+    call(Some("Bearer tok-123")).expect("the right token is served");
+
+    // HTTP: /get_reward needs the token; /health and /metrics stay open.
+    let body = br#"{"query": ["q? a good"], "prompts": ["q?"]}"#;
+    let (code, text) = http(&router.http(), "POST", "/get_reward", body);
+    assert_eq!(code, 401, "{text}");
+    assert_eq!(http(&router.http(), "GET", "/health", b"").0, 200);
+    let (code, metrics) = http(&router.http(), "GET", "/metrics", b"");
+    assert_eq!(code, 200);
+    assert!(metrics.contains("grm_score_requests_total"), "{metrics}");
+
+    // The command-line clients send it from a file or the environment.
+    let grm_cmd = || {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_grm"));
+        c.env("GRM_LOG", "warn");
+        c
+    };
+    let score = |extra: &[&str], env: Option<&str>| {
+        let mut c = grm_cmd();
+        c.args([
+            "score",
+            "--addr",
+            &router.grpc(),
+            "--query",
+            "q?",
+            "--response",
+            "a good",
+            "--response",
+            "b bad",
+            "--k",
+            "2",
+            "--json",
+        ]);
+        c.args(extra);
+        if let Some(t) = env {
+            c.env("GRM_TOKEN", t);
+        }
+        c.output().unwrap()
+    };
+    let tf = token_file.to_str().unwrap();
+    assert!(score(&["--token-file", tf], None).status.success());
+    assert!(score(&[], Some("tok-123")).status.success());
+    let denied = score(&[], None);
+    assert!(!denied.status.success());
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("bearer token"),
+        "{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
+}

@@ -6,6 +6,7 @@
 use crate::serve_cmd::{local_router, EngineFlags};
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use grm_cluster::auth::BearerToken;
 use grm_cluster::router::Router;
 use grm_proto::v1::reward_service_client::RewardServiceClient;
 use grm_proto::v1::{ScoreError, ScoreRequest, ScoreResponse};
@@ -13,6 +14,7 @@ use prost::Message as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::{mpsc, Semaphore};
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
 /// `--addr`, or `--model` (with `--meta-model`, `--template` and the engine's flags).
@@ -33,14 +35,28 @@ pub struct ScorerFlags {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
+    /// With --addr: a file holding the router's bearer token (or the GRM_TOKEN environment
+    /// variable).
+    #[arg(long, env = "GRM_TOKEN_FILE", conflicts_with = "model")]
+    pub token_file: Option<PathBuf>,
     #[command(flatten)]
     pub engine: EngineFlags,
 }
 
 #[derive(Clone)]
 pub enum Scorer {
-    Remote(RewardServiceClient<Channel>),
+    /// A router, and the `authorization` value its calls carry.
+    Remote(RewardServiceClient<Channel>, Option<MetadataValue<Ascii>>),
     Local(Router),
+}
+
+/// A call carrying the bearer token, when there is one.
+fn authorized<T>(message: T, auth: &Option<MetadataValue<Ascii>>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    if let Some(v) = auth {
+        r.metadata_mut().insert("authorization", v.clone());
+    }
+    r
 }
 
 fn error_response(id: String, s: tonic::Status) -> ScoreResponse {
@@ -67,7 +83,16 @@ impl Scorer {
                 .with_context(|| format!("connecting to {uri}"))?
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20);
-            return Ok(Scorer::Remote(c));
+            let token = match (&f.token_file, std::env::var("GRM_TOKEN")) {
+                (Some(path), _) => Some(BearerToken::from_file(path)?),
+                (None, Ok(t)) => Some(BearerToken::new(&t).context("GRM_TOKEN")?),
+                (None, Err(_)) => None,
+            };
+            let header = token
+                .map(|t| t.header_value().parse())
+                .transpose()
+                .context("the token must be printable ASCII")?;
+            return Ok(Scorer::Remote(c, header));
         }
         let (default, default_meta) = crate::serve_cmd::embedded_models();
         let Some(model) = f.model.clone().or(default) else {
@@ -99,7 +124,11 @@ impl Scorer {
     pub async fn score(&self, req: ScoreRequest) -> ScoreResponse {
         let id = req.id.clone();
         let r = match self {
-            Scorer::Remote(c) => c.clone().score(req).await.map(|r| r.into_inner()),
+            Scorer::Remote(c, auth) => c
+                .clone()
+                .score(authorized(req, auth))
+                .await
+                .map(|r| r.into_inner()),
             Scorer::Local(router) => {
                 let len = req.encoded_len();
                 router.score(req, len, None).await
@@ -138,7 +167,7 @@ impl Scorer {
                     }
                 });
             }
-            Scorer::Remote(client) => {
+            Scorer::Remote(client, auth) => {
                 tokio::spawn(async move {
                     // Requests enter the stream only while fewer than `concurrency` await answers.
                     let (req_tx, req_rx) = mpsc::channel::<ScoreRequest>(1);
@@ -156,7 +185,7 @@ impl Scorer {
                     });
                     let mut client = client;
                     let stream = tokio_stream::wrappers::ReceiverStream::new(req_rx);
-                    let mut answers = match client.score_stream(stream).await {
+                    let mut answers = match client.score_stream(authorized(stream, &auth)).await {
                         Ok(r) => r.into_inner(),
                         Err(s) => {
                             let _ = tx.send(error_response(String::new(), s)).await;

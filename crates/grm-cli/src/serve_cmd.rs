@@ -5,6 +5,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use grm_cluster::aggregator::Aggregator;
+use grm_cluster::auth::BearerToken;
 use grm_cluster::chunking::ChunkPolicy;
 use grm_cluster::dispatch::DispatchOptions;
 use grm_cluster::etcd;
@@ -139,11 +140,21 @@ pub struct RouterFlags {
     /// The served model's name, reported in answers.
     #[arg(long, env = "GRM_MODEL_NAME", default_value = "")]
     pub model_name: String,
+    /// A file holding the bearer token the public API then requires (RewardService and
+    /// /get_reward; health and metrics stay open). The token may also come from the
+    /// GRM_AUTH_TOKEN environment variable; it is never logged.
+    #[arg(long, env = "GRM_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
 }
 
 impl RouterFlags {
-    pub fn options(&self) -> RouterOptions {
-        RouterOptions {
+    pub fn options(&self) -> Result<RouterOptions> {
+        let auth = match (&self.auth_token_file, std::env::var("GRM_AUTH_TOKEN")) {
+            (Some(path), _) => Some(BearerToken::from_file(path)?),
+            (None, Ok(t)) => Some(BearerToken::new(&t).context("GRM_AUTH_TOKEN")?),
+            (None, Err(_)) => None,
+        };
+        Ok(RouterOptions {
             limits: Limits {
                 max_responses: self.max_responses,
                 max_k: self.max_k,
@@ -164,7 +175,8 @@ impl RouterFlags {
             max_inflight: self.max_inflight,
             stream_concurrency: self.stream_concurrency,
             model_name: self.model_name.clone(),
-        }
+            auth,
+        })
     }
 }
 
@@ -450,7 +462,7 @@ async fn run_router(
     let meta = Pool::new(Role::MetaRm, members.clone());
     let aggregators = Pool::new(Role::Aggregator, members);
     let local = Aggregator::new(Arc::clone(&template), Some(meta));
-    let router = Router::new(template, grm, local, Some(aggregators), flags.options());
+    let router = Router::new(template, grm, local, Some(aggregators), flags.options()?);
     let (listener, addr) = bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;

@@ -132,8 +132,20 @@ async fn health(State(s): State<AppState>) -> Response {
 async fn get_reward(
     State(s): State<AppState>,
     Query(p): Query<RewardParams>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(t) = s.router.auth() {
+        let header = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        if !t.accepts(header) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "a valid bearer token is required (header `Authorization: Bearer <token>`)".into(),
+            );
+        }
+    }
     let de = &mut serde_json::Deserializer::from_slice(&body);
     let b: RewardBody = match serde_path_to_error::deserialize(de) {
         Ok(b) => b,

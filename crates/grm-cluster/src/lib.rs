@@ -4,6 +4,7 @@
 //! scores and voting), membership from etcd or a static list, and the HTTP side.
 
 pub mod aggregator;
+pub mod auth;
 pub mod chunking;
 pub mod dispatch;
 pub mod etcd;

@@ -5,6 +5,7 @@
 //! RESOURCE_EXHAUSTED.
 
 use crate::aggregator::{self, Aggregator};
+use crate::auth::BearerToken;
 use crate::chunking;
 use crate::dispatch::{self, DispatchOptions, Sampling};
 use crate::metrics::{render_engine, Exposition, RouterGauges, RouterMetrics};
@@ -35,6 +36,8 @@ pub struct RouterOptions {
     pub stream_concurrency: usize,
     /// The served model's name, reported in answers.
     pub model_name: String,
+    /// The bearer token the public API requires (none: open).
+    pub auth: Option<BearerToken>,
 }
 
 impl Default for RouterOptions {
@@ -45,6 +48,7 @@ impl Default for RouterOptions {
             max_inflight: 1024,
             stream_concurrency: 64,
             model_name: String::new(),
+            auth: None,
         }
     }
 }
@@ -132,6 +136,10 @@ impl Router {
     /// client such as `grm label` then resumes against another router, or on a rerun).
     pub fn stop(&self) {
         self.inner.stopping.send_replace(true);
+    }
+
+    pub fn auth(&self) -> Option<&BearerToken> {
+        self.inner.opts.auth.as_ref()
     }
 
     pub fn limits(&self) -> &Limits {

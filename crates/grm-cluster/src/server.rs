@@ -9,6 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
 /// The services one process serves over gRPC.
@@ -46,11 +47,13 @@ pub async fn serve_grpc(
         reporter
             .set_serving::<RewardServiceServer<crate::router::Router>>()
             .await;
-        routes = routes.add_service(
+        let token = r.auth().cloned();
+        routes = routes.add_service(InterceptedService::new(
             RewardServiceServer::new(r)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        );
+            move |req| crate::auth::check(token.as_ref(), req),
+        ));
     }
     if let Some(w) = services.worker {
         reporter

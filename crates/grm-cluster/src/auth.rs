@@ -1,0 +1,130 @@
+//! Optional bearer-token auth on the public API (RewardService and `POST /get_reward`).
+//! Health, reflection and metrics stay open: probes and scrapers carry no token.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use thiserror::Error;
+use tonic::{Request, Status};
+
+#[derive(Debug, Error)]
+pub enum AuthError {
+    #[error("reading the token file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the bearer token is empty")]
+    Empty,
+}
+
+/// A shared secret. Its `Debug` form never shows it, so it cannot reach a log by accident.
+#[derive(Clone)]
+pub struct BearerToken(Arc<[u8]>);
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerToken(<redacted>)")
+    }
+}
+
+impl BearerToken {
+    /// The token, surrounding whitespace (a file's trailing newline) removed.
+    pub fn new(token: &str) -> Result<Self, AuthError> {
+        let t = token.trim();
+        if t.is_empty() {
+            return Err(AuthError::Empty);
+        }
+        Ok(Self(Arc::from(t.as_bytes())))
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, AuthError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::new(&text)
+    }
+
+    /// The `authorization` header value a client sends.
+    pub fn header_value(&self) -> String {
+        format!("Bearer {}", String::from_utf8_lossy(&self.0))
+    }
+
+    /// Whether an `authorization` header value carries this token. The comparison takes the
+    /// same time wherever the first difference is, so timing does not reveal the token.
+    pub fn accepts(&self, header: Option<&[u8]>) -> bool {
+        let Some(presented) = header.and_then(|h| h.strip_prefix(b"Bearer ")) else {
+            return false;
+        };
+        let expected: &[u8] = &self.0;
+        let same_len = presented.len() == expected.len();
+        // Compare against the token itself when lengths differ, so the loop's length does not
+        // depend on where the presented token ends.
+        let other = if same_len { presented } else { expected };
+        let diff = expected
+            .iter()
+            .zip(other)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        same_len & (diff == 0)
+    }
+}
+
+/// Checks a gRPC call's `authorization` metadata against `token` (no token: every call
+/// passes).
+#[allow(clippy::result_large_err)] // tonic's interceptor signature
+pub fn check<T>(token: Option<&BearerToken>, req: Request<T>) -> Result<Request<T>, Status> {
+    match token {
+        None => Ok(req),
+        Some(t) => {
+            let header = req.metadata().get("authorization").map(|v| v.as_bytes());
+            if t.accepts(header) {
+                Ok(req)
+            } else {
+                Err(Status::unauthenticated(
+                    "a valid bearer token is required (metadata `authorization: Bearer <token>`)",
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_token_is_accepted() {
+        let t = BearerToken::new("s3cret\n").unwrap();
+        assert!(t.accepts(Some(b"Bearer s3cret")));
+        for wrong in [
+            &b"Bearer s3cre"[..],
+            b"Bearer s3cret2",
+            b"Bearer S3cret",
+            b"bearer s3cret",
+            b"s3cret",
+            b"Bearer ",
+        ] {
+            assert!(
+                !t.accepts(Some(wrong)),
+                "{:?}",
+                String::from_utf8_lossy(wrong)
+            );
+        }
+        assert!(!t.accepts(None));
+        assert!(matches!(BearerToken::new(" \n"), Err(AuthError::Empty)));
+        assert_eq!(format!("{t:?}"), "BearerToken(<redacted>)");
+    }
+
+    #[test]
+    fn calls_without_the_token_are_unauthenticated() {
+        let t = BearerToken::new("abc").unwrap();
+        let mut ok = Request::new(());
+        ok.metadata_mut()
+            .insert("authorization", "Bearer abc".parse().unwrap());
+        assert!(check(Some(&t), ok).is_ok());
+        let e = check(Some(&t), Request::new(())).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        assert!(check(None, Request::new(())).is_ok());
+    }
+}
