@@ -983,3 +983,177 @@ fn a_bearer_token_guards_the_public_api_and_only_it() {
         String::from_utf8_lossy(&denied.stderr)
     );
 }
+
+/// A CA written to `dir/<name>-ca.pem`, with what it needs to sign.
+fn make_ca(
+    dir: &std::path::Path,
+    name: &str,
+) -> (rcgen::CertificateParams, rcgen::KeyPair, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.distinguished_name
+        .push(DnType::CommonName, format!("{name} CA"));
+    let path = dir.join(format!("{name}-ca.pem"));
+    std::fs::write(&path, p.self_signed(&key).unwrap().pem()).unwrap();
+    (p, key, path.display().to_string())
+}
+
+/// A node certificate for 127.0.0.1 and localhost signed by a CA: (cert file, key file).
+fn make_leaf(
+    dir: &std::path::Path,
+    name: &str,
+    ca: &(rcgen::CertificateParams, rcgen::KeyPair, String),
+) -> (String, String) {
+    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair};
+    let key = KeyPair::generate().unwrap();
+    let mut p =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = p
+        .signed_by(&key, &Issuer::from_params(&ca.0, &ca.1))
+        .unwrap();
+    let (c, k) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c.display().to_string(), k.display().to_string())
+}
+
+#[test]
+fn tls_everywhere_with_mutual_tls_between_nodes() {
+    let _serial = serial();
+    let dir = scratch("tls");
+    let ca = make_ca(&dir, "cluster");
+    let (cert, key) = make_leaf(&dir, "node", &ca);
+    let rogue_ca = make_ca(&dir, "rogue");
+    let (rogue_cert, rogue_key) = make_leaf(&dir, "rogue", &rogue_ca);
+    // The worker requires client certificates of the cluster's CA; the router serves TLS and
+    // calls the worker with its own certificate.
+    let w = grm(
+        &dir,
+        "worker",
+        &[
+            "worker",
+            "--model",
+            &fixture("tiny-judge"),
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+            "--kv-blocks",
+            "512",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-ca",
+            &ca.2,
+            "--tls-client-auth",
+        ],
+    );
+    let router = grm(
+        &dir,
+        "router",
+        &[
+            "router",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "",
+            "--workers",
+            &w.grpc(),
+            "--template",
+            short_template_static(),
+            "--max-new-tokens",
+            "32",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-ca",
+            &ca.2,
+        ],
+    );
+    let score = |tls: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_grm"));
+        c.env("GRM_LOG", "warn").args([
+            "score",
+            "--addr",
+            &router.grpc(),
+            "--query",
+            "q?",
+            "--response",
+            "a good",
+            "--response",
+            "b bad",
+            "--k",
+            "2",
+            "--json",
+        ]);
+        c.args(tls).output().unwrap()
+    };
+    // A TLS client that trusts the cluster's CA is served (through the router's mTLS call).
+    let ok = score(&["--tls-ca", &ca.2]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(v["best"], 0, "{v}");
+    // Plaintext is refused, and so is a client that trusts another CA.
+    assert!(!score(&[]).status.success());
+    assert!(!score(&["--tls-ca", &rogue_ca.2]).status.success());
+
+    // The worker itself: a client certificate of the cluster's CA is needed.
+    let rt = runtime();
+    let status = |identity: Option<(&str, &str)>| {
+        let (addr, ca_pem) = (w.grpc(), std::fs::read(&ca.2).unwrap());
+        let identity = identity.map(|(c, k)| {
+            tonic::transport::Identity::from_pem(
+                std::fs::read(c).unwrap(),
+                std::fs::read(k).unwrap(),
+            )
+        });
+        rt.block_on(async move {
+            let mut tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem));
+            if let Some(id) = identity {
+                tls = tls.identity(id);
+            }
+            let ch = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+                .unwrap()
+                .tls_config(tls)
+                .unwrap()
+                .connect()
+                .await;
+            match ch {
+                Ok(ch) => WorkerServiceClient::new(ch)
+                    .status(StatusRequest {})
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            }
+        })
+    };
+    assert!(
+        status(Some((&cert, &key))),
+        "the cluster's certificate is accepted"
+    );
+    assert!(
+        !status(Some((&rogue_cert, &rogue_key))),
+        "a certificate of another CA is refused"
+    );
+    assert!(!status(None), "no client certificate is refused");
+}

@@ -39,6 +39,10 @@ pub struct ScorerFlags {
     /// variable).
     #[arg(long, env = "GRM_TOKEN_FILE", conflicts_with = "model")]
     pub token_file: Option<PathBuf>,
+    /// With --addr: TLS to the router (--tls-ca to verify it; --tls-cert/--tls-key when it
+    /// requires client certificates).
+    #[command(flatten)]
+    pub tls: crate::serve_cmd::TlsFlags,
     #[command(flatten)]
     pub engine: EngineFlags,
 }
@@ -73,14 +77,23 @@ fn error_response(id: String, s: tonic::Status) -> ScoreResponse {
 impl Scorer {
     pub async fn connect(f: &ScorerFlags) -> Result<Scorer> {
         if let Some(addr) = &f.addr {
+            let tls = f.tls.load()?.client;
+            let scheme = if tls.is_some() { "https" } else { "http" };
             let uri = if addr.contains("://") {
                 addr.clone()
             } else {
-                format!("http://{addr}")
+                format!("{scheme}://{addr}")
             };
-            let c = RewardServiceClient::connect(uri.clone())
+            let mut endpoint = tonic::transport::Endpoint::from_shared(uri.clone())
+                .with_context(|| format!("--addr {uri}"))?;
+            if let Some(t) = tls {
+                endpoint = endpoint.tls_config(t)?;
+            }
+            let channel = endpoint
+                .connect()
                 .await
-                .with_context(|| format!("connecting to {uri}"))?
+                .with_context(|| format!("connecting to {uri}"))?;
+            let c = RewardServiceClient::new(channel)
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20);
             let token = match (&f.token_file, std::env::var("GRM_TOKEN")) {

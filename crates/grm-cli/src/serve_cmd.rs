@@ -14,6 +14,7 @@ use grm_cluster::members::{self, Member, Members, Role};
 use grm_cluster::pool::Pool;
 use grm_cluster::router::{Router, RouterOptions};
 use grm_cluster::server::{bind, serve_grpc, serve_http, termination, Services};
+use grm_cluster::tls::{Tls, TlsFiles};
 use grm_cluster::validation::Limits;
 use grm_cluster::worker::{Worker, WorkerOptions};
 use grm_engine::{CpuBackend, Engine, EngineOptions, Gemma2, Head, SchedulerConfig, Tokenizer};
@@ -244,6 +245,8 @@ pub struct WorkerArgs {
     pub drain_timeout_s: u64,
     #[command(flatten)]
     pub engine: EngineFlags,
+    #[command(flatten)]
+    pub tls: TlsFlags,
 }
 
 #[derive(Args, Debug)]
@@ -258,6 +261,8 @@ pub struct RouterArgs {
     pub members: MembershipFlags,
     #[command(flatten)]
     pub router: RouterFlags,
+    #[command(flatten)]
+    pub tls: TlsFlags,
 }
 
 #[derive(Args, Debug)]
@@ -275,6 +280,8 @@ pub struct AggregatorArgs {
     pub members: MembershipFlags,
     #[arg(long, env = "GRM_LEASE_TTL_S", default_value_t = 5)]
     pub lease_ttl_s: u64,
+    #[command(flatten)]
+    pub tls: TlsFlags,
 }
 
 #[derive(Args, Debug)]
@@ -295,6 +302,38 @@ pub struct ServeArgs {
     pub engine: EngineFlags,
     #[command(flatten)]
     pub router: RouterFlags,
+    /// TLS of the public endpoint (the in-process workers are reached over loopback).
+    #[command(flatten)]
+    pub tls: TlsFlags,
+}
+
+/// TLS for a node's gRPC endpoints (PEM files). Plaintext when none is given.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TlsFlags {
+    /// This node's certificate chain: with --tls-key it serves TLS, and presents them when
+    /// it calls nodes that require client certificates.
+    #[arg(long, env = "GRM_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, env = "GRM_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA of the cluster's certificates: the nodes this one calls are verified against it
+    /// and called over https; with --tls-client-auth, its clients too.
+    #[arg(long, env = "GRM_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Mutual TLS: refuse clients without a certificate signed by --tls-ca.
+    #[arg(long, env = "GRM_TLS_CLIENT_AUTH")]
+    pub tls_client_auth: bool,
+}
+
+impl TlsFlags {
+    pub fn load(&self) -> Result<Tls> {
+        Ok(Tls::load(TlsFiles {
+            cert: self.tls_cert.as_deref(),
+            key: self.tls_key.as_deref(),
+            ca: self.tls_ca.as_deref(),
+            client_auth: self.tls_client_auth,
+        })?)
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -342,6 +381,7 @@ async fn wait(mut rx: watch::Receiver<bool>) {
 }
 
 pub fn worker(a: WorkerArgs) -> Result<()> {
+    let tls = a.tls.load()?;
     let (engine, tokenizer) = a.engine.start(&a.model)?;
     let role = a.role.unwrap_or(match engine.info.config.head {
         Head::CausalLm => Role::Grm,
@@ -378,7 +418,7 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
         });
         let stop = shutdown_signal();
         let (server_stop_tx, server_stop_rx) = watch::channel(false);
-        let server = tokio::spawn(serve_grpc(listener, Services { worker: Some(w.clone()), ..Default::default() }, wait(server_stop_rx.clone())));
+        let server = tokio::spawn(serve_grpc(listener, Services { worker: Some(w.clone()), tls: tls.server, ..Default::default() }, wait(server_stop_rx.clone())));
         let mut line = json!({ "ready": role.as_str(), "grpc": addr.to_string(), "model": name, "kv_blocks": w.engine().info.num_blocks });
         if !a.metrics_listen.is_empty() {
             let (ml, maddr) = bind(&a.metrics_listen).await.with_context(|| format!("listening on {}", a.metrics_listen))?;
@@ -403,9 +443,10 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
 
 pub fn aggregator(a: AggregatorArgs) -> Result<()> {
     let template = Arc::new(crate::judge_cmd::load_template(a.template.as_ref())?);
+    let tls = a.tls.load()?;
     runtime()?.block_on(async move {
         let members = a.members.members();
-        let meta = Pool::new(Role::MetaRm, members);
+        let meta = Pool::with_tls(Role::MetaRm, members, tls.client);
         let agg = Aggregator::new(template, Some(meta));
         let (listener, addr) = bind(&a.listen)
             .await
@@ -432,6 +473,7 @@ pub fn aggregator(a: AggregatorArgs) -> Result<()> {
             listener,
             Services {
                 aggregator: Some(agg),
+                tls: tls.server,
                 ..Default::default()
             },
             wait(server_stop_rx),
@@ -447,20 +489,31 @@ pub fn aggregator(a: AggregatorArgs) -> Result<()> {
     })
 }
 
+/// What `grm serve` adds to a router: fields for its ready line, and its in-process engines
+/// (their metrics join the router's).
+#[derive(Default)]
+struct InProcess {
+    ready: serde_json::Value,
+    engines: Vec<(&'static str, Engine)>,
+}
+
 /// Starts a router over `members`, serving until `stop`.
 async fn run_router(
-    listen: &str,
-    http_listen: &str,
+    (listen, http_listen): (&str, &str),
     members: Members,
     flags: &RouterFlags,
+    tls: Tls,
     stop: watch::Receiver<bool>,
-    extra: serde_json::Value,
-    engines: Vec<(&'static str, Engine)>,
+    local: InProcess,
 ) -> Result<()> {
+    let InProcess {
+        ready: extra,
+        engines,
+    } = local;
     let template = Arc::new(crate::judge_cmd::load_template(flags.template.as_ref())?);
-    let grm = Pool::new(Role::Grm, members.clone());
-    let meta = Pool::new(Role::MetaRm, members.clone());
-    let aggregators = Pool::new(Role::Aggregator, members);
+    let grm = Pool::with_tls(Role::Grm, members.clone(), tls.client.clone());
+    let meta = Pool::with_tls(Role::MetaRm, members.clone(), tls.client.clone());
+    let aggregators = Pool::with_tls(Role::Aggregator, members, tls.client);
     let local = Aggregator::new(Arc::clone(&template), Some(meta));
     let router = Router::new(template, grm, local, Some(aggregators), flags.options()?);
     let (listener, addr) = bind(listen)
@@ -493,6 +546,7 @@ async fn run_router(
         listener,
         Services {
             router: Some(router),
+            tls: tls.server,
             ..Default::default()
         },
         async move {
@@ -512,13 +566,12 @@ pub fn router(a: RouterArgs) -> Result<()> {
         let members = a.members.members();
         let stop = shutdown_signal();
         run_router(
-            &a.listen,
-            &a.http_listen,
+            (&a.listen, &a.http_listen),
             members,
             &a.router,
+            a.tls.load()?,
             stop,
-            json!({}),
-            Vec::new(),
+            InProcess::default(),
         )
         .await
     })
@@ -675,7 +728,10 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             None => None,
         };
         let extra = json!({ "model": model.display().to_string(), "meta_model": meta_model.as_ref().map(|p| p.display().to_string()) });
-        let served = run_router(&a.listen, &a.http_listen, members::fixed(list), &flags, stop, extra, engines).await;
+        // The public endpoint serves TLS as asked; the in-process workers are plaintext loopback.
+        let tls = Tls { client: None, ..a.tls.load()? };
+        let local = InProcess { ready: extra, engines };
+        let served = run_router((&a.listen, &a.http_listen), members::fixed(list), &flags, tls, stop, local).await;
         let _ = workers_stop_tx.send(true);
         served?;
         g.await??;

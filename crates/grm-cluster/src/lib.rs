@@ -14,5 +14,6 @@ pub mod metrics;
 pub mod pool;
 pub mod router;
 pub mod server;
+pub mod tls;
 pub mod validation;
 pub mod worker;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// One member this process talks to.
 pub struct Peer {
@@ -67,30 +67,46 @@ impl Drop for LoadGuard {
 pub struct Pool {
     role: Role,
     members: Members,
+    /// How members are called: TLS (https) with this, else plaintext.
+    tls: Option<ClientTlsConfig>,
     peers: Mutex<HashMap<String, Arc<Peer>>>,
 }
 
 /// Largest gRPC message between cluster nodes (requests carry whole conversations).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
-fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+fn endpoint(
+    addr: &str,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Endpoint, tonic::transport::Error> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let uri = if addr.contains("://") {
         addr.to_string()
     } else {
-        format!("http://{addr}")
+        format!("{scheme}://{addr}")
     };
-    Ok(Endpoint::from_shared(uri)?
+    let ep = Endpoint::from_shared(uri)?
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5)))
+        .keep_alive_timeout(Duration::from_secs(5));
+    match tls {
+        Some(t) => ep.tls_config(t.clone()),
+        None => Ok(ep),
+    }
 }
 
 impl Pool {
     pub fn new(role: Role, members: Members) -> Arc<Self> {
+        Self::with_tls(role, members, None)
+    }
+
+    /// A pool whose members are called over TLS when `tls` is given.
+    pub fn with_tls(role: Role, members: Members, tls: Option<ClientTlsConfig>) -> Arc<Self> {
         Arc::new(Self {
             role,
             members,
+            tls,
             peers: Mutex::new(HashMap::new()),
         })
     }
@@ -108,9 +124,12 @@ impl Pool {
             let peer = match peers.get(&m.addr) {
                 Some(p) => Arc::clone(p),
                 None => {
-                    let Ok(ep) = endpoint(&m.addr) else {
-                        tracing::warn!(addr = m.addr, "member address is not a valid URI; ignored");
-                        continue;
+                    let ep = match endpoint(&m.addr, self.tls.as_ref()) {
+                        Ok(ep) => ep,
+                        Err(e) => {
+                            tracing::warn!(addr = m.addr, error = %e, "member address is not usable; ignored");
+                            continue;
+                        }
                     };
                     let p = Arc::new(Peer {
                         id: m.id.clone(),

@@ -18,6 +18,8 @@ pub struct Services {
     pub router: Option<crate::router::Router>,
     pub worker: Option<crate::worker::Worker>,
     pub aggregator: Option<crate::aggregator::Aggregator>,
+    /// Serve TLS (mutual when it names a client CA); None: plaintext.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 /// Binds `addr` (port 0 picks one), returning the listener and its real address.
@@ -39,7 +41,11 @@ pub async fn serve_grpc(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("the embedded descriptors are valid");
-    let mut routes = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = services.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let mut routes = builder
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .add_service(health)
         .add_service(reflection);
