@@ -85,6 +85,28 @@ fn write_parquet(path: &Path, rows: &[Value]) {
     w.close().unwrap();
 }
 
+/// `grm serve` of the tiny judge (gRPC only), with `extra` flags.
+fn serve_tiny(dir: &Path, name: &str, extra: &[&str]) -> Proc {
+    let (model, template) = (fixture("tiny-judge"), short_template());
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "",
+        "--model",
+        &model,
+        "--template",
+        &template,
+        "--threads",
+        "1",
+        "--kv-blocks",
+        "2048",
+    ];
+    args.extend_from_slice(extra);
+    grm(dir, name, &args)
+}
+
 fn read_lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap()
@@ -179,28 +201,7 @@ fn labeling_retries_what_a_busy_router_refuses() {
     let dir = scratch("label-retry");
     // A router that takes one request at a time, and three items sent at once: without
     // retries two of them would end in the errors file as RESOURCE_EXHAUSTED.
-    let (model, template) = (fixture("tiny-judge"), short_template());
-    let server = grm(
-        &dir,
-        "serve",
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "",
-            "--model",
-            &model,
-            "--template",
-            &template,
-            "--threads",
-            "1",
-            "--kv-blocks",
-            "2048",
-            "--max-inflight",
-            "1",
-        ],
-    );
+    let server = serve_tiny(&dir, "serve", &["--max-inflight", "1"]);
     let input = dir.join("items.jsonl");
     let items: Vec<Value> = (0..3)
         .map(|i| {
@@ -239,26 +240,7 @@ fn labeling_retries_what_a_busy_router_refuses() {
 fn a_stopping_router_ends_a_labeling_stream_cleanly_and_a_rerun_finishes_it() {
     let _serial = serial();
     let dir = scratch("label-stop");
-    let (model, template) = (fixture("tiny-judge"), short_template());
-    let mut server = grm(
-        &dir,
-        "serve",
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "",
-            "--model",
-            &model,
-            "--template",
-            &template,
-            "--threads",
-            "1",
-            "--kv-blocks",
-            "2048",
-        ],
-    );
+    let mut server = serve_tiny(&dir, "serve", &[]);
     let input = dir.join("items.jsonl");
     let items: Vec<Value> = (0..400)
         .map(|i| {
@@ -305,25 +287,7 @@ fn a_stopping_router_ends_a_labeling_stream_cleanly_and_a_rerun_finishes_it() {
         "{err}"
     );
     // Nothing lost: a rerun against a new server finishes exactly the rest.
-    let server = grm(
-        &dir,
-        "serve2",
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "",
-            "--model",
-            &model,
-            "--template",
-            &template,
-            "--threads",
-            "1",
-            "--kv-blocks",
-            "2048",
-        ],
-    );
+    let server = serve_tiny(&dir, "serve2", &[]);
     let addr = server.grpc();
     let mut args = args;
     args[6] = &addr;

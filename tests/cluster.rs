@@ -739,6 +739,25 @@ fn sigterm_drains_a_worker_without_losing_requests() {
     );
 }
 
+/// A router over one static worker (no etcd), with the short template and 32 new tokens.
+fn static_router(dir: &std::path::Path, worker: &str, http: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "router",
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        http,
+        "--workers",
+        worker,
+        "--template",
+        short_template_static(),
+        "--max-new-tokens",
+        "32",
+    ];
+    args.extend_from_slice(extra);
+    grm(dir, "router", &args)
+}
+
 /// One sample's value in a Prometheus text scrape (0 when the series is absent).
 fn metric(scrape: &str, series: &str) -> f64 {
     scrape
@@ -770,23 +789,7 @@ fn metrics_on_the_router_and_a_worker_move_with_the_load() {
         ],
     );
     let worker_metrics = w.ready["metrics"].as_str().unwrap().to_string();
-    let router = grm(
-        &dir,
-        "router",
-        &[
-            "router",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--workers",
-            &w.grpc(),
-            "--template",
-            short_template_static(),
-            "--max-new-tokens",
-            "32",
-        ],
-    );
+    let router = static_router(&dir, &w.grpc(), "127.0.0.1:0", &[]);
     let scrape = |addr: &str| {
         let (code, body) = http(addr, "GET", "/metrics", b"");
         assert_eq!(code, 200, "{body}");
@@ -888,24 +891,11 @@ fn a_bearer_token_guards_the_public_api_and_only_it() {
             "512",
         ],
     );
-    let router = grm(
+    let router = static_router(
         &dir,
-        "router",
-        &[
-            "router",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--workers",
-            &w.grpc(),
-            "--template",
-            short_template_static(),
-            "--max-new-tokens",
-            "32",
-            "--auth-token-file",
-            token_file.to_str().unwrap(),
-        ],
+        &w.grpc(),
+        "127.0.0.1:0",
+        &["--auth-token-file", token_file.to_str().unwrap()],
     );
     assert!(
         !router.log_text().contains("tok-123"),
@@ -1062,28 +1052,11 @@ fn tls_everywhere_with_mutual_tls_between_nodes() {
             "--tls-client-auth",
         ],
     );
-    let router = grm(
+    let router = static_router(
         &dir,
-        "router",
-        &[
-            "router",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "",
-            "--workers",
-            &w.grpc(),
-            "--template",
-            short_template_static(),
-            "--max-new-tokens",
-            "32",
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "--tls-ca",
-            &ca.2,
-        ],
+        &w.grpc(),
+        "",
+        &["--tls-cert", &cert, "--tls-key", &key, "--tls-ca", &ca.2],
     );
     let score = |tls: &[&str]| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_grm"));
