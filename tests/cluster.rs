@@ -375,23 +375,7 @@ fn a_cluster_serves_load_spreads_large_requests_and_survives_a_kill() {
     );
 
     // The Python client against the live cluster.
-    let py = repo().join(".venv-test/bin/python");
-    assert!(
-        py.exists(),
-        "{} is missing: run `bash scripts/setup.sh`",
-        py.display()
-    );
-    let out = std::process::Command::new(&py)
-        .arg(repo().join("tests/python/client_check.py"))
-        .arg(&addr)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python client: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = python_client("client_check.py", &[&addr]);
     assert_eq!(v["best"], 1, "{v}");
     assert_eq!(v["samples"], 4);
     assert_eq!(
@@ -739,6 +723,29 @@ fn sigterm_drains_a_worker_without_losing_requests() {
     );
 }
 
+/// Runs `tests/python/<script>` with the test venv's Python and the working tree's client;
+/// returns its JSON line.
+fn python_client(script: &str, args: &[&str]) -> serde_json::Value {
+    let py = repo().join(".venv-test/bin/python");
+    assert!(
+        py.exists(),
+        "{} is missing: run `bash scripts/setup.sh`",
+        py.display()
+    );
+    let out = std::process::Command::new(&py)
+        .env("PYTHONPATH", repo().join("clients/python"))
+        .arg(repo().join("tests/python").join(script))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// A router over one static worker (no etcd), with the short template and 32 new tokens.
 fn static_router(dir: &std::path::Path, worker: &str, http: &str, extra: &[&str]) -> Proc {
     let mut args = vec![
@@ -965,6 +972,16 @@ fn a_bearer_token_guards_the_public_api_and_only_it() {
     let tf = token_file.to_str().unwrap();
     assert!(score(&["--token-file", tf], None).status.success());
     assert!(score(&[], Some("tok-123")).status.success());
+    // The Python client too.
+    let g = router.grpc();
+    assert_eq!(
+        python_client("secure_check.py", &[&g, "--token", "tok-123"])["best"],
+        0
+    );
+    assert_eq!(
+        python_client("secure_check.py", &[&g])["error"],
+        "UNAUTHENTICATED"
+    );
     let denied = score(&[], None);
     assert!(!denied.status.success());
     assert!(
@@ -1085,6 +1102,12 @@ fn tls_everywhere_with_mutual_tls_between_nodes() {
     );
     let v: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
     assert_eq!(v["best"], 0, "{v}");
+    // The Python client over TLS.
+    let g = router.grpc();
+    assert_eq!(
+        python_client("secure_check.py", &[&g, "--ca", &ca.2])["best"],
+        0
+    );
     // Plaintext is refused, and so is a client that trusts another CA.
     assert!(!score(&[]).status.success());
     assert!(!score(&["--tls-ca", &rogue_ca.2]).status.success());

@@ -113,11 +113,22 @@ def build_request(query: Conversation, responses: Sequence[str], *, k: int = 1, 
 class RewardClient:
     """A connection to a GRM Cluster router (host:port)."""
 
-    def __init__(self, addr: str, timeout: float = 600.0, token: Optional[str] = None):
-        self.channel = grpc.insecure_channel(addr, options=[
+    def __init__(self, addr: str, timeout: float = 600.0, token: Optional[str] = None,
+                 root_certificates: Optional[bytes] = None, private_key: Optional[bytes] = None,
+                 certificate_chain: Optional[bytes] = None):
+        """`token`: the router's bearer token, if it requires one. `root_certificates` (PEM):
+        connect over TLS, trusting this CA; `private_key` and `certificate_chain` (PEM) when
+        the router requires client certificates (mutual TLS)."""
+        options = [
             ("grpc.max_receive_message_length", 64 << 20),
             ("grpc.max_send_message_length", 64 << 20),
-        ])
+        ]
+        if root_certificates is not None:
+            creds = grpc.ssl_channel_credentials(root_certificates=root_certificates, private_key=private_key,
+                                                 certificate_chain=certificate_chain)
+            self.channel = grpc.secure_channel(addr, creds, options=options)
+        else:
+            self.channel = grpc.insecure_channel(addr, options=options)
         self.stub = pb_grpc.RewardServiceStub(self.channel)
         self.timeout = timeout
         self.metadata = [("authorization", f"Bearer {token}")] if token else None
