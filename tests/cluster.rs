@@ -746,6 +746,24 @@ fn python_client(script: &str, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// A tiny-judge worker on one thread with `kv_blocks` KV blocks, outside etcd.
+fn static_worker(dir: &std::path::Path, kv_blocks: &str, extra: &[&str]) -> Proc {
+    let model = fixture("tiny-judge");
+    let mut args = vec![
+        "worker",
+        "--model",
+        &model,
+        "--listen",
+        "127.0.0.1:0",
+        "--threads",
+        "1",
+        "--kv-blocks",
+        kv_blocks,
+    ];
+    args.extend_from_slice(extra);
+    grm(dir, "worker", &args)
+}
+
 /// A router over one static worker (no etcd), with the short template and 32 new tokens.
 fn static_router(dir: &std::path::Path, worker: &str, http: &str, extra: &[&str]) -> Proc {
     let mut args = vec![
@@ -777,24 +795,7 @@ fn metric(scrape: &str, series: &str) -> f64 {
 fn metrics_on_the_router_and_a_worker_move_with_the_load() {
     let _serial = serial();
     let dir = scratch("metrics");
-    let model = fixture("tiny-judge");
-    let w = grm(
-        &dir,
-        "worker",
-        &[
-            "worker",
-            "--model",
-            &model,
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--threads",
-            "1",
-            "--kv-blocks",
-            "1024",
-        ],
-    );
+    let w = static_worker(&dir, "1024", &["--metrics-listen", "127.0.0.1:0"]);
     let worker_metrics = w.ready["metrics"].as_str().unwrap().to_string();
     let router = static_router(&dir, &w.grpc(), "127.0.0.1:0", &[]);
     let scrape = |addr: &str| {
@@ -883,21 +884,7 @@ fn a_bearer_token_guards_the_public_api_and_only_it() {
     let dir = scratch("auth");
     let token_file = dir.join("token");
     std::fs::write(&token_file, "tok-123\n").unwrap();
-    let w = grm(
-        &dir,
-        "worker",
-        &[
-            "worker",
-            "--model",
-            &fixture("tiny-judge"),
-            "--listen",
-            "127.0.0.1:0",
-            "--threads",
-            "1",
-            "--kv-blocks",
-            "512",
-        ],
-    );
+    let w = static_worker(&dir, "512", &[]);
     let router = static_router(
         &dir,
         &w.grpc(),
@@ -1047,19 +1034,10 @@ fn tls_everywhere_with_mutual_tls_between_nodes() {
     let (rogue_cert, rogue_key) = make_leaf(&dir, "rogue", &rogue_ca);
     // The worker requires client certificates of the cluster's CA; the router serves TLS and
     // calls the worker with its own certificate.
-    let w = grm(
+    let w = static_worker(
         &dir,
-        "worker",
+        "512",
         &[
-            "worker",
-            "--model",
-            &fixture("tiny-judge"),
-            "--listen",
-            "127.0.0.1:0",
-            "--threads",
-            "1",
-            "--kv-blocks",
-            "512",
             "--tls-cert",
             &cert,
             "--tls-key",

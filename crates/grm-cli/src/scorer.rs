@@ -96,11 +96,7 @@ impl Scorer {
             let c = RewardServiceClient::new(channel)
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20);
-            let token = match (&f.token_file, std::env::var("GRM_TOKEN")) {
-                (Some(path), _) => Some(BearerToken::from_file(path)?),
-                (None, Ok(t)) => Some(BearerToken::new(&t).context("GRM_TOKEN")?),
-                (None, Err(_)) => None,
-            };
+            let token = BearerToken::from_file_or_env(f.token_file.as_deref(), "GRM_TOKEN")?;
             let header = token
                 .map(|t| t.header_value().parse())
                 .transpose()

@@ -150,11 +150,8 @@ pub struct RouterFlags {
 
 impl RouterFlags {
     pub fn options(&self) -> Result<RouterOptions> {
-        let auth = match (&self.auth_token_file, std::env::var("GRM_AUTH_TOKEN")) {
-            (Some(path), _) => Some(BearerToken::from_file(path)?),
-            (None, Ok(t)) => Some(BearerToken::new(&t).context("GRM_AUTH_TOKEN")?),
-            (None, Err(_)) => None,
-        };
+        let auth =
+            BearerToken::from_file_or_env(self.auth_token_file.as_deref(), "GRM_AUTH_TOKEN")?;
         Ok(RouterOptions {
             limits: Limits {
                 max_responses: self.max_responses,

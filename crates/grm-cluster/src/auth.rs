@@ -14,8 +14,8 @@ pub enum AuthError {
         path: String,
         source: std::io::Error,
     },
-    #[error("the bearer token is empty")]
-    Empty,
+    #[error("the bearer token in {0} is empty")]
+    Empty(String),
 }
 
 /// A shared secret. Its `Debug` form never shows it, so it cannot reach a log by accident.
@@ -29,11 +29,12 @@ impl fmt::Debug for BearerToken {
 }
 
 impl BearerToken {
-    /// The token, surrounding whitespace (a file's trailing newline) removed.
-    pub fn new(token: &str) -> Result<Self, AuthError> {
+    /// The token, surrounding whitespace (a file's trailing newline) removed; `origin` names
+    /// where it came from, for the error.
+    pub fn new(token: &str, origin: &str) -> Result<Self, AuthError> {
         let t = token.trim();
         if t.is_empty() {
-            return Err(AuthError::Empty);
+            return Err(AuthError::Empty(origin.to_string()));
         }
         Ok(Self(Arc::from(t.as_bytes())))
     }
@@ -43,7 +44,16 @@ impl BearerToken {
             path: path.display().to_string(),
             source,
         })?;
-        Self::new(&text)
+        Self::new(&text, &path.display().to_string())
+    }
+
+    /// The token from `file` when given, else from the environment variable `var`, else none.
+    pub fn from_file_or_env(file: Option<&Path>, var: &str) -> Result<Option<Self>, AuthError> {
+        match (file, std::env::var(var)) {
+            (Some(path), _) => Self::from_file(path).map(Some),
+            (None, Ok(t)) => Self::new(&t, var).map(Some),
+            (None, Err(_)) => Ok(None),
+        }
     }
 
     /// The `authorization` header value a client sends.
@@ -95,7 +105,7 @@ mod tests {
 
     #[test]
     fn only_the_exact_token_is_accepted() {
-        let t = BearerToken::new("s3cret\n").unwrap();
+        let t = BearerToken::new("s3cret\n", "test").unwrap();
         assert!(t.accepts(Some(b"Bearer s3cret")));
         for wrong in [
             &b"Bearer s3cre"[..],
@@ -112,13 +122,14 @@ mod tests {
             );
         }
         assert!(!t.accepts(None));
-        assert!(matches!(BearerToken::new(" \n"), Err(AuthError::Empty)));
+        let e = BearerToken::new(" \n", "GRM_TOKEN").unwrap_err();
+        assert_eq!(e.to_string(), "the bearer token in GRM_TOKEN is empty");
         assert_eq!(format!("{t:?}"), "BearerToken(<redacted>)");
     }
 
     #[test]
     fn calls_without_the_token_are_unauthenticated() {
-        let t = BearerToken::new("abc").unwrap();
+        let t = BearerToken::new("abc", "test").unwrap();
         let mut ok = Request::new(());
         ok.metadata_mut()
             .insert("authorization", "Bearer abc".parse().unwrap());
