@@ -162,3 +162,46 @@ fn init_writes_a_model_that_runs() {
     assert!(err.contains("--shape \"gemma-3\" is not known"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn device_flags_fail_with_a_clear_error_never_a_panic() {
+    let m = fixture("tiny-judge");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "worker",
+            "--model",
+            &m,
+            "--role",
+            "grm",
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let out = Command::new(env!("CARGO_BIN_EXE_grm"))
+            .args(&args)
+            .output()
+            .expect("run grm");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--device", "tpu"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--device \"tpu\": expected cpu, cuda or cuda:N"),
+        "{err}"
+    );
+    let (code, err) = run(&["--device", "cuda:0", "--gpu-memory-fraction", "1.5"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--gpu-memory-fraction 1.5"), "{err}");
+    // No machine has 4096 GPUs: whether or not this one has a driver, the error names the
+    // device and says why, and the process exits instead of panicking.
+    let (code, err) = run(&["--device", "cuda:4096"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--device cuda:4096") && err.contains("CUDA"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

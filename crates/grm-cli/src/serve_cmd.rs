@@ -17,6 +17,7 @@ use grm_cluster::server::{bind, serve_grpc, serve_http, termination, Services};
 use grm_cluster::tls::{Tls, TlsFiles};
 use grm_cluster::validation::Limits;
 use grm_cluster::worker::{Worker, WorkerOptions};
+use grm_engine::backend::Backend;
 use grm_engine::{CpuBackend, Engine, EngineOptions, Gemma2, Head, SchedulerConfig, Tokenizer};
 use serde_json::json;
 use std::net::SocketAddr;
@@ -34,7 +35,8 @@ pub struct EngineFlags {
     /// Tokens per KV block.
     #[arg(long, env = "GRM_BLOCK_SIZE", default_value_t = 16)]
     pub block_size: usize,
-    /// KV blocks in the pool (default: from --kv-memory-mib, else a quarter of free memory).
+    /// KV blocks in the pool (default: from --kv-memory-mib; else, on a GPU, what
+    /// --gpu-memory-fraction leaves after the weights; else a quarter of free memory).
     #[arg(long, env = "GRM_KV_BLOCKS")]
     pub kv_blocks: Option<usize>,
     /// Memory for the KV pool, in MiB.
@@ -49,20 +51,65 @@ pub struct EngineFlags {
     /// Turn off the cross-request prefix cache.
     #[arg(long, env = "GRM_NO_PREFIX_CACHE")]
     pub no_prefix_cache: bool,
-    /// Compute device: cpu (the CUDA backend is not in this build).
+    /// Compute device: cpu, or cuda:N (cuda = cuda:0) where the build has the CUDA backend.
     #[arg(long, env = "GRM_DEVICE", default_value = "cpu")]
     pub device: String,
+    /// With --device cuda:N: the share of the GPU's memory this process may fill (weights,
+    /// KV pool, activations); the KV pool takes what the weights leave.
+    #[arg(long, env = "GRM_GPU_MEMORY_FRACTION", default_value_t = 0.9)]
+    pub gpu_memory_fraction: f32,
+}
+
+/// A parsed `--device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda(usize),
+}
+
+impl Device {
+    pub fn parse(s: &str) -> Result<Device> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(Device::Cuda(n)),
+                _ => bail!("--device {s:?}: expected cpu, cuda or cuda:N (N a GPU index)"),
+            },
+        }
+    }
 }
 
 impl EngineFlags {
     fn start(&self, dir: &Path) -> Result<(Engine, Tokenizer)> {
-        if self.device != "cpu" {
+        if !(self.gpu_memory_fraction > 0.0 && self.gpu_memory_fraction <= 1.0) {
             bail!(
-                "--device {:?}: this build has the CPU backend only (--device cpu)",
-                self.device
+                "--gpu-memory-fraction {}: it must lie in (0, 1]",
+                self.gpu_memory_fraction
             );
         }
-        let model = Gemma2::load(dir, CpuBackend)
+        match Device::parse(&self.device)? {
+            Device::Cpu => self.start_on(dir, CpuBackend),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(ordinal) => {
+                let backend = grm_engine::CudaBackend::new(grm_engine::CudaOptions {
+                    ordinal,
+                    memory_fraction: self.gpu_memory_fraction,
+                })
+                .with_context(|| format!("--device {}", self.device))?;
+                tracing::info!(device = %backend.name(), "CUDA backend ready");
+                self.start_on(dir, backend)
+            }
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => bail!(
+                "--device {}: this build has no CUDA backend (build with --features cuda)",
+                self.device
+            ),
+        }
+    }
+
+    fn start_on<B: Backend>(&self, dir: &Path, backend: B) -> Result<(Engine, Tokenizer)> {
+        let model = Gemma2::load(dir, backend)
             .with_context(|| format!("loading the model in {}", dir.display()))?;
         let tokenizer = Tokenizer::load(dir, model.config.bos_token_id)?;
         let mut stop = model.config.eos_token_ids.clone();

@@ -43,6 +43,16 @@ pub trait Backend: Send + Sync + 'static {
 
     fn name(&self) -> String;
 
+    /// Bytes of one cached K or V element (the CPU keeps f32, the GPU bf16).
+    fn kv_element_bytes(&self) -> usize {
+        4
+    }
+    /// Memory the KV pool may take when none was asked for (the GPU's, from its free memory);
+    /// `None`: the engine's host default.
+    fn kv_memory_budget(&self) -> Option<usize> {
+        None
+    }
+
     fn matrix(&self, t: &Tensor) -> Result<Self::Matrix>;
     fn vector(&self, v: &[f32]) -> Result<Self::Vector>;
     fn new_kv(
@@ -60,6 +70,19 @@ pub trait Backend: Send + Sync + 'static {
     fn rms_norm(&self, x: &Self::Act, w: &Self::Vector, eps: f32) -> Self::Act;
     /// `residual += rms_norm(x)`.
     fn add_rms_norm(&self, residual: &mut Self::Act, x: &Self::Act, w: &Self::Vector, eps: f32);
+    /// The boundary between sublayers: `residual += rms_norm(x, w_post)`, then
+    /// `rms_norm(residual, w_next)` (one pass on the GPU).
+    fn add_rms_norm_then_norm(
+        &self,
+        residual: &mut Self::Act,
+        x: &Self::Act,
+        w_post: &Self::Vector,
+        w_next: &Self::Vector,
+        eps: f32,
+    ) -> Self::Act {
+        self.add_rms_norm(residual, x, w_post, eps);
+        self.rms_norm(residual, w_next, eps)
+    }
     /// `x · wᵀ`.
     fn linear(&self, x: &Self::Act, w: &Self::Matrix) -> Self::Act;
     /// Rotary embedding in place on `heads` heads of `head_dim` per row, with the row's
@@ -91,6 +114,16 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Self::Act;
     /// The given rows, in order.
     fn gather_rows(&self, x: &Self::Act, rows: &[usize]) -> Self::Act;
+    /// Samples one token per setting from the given rows of `logits` on the device, so that
+    /// only token ids reach the host; `None` where the backend samples on the host.
+    fn sample(
+        &self,
+        _logits: &Self::Act,
+        _rows: &[usize],
+        _settings: &[crate::device_sampler::RowSampling],
+    ) -> Option<Vec<u32>> {
+        None
+    }
     /// Rows × cols on the host.
     fn to_host(&self, x: &Self::Act) -> (usize, usize, Vec<f32>);
 }

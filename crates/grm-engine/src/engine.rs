@@ -123,6 +123,7 @@ impl Engine {
             None => {
                 let budget = opts
                     .kv_memory_bytes
+                    .or_else(|| model.backend().kv_memory_budget())
                     .or_else(|| available_memory().map(|m| m / 4))
                     .unwrap_or(1 << 30);
                 (budget / block_bytes).max(1)

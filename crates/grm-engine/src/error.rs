@@ -55,6 +55,8 @@ pub enum EngineError {
     KvTooSmall { needed: usize, available: usize },
     #[error("{0}")]
     Invalid(String),
+    #[error("CUDA: {0}")]
+    Cuda(String),
     #[error("the engine has stopped")]
     Stopped,
 }

@@ -7,6 +7,9 @@
 pub mod backend;
 pub mod config;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod device_sampler;
 pub mod engine;
 pub mod error;
 pub mod init;
@@ -20,6 +23,8 @@ pub mod weights;
 
 pub use config::{Head, ModelConfig};
 pub use cpu::CpuBackend;
+#[cfg(feature = "cuda")]
+pub use cuda::{CudaBackend, CudaOptions};
 pub use engine::{Engine, EngineInfo, EngineOptions, EngineStats, Submission};
 pub use error::{EngineError, Result};
 pub use kv::KvStats;

@@ -186,10 +186,10 @@ impl<B: Backend> Gemma2<B> {
         )
     }
 
-    /// Bytes of KV storage per token (all layers, K and V, f32).
+    /// Bytes of KV storage per token (all layers, K and V, in the backend's element type).
     pub fn kv_bytes_per_token(&self) -> usize {
         let c = &self.config;
-        2 * c.num_layers * c.num_kv_heads * c.head_dim * 4
+        2 * c.num_layers * c.num_kv_heads * c.head_dim * self.backend.kv_element_bytes()
     }
 
     /// Runs one sequence through a KV cache of its own in a single step, returning the outputs
@@ -233,6 +233,13 @@ impl<B: Backend> Gemma2<B> {
     /// Runs one step: writes the new tokens' K and V into their slots and returns the
     /// outputs of the requested rows.
     pub fn forward(&self, kv: &mut B::Kv, batch: &ForwardBatch) -> Outputs {
+        let out = self.forward_device(kv, batch);
+        let (rows, cols, data) = self.backend.to_host(&out);
+        Outputs { rows, cols, data }
+    }
+
+    /// [`Gemma2::forward`], leaving the outputs where the backend computed them.
+    pub fn forward_device(&self, kv: &mut B::Kv, batch: &ForwardBatch) -> B::Act {
         let b = &self.backend;
         let c = &self.config;
         let eps = c.rms_norm_eps;
@@ -253,8 +260,11 @@ impl<B: Backend> Gemma2<B> {
         }
 
         let mut x = b.embed(&self.embed, &batch.tokens, self.embed_scale);
+        let mut hn = match self.layers.first() {
+            Some(l) => b.rms_norm(&x, &l.input_norm, eps),
+            None => b.rms_norm(&x, &self.final_norm, eps),
+        };
         for (i, l) in self.layers.iter().enumerate() {
-            let hn = b.rms_norm(&x, &l.input_norm, eps);
             let mut q = b.linear(&hn, &l.q);
             let mut k = b.linear(&hn, &l.k);
             let v = b.linear(&hn, &l.v);
@@ -263,18 +273,23 @@ impl<B: Backend> Gemma2<B> {
             b.write_kv(kv, i, &k, &v, &batch.slots);
             let a = b.attention(kv, i, &q, &batch.meta, l.attn);
             let o = b.linear(&a, &l.o);
-            b.add_rms_norm(&mut x, &o, &l.post_attn_norm, eps);
+            hn = b.add_rms_norm_then_norm(&mut x, &o, &l.post_attn_norm, &l.pre_ff_norm, eps);
 
-            let hn = b.rms_norm(&x, &l.pre_ff_norm, eps);
             let g = b.linear(&hn, &l.gate);
             let u = b.linear(&hn, &l.up);
             let m = b.gelu_mul(&g, &u);
             let d = b.linear(&m, &l.down);
-            b.add_rms_norm(&mut x, &d, &l.post_ff_norm, eps);
+            match self.layers.get(i + 1) {
+                Some(next) => {
+                    hn =
+                        b.add_rms_norm_then_norm(&mut x, &d, &l.post_ff_norm, &next.input_norm, eps)
+                }
+                None => b.add_rms_norm(&mut x, &d, &l.post_ff_norm, eps),
+            }
         }
         let last = b.gather_rows(&x, &batch.outputs);
         let y = b.rms_norm(&last, &self.final_norm, eps);
-        let out = match &self.head {
+        match &self.head {
             TopHead::Lm(head) => {
                 let mut logits = b.linear(&y, head.as_ref().unwrap_or(&self.embed));
                 if let Some(cap) = c.final_softcap {
@@ -283,9 +298,7 @@ impl<B: Backend> Gemma2<B> {
                 logits
             }
             TopHead::Score(score) => b.linear(&y, score),
-        };
-        let (rows, cols, data) = b.to_host(&out);
-        Outputs { rows, cols, data }
+        }
     }
 }
 

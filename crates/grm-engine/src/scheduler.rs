@@ -9,6 +9,7 @@
 //! request frees all its blocks at once. Only this module mutates block tables.
 
 use crate::backend::Backend;
+use crate::device_sampler::RowSampling;
 use crate::error::{EngineError, Result};
 use crate::kv::{BlockManager, CopyOp, KvStats, OutOfBlocks, SeqId};
 use crate::model::{check_vocab, ForwardBatch, Gemma2, Outputs};
@@ -96,6 +97,20 @@ struct Sequence {
     /// Prompt tokens served by the prefix cache at the first admission.
     first_cached: Option<usize>,
     role: Role,
+}
+
+/// What a step produced for its output rows: values on the host, or tokens drawn on the
+/// device (one per sample of each row).
+enum StepOutputs {
+    Logits(Outputs),
+    Tokens(Vec<Vec<u32>>),
+}
+
+/// One output row of a step.
+#[derive(Clone, Copy)]
+enum Output<'a> {
+    Logits(&'a [f32]),
+    Tokens(&'a [u32]),
 }
 
 enum Role {
@@ -321,9 +336,63 @@ impl<B: Backend> Scheduler<B> {
         self.counters.peak_blocks_used = self.counters.peak_blocks_used.max(kv.blocks_used);
         self.counters.peak_blocks_shared = self.counters.peak_blocks_shared.max(kv.blocks_shared);
         let batch = self.build_batch(&plan, copies);
-        let outputs = self.model.forward(&mut self.kv, &batch);
+        let out = self.model.forward_device(&mut self.kv, &batch);
         self.counters.steps += 1;
+        let outputs = match self.device_tokens(&plan, &out) {
+            Some(tokens) => StepOutputs::Tokens(tokens),
+            None => {
+                let (rows, cols, data) = self.model.backend().to_host(&out);
+                StepOutputs::Logits(Outputs { rows, cols, data })
+            }
+        };
         self.finish_step(plan, outputs)
+    }
+
+    /// Where the backend samples on the device (the GPU) and every output row of the step is
+    /// a sample to draw with settings it supports (no top-k cut other than greedy, no scoring),
+    /// the tokens of each output row, drawn there; otherwise `None`, and the host samples.
+    fn device_tokens(&self, plan: &[Planned], out: &B::Act) -> Option<Vec<Vec<u32>>> {
+        let mut rows = Vec::new();
+        let mut settings = Vec::new();
+        let mut per_row = Vec::new();
+        let setting = |p: &SamplingParams, step: usize| {
+            if p.top_k > 1 && p.temperature > 0.0 {
+                return None;
+            }
+            Some(RowSampling {
+                temperature: if p.top_k == 1 { 0.0 } else { p.temperature },
+                top_p: p.top_p,
+                seed: p.seed,
+                step: step as u64,
+            })
+        };
+        for (row, p) in plan.iter().filter(|p| p.output).enumerate() {
+            let s = self.seqs.get(&p.seq)?;
+            match &s.role {
+                Role::Scorer => return None,
+                Role::Parent => {
+                    let samples = &self.requests.get(&s.request)?.samples;
+                    for params in samples {
+                        settings.push(setting(params, 0)?);
+                        rows.push(row);
+                    }
+                    per_row.push(samples.len());
+                }
+                Role::Child { sampler, .. } => {
+                    settings.push(setting(sampler.params(), s.tokens.len() - s.prompt_len)?);
+                    rows.push(row);
+                    per_row.push(1);
+                }
+            }
+        }
+        let tokens = self.model.backend().sample(out, &rows, &settings)?;
+        let mut it = tokens.into_iter();
+        Some(
+            per_row
+                .iter()
+                .map(|&n| it.by_ref().take(n).collect())
+                .collect(),
+        )
     }
 
     /// Chooses this step's work, reserving slots (and preempting when blocks run out).
@@ -441,7 +510,7 @@ impl<B: Backend> Scheduler<B> {
         b
     }
 
-    fn finish_step(&mut self, plan: Vec<Planned>, outputs: Outputs) -> Vec<(RequestId, Event)> {
+    fn finish_step(&mut self, plan: Vec<Planned>, outputs: StepOutputs) -> Vec<(RequestId, Event)> {
         let mut events = Vec::new();
         let mut row = 0;
         for p in plan {
@@ -459,9 +528,12 @@ impl<B: Backend> Scheduler<B> {
             if !p.output {
                 continue;
             }
-            let logits = outputs.row(row);
+            let out = match &outputs {
+                StepOutputs::Logits(o) => Output::Logits(o.row(row)),
+                StepOutputs::Tokens(t) => Output::Tokens(&t[row]),
+            };
             row += 1;
-            self.on_output(p.seq, request, logits, &mut events);
+            self.on_output(p.seq, request, out, &mut events);
         }
         events
     }
@@ -471,7 +543,7 @@ impl<B: Backend> Scheduler<B> {
         &mut self,
         seq: SeqId,
         request: RequestId,
-        out: &[f32],
+        out: Output<'_>,
         events: &mut Vec<(RequestId, Event)>,
     ) {
         let s = self.seqs.get_mut(&seq).expect("seq");
@@ -482,7 +554,11 @@ impl<B: Backend> Scheduler<B> {
                 events.push((
                     request,
                     Event::Score {
-                        values: out.to_vec(),
+                        // Scoring steps always come back as values (see device_tokens).
+                        values: match out {
+                            Output::Logits(v) => v.to_vec(),
+                            Output::Tokens(_) => Vec::new(),
+                        },
                         prompt_tokens,
                         cached,
                     },
@@ -508,7 +584,10 @@ impl<B: Backend> Scheduler<B> {
                 for (i, params) in samples.into_iter().enumerate() {
                     let mut sampler = Sampler::new(params);
                     let mut tokens = prompt.clone();
-                    tokens.push(sampler.sample(out));
+                    tokens.push(match out {
+                        Output::Logits(l) => sampler.sample(l),
+                        Output::Tokens(t) => t[i],
+                    });
                     self.counters.generated_tokens += 1;
                     let child = self.new_seq(
                         request,
@@ -537,7 +616,10 @@ impl<B: Backend> Scheduler<B> {
                 }
             }
             Role::Child { sampler, .. } => {
-                let token = sampler.sample(out);
+                let token = match out {
+                    Output::Logits(l) => sampler.sample(l),
+                    Output::Tokens(t) => t[0],
+                };
                 s.tokens.push(token);
                 self.counters.generated_tokens += 1;
                 self.check_done(seq, request, events);

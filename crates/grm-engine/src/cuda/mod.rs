@@ -1,0 +1,946 @@
+//! The CUDA backend: the kernels of `kernels/` (compiled by NVRTC at start-up, see
+//! [`kernels`]), matrix products through cuBLAS (16-bit weights and activations in, f32
+//! accumulate and out), and the KV cache in bf16 in the CPU backend's block layout. CUDA's
+//! libraries are opened at run time, so a build with this module runs anywhere and fails
+//! with a clear error only when `--device cuda:N` is asked for where there is no GPU.
+//!
+//! Failures after start-up (a launch or an allocation refused by the driver) end the engine
+//! thread with the driver's message; the worker then exits for its supervisor to restart it.
+
+pub mod kernels;
+pub mod plan;
+
+use crate::backend::{AttentionMeta, AttentionParams, Backend};
+use crate::device_sampler::RowSampling;
+use crate::error::{EngineError, Result};
+use crate::kv::CopyOp;
+use crate::weights::{DType, Tensor};
+use cudarc::cublas::{sys as blas_sys, CudaBlas};
+use cudarc::driver::{
+    sys as drv_sys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
+    LaunchConfig, PushKernelArg,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// A device to run on, with how much of its memory the process may fill.
+#[derive(Debug, Clone, Copy)]
+pub struct CudaOptions {
+    pub ordinal: usize,
+    /// Share of the GPU's memory this process may use (weights, KV pool, activations).
+    pub memory_fraction: f32,
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        Self {
+            ordinal: 0,
+            memory_fraction: 0.9,
+        }
+    }
+}
+
+/// Why no CUDA device could be opened, or a kernel not compiled, in words a user can act on.
+fn cuda_err(what: impl std::fmt::Display) -> EngineError {
+    EngineError::Cuda(what.to_string())
+}
+
+/// Panics with the driver's message: used inside the `Backend` methods, which cannot return
+/// errors (see the module comment).
+fn ok<T, E: std::fmt::Debug>(r: std::result::Result<T, E>, what: &str) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("CUDA {what} failed: {e:?}"),
+    }
+}
+
+/// Activations on the device, f32 row-major.
+pub struct CudaAct {
+    pub rows: usize,
+    pub cols: usize,
+    pub buf: CudaSlice<f32>,
+}
+
+/// A weight matrix on the device in its stored type.
+pub struct CudaMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub dtype: DType,
+    pub bytes: CudaSlice<u8>,
+}
+
+/// The KV cache of every layer: K and V regions of `layer_stride` bf16 each per layer.
+pub struct CudaKv {
+    pub layers: usize,
+    pub num_blocks: usize,
+    pub block_size: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub layer_stride: usize,
+    pub k: CudaSlice<u16>,
+    pub v: CudaSlice<u16>,
+}
+
+/// The device copy of one step's attention plan, reused by every layer of the step.
+struct StepMeta {
+    key: (Vec<u32>, Vec<u32>, Vec<Vec<u32>>),
+    plan: plan::AttentionPlan,
+    tables: CudaSlice<u32>,
+    table_start: CudaSlice<u32>,
+    seq_of: CudaSlice<u32>,
+    positions: CudaSlice<u32>,
+    tile_row0: Option<CudaSlice<u32>>,
+    tile_rows: Option<CudaSlice<u32>>,
+    decode_rows: Option<CudaSlice<u32>>,
+}
+
+/// The device copy of one step's RoPE tables.
+struct RopeTables {
+    key: Vec<u32>,
+    cos: CudaSlice<f32>,
+    sin: CudaSlice<f32>,
+}
+
+#[derive(Default)]
+struct StepCache {
+    meta: Option<StepMeta>,
+    rope: Option<RopeTables>,
+}
+
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    functions: HashMap<&'static str, CudaFunction>,
+    name: String,
+    arch: String,
+    memory_fraction: f32,
+    max_shared: usize,
+    cache: Mutex<StepCache>,
+}
+
+/// Whether a CUDA driver can be opened in this process.
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to open the library.
+    unsafe { drv_sys::is_culib_present() }
+}
+
+impl CudaBackend {
+    /// Opens a device, compiles (or loads from the cache) every kernel for its architecture
+    /// and starts cuBLAS.
+    pub fn new(opts: CudaOptions) -> Result<Self> {
+        if !(opts.memory_fraction > 0.0 && opts.memory_fraction <= 1.0) {
+            return Err(EngineError::Invalid(format!(
+                "gpu_memory_fraction is {}; it must lie in (0, 1]",
+                opts.memory_fraction
+            )));
+        }
+        if !driver_present() {
+            return Err(cuda_err(
+                "no CUDA driver (libcuda.so) could be opened: is the NVIDIA driver installed and visible to this process?",
+            ));
+        }
+        let count = CudaContext::device_count()
+            .map_err(|e| cuda_err(format!("the CUDA driver found no usable GPU ({e:?})")))?;
+        if count <= 0 {
+            return Err(cuda_err("the CUDA driver reports no GPU"));
+        }
+        if opts.ordinal >= count as usize {
+            return Err(cuda_err(format!(
+                "device cuda:{} does not exist: this machine has {count} GPU(s), cuda:0..cuda:{}",
+                opts.ordinal,
+                count - 1
+            )));
+        }
+        if !kernels::nvrtc_present() {
+            return Err(cuda_err(kernels::KernelError::NvrtcMissing));
+        }
+        // SAFETY: only tries to open the library.
+        if !unsafe { blas_sys::is_culib_present() } {
+            return Err(cuda_err(
+                "cuBLAS (libcublas.so.13) could not be opened: install the CUDA 13 runtime libraries",
+            ));
+        }
+        let ctx = CudaContext::new(opts.ordinal)
+            .map_err(|e| cuda_err(format!("cannot open cuda:{}: {e:?}", opts.ordinal)))?;
+        // One stream does all the work, so the per-buffer events cudarc keeps for ordering
+        // across streams are pure cost.
+        // SAFETY: no other stream touches these buffers.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| cuda_err(format!("compute capability: {e:?}")))?;
+        let arch = format!("sm_{major}{minor}");
+        let mut functions = HashMap::new();
+        for file in kernels::FILES {
+            let cubin = kernels::cubin_cached(file, &arch).map_err(cuda_err)?;
+            let module = ctx
+                .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
+                .map_err(|e| cuda_err(format!("loading {} for {arch}: {e:?}", file.name)))?;
+            for &k in file.kernels {
+                let f = module
+                    .load_function(k)
+                    .map_err(|e| cuda_err(format!("kernel {k} in {}: {e:?}", file.name)))?;
+                functions.insert(k, f);
+            }
+        }
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| cuda_err(format!("cuBLAS: {e:?}")))?;
+        let max_shared = ctx
+            .attribute(
+                drv_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .unwrap_or(48 * 1024) as usize;
+        let gpu = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let total = ctx.total_mem().unwrap_or(0);
+        let name = format!("cuda:{} ({gpu}, {arch}, {} GiB)", opts.ordinal, total >> 30);
+        Ok(Self {
+            ctx,
+            stream,
+            blas,
+            functions,
+            name,
+            arch,
+            memory_fraction: opts.memory_fraction,
+            max_shared,
+            cache: Mutex::new(StepCache::default()),
+        })
+    }
+
+    /// The architecture the kernels were compiled for (`sm_90`, ...).
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    /// Free and total device memory, in bytes.
+    pub fn memory(&self) -> Result<(usize, usize)> {
+        self.ctx
+            .mem_get_info()
+            .map_err(|e| cuda_err(format!("memory info: {e:?}")))
+    }
+
+    /// Refuses model shapes the kernels do not cover.
+    pub fn check_shape(&self, heads: usize, kv_heads: usize, head_dim: usize) -> Result<()> {
+        let group = heads / kv_heads.max(1);
+        if head_dim > 256 || group > 32 || head_dim % 2 != 0 {
+            return Err(cuda_err(format!(
+                "the CUDA attention kernels need head_dim <= 256 (even) and at most 32 query heads per KV head; this model has head_dim {head_dim} and {group}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn f(&self, name: &str) -> &CudaFunction {
+        match self.functions.get(name) {
+            Some(f) => f,
+            None => panic!("kernel {name} was not loaded"),
+        }
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    fn zeros_f32(&self, n: usize) -> CudaSlice<f32> {
+        ok(self.stream.alloc_zeros::<f32>(n.max(1)), "alloc")
+    }
+
+    fn upload<T: cudarc::driver::DeviceRepr>(&self, host: &[T]) -> CudaSlice<T> {
+        ok(self.stream.clone_htod(host), "copy to device")
+    }
+
+    /// Activations from the host (tests and references).
+    pub fn act_from_host(&self, rows: usize, cols: usize, data: &[f32]) -> CudaAct {
+        assert_eq!(data.len(), rows * cols, "act_from_host: shape");
+        CudaAct {
+            rows,
+            cols,
+            buf: if data.is_empty() {
+                self.zeros_f32(1)
+            } else {
+                self.upload(data)
+            },
+        }
+    }
+
+    fn rows_config(rows: usize, threads: u32) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    fn flat_config(n: usize) -> LaunchConfig {
+        let blocks = n.div_ceil(256).clamp(1, 65_535) as u32;
+        LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// Threads for a per-row kernel over `cols` columns.
+    fn row_threads(cols: usize) -> u32 {
+        (cols.next_multiple_of(32)).clamp(32, 1024) as u32
+    }
+
+    fn dynamic_shared(&self, f: &CudaFunction, bytes: usize) {
+        if bytes > 48 * 1024 {
+            assert!(
+                bytes <= self.max_shared,
+                "a kernel needs {bytes} bytes of shared memory; the device allows {}",
+                self.max_shared
+            );
+            ok(
+                f.set_attribute(
+                    drv_sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    bytes as i32,
+                ),
+                "shared memory attribute",
+            );
+        }
+    }
+
+    /// The fused boundary between sublayers: `residual += rms_norm(x, w_post)`, then
+    /// `rms_norm(residual, w_next)`.
+    fn fused_norms(
+        &self,
+        residual: &mut CudaAct,
+        x: &CudaAct,
+        w_post: &CudaSlice<f32>,
+        w_next: &CudaSlice<f32>,
+        eps: f32,
+    ) -> CudaAct {
+        let (rows, cols) = (x.rows, x.cols);
+        let mut out = self.zeros_f32(rows * cols);
+        if rows == 0 {
+            return CudaAct {
+                rows,
+                cols,
+                buf: out,
+            };
+        }
+        let f = self.f("add_rms_norm_norm");
+        let bytes = cols * 4;
+        self.dynamic_shared(f, bytes);
+        let mut cfg = Self::rows_config(rows, Self::row_threads(cols));
+        cfg.shared_mem_bytes = bytes as u32;
+        let c = cols as i32;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&mut residual.buf)
+            .arg(&x.buf)
+            .arg(w_post)
+            .arg(w_next)
+            .arg(&c)
+            .arg(&eps)
+            .arg(&mut out);
+        // SAFETY: argument types and counts match norm.cu's add_rms_norm_norm.
+        ok(unsafe { b.launch(cfg) }, "add_rms_norm_norm");
+        CudaAct {
+            rows,
+            cols,
+            buf: out,
+        }
+    }
+
+    /// cuBLAS: `x · wᵀ` with w [out × in] row-major (column-major [in × out], transposed).
+    fn gemm(&self, x: &CudaAct, w: &CudaMatrix) -> CudaAct {
+        let (rows, k, n_out) = (x.rows, x.cols, w.rows);
+        let mut out = self.zeros_f32(rows * n_out);
+        if rows == 0 {
+            return CudaAct {
+                rows,
+                cols: n_out,
+                buf: out,
+            };
+        }
+        use blas_sys::cudaDataType::{CUDA_R_16BF, CUDA_R_16F, CUDA_R_32F};
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let half_x;
+        let (x_ptr, x_type, _x_guard) = match w.dtype {
+            DType::F32 => {
+                let (p, g) = x.buf.device_ptr(&self.stream);
+                (p, CUDA_R_32F, Some(g))
+            }
+            DType::BF16 | DType::F16 => {
+                // bf16 (or f16) in, f32 accumulate: the activations take the weights' type.
+                let n = rows * k;
+                let mut h = ok(self.stream.alloc_zeros::<u16>(n), "alloc");
+                let kname = if w.dtype == DType::BF16 {
+                    "cast_f32_bf16"
+                } else {
+                    "cast_f32_f16"
+                };
+                let n64 = n as u64;
+                let mut b = self.stream.launch_builder(self.f(kname));
+                b.arg(&x.buf).arg(&mut h).arg(&n64);
+                // SAFETY: matches elementwise.cu's casts.
+                ok(unsafe { b.launch(Self::flat_config(n)) }, kname);
+                half_x = h;
+                let (p, g) = half_x.device_ptr(&self.stream);
+                (
+                    p,
+                    if w.dtype == DType::BF16 {
+                        CUDA_R_16BF
+                    } else {
+                        CUDA_R_16F
+                    },
+                    Some(g),
+                )
+            }
+        };
+        let (w_ptr, _wg) = w.bytes.device_ptr(&self.stream);
+        let (o_ptr, _og) = out.device_ptr_mut(&self.stream);
+        // SAFETY: the pointers are live device buffers of the sizes the dimensions describe.
+        let r = unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *self.blas.handle(),
+                blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                n_out as i32,
+                rows as i32,
+                k as i32,
+                &alpha as *const f32 as *const _,
+                w_ptr as *const _,
+                x_type,
+                k as i32,
+                x_ptr as *const _,
+                x_type,
+                k as i32,
+                &beta as *const f32 as *const _,
+                o_ptr as *mut _,
+                CUDA_R_32F,
+                n_out as i32,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        };
+        ok(r, "cublasGemmEx");
+        drop(_og);
+        CudaAct {
+            rows,
+            cols: n_out,
+            buf: out,
+        }
+    }
+
+    fn step_meta<'a>(
+        &self,
+        cache: &'a mut StepCache,
+        meta: &AttentionMeta,
+        group: usize,
+    ) -> &'a StepMeta {
+        let fresh = match &cache.meta {
+            Some(m) => {
+                m.key.0 != meta.positions || m.key.1 != meta.span_of || m.key.2 != meta.spans
+            }
+            None => true,
+        };
+        if fresh {
+            let p = plan::plan(meta, group);
+            let opt = |v: &[u32]| (!v.is_empty()).then(|| self.upload(v));
+            cache.meta = Some(StepMeta {
+                key: (
+                    meta.positions.clone(),
+                    meta.span_of.clone(),
+                    meta.spans.clone(),
+                ),
+                tables: self.upload(if p.tables.is_empty() {
+                    &[0u32][..]
+                } else {
+                    &p.tables
+                }),
+                table_start: self.upload(&p.table_start),
+                seq_of: self.upload(&meta.span_of),
+                positions: self.upload(&meta.positions),
+                tile_row0: opt(&p.tile_row0),
+                tile_rows: opt(&p.tile_rows),
+                decode_rows: opt(&p.decode_rows),
+                plan: p,
+            });
+        }
+        match &cache.meta {
+            Some(m) => m,
+            None => unreachable!("set above"),
+        }
+    }
+
+    /// Samples one token per row of `logits` on the device (kernels/sample.cu); only the
+    /// token ids come back.
+    pub fn sample_rows(&self, logits: &CudaAct, rows: &[RowSampling]) -> Vec<u32> {
+        assert_eq!(rows.len(), logits.rows, "sample: one setting per row");
+        if rows.is_empty() {
+            return Vec::new();
+        }
+        let t: Vec<f32> = rows.iter().map(|r| r.temperature).collect();
+        let p: Vec<f32> = rows.iter().map(|r| r.top_p).collect();
+        let s: Vec<u64> = rows.iter().map(|r| r.seed).collect();
+        let st: Vec<u64> = rows.iter().map(|r| r.step).collect();
+        let (t, p, s, st) = (
+            self.upload(&t),
+            self.upload(&p),
+            self.upload(&s),
+            self.upload(&st),
+        );
+        let mut tokens = ok(self.stream.alloc_zeros::<u32>(rows.len()), "alloc");
+        let vocab = logits.cols as i32;
+        let mut b = self.stream.launch_builder(self.f("sample_rows"));
+        b.arg(&logits.buf)
+            .arg(&vocab)
+            .arg(&t)
+            .arg(&p)
+            .arg(&s)
+            .arg(&st)
+            .arg(&mut tokens);
+        // SAFETY: matches sample.cu.
+        ok(
+            unsafe { b.launch(Self::rows_config(rows.len(), 1024)) },
+            "sample_rows",
+        );
+        ok(self.stream.clone_dtoh(&tokens), "copy to host")
+    }
+}
+
+impl Backend for CudaBackend {
+    type Act = CudaAct;
+    type Matrix = CudaMatrix;
+    type Vector = CudaSlice<f32>;
+    type Kv = CudaKv;
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn kv_element_bytes(&self) -> usize {
+        2
+    }
+
+    fn kv_memory_budget(&self) -> Option<usize> {
+        // What the fraction allows beyond what is in use now (the weights are loaded), less a
+        // reserve of 5% of the device for activations and cuBLAS's workspace.
+        let (free, total) = self.memory().ok()?;
+        let allowed = (total as f64 * f64::from(self.memory_fraction)) as usize;
+        let used = total - free;
+        Some(allowed.saturating_sub(used).saturating_sub(total / 20))
+    }
+
+    fn matrix(&self, t: &Tensor) -> Result<CudaMatrix> {
+        let (rows, cols) = match t.shape.as_slice() {
+            [r, c] => (*r, *c),
+            [c] => (1, *c),
+            s => (s[0], s[1..].iter().product()),
+        };
+        let bytes = self
+            .stream
+            .clone_htod(t.bytes())
+            .map_err(|e| cuda_err(format!("uploading a {rows}×{cols} weight: {e:?}")))?;
+        Ok(CudaMatrix {
+            rows,
+            cols,
+            dtype: t.dtype,
+            bytes,
+        })
+    }
+
+    fn vector(&self, v: &[f32]) -> Result<CudaSlice<f32>> {
+        self.stream
+            .clone_htod(v)
+            .map_err(|e| cuda_err(format!("uploading a vector: {e:?}")))
+    }
+
+    fn new_kv(
+        &self,
+        layers: usize,
+        num_blocks: usize,
+        block_size: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<CudaKv> {
+        self.check_shape(kv_heads, kv_heads, head_dim)?;
+        let layer_stride = num_blocks * block_size * kv_heads * head_dim;
+        let alloc = || {
+            self.stream
+                .alloc_zeros::<u16>((layers * layer_stride).max(1))
+                .map_err(|e| {
+                    cuda_err(format!(
+                        "allocating the KV cache ({num_blocks} blocks, {} MiB): {e:?}; lower --kv-blocks or --gpu-memory-fraction",
+                        (2 * layers * layer_stride * 2) >> 20
+                    ))
+                })
+        };
+        Ok(CudaKv {
+            layers,
+            num_blocks,
+            block_size,
+            kv_heads,
+            head_dim,
+            layer_stride,
+            k: alloc()?,
+            v: alloc()?,
+        })
+    }
+
+    fn embed(&self, table: &CudaMatrix, tokens: &[u32], scale: f32) -> CudaAct {
+        let (rows, cols) = (tokens.len(), table.cols);
+        let mut out = self.zeros_f32(rows * cols);
+        if rows > 0 {
+            let toks = self.upload(tokens);
+            let (dtype, c) = (dtype_code(table.dtype), cols as i32);
+            let mut b = self.stream.launch_builder(self.f("embed"));
+            b.arg(&table.bytes)
+                .arg(&dtype)
+                .arg(&toks)
+                .arg(&c)
+                .arg(&scale)
+                .arg(&mut out);
+            // SAFETY: matches embed.cu.
+            ok(
+                unsafe { b.launch(Self::rows_config(rows, Self::row_threads(cols).min(256))) },
+                "embed",
+            );
+        }
+        CudaAct {
+            rows,
+            cols,
+            buf: out,
+        }
+    }
+
+    fn rms_norm(&self, x: &CudaAct, w: &CudaSlice<f32>, eps: f32) -> CudaAct {
+        let mut out = self.zeros_f32(x.rows * x.cols);
+        if x.rows > 0 {
+            let c = x.cols as i32;
+            let mut b = self.stream.launch_builder(self.f("rms_norm"));
+            b.arg(&x.buf).arg(w).arg(&c).arg(&eps).arg(&mut out);
+            // SAFETY: matches norm.cu.
+            ok(
+                unsafe { b.launch(Self::rows_config(x.rows, Self::row_threads(x.cols))) },
+                "rms_norm",
+            );
+        }
+        CudaAct {
+            rows: x.rows,
+            cols: x.cols,
+            buf: out,
+        }
+    }
+
+    fn add_rms_norm(&self, residual: &mut CudaAct, x: &CudaAct, w: &CudaSlice<f32>, eps: f32) {
+        if x.rows == 0 {
+            return;
+        }
+        let c = x.cols as i32;
+        let mut b = self.stream.launch_builder(self.f("add_rms_norm"));
+        b.arg(&mut residual.buf)
+            .arg(&x.buf)
+            .arg(w)
+            .arg(&c)
+            .arg(&eps);
+        // SAFETY: matches norm.cu.
+        ok(
+            unsafe { b.launch(Self::rows_config(x.rows, Self::row_threads(x.cols))) },
+            "add_rms_norm",
+        );
+    }
+
+    fn add_rms_norm_then_norm(
+        &self,
+        residual: &mut CudaAct,
+        x: &CudaAct,
+        w_post: &CudaSlice<f32>,
+        w_next: &CudaSlice<f32>,
+        eps: f32,
+    ) -> CudaAct {
+        self.fused_norms(residual, x, w_post, w_next, eps)
+    }
+
+    fn linear(&self, x: &CudaAct, w: &CudaMatrix) -> CudaAct {
+        if w.rows > 8 {
+            return self.gemm(x, w);
+        }
+        // The scalar head of a reward model: a reduction per (row, label).
+        let mut out = self.zeros_f32(x.rows * w.rows);
+        if x.rows > 0 {
+            let (dtype, c, l) = (dtype_code(w.dtype), x.cols as i32, w.rows as i32);
+            let mut b = self.stream.launch_builder(self.f("score_head"));
+            b.arg(&x.buf)
+                .arg(&w.bytes)
+                .arg(&dtype)
+                .arg(&c)
+                .arg(&l)
+                .arg(&mut out);
+            let cfg = LaunchConfig {
+                grid_dim: (x.rows as u32, w.rows as u32, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: matches score_head.cu.
+            ok(unsafe { b.launch(cfg) }, "score_head");
+        }
+        CudaAct {
+            rows: x.rows,
+            cols: w.rows,
+            buf: out,
+        }
+    }
+
+    fn rope(&self, x: &mut CudaAct, heads: usize, head_dim: usize, cos: &[f32], sin: &[f32]) {
+        if x.rows == 0 {
+            return;
+        }
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let key: Vec<u32> = cos.iter().chain(sin).map(|v| v.to_bits()).collect();
+        if cache.rope.as_ref().is_none_or(|r| r.key != key) {
+            cache.rope = Some(RopeTables {
+                key,
+                cos: self.upload(cos),
+                sin: self.upload(sin),
+            });
+        }
+        let Some(t) = cache.rope.as_ref() else {
+            unreachable!("set above")
+        };
+        let (c, h, d) = (x.cols as i32, heads as i32, head_dim as i32);
+        let mut b = self.stream.launch_builder(self.f("rope"));
+        b.arg(&mut x.buf)
+            .arg(&c)
+            .arg(&h)
+            .arg(&d)
+            .arg(&t.cos)
+            .arg(&t.sin);
+        // SAFETY: matches rope.cu.
+        ok(unsafe { b.launch(Self::rows_config(x.rows, 256)) }, "rope");
+    }
+
+    fn gelu_mul(&self, gate: &CudaAct, up: &CudaAct) -> CudaAct {
+        let n = gate.rows * gate.cols;
+        let mut out = self.zeros_f32(n);
+        if n > 0 {
+            let n64 = n as u64;
+            let mut b = self.stream.launch_builder(self.f("gelu_mul"));
+            b.arg(&gate.buf).arg(&up.buf).arg(&mut out).arg(&n64);
+            // SAFETY: matches elementwise.cu.
+            ok(unsafe { b.launch(Self::flat_config(n)) }, "gelu_mul");
+        }
+        CudaAct {
+            rows: gate.rows,
+            cols: gate.cols,
+            buf: out,
+        }
+    }
+
+    fn softcap(&self, x: &mut CudaAct, cap: f32) {
+        let n = x.rows * x.cols;
+        if n == 0 {
+            return;
+        }
+        let n64 = n as u64;
+        let mut b = self.stream.launch_builder(self.f("softcap"));
+        b.arg(&mut x.buf).arg(&n64).arg(&cap);
+        // SAFETY: matches elementwise.cu.
+        ok(unsafe { b.launch(Self::flat_config(n)) }, "softcap");
+    }
+
+    fn write_kv(&self, kv: &mut CudaKv, layer: usize, k: &CudaAct, v: &CudaAct, slots: &[usize]) {
+        if slots.is_empty() {
+            return;
+        }
+        let slots: Vec<u64> = slots.iter().map(|&s| s as u64).collect();
+        let slots = self.upload(&slots);
+        let (h, d, bs) = (kv.kv_heads as i32, kv.head_dim as i32, kv.block_size as i32);
+        let range = layer * kv.layer_stride..(layer + 1) * kv.layer_stride;
+        let mut kc = kv.k.slice_mut(range.clone());
+        let mut vc = kv.v.slice_mut(range);
+        let mut b = self.stream.launch_builder(self.f("write_kv"));
+        b.arg(&k.buf)
+            .arg(&v.buf)
+            .arg(&slots)
+            .arg(&h)
+            .arg(&d)
+            .arg(&bs)
+            .arg(&mut kc)
+            .arg(&mut vc);
+        // SAFETY: matches kv.cu; slots lie inside the pool (the block manager's invariant).
+        ok(
+            unsafe { b.launch(Self::rows_config(k.rows, 256)) },
+            "write_kv",
+        );
+    }
+
+    fn copy_blocks(&self, kv: &mut CudaKv, ops: &[CopyOp]) {
+        if ops.is_empty() {
+            return;
+        }
+        let src: Vec<u32> = ops.iter().map(|o| o.src).collect();
+        let dst: Vec<u32> = ops.iter().map(|o| o.dst).collect();
+        let n: Vec<u32> = ops.iter().map(|o| o.slots as u32).collect();
+        let (src, dst, n) = (self.upload(&src), self.upload(&dst), self.upload(&n));
+        let (h, d, bs, stride) = (
+            kv.kv_heads as i32,
+            kv.head_dim as i32,
+            kv.block_size as i32,
+            kv.layer_stride as u64,
+        );
+        let mut b = self.stream.launch_builder(self.f("copy_blocks"));
+        b.arg(&src)
+            .arg(&dst)
+            .arg(&n)
+            .arg(&h)
+            .arg(&d)
+            .arg(&bs)
+            .arg(&stride)
+            .arg(&mut kv.k)
+            .arg(&mut kv.v);
+        let cfg = LaunchConfig {
+            grid_dim: (ops.len() as u32, kv.layers as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: matches kv.cu.
+        ok(unsafe { b.launch(cfg) }, "copy_blocks");
+    }
+
+    fn attention(
+        &self,
+        kv: &CudaKv,
+        layer: usize,
+        q: &CudaAct,
+        meta: &AttentionMeta,
+        p: AttentionParams,
+    ) -> CudaAct {
+        let mut out = self.zeros_f32(q.rows * q.cols);
+        if q.rows == 0 {
+            return CudaAct {
+                rows: q.rows,
+                cols: q.cols,
+                buf: out,
+            };
+        }
+        let group = p.num_heads / p.num_kv_heads;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let m = self.step_meta(&mut cache, meta, group);
+        let range = layer * kv.layer_stride..(layer + 1) * kv.layer_stride;
+        let (kc, vc) = (kv.k.slice(range.clone()), kv.v.slice(range));
+        let (heads, kvh, hd, bs) = (
+            p.num_heads as i32,
+            p.num_kv_heads as i32,
+            p.head_dim as i32,
+            kv.block_size as i32,
+        );
+        let cap = p.softcap.unwrap_or(0.0);
+        let window = p.window.map_or(0, |w| w as i32);
+        if let (Some(r0), Some(n)) = (&m.tile_row0, &m.tile_rows) {
+            let f = self.f("attn_prefill");
+            let bytes = 2 * kv.block_size * p.head_dim * 4;
+            self.dynamic_shared(f, bytes);
+            let cfg = LaunchConfig {
+                grid_dim: (m.plan.tile_row0.len() as u32, p.num_kv_heads as u32, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: bytes as u32,
+            };
+            let mut b = self.stream.launch_builder(f);
+            b.arg(&q.buf)
+                .arg(&kc)
+                .arg(&vc)
+                .arg(&m.tables)
+                .arg(&m.table_start)
+                .arg(&m.seq_of)
+                .arg(&m.positions)
+                .arg(r0)
+                .arg(n)
+                .arg(&heads)
+                .arg(&kvh)
+                .arg(&hd)
+                .arg(&bs)
+                .arg(&p.scale)
+                .arg(&cap)
+                .arg(&window)
+                .arg(&mut out);
+            // SAFETY: matches attention.cu; the plan keeps tiles within PREFILL_PAIRS.
+            ok(unsafe { b.launch(cfg) }, "attn_prefill");
+        }
+        if let Some(rows) = &m.decode_rows {
+            let f = self.f("attn_decode");
+            let warps = 4usize;
+            let bytes = (group * p.head_dim * (1 + warps) + 2 * warps * group) * 4;
+            self.dynamic_shared(f, bytes);
+            let cfg = LaunchConfig {
+                grid_dim: (m.plan.decode_rows.len() as u32, p.num_kv_heads as u32, 1),
+                block_dim: (32 * warps as u32, 1, 1),
+                shared_mem_bytes: bytes as u32,
+            };
+            let mut b = self.stream.launch_builder(f);
+            b.arg(&q.buf)
+                .arg(&kc)
+                .arg(&vc)
+                .arg(&m.tables)
+                .arg(&m.table_start)
+                .arg(&m.seq_of)
+                .arg(&m.positions)
+                .arg(rows)
+                .arg(&heads)
+                .arg(&kvh)
+                .arg(&hd)
+                .arg(&bs)
+                .arg(&p.scale)
+                .arg(&cap)
+                .arg(&window)
+                .arg(&mut out);
+            // SAFETY: matches attention.cu.
+            ok(unsafe { b.launch(cfg) }, "attn_decode");
+        }
+        CudaAct {
+            rows: q.rows,
+            cols: q.cols,
+            buf: out,
+        }
+    }
+
+    fn gather_rows(&self, x: &CudaAct, rows: &[usize]) -> CudaAct {
+        let mut out = self.zeros_f32(rows.len() * x.cols);
+        if !rows.is_empty() {
+            let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+            let idx = self.upload(&idx);
+            let c = x.cols as i32;
+            let mut b = self.stream.launch_builder(self.f("gather_rows"));
+            b.arg(&x.buf).arg(&idx).arg(&c).arg(&mut out);
+            // SAFETY: matches elementwise.cu; the rows exist (the scheduler's outputs).
+            ok(
+                unsafe { b.launch(Self::rows_config(rows.len(), 256)) },
+                "gather_rows",
+            );
+        }
+        CudaAct {
+            rows: rows.len(),
+            cols: x.cols,
+            buf: out,
+        }
+    }
+
+    fn sample(
+        &self,
+        logits: &CudaAct,
+        rows: &[usize],
+        settings: &[RowSampling],
+    ) -> Option<Vec<u32>> {
+        let picked = self.gather_rows(logits, rows);
+        Some(self.sample_rows(&picked, settings))
+    }
+
+    fn to_host(&self, x: &CudaAct) -> (usize, usize, Vec<f32>) {
+        let n = x.rows * x.cols;
+        let mut data = ok(self.stream.clone_dtoh(&x.buf), "copy to host");
+        ok(self.stream.synchronize(), "synchronize");
+        data.truncate(n);
+        (x.rows, x.cols, data)
+    }
+}
+
+fn dtype_code(d: DType) -> i32 {
+    match d {
+        DType::F32 => 0,
+        DType::BF16 => 1,
+        DType::F16 => 2,
+    }
+}

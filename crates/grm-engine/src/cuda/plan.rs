@@ -1,0 +1,98 @@
+//! How one step's attention is split between the two kernels of `kernels/attention.cu`, on
+//! the host: runs of consecutive rows of one sequence (a prompt chunk) go to the prefill
+//! kernel in tiles that share each key block; rows alone in their sequence (decoding) go to
+//! the decode kernel. The same plan serves every layer of a step.
+
+use crate::backend::AttentionMeta;
+
+/// Most (query row, head) pairs one prefill block holds: 8 warps × 4 pairs (attention.cu).
+pub const PREFILL_PAIRS: usize = 32;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttentionPlan {
+    /// Block tables of every sequence, one after another.
+    pub tables: Vec<u32>,
+    /// Where each sequence's table starts in `tables`.
+    pub table_start: Vec<u32>,
+    /// First row and row count of each prefill tile.
+    pub tile_row0: Vec<u32>,
+    pub tile_rows: Vec<u32>,
+    /// Rows for the decode kernel.
+    pub decode_rows: Vec<u32>,
+}
+
+/// Plans a step for `group` query heads per KV head.
+pub fn plan(meta: &AttentionMeta, group: usize) -> AttentionPlan {
+    let mut p = AttentionPlan::default();
+    for s in &meta.spans {
+        p.table_start.push(p.tables.len() as u32);
+        p.tables.extend_from_slice(s);
+    }
+    let tile_max = (PREFILL_PAIRS / group.max(1)).max(1);
+    let rows = meta.positions.len();
+    let mut r = 0;
+    while r < rows {
+        // A run: the same sequence, positions strictly increasing.
+        let mut end = r + 1;
+        while end < rows
+            && meta.span_of[end] == meta.span_of[r]
+            && meta.positions[end] > meta.positions[end - 1]
+        {
+            end += 1;
+        }
+        if end - r == 1 {
+            p.decode_rows.push(r as u32);
+        } else {
+            let mut t = r;
+            while t < end {
+                let n = (end - t).min(tile_max);
+                p.tile_row0.push(t as u32);
+                p.tile_rows.push(n as u32);
+                t += n;
+            }
+        }
+        r = end;
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_become_tiles_and_single_rows_decode() {
+        // Sequence 0: a 40-token prompt chunk; sequences 1 and 2: one decode token each;
+        // sequence 3: a 3-token chunk.
+        let mut positions: Vec<u32> = (0..40).collect();
+        let mut span_of = vec![0u32; 40];
+        positions.extend([17, 17, 5, 6, 7]);
+        span_of.extend([1, 2, 3, 3, 3]);
+        let meta = AttentionMeta {
+            positions,
+            span_of,
+            spans: vec![vec![0, 1, 2], vec![3, 4], vec![3, 5], vec![6]],
+            block_size: 16,
+        };
+        let p = plan(&meta, 2);
+        assert_eq!(p.tables, vec![0, 1, 2, 3, 4, 3, 5, 6]);
+        assert_eq!(p.table_start, vec![0, 3, 5, 7]);
+        // 16 rows per tile at 2 heads per KV head.
+        assert_eq!(p.tile_row0, vec![0, 16, 32, 42]);
+        assert_eq!(p.tile_rows, vec![16, 16, 8, 3]);
+        assert_eq!(p.decode_rows, vec![40, 41]);
+        // Every row is covered exactly once.
+        let mut covered = [0; 45];
+        for (&r0, &n) in p.tile_row0.iter().zip(&p.tile_rows) {
+            for r in r0..r0 + n {
+                covered[r as usize] += 1;
+            }
+        }
+        for &r in &p.decode_rows {
+            covered[r as usize] += 1;
+        }
+        assert!(covered.iter().all(|&c| c == 1));
+        // A group of 32 heads: one row per tile.
+        assert_eq!(plan(&meta, 32).tile_rows.iter().max(), Some(&1));
+    }
+}

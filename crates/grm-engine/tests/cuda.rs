@@ -1,0 +1,527 @@
+//! The CUDA backend. Without a GPU only the first test does real work: it compiles every
+//! kernel with NVRTC for sm_90 (CI installs NVRTC 13.0 from pip and sets
+//! GRM_REQUIRE_NVRTC=1, so a missing NVRTC fails there). With a GPU, each kernel is compared
+//! with its CPU reference on random inputs, and the whole model with transformers' logits and
+//! the CPU engine. Every test that needs a GPU says "skipped" on stderr where there is none.
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use common::*;
+use grm_engine::backend::{AttentionMeta, AttentionParams, Backend};
+use grm_engine::cpu::kv::CpuKv;
+use grm_engine::cpu::{attention, ops, CpuAct};
+use grm_engine::cuda::{kernels, CudaAct, CudaBackend, CudaOptions};
+use grm_engine::device_sampler::{sample_row, RowSampling};
+use grm_engine::kv::CopyOp;
+use grm_engine::weights::WeightStore;
+use grm_engine::{CpuBackend, Engine, EngineOptions, Event, Gemma2, SamplingParams, Work};
+
+#[test]
+fn every_kernel_compiles_for_sm_90_without_diagnostics() {
+    if !kernels::nvrtc_present() {
+        assert!(
+            std::env::var_os("GRM_REQUIRE_NVRTC").is_none(),
+            "{}",
+            kernels::KernelError::NvrtcMissing
+        );
+        eprintln!("skipped: {}", kernels::KernelError::NvrtcMissing);
+        return;
+    }
+    let version = kernels::nvrtc_version().unwrap();
+    eprintln!("NVRTC {}.{}", version.0, version.1);
+    if std::env::var_os("GRM_REQUIRE_NVRTC").is_some() {
+        assert_eq!(version, (13, 0), "CI pins NVRTC 13.0");
+    }
+    let compiled = kernels::check_all("sm_90").unwrap_or_else(|e| panic!("{e}"));
+    for (c, file) in compiled.iter().zip(kernels::FILES) {
+        eprintln!("{}: {} bytes of sm_90 CUBIN", c.file, c.cubin.len());
+        // Every kernel the backend loads is in the image, by its unmangled name.
+        for k in file.kernels {
+            let needle = format!("{k}\0");
+            assert!(
+                c.cubin
+                    .windows(needle.len())
+                    .any(|w| w == needle.as_bytes()),
+                "{}: kernel {k} is not in the CUBIN",
+                c.file
+            );
+        }
+    }
+    // A diagnostic is an error: a warning in a kernel would fail the check.
+    static BAD: kernels::KernelFile = kernels::KernelFile {
+        name: "bad.cu",
+        source: "extern \"C\" __global__ void f(float* x) { int unused = 1; x[0] = 0.0f; }",
+        kernels: &["f"],
+    };
+    let c = kernels::compile(&BAD, "sm_90").unwrap();
+    assert!(c.log.contains("unused"), "{}", c.log);
+}
+
+/// The GPU, or `None` (with the reason on stderr) where there is none.
+fn gpu() -> Option<CudaBackend> {
+    match CudaBackend::new(CudaOptions::default()) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            eprintln!("skipped: no usable CUDA GPU ({e})");
+            None
+        }
+    }
+}
+
+fn host(b: &CudaBackend, x: &CudaAct) -> Vec<f32> {
+    b.to_host(x).2
+}
+
+/// A small deterministic generator of values in [-scale, scale).
+struct Rnd(u64);
+impl Rnd {
+    fn next(&mut self, scale: f32) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+    }
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.next(scale)).collect()
+    }
+}
+
+fn bf16_round(x: f32) -> f32 {
+    half::bf16::from_f32(x).to_f32()
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = 0f32;
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let d = (g - w).abs() / (1.0 + w.abs());
+        assert!(d <= tol, "{what}: element {i}: GPU {g} vs CPU {w}");
+        worst = worst.max(d);
+    }
+    eprintln!("{what}: max relative difference {worst:.2e}");
+}
+
+#[test]
+fn row_kernels_match_their_cpu_references() {
+    let Some(b) = gpu() else { return };
+    let mut r = Rnd(1);
+    let (rows, cols) = (7, 300);
+    let x = r.vec(rows * cols, 3.0);
+    let y = r.vec(rows * cols, 3.0);
+    let w = r.vec(cols, 0.5);
+    let w2 = r.vec(cols, 0.5);
+    let (gx, gy) = (
+        b.act_from_host(rows, cols, &x),
+        b.act_from_host(rows, cols, &y),
+    );
+    let (gw, gw2) = (b.vector(&w).unwrap(), b.vector(&w2).unwrap());
+
+    let mut want = vec![0f32; x.len()];
+    ops::rms_norm(&x, &w, 1e-6, &mut want);
+    assert_close(
+        "rms_norm",
+        &host(&b, &b.rms_norm(&gx, &gw, 1e-6)),
+        &want,
+        1e-5,
+    );
+
+    let mut res = x.clone();
+    ops::add_rms_norm(&mut res, &y, &w, 1e-6);
+    let mut next = vec![0f32; x.len()];
+    ops::rms_norm(&res, &w2, 1e-6, &mut next);
+    let mut gres = b.act_from_host(rows, cols, &x);
+    let gnext = b.add_rms_norm_then_norm(&mut gres, &gy, &gw, &gw2, 1e-6);
+    assert_close("add_rms_norm (fused)", &host(&b, &gres), &res, 1e-5);
+    assert_close(
+        "rms_norm after the add (fused)",
+        &host(&b, &gnext),
+        &next,
+        1e-5,
+    );
+    let mut gres = b.act_from_host(rows, cols, &x);
+    b.add_rms_norm(&mut gres, &gy, &gw, 1e-6);
+    assert_close("add_rms_norm", &host(&b, &gres), &res, 1e-5);
+
+    let mut want = vec![0f32; x.len()];
+    ops::gelu_mul(&x, &y, &mut want);
+    assert_close("gelu_mul", &host(&b, &b.gelu_mul(&gx, &gy)), &want, 1e-5);
+
+    let mut big: Vec<f32> = x.iter().map(|v| v * 30.0).collect();
+    let mut gbig = b.act_from_host(rows, cols, &big);
+    ops::softcap(&mut big, 30.0);
+    b.softcap(&mut gbig, 30.0);
+    assert_close("softcap", &host(&b, &gbig), &big, 1e-5);
+
+    // RoPE on 5 heads of 60, with the host's tables.
+    let (heads, hd) = (5, 60);
+    let half = hd / 2;
+    let (mut cos, mut sin) = (vec![0f32; rows * half], vec![0f32; rows * half]);
+    for row in 0..rows {
+        grm_engine::rope::rope_tables(
+            (row * 37) as u32,
+            hd,
+            10_000.0,
+            &mut cos[row * half..(row + 1) * half],
+            &mut sin[row * half..(row + 1) * half],
+        );
+    }
+    let mut want = x.clone();
+    for (row, chunk) in want.chunks_exact_mut(cols).enumerate() {
+        ops::rope_row(
+            chunk,
+            heads,
+            hd,
+            &cos[row * half..(row + 1) * half],
+            &sin[row * half..(row + 1) * half],
+        );
+    }
+    let mut gq = b.act_from_host(rows, cols, &x);
+    b.rope(&mut gq, heads, hd, &cos, &sin);
+    assert_close("rope", &host(&b, &gq), &want, 1e-6);
+
+    let pick = [6usize, 0, 3, 3];
+    let want: Vec<f32> = pick
+        .iter()
+        .flat_map(|&i| x[i * cols..(i + 1) * cols].to_vec())
+        .collect();
+    assert_close(
+        "gather_rows",
+        &host(&b, &b.gather_rows(&gx, &pick)),
+        &want,
+        0.0,
+    );
+}
+
+#[test]
+fn embedding_products_and_scalar_head_match_the_cpu() {
+    let Some(b) = gpu() else { return };
+    let cpu = CpuBackend;
+    let mut r = Rnd(2);
+    for (dir, name, shape) in [
+        ("tiny-bf16", "model.embed_tokens.weight", [262usize, 64]),
+        ("tiny-f32", "model.layers.0.mlp.up_proj.weight", [96, 64]),
+        (
+            "tiny-bf16",
+            "model.layers.1.self_attn.q_proj.weight",
+            [96, 64],
+        ),
+        ("tiny-seq-cls", "score.weight", [1, 64]),
+    ] {
+        let store = WeightStore::open(&fixtures().join(dir)).unwrap();
+        let t = store.get(name, &shape).unwrap();
+        let (cm, gm) = (cpu.matrix(&t).unwrap(), b.matrix(&t).unwrap());
+        let rows = 9;
+        let x = r.vec(rows * shape[1], 2.0);
+        let cx = CpuAct {
+            rows,
+            cols: shape[1],
+            data: x.clone(),
+        };
+        let want = cpu.linear(&cx, &cm).data;
+        // cuBLAS takes bf16 activations for bf16 weights: compare with the CPU on rounded
+        // inputs too, which must agree to f32 accuracy.
+        let got = host(&b, &b.linear(&b.act_from_host(rows, shape[1], &x), &gm));
+        let tol = if t.dtype == grm_engine::weights::DType::F32 || shape[0] <= 8 {
+            1e-4
+        } else {
+            2e-2
+        };
+        assert_close(&format!("linear {dir}/{name}"), &got, &want, tol);
+        if t.dtype != grm_engine::weights::DType::F32 && shape[0] > 8 {
+            let xr: Vec<f32> = x.iter().map(|&v| bf16_round(v)).collect();
+            let want_r = cpu
+                .linear(
+                    &CpuAct {
+                        rows,
+                        cols: shape[1],
+                        data: xr,
+                    },
+                    &cm,
+                )
+                .data;
+            assert_close(
+                &format!("linear {dir}/{name} (bf16 inputs)"),
+                &got,
+                &want_r,
+                1e-4,
+            );
+        }
+        if name.contains("embed") {
+            let tokens = [0u32, 261, 5, 5, 100];
+            let want = cpu.embed(&cm, &tokens, 8.0).data;
+            assert_close("embed", &host(&b, &b.embed(&gm, &tokens, 8.0)), &want, 0.0);
+        }
+    }
+}
+
+/// The KV pool on the GPU, read back in the CPU's layout (f32 from bf16).
+fn kv_to_cpu(b: &CudaBackend, kv: &grm_engine::cuda::CudaKv) -> CpuKv {
+    let mut c = CpuKv::new(
+        kv.layers,
+        kv.num_blocks,
+        kv.block_size,
+        kv.kv_heads,
+        kv.head_dim,
+    );
+    let k = b.stream().clone_dtoh(&kv.k).unwrap();
+    let v = b.stream().clone_dtoh(&kv.v).unwrap();
+    for l in 0..kv.layers {
+        let span = l * kv.layer_stride..(l + 1) * kv.layer_stride;
+        c.k[l] = k[span.clone()]
+            .iter()
+            .map(|&h| half::bf16::from_bits(h).to_f32())
+            .collect();
+        c.v[l] = v[span]
+            .iter()
+            .map(|&h| half::bf16::from_bits(h).to_f32())
+            .collect();
+    }
+    c
+}
+
+#[test]
+fn paged_attention_kv_writes_and_block_copies_match_the_cpu() {
+    let Some(b) = gpu() else { return };
+    let mut r = Rnd(3);
+    for (heads, kv_heads, hd, bs) in [
+        (4, 2, 24, 8),
+        (8, 2, 128, 16),
+        (8, 8, 64, 16),
+        (16, 2, 256, 16),
+    ] {
+        let (layers, blocks) = (2, 24);
+        let width = kv_heads * hd;
+        let mut gkv = b.new_kv(layers, blocks, bs, kv_heads, hd).unwrap();
+        let mut ckv = CpuKv::new(layers, blocks, bs, kv_heads, hd);
+        // Two samples share a 2.5-block prompt (blocks 3, 7 and the partial 1, copied on write
+        // into 9 for the second sample); a third sequence stands alone.
+        let prompt_blocks = [3u32, 7, 1];
+        let prompt_len = 2 * bs + bs / 2;
+        let write = |gkv: &mut _, ckv: &mut CpuKv, layer, slots: &[usize], r: &mut Rnd| {
+            let k = r.vec(slots.len() * width, 2.0);
+            let v = r.vec(slots.len() * width, 2.0);
+            let (gk, gv) = (
+                b.act_from_host(slots.len(), width, &k),
+                b.act_from_host(slots.len(), width, &v),
+            );
+            b.write_kv(gkv, layer, &gk, &gv, slots);
+            for (i, &s) in slots.iter().enumerate() {
+                let round = |x: &[f32]| x.iter().map(|&v| bf16_round(v)).collect::<Vec<_>>();
+                ckv.write(
+                    layer,
+                    s,
+                    &round(&k[i * width..(i + 1) * width]),
+                    &round(&v[i * width..(i + 1) * width]),
+                );
+            }
+        };
+        let prompt_slots: Vec<usize> = (0..prompt_len)
+            .map(|j| prompt_blocks[j / bs] as usize * bs + j % bs)
+            .collect();
+        let alone: Vec<u32> = vec![11, 2, 15];
+        let alone_len = 3 * bs - 3;
+        let alone_slots: Vec<usize> = (0..alone_len)
+            .map(|j| alone[j / bs] as usize * bs + j % bs)
+            .collect();
+        for layer in 0..layers {
+            write(&mut gkv, &mut ckv, layer, &prompt_slots, &mut r);
+            write(&mut gkv, &mut ckv, layer, &alone_slots, &mut r);
+        }
+        let op = CopyOp {
+            src: 1,
+            dst: 9,
+            slots: bs / 2,
+        };
+        b.copy_blocks(&mut gkv, &[op]);
+        ckv.copy(op);
+        // Each sample's next token.
+        let s0 = bs + bs / 2; // slot prompt_len, in block 1
+        let s1 = 9usize * bs + bs / 2;
+        for layer in 0..layers {
+            write(&mut gkv, &mut ckv, layer, &[s0, s1], &mut r);
+        }
+        let back = kv_to_cpu(&b, &gkv);
+        assert_eq!(
+            back.k, ckv.k,
+            "write_kv/copy_blocks keys ({heads}/{kv_heads}/{hd}/{bs})"
+        );
+        assert_eq!(back.v, ckv.v, "write_kv/copy_blocks values");
+
+        // One step: the two samples decode (shared prompt blocks), the third sequence runs a
+        // 5-token chunk ending mid-block, and a long run of the third's earlier positions
+        // exercises the prefill tiles.
+        let mut positions = vec![prompt_len as u32, prompt_len as u32];
+        let mut span_of = vec![0u32, 1];
+        for p in (alone_len - 5)..alone_len {
+            positions.push(p as u32);
+            span_of.push(2);
+        }
+        for p in 0..alone_len - 5 {
+            positions.push(p as u32);
+            span_of.push(3);
+        }
+        let meta = AttentionMeta {
+            positions,
+            span_of,
+            spans: vec![vec![3, 7, 1], vec![3, 7, 9], alone.clone(), alone.clone()],
+            block_size: bs,
+        };
+        let rows = meta.positions.len();
+        let q = r.vec(rows * heads * hd, 2.0);
+        let gq = b.act_from_host(rows, heads * hd, &q);
+        for (window, softcap) in [
+            (None, Some(50.0)),
+            (Some(bs + 3), Some(50.0)),
+            (Some(5), None),
+            (None, None),
+        ] {
+            let p = AttentionParams {
+                num_heads: heads,
+                num_kv_heads: kv_heads,
+                head_dim: hd,
+                scale: (hd as f32).powf(-0.5),
+                softcap,
+                window,
+            };
+            for layer in 0..layers {
+                let want = attention::attention(&ckv, layer, &q, &meta, p);
+                let got = host(&b, &b.attention(&gkv, layer, &gq, &meta, p));
+                assert_close(
+                    &format!("attention {heads}h/{kv_heads}kv/{hd}d/bs{bs} window {window:?} cap {softcap:?} layer {layer}"),
+                    &got,
+                    &want,
+                    2e-5,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn sampling_on_the_gpu_matches_its_cpu_reference() {
+    let Some(b) = gpu() else { return };
+    let mut r = Rnd(4);
+    let vocab = 5000;
+    let rows = 64;
+    let logits = r.vec(rows * vocab, 6.0);
+    let settings: Vec<RowSampling> = (0..rows)
+        .map(|i| RowSampling {
+            temperature: [0.0, 0.7, 1.0, 1.3][i % 4],
+            top_p: [1.0, 0.9, 0.5, 0.95][(i / 4) % 4],
+            seed: 1000 + i as u64,
+            step: (i * 7) as u64,
+        })
+        .collect();
+    let got = b.sample_rows(&b.act_from_host(rows, vocab, &logits), &settings);
+    let want: Vec<u32> = settings
+        .iter()
+        .enumerate()
+        .map(|(i, s)| sample_row(&logits[i * vocab..(i + 1) * vocab], *s))
+        .collect();
+    // Greedy rows agree exactly; sampled rows may differ only where the two orders of
+    // summation put the draw on the other side of a boundary: rare, never systematic.
+    let mut differ = 0;
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        if settings[i].temperature == 0.0 {
+            assert_eq!(g, w, "greedy row {i}");
+        } else if g != w {
+            differ += 1;
+        }
+    }
+    eprintln!(
+        "sampled rows that differ from the reference: {differ} of {}",
+        rows * 3 / 4
+    );
+    assert!(
+        differ <= 2,
+        "{differ} sampled rows differ from the CPU reference"
+    );
+}
+
+#[test]
+fn the_model_on_the_gpu_matches_transformers_and_the_cpu_engine() {
+    let Some(b) = gpu() else { return };
+    drop(b);
+    let r = reference();
+    let gpu_model = |name: &str| {
+        Gemma2::load(
+            &fixtures().join(name),
+            CudaBackend::new(CudaOptions::default()).unwrap(),
+        )
+        .unwrap()
+    };
+    // Logits at every position, against transformers (bf16 weights, f32 compute): the GPU
+    // rounds activations to bf16 before each product and keeps K/V in bf16.
+    let m = gpu_model("tiny-bf16");
+    for (i, p) in r.prompts.iter().enumerate() {
+        let out = m.run_once(p, true).unwrap();
+        let d = max_diff(
+            &out.data,
+            &ref_tensor(&format!("logits_bf16_f32compute.{i}")),
+        );
+        eprintln!("GPU bf16 prompt {i}: max |Δlogit| vs transformers = {d:.2e}");
+        assert!(d < 0.15, "prompt {i}: {d}");
+    }
+    let m = gpu_model("tiny-f32");
+    for (i, p) in r.prompts.iter().enumerate() {
+        let out = m.run_once(p, true).unwrap();
+        let d = max_diff(&out.data, &ref_tensor(&format!("logits_f64.{i}")));
+        eprintln!("GPU f32 prompt {i}: max |Δlogit| vs float64 = {d:.2e}");
+        assert!(d < 0.05, "prompt {i}: {d}");
+    }
+    let m = gpu_model("tiny-seq-cls");
+    for (p, want) in r.prompts.iter().zip(&r.rewards) {
+        let got = m.run_once(p, false).unwrap().data[0];
+        assert!(
+            (f64::from(got) - want).abs() < 2e-2,
+            "reward {got} vs {want}"
+        );
+    }
+
+    // Greedy continuations through the whole engine (paged KV, prefix sharing, 4 samples
+    // of each prompt), token for token with transformers while the CPU's margin between the
+    // two best tokens is clear of bf16 noise.
+    let cpu = model("tiny-f32");
+    let engine = Engine::start(
+        gpu_model("tiny-f32"),
+        EngineOptions {
+            num_blocks: Some(64),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for (p, want) in r.prompts.iter().zip(&r.greedy) {
+        let params = SamplingParams {
+            max_new_tokens: want.len(),
+            ignore_stop: true,
+            ..Default::default()
+        };
+        let mut sub = engine
+            .submit_blocking(Work::Generate {
+                prompt: p.clone(),
+                samples: vec![params; 4],
+            })
+            .unwrap();
+        let mut full = p.clone();
+        full.extend(want);
+        let logits = cpu.run_once(&full, true).unwrap();
+        let clear = (0..want.len())
+            .take_while(|&i| {
+                let mut row = logits.row(p.len() - 1 + i).to_vec();
+                row.sort_by(|a, b| b.total_cmp(a));
+                row[0] - row[1] > 0.02
+            })
+            .count();
+        let mut samples = 0;
+        while let Some(ev) = sub.next_blocking() {
+            if let Event::Sample { tokens, .. } = ev {
+                assert_eq!(tokens[..clear], want[..clear], "greedy on the GPU");
+                samples += 1;
+            }
+        }
+        assert_eq!(samples, 4);
+        eprintln!("greedy: {clear} of {} tokens checked", want.len());
+    }
+}
