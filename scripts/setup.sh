@@ -3,7 +3,8 @@
 #   protoc       Debian's protobuf-compiler (tonic/prost code generation, etcd-client)
 #   etcd         Debian's etcd-server (the cross-process tests start a real one)
 #   .venv-test   a Python venv with grpcio and the Python client (clients/python), for the
-#                cross-process test of the client
+#                cross-process test of the client; helm-python-sdk (Helm 4's SDK as a library:
+#                no helm binary, offline) and kubernetes-validate, for the chart's test
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,4 +30,24 @@ if ! .venv-test/bin/python -c "import grm_client, grpc" >/dev/null 2>&1; then
   python3 -m venv .venv-test
   .venv-test/bin/pip install -q --upgrade pip
   .venv-test/bin/pip install -q ./clients/python
+fi
+
+# Pinned: the chart's test validates against the newest Kubernetes this kubernetes-validate ships.
+helm_pins=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0)
+if ! .venv-test/bin/python - "${helm_pins[@]}" >/dev/null 2>&1 <<'PY'
+import sys
+from importlib.metadata import version
+import helm_python, kubernetes_validate  # noqa: F401  (importable, and the pinned versions)
+sys.exit(any(version(n) != v for n, v in (p.split("==") for p in sys.argv[1:])))
+PY
+then
+  echo "setup: installing ${helm_pins[*]} into .venv-test" >&2
+  .venv-test/bin/pip install -q "${helm_pins[@]}"
+fi
+
+# NVRTC 13.0 (pinned), only so that the tests can compile every CUDA kernel for sm_90 on a
+# machine without a GPU; scripts/test.sh puts its lib directory on LD_LIBRARY_PATH.
+if ! ls .venv-test/lib/python3*/site-packages/nvidia/cu13/lib/libnvrtc.so.13 >/dev/null 2>&1; then
+  echo "setup: installing nvidia-cuda-nvrtc==13.0.88 into .venv-test" >&2
+  .venv-test/bin/pip install -q nvidia-cuda-nvrtc==13.0.88
 fi
