@@ -1131,3 +1131,260 @@ fn tls_everywhere_with_mutual_tls_between_nodes() {
     );
     assert!(!status(None), "no client certificate is refused");
 }
+
+/// An OTLP trace collector in the test: the spans each process exports, by service name.
+#[derive(Clone, Default)]
+struct Collector(std::sync::Arc<std::sync::Mutex<Vec<(String, otlp::Span)>>>);
+
+mod otlp {
+    pub use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    pub use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    pub use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    pub use opentelemetry_proto::tonic::trace::v1::Span;
+}
+
+#[tonic::async_trait]
+impl otlp::TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<otlp::ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<otlp::ExportTraceServiceResponse>, tonic::Status> {
+        let mut got = self.0.lock().unwrap();
+        for rs in request.into_inner().resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|a| a.key == "service.name")
+                .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+                    otlp::Value::StringValue(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                for sp in ss.spans {
+                    got.push((service.clone(), sp));
+                }
+            }
+        }
+        Ok(tonic::Response::new(otlp::ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+#[test]
+fn one_trace_per_request_across_router_workers_and_aggregator() {
+    let _serial = serial();
+    let dir = scratch("traces");
+    let rt = runtime();
+    let collector = Collector::default();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    rt.spawn(
+        tonic::transport::Server::builder()
+            .add_service(otlp::TraceServiceServer::new(collector.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let w = grm_env(
+        &dir,
+        "worker",
+        &[
+            "worker",
+            "--model",
+            &fixture("tiny-judge"),
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+            "--kv-blocks",
+            "512",
+        ],
+        &env,
+    );
+    let m = grm_env(
+        &dir,
+        "meta",
+        &[
+            "worker",
+            "--model",
+            &fixture("tiny-judge-meta"),
+            "--role",
+            "meta-rm",
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+            "--kv-blocks",
+            "512",
+        ],
+        &env,
+    );
+    let a = grm_env(
+        &dir,
+        "aggregator",
+        &[
+            "aggregator",
+            "--listen",
+            "127.0.0.1:0",
+            "--template",
+            short_template_static(),
+            "--meta-workers",
+            &m.grpc(),
+        ],
+        &env,
+    );
+    let router = grm_env(
+        &dir,
+        "router",
+        &[
+            "router",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "",
+            "--workers",
+            &w.grpc(),
+            "--meta-workers",
+            &m.grpc(),
+            "--aggregators",
+            &a.grpc(),
+            "--template",
+            short_template_static(),
+            "--max-new-tokens",
+            "32",
+            "--chunk-samples",
+            "2",
+            "--log-format",
+            "json",
+        ],
+        &env,
+    );
+
+    // The client's own trace: the router continues it.
+    let (client_trace, client_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let mut req = request(&mut Rng(9), "traced".into(), 4);
+    req.sampling.as_mut().unwrap().k_meta = Some(2);
+    let answer = rt.block_on(async {
+        let mut c = client(&router.grpc()).await;
+        let mut r = tonic::Request::new(req);
+        r.metadata_mut().insert(
+            "traceparent",
+            format!("00-{client_trace}-{client_span}-01")
+                .parse()
+                .unwrap(),
+        );
+        c.score(r).await
+    });
+    let answer = answer.expect("scored").into_inner();
+    assert_eq!(answer.id, "traced");
+
+    // Every process exports within a few hundred milliseconds; wait for the last span.
+    let want = |spans: &[(String, otlp::Span)], name: &str| {
+        spans.iter().filter(|(_, s)| s.name == name).count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let spans = loop {
+        let spans = collector.0.lock().unwrap().clone();
+        let complete = want(&spans, "grm.rpc.Score") == 1
+            && want(&spans, "grm.chunk") >= 2
+            && want(&spans, "grm.worker.generate") >= 2
+            && want(&spans, "grm.rpc.Aggregate") == 1
+            && want(&spans, "grm.meta_rm") >= 1
+            && want(&spans, "grm.worker.score_texts") >= 1;
+        if complete || std::time::Instant::now() > deadline {
+            break spans;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let names: Vec<String> = spans
+        .iter()
+        .map(|(svc, s)| format!("{svc}/{}", s.name))
+        .collect();
+    eprintln!("spans received: {names:?}");
+    let one = |svc: &str, name: &str| -> &otlp::Span {
+        let found: Vec<_> = spans
+            .iter()
+            .filter(|(v, s)| v == svc && s.name == name)
+            .collect();
+        assert_eq!(found.len(), 1, "{svc}/{name} once, in {names:?}");
+        &found[0].1
+    };
+    let all = |svc: &str, name: &str| -> Vec<&otlp::Span> {
+        spans
+            .iter()
+            .filter(|(v, s)| v == svc && s.name == name)
+            .map(|(_, s)| s)
+            .collect()
+    };
+    // One trace: the client's.
+    for (svc, s) in &spans {
+        assert_eq!(
+            hex(&s.trace_id),
+            client_trace,
+            "{svc}/{} is in another trace",
+            s.name
+        );
+    }
+    let rpc = one("grm-router", "grm.rpc.Score");
+    assert_eq!(
+        hex(&rpc.parent_span_id),
+        client_span,
+        "the router continues the client's span"
+    );
+    let score = one("grm-router", "grm.score");
+    assert_eq!(score.parent_span_id, rpc.span_id);
+    // A span per chunk (k = 4 in chunks of 2), each the parent of the worker's span for it.
+    let chunks = all("grm-router", "grm.chunk");
+    assert!(chunks.len() >= 2, "{names:?}");
+    for c in &chunks {
+        assert_eq!(
+            c.parent_span_id, score.span_id,
+            "a chunk's parent is the request"
+        );
+    }
+    let generated = all("grm-worker", "grm.worker.generate");
+    assert!(generated.len() >= 2, "{names:?}");
+    for g in &generated {
+        assert!(
+            chunks.iter().any(|c| c.span_id == g.parent_span_id),
+            "a worker's span is a child of a router chunk span"
+        );
+    }
+    // The aggregator: its call is a child of the request, and each meta-RM call a child of it,
+    // parent of the meta-RM worker's span.
+    let agg_rpc = one("grm-aggregator", "grm.rpc.Aggregate");
+    assert_eq!(agg_rpc.parent_span_id, score.span_id);
+    let agg = one("grm-aggregator", "grm.aggregate");
+    assert_eq!(agg.parent_span_id, agg_rpc.span_id);
+    let meta_calls = all("grm-aggregator", "grm.meta_rm");
+    assert!(!meta_calls.is_empty(), "{names:?}");
+    for c in &meta_calls {
+        assert_eq!(c.parent_span_id, agg.span_id);
+    }
+    for s in all("grm-worker", "grm.worker.score_texts") {
+        assert!(meta_calls.iter().any(|c| c.span_id == s.parent_span_id));
+    }
+
+    // JSON logs: the router's line for the request carries its id and the trace id.
+    drop(router);
+    let log = std::fs::read_to_string(dir.join("router.log")).unwrap();
+    let line = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "scored")
+        .unwrap_or_else(|| panic!("no JSON 'scored' line in the router's log:\n{log}"));
+    assert_eq!(line["span"]["request_id"], "traced", "{line}");
+    assert_eq!(line["span"]["trace_id"], client_trace, "{line}");
+}

@@ -113,10 +113,16 @@ impl Drop for Proc {
 
 /// Starts `grm <args>` and waits for its ready line.
 pub fn grm(dir: &Path, name: &str, args: &[&str]) -> Proc {
+    grm_env(dir, name, args, &[])
+}
+
+/// [`grm`] with extra environment variables.
+pub fn grm_env(dir: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
     let log = dir.join(format!("{name}.log"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_grm"))
         .args(args)
         .env("GRM_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()

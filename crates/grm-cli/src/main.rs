@@ -16,6 +16,7 @@ mod score_cmd;
 mod scorer;
 mod serve_cmd;
 mod spct_cmd;
+mod telemetry;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -29,6 +30,15 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on stderr: human-readable, or one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        env = "GRM_LOG_FORMAT",
+        value_enum,
+        default_value = "human"
+    )]
+    log_format: telemetry::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -72,7 +82,15 @@ fn main() -> ExitCode {
             | Command::Spct(_)
             | Command::Bench(_)
     );
-    init_logging(if quiet { "warn" } else { "info" });
+    // The servers export traces when OTEL_* asks for them, each under its role's name.
+    let service = match cli.command {
+        Command::Serve(_) => Some("grm-serve"),
+        Command::Router(_) => Some("grm-router"),
+        Command::Worker(_) => Some("grm-worker"),
+        Command::Aggregator(_) => Some("grm-aggregator"),
+        _ => None,
+    };
+    let telemetry = telemetry::init(if quiet { "warn" } else { "info" }, cli.log_format, service);
     let result = match cli.command {
         Command::Serve(a) => serve_cmd::serve(a).map(|()| ExitCode::SUCCESS),
         Command::Router(a) => serve_cmd::router(a).map(|()| ExitCode::SUCCESS),
@@ -86,6 +104,7 @@ fn main() -> ExitCode {
         Command::Model(cmd) => model_cmd::run(cmd),
         Command::Bench(cmd) => bench_cmd::run(cmd),
     };
+    drop(telemetry);
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -93,17 +112,4 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// Logs on stderr; the level from GRM_LOG (or RUST_LOG), else `default`.
-fn init_logging(default: &str) {
-    let filter = std::env::var("GRM_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| default.into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
 }

@@ -15,7 +15,7 @@ use grm_proto::v1::{
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
-use tracing::warn;
+use tracing::{warn, Instrument};
 
 #[derive(Clone)]
 pub struct Aggregator {
@@ -46,6 +46,12 @@ impl Aggregator {
 
     /// Aggregates one request.
     pub async fn aggregate(&self, req: AggregateRequest) -> Result<ScoreResponse, Status> {
+        let id = req.request.as_ref().map_or("", |r| r.id.as_str());
+        let span = tracing::info_span!("grm.aggregate", request_id = %id);
+        self.aggregate_in(req).instrument(span).await
+    }
+
+    async fn aggregate_in(&self, req: AggregateRequest) -> Result<ScoreResponse, Status> {
         let request = req
             .request
             .ok_or_else(|| Status::invalid_argument("request is missing"))?;
@@ -190,7 +196,10 @@ impl Aggregator {
             .map(|&i| self.template.meta_input(input, &js[i].order, &js[i].text))
             .collect();
         let mut tokens = 0;
-        let calls = texts.chunks(self.meta_batch).zip(wanted.chunks(self.meta_batch)).map(|(batch, idx)| async move {
+        let calls = texts.chunks(self.meta_batch).zip(wanted.chunks(self.meta_batch)).map(|(batch, idx)| {
+            // One span per meta-RM call, parent of the meta-RM worker's span.
+            let span = tracing::info_span!("grm.meta_rm", texts = batch.len());
+            async move {
             let mut tried = Vec::new();
             let mut last = String::new();
             for _ in 0..3 {
@@ -200,6 +209,7 @@ impl Aggregator {
                 let _g = peer.hold(batch.len());
                 let mut client = WorkerServiceClient::new(peer.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
                 let mut r = Request::new(ScoreTextsRequest { request_id: request_id.to_string(), texts: batch.to_vec() });
+                crate::trace_context::inject(&tracing::Span::current(), r.metadata_mut());
                 r.set_timeout(Duration::from_secs(120));
                 match client.score_texts(r).await {
                     Ok(resp) => return Ok((idx, resp.into_inner())),
@@ -213,6 +223,8 @@ impl Aggregator {
                 }
             }
             Err(Status::unavailable(format!("meta-RM scoring failed on every worker tried: {last}")))
+            }
+            .instrument(span)
         });
         for (idx, resp) in futures::future::try_join_all(calls).await? {
             if resp.scores.len() != idx.len() {
@@ -235,7 +247,13 @@ impl AggregatorService for Aggregator {
         &self,
         request: Request<AggregateRequest>,
     ) -> Result<Response<ScoreResponse>, Status> {
-        let r = Aggregator::aggregate(self, request.into_inner()).await?;
+        let span = crate::trace_context::continue_from(
+            request.metadata(),
+            tracing::info_span!("grm.rpc.Aggregate", trace_id = tracing::field::Empty),
+        );
+        let r = Aggregator::aggregate(self, request.into_inner())
+            .instrument(span)
+            .await?;
         tracing::info!(
             id = r.id,
             votes = r.valid_samples,

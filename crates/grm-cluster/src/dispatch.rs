@@ -10,7 +10,7 @@ use grm_proto::v1::{generate_event, GenerateRequest};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::{Code, Status};
-use tracing::warn;
+use tracing::{warn, Instrument};
 
 /// Sampling settings shared by all samples of a request.
 #[derive(Debug, Clone, Copy)]
@@ -182,7 +182,17 @@ async fn run_chunk(
     let mut last_error = String::new();
     for attempt in 0..opts.max_attempts.max(1) {
         let mut guard = peer.hold(remaining.len());
-        match attempt_chunk(&peer, work, &remaining, prompt, &state, &mut guard, opts).await {
+        // One span per attempt of a chunk, parent of the worker's span for it.
+        let span = tracing::info_span!(
+            "grm.chunk",
+            worker = %peer.addr,
+            samples = remaining.len(),
+            attempt
+        );
+        match attempt_chunk(&peer, work, &remaining, prompt, &state, &mut guard, opts)
+            .instrument(span)
+            .await
+        {
             Ok(()) => {}
             Err(Failure::Fatal(s)) => return Err(s),
             Err(Failure::Retry(why)) => {
@@ -252,6 +262,7 @@ async fn attempt_chunk(
         top_k: work.sampling.top_k,
         max_new_tokens: work.sampling.max_new_tokens,
     });
+    crate::trace_context::inject(&tracing::Span::current(), req.metadata_mut());
     if let Some(d) = work.deadline {
         req.set_timeout(
             d.saturating_duration_since(Instant::now())

@@ -15,5 +15,6 @@ pub mod pool;
 pub mod router;
 pub mod server;
 pub mod tls;
+pub mod trace_context;
 pub mod validation;
 pub mod worker;

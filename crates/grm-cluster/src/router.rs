@@ -10,6 +10,7 @@ use crate::chunking;
 use crate::dispatch::{self, DispatchOptions, Sampling};
 use crate::metrics::{render_engine, Exposition, RouterGauges, RouterMetrics};
 use crate::pool::{Pool, MAX_MESSAGE_BYTES};
+use crate::trace_context;
 use crate::validation::{validate, Limits};
 use grm_judge::rng::{derive, Stream};
 use grm_judge::{PromptOptions, Template};
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 #[derive(Debug, Clone)]
 pub struct RouterOptions {
@@ -170,7 +171,16 @@ impl Router {
         deadline: Option<Instant>,
     ) -> Result<ScoreResponse, Status> {
         let start = Instant::now();
-        let r = self.score_counted(req, encoded_len, deadline).await;
+        let span = tracing::info_span!(
+            "grm.score",
+            request_id = %req.id,
+            trace_id = tracing::field::Empty
+        );
+        trace_context::record_trace_id(&span);
+        let r = self
+            .score_counted(req, encoded_len, deadline)
+            .instrument(span)
+            .await;
         let outcome = r.as_ref().map_err(Status::code);
         self.inner
             .metrics
@@ -318,6 +328,7 @@ impl Router {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
             let mut r = Request::new(req.clone());
+            trace_context::inject(&tracing::Span::current(), r.metadata_mut());
             if let Some(d) = deadline {
                 r.set_timeout(
                     d.saturating_duration_since(Instant::now())
@@ -373,9 +384,14 @@ impl RewardService for Router {
         request: Request<ScoreRequest>,
     ) -> Result<Response<ScoreResponse>, Status> {
         let deadline = deadline_of(request.metadata());
+        let span = trace_context::continue_from(
+            request.metadata(),
+            tracing::info_span!("grm.rpc.Score", trace_id = tracing::field::Empty),
+        );
         let req = request.into_inner();
         let len = req.encoded_len();
         Router::score(self, req, len, deadline)
+            .instrument(span)
             .await
             .map(Response::new)
     }
@@ -387,6 +403,10 @@ impl RewardService for Router {
         request: Request<Streaming<ScoreRequest>>,
     ) -> Result<Response<ScoreStreamOut>, Status> {
         let deadline = deadline_of(request.metadata());
+        let span = trace_context::continue_from(
+            request.metadata(),
+            tracing::info_span!("grm.rpc.ScoreStream", trace_id = tracing::field::Empty),
+        );
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel::<Result<ScoreResponse, Status>>(64);
         let router = self.clone();
@@ -410,6 +430,7 @@ impl RewardService for Router {
                         match inbound.message().await {
                             Ok(Some(req)) => {
                                 let (router, tx) = (router.clone(), tx.clone());
+                                let task_span = tracing::Span::current();
                                 tasks.spawn(async move {
                                     let id = req.id.clone();
                                     let resp = if id.is_empty() {
@@ -420,7 +441,7 @@ impl RewardService for Router {
                                     };
                                     let _ = tx.send(Ok(resp)).await;
                                     drop(permit);
-                                });
+                                }.instrument(task_span));
                             }
                             Ok(None) => reading = false,
                             Err(s) => {
@@ -435,7 +456,7 @@ impl RewardService for Router {
                     break;
                 }
             }
-        });
+        }.instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 /// How a worker serves.
 #[derive(Debug, Clone)]
@@ -132,6 +133,16 @@ impl WorkerService for Worker {
         request: Request<GenerateRequest>,
     ) -> Result<Response<EventStream>, Status> {
         self.admit(Role::Grm)?;
+        // Child of the router's chunk span; lives until the chunk's last judgement is sent.
+        let span = crate::trace_context::continue_from(
+            request.metadata(),
+            tracing::info_span!(
+                "grm.worker.generate",
+                request_id = %request.get_ref().request_id,
+                samples = request.get_ref().seeds.len(),
+                trace_id = tracing::field::Empty
+            ),
+        );
         let r = request.into_inner();
         if r.sample_indices.is_empty() || r.sample_indices.len() != r.seeds.len() {
             return Err(Status::invalid_argument(format!(
@@ -186,47 +197,50 @@ impl WorkerService for Worker {
         let (tx, rx) = mpsc::channel::<Result<GenerateEvent, Status>>(16);
         let tokenizer = Arc::clone(&self.tokenizer);
         let indices = r.sample_indices;
-        tokio::spawn(async move {
-            loop {
-                let ev = tokio::select! {
-                    ev = sub.next() => ev,
-                    // The caller went away: dropping the submission cancels the chunk.
-                    _ = tx.closed() => break,
-                };
-                let out = match ev {
-                    None => break,
-                    Some(Event::Prefilled {
-                        prompt_tokens,
-                        cached,
-                    }) => Ok(generate_event::Event::Prefilled(Prefilled {
-                        prompt_tokens: prompt_tokens as u32,
-                        cached_tokens: cached as u32,
-                    })),
-                    Some(Event::Sample {
-                        sample,
-                        tokens,
-                        finish,
-                    }) => match tokenizer.decode(&tokens) {
-                        Ok(text) => Ok(generate_event::Event::Sample(SampleResult {
-                            sample_index: indices[sample],
-                            text,
-                            generated_tokens: tokens.len() as u32,
-                            finish_reason: match finish {
-                                FinishReason::Stop => "stop",
-                                FinishReason::Length => "length",
-                            }
-                            .into(),
+        tokio::spawn(
+            async move {
+                loop {
+                    let ev = tokio::select! {
+                        ev = sub.next() => ev,
+                        // The caller went away: dropping the submission cancels the chunk.
+                        _ = tx.closed() => break,
+                    };
+                    let out = match ev {
+                        None => break,
+                        Some(Event::Prefilled {
+                            prompt_tokens,
+                            cached,
+                        }) => Ok(generate_event::Event::Prefilled(Prefilled {
+                            prompt_tokens: prompt_tokens as u32,
+                            cached_tokens: cached as u32,
                         })),
-                        Err(e) => Err(Status::internal(e.to_string())),
-                    },
-                    Some(Event::Score { .. }) => continue,
-                };
-                let msg = out.map(|e| GenerateEvent { event: Some(e) });
-                if tx.send(msg).await.is_err() {
-                    break;
+                        Some(Event::Sample {
+                            sample,
+                            tokens,
+                            finish,
+                        }) => match tokenizer.decode(&tokens) {
+                            Ok(text) => Ok(generate_event::Event::Sample(SampleResult {
+                                sample_index: indices[sample],
+                                text,
+                                generated_tokens: tokens.len() as u32,
+                                finish_reason: match finish {
+                                    FinishReason::Stop => "stop",
+                                    FinishReason::Length => "length",
+                                }
+                                .into(),
+                            })),
+                            Err(e) => Err(Status::internal(e.to_string())),
+                        },
+                        Some(Event::Score { .. }) => continue,
+                    };
+                    let msg = out.map(|e| GenerateEvent { event: Some(e) });
+                    if tx.send(msg).await.is_err() {
+                        break;
+                    }
                 }
             }
-        });
+            .instrument(span),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -235,43 +249,56 @@ impl WorkerService for Worker {
         request: Request<ScoreTextsRequest>,
     ) -> Result<Response<ScoreTextsResponse>, Status> {
         self.admit(Role::MetaRm)?;
+        let span = crate::trace_context::continue_from(
+            request.metadata(),
+            tracing::info_span!(
+                "grm.worker.score_texts",
+                request_id = %request.get_ref().request_id,
+                texts = request.get_ref().texts.len(),
+                trace_id = tracing::field::Empty
+            ),
+        );
         let r = request.into_inner();
-        let mut subs = Vec::with_capacity(r.texts.len());
-        let context = self.engine.info.config.max_position_embeddings;
-        for (i, text) in r.texts.iter().enumerate() {
-            let tokens = self.encode(text)?;
-            if tokens.len() > context {
-                return Err(Status::invalid_argument(format!(
-                    "texts[{i}] is {} tokens, over the model's context of {context} tokens",
-                    tokens.len()
-                )));
+        async move {
+            let mut subs = Vec::with_capacity(r.texts.len());
+            let context = self.engine.info.config.max_position_embeddings;
+            for (i, text) in r.texts.iter().enumerate() {
+                let tokens = self.encode(text)?;
+                if tokens.len() > context {
+                    return Err(Status::invalid_argument(format!(
+                        "texts[{i}] is {} tokens, over the model's context of {context} tokens",
+                        tokens.len()
+                    )));
+                }
+                subs.push(
+                    self.engine
+                        .submit(Work::Score { tokens })
+                        .await
+                        .map_err(engine_status)?,
+                );
             }
-            subs.push(
-                self.engine
-                    .submit(Work::Score { tokens })
-                    .await
-                    .map_err(engine_status)?,
-            );
-        }
-        let mut out = ScoreTextsResponse::default();
-        for mut sub in subs {
-            while let Some(ev) = sub.next().await {
-                if let Event::Score {
-                    values,
-                    prompt_tokens,
-                    cached,
-                } = ev
-                {
-                    out.scores.push(values.first().copied().unwrap_or(f32::NAN));
-                    out.tokens += prompt_tokens as u64;
-                    out.cached_tokens += cached as u64;
+            let mut out = ScoreTextsResponse::default();
+            for mut sub in subs {
+                while let Some(ev) = sub.next().await {
+                    if let Event::Score {
+                        values,
+                        prompt_tokens,
+                        cached,
+                    } = ev
+                    {
+                        out.scores.push(values.first().copied().unwrap_or(f32::NAN));
+                        out.tokens += prompt_tokens as u64;
+                        out.cached_tokens += cached as u64;
+                    }
                 }
             }
+            if out.scores.len() != r.texts.len() {
+                return Err(Status::internal("the engine lost a scoring request"));
+            }
+            Ok::<_, Status>(Response::new(out))
         }
-        if out.scores.len() != r.texts.len() {
-            return Err(Status::internal("the engine lost a scoring request"));
-        }
-        Ok(Response::new(out))
+        .instrument(span)
+        .await
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<WorkerStatus>, Status> {
