@@ -1178,7 +1178,7 @@ impl otlp::TraceService for Collector {
 }
 
 #[test]
-fn one_trace_per_request_across_router_workers_and_aggregator() {
+fn one_trace_per_request_across_router_workers_and_aggregator_and_its_metrics() {
     let _serial = serial();
     let dir = scratch("traces");
     let rt = runtime();
@@ -1241,6 +1241,8 @@ fn one_trace_per_request_across_router_workers_and_aggregator() {
             short_template_static(),
             "--meta-workers",
             &m.grpc(),
+            "--metrics-listen",
+            "127.0.0.1:0",
         ],
         &env,
     );
@@ -1376,6 +1378,34 @@ fn one_trace_per_request_across_router_workers_and_aggregator() {
     for s in all("grm-worker", "grm.worker.score_texts") {
         assert!(meta_calls.iter().any(|c| c.span_id == s.parent_span_id));
     }
+
+    // The aggregator's own metrics counted the call and its meta-RM scoring.
+    let (code, scrape) = http(a.ready["metrics"].as_str().unwrap(), "GET", "/metrics", b"");
+    assert_eq!(code, 200, "{scrape}");
+    assert_eq!(
+        metric(&scrape, "grm_aggregate_requests_total{code=\"OK\"}"),
+        1.0,
+        "{scrape}"
+    );
+    assert_eq!(
+        metric(&scrape, "grm_aggregate_duration_seconds_count"),
+        1.0,
+        "{scrape}"
+    );
+    assert_eq!(
+        metric(&scrape, "grm_meta_rm_calls_total{outcome=\"ok\"}"),
+        meta_calls.len() as f64,
+        "{scrape}"
+    );
+    assert!(
+        metric(&scrape, "grm_meta_rm_scored_judgements_total") >= 1.0,
+        "{scrape}"
+    );
+    assert_eq!(
+        metric(&scrape, "grm_workers_live{role=\"meta-rm\"}"),
+        1.0,
+        "{scrape}"
+    );
 
     // JSON logs: the router's line for the request carries its id and the trace id.
     drop(router);

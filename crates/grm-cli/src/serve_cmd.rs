@@ -320,6 +320,9 @@ pub struct AggregatorArgs {
     /// A prompt template (TOML) replacing the paper's (its meta-RM input is used).
     #[arg(long, env = "GRM_TEMPLATE")]
     pub template: Option<PathBuf>,
+    /// Serve Prometheus metrics (GET /metrics) on this address; empty: off.
+    #[arg(long, env = "GRM_METRICS_LISTEN", default_value = "")]
+    pub metrics_listen: String,
     #[command(flatten)]
     pub members: MembershipFlags,
     #[arg(long, env = "GRM_LEASE_TTL_S", default_value_t = 5)]
@@ -510,9 +513,21 @@ pub fn aggregator(a: AggregatorArgs) -> Result<()> {
                 Duration::from_secs(a.lease_ttl_s.max(1)),
             )
         });
-        ready(json!({ "ready": "aggregator", "grpc": addr.to_string() }));
-        let stop = shutdown_signal();
+        let mut line = json!({ "ready": "aggregator", "grpc": addr.to_string() });
         let (server_stop_tx, server_stop_rx) = watch::channel(false);
+        if !a.metrics_listen.is_empty() {
+            let (ml, maddr) = bind(&a.metrics_listen)
+                .await
+                .with_context(|| format!("listening on {}", a.metrics_listen))?;
+            line["metrics"] = json!(maddr.to_string());
+            tokio::spawn(serve_http(
+                ml,
+                http::aggregator_metrics_app(agg.clone()),
+                wait(server_stop_rx.clone()),
+            ));
+        }
+        ready(line);
+        let stop = shutdown_signal();
         let server = tokio::spawn(serve_grpc(
             listener,
             Services {

@@ -2,6 +2,7 @@
 //! scores (from the meta-RM workers), top-k_meta filtering and voting are grm-judge's; this
 //! layer fetches the meta scores and writes the ScoreResponse.
 
+use crate::metrics::AggregatorMetrics;
 use crate::pool::{Pool, MAX_MESSAGE_BYTES};
 use crate::validation::parse_input;
 use grm_judge::judgement::JudgementOutcome;
@@ -23,6 +24,7 @@ pub struct Aggregator {
     meta: Option<Arc<Pool>>,
     /// Texts per meta-RM call.
     meta_batch: usize,
+    metrics: Arc<AggregatorMetrics>,
 }
 
 impl Aggregator {
@@ -32,7 +34,14 @@ impl Aggregator {
             template,
             meta,
             meta_batch: 16,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Its Prometheus scrape (`/metrics` on `grm aggregator --metrics-listen`).
+    pub fn render_metrics(&self) -> String {
+        let live = self.meta.as_ref().map_or(0, |p| p.peers().len());
+        self.metrics.render(live)
     }
 
     pub fn meta_pool(&self) -> Option<&Arc<Pool>> {
@@ -212,9 +221,16 @@ impl Aggregator {
                 crate::trace_context::inject(&tracing::Span::current(), r.metadata_mut());
                 r.set_timeout(Duration::from_secs(120));
                 match client.score_texts(r).await {
-                    Ok(resp) => return Ok((idx, resp.into_inner())),
-                    Err(s) if s.code() == tonic::Code::InvalidArgument => return Err(s),
+                    Ok(resp) => {
+                        self.metrics.meta_call("ok", batch.len());
+                        return Ok((idx, resp.into_inner()));
+                    }
+                    Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                        self.metrics.meta_call("failed", batch.len());
+                        return Err(s);
+                    }
                     Err(s) => {
+                        self.metrics.meta_call("retried", batch.len());
                         warn!(worker = peer.addr, error = %s, "meta-RM call failed; trying another worker");
                         peer.mark_down(Duration::from_secs(5));
                         tried.push(peer.addr.clone());
@@ -222,6 +238,7 @@ impl Aggregator {
                     }
                 }
             }
+            self.metrics.meta_call("failed", batch.len());
             Err(Status::unavailable(format!("meta-RM scoring failed on every worker tried: {last}")))
             }
             .instrument(span)
@@ -251,9 +268,15 @@ impl AggregatorService for Aggregator {
             request.metadata(),
             tracing::info_span!("grm.rpc.Aggregate", trace_id = tracing::field::Empty),
         );
+        let start = Instant::now();
         let r = Aggregator::aggregate(self, request.into_inner())
             .instrument(span)
-            .await?;
+            .await;
+        self.metrics.record(
+            r.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok),
+            start.elapsed().as_secs_f64(),
+        );
+        let r = r?;
         tracing::info!(
             id = r.id,
             votes = r.valid_samples,

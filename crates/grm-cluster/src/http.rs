@@ -77,6 +77,17 @@ pub fn engine_metrics_app(role: &'static str, engine: Engine) -> axum::Router {
     )
 }
 
+/// An aggregator's `/metrics`.
+pub fn aggregator_metrics_app(agg: crate::aggregator::Aggregator) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let agg = agg.clone();
+            async move { prometheus_text(agg.render_metrics()) }
+        }),
+    )
+}
+
 async fn router_metrics(State(s): State<AppState>) -> Response {
     let engines: Vec<(&str, EngineStats)> = s
         .engines

@@ -403,3 +403,108 @@ mod tests {
         assert_eq!(out.finish(), "m{a=\"q\\\"b\\\\c\\nd\"} 1\n");
     }
 }
+
+/// What an aggregator counts: the Aggregate calls it answers, and its meta-RM calls.
+pub struct AggregatorMetrics {
+    /// Aggregate calls by gRPC status code name.
+    requests: Mutex<BTreeMap<String, u64>>,
+    duration: Histogram,
+    /// Meta-RM calls by outcome ("ok", "retried", "failed").
+    meta_calls: Mutex<BTreeMap<&'static str, u64>>,
+    meta_texts: AtomicU64,
+}
+
+impl Default for AggregatorMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Mutex::default(),
+            duration: Histogram::new(LATENCY_BOUNDS),
+            meta_calls: Mutex::default(),
+            meta_texts: AtomicU64::default(),
+        }
+    }
+}
+
+impl AggregatorMetrics {
+    /// Counts one Aggregate call.
+    pub fn record(&self, code: tonic::Code, seconds: f64) {
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(code_name(code))
+            .or_default() += 1;
+        self.duration.observe(seconds);
+    }
+
+    /// Counts one meta-RM call of `texts` judgements: "ok", "retried" (failed, sent to another
+    /// worker) or "failed" (given up, or refused).
+    pub fn meta_call(&self, outcome: &'static str, texts: usize) {
+        *self
+            .meta_calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(outcome)
+            .or_default() += 1;
+        if outcome == "ok" {
+            self.meta_texts.fetch_add(texts as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// The scrape; `meta_workers`: live meta-RM workers as the aggregator sees them.
+    pub fn render(&self, meta_workers: usize) -> String {
+        let mut out = Exposition::default();
+        out.family(
+            "grm_aggregate_requests_total",
+            "counter",
+            "Aggregate calls answered, by gRPC status code.",
+        );
+        for (code, n) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            out.sample("grm_aggregate_requests_total", &[("code", code)], *n as f64);
+        }
+        self.duration.render(
+            &mut out,
+            "grm_aggregate_duration_seconds",
+            "Time to aggregate one request (meta-RM scoring, filtering, voting).",
+        );
+        out.family(
+            "grm_meta_rm_calls_total",
+            "counter",
+            "Calls to meta-RM workers, by outcome (ok, retried, failed).",
+        );
+        for (outcome, n) in self
+            .meta_calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            out.sample(
+                "grm_meta_rm_calls_total",
+                &[("outcome", outcome)],
+                *n as f64,
+            );
+        }
+        out.single(
+            "grm_meta_rm_scored_judgements_total",
+            "counter",
+            "Judgements scored by the meta RM.",
+            self.meta_texts.load(Ordering::Relaxed) as f64,
+        );
+        out.family(
+            "grm_workers_live",
+            "gauge",
+            "Live members by role, as this node sees them.",
+        );
+        out.sample(
+            "grm_workers_live",
+            &[("role", "meta-rm")],
+            meta_workers as f64,
+        );
+        out.finish()
+    }
+}
