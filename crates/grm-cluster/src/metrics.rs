@@ -376,34 +376,6 @@ fn code_name(c: tonic::Code) -> String {
     .to_string()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn histograms_render_cumulative_buckets_sum_and_count() {
-        let h = Histogram::new(&[1.0, 2.0]);
-        for v in [0.5, 1.5, 1.5, 7.0] {
-            h.observe(v);
-        }
-        let mut out = Exposition::default();
-        h.render(&mut out, "x_seconds", "x");
-        assert_eq!(
-            out.finish(),
-            "# HELP x_seconds x\n# TYPE x_seconds histogram\n\
-             x_seconds_bucket{le=\"1\"} 1\nx_seconds_bucket{le=\"2\"} 3\n\
-             x_seconds_bucket{le=\"+Inf\"} 4\nx_seconds_sum 10.5\nx_seconds_count 4\n"
-        );
-    }
-
-    #[test]
-    fn label_values_are_escaped() {
-        let mut out = Exposition::default();
-        out.sample("m", &[("a", "q\"b\\c\nd")], 1.0);
-        assert_eq!(out.finish(), "m{a=\"q\\\"b\\\\c\\nd\"} 1\n");
-    }
-}
-
 /// What an aggregator counts: the Aggregate calls it answers, and its meta-RM calls.
 pub struct AggregatorMetrics {
     /// Aggregate calls by gRPC status code name.
@@ -506,5 +478,33 @@ impl AggregatorMetrics {
             meta_workers as f64,
         );
         out.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_render_cumulative_buckets_sum_and_count() {
+        let h = Histogram::new(&[1.0, 2.0]);
+        for v in [0.5, 1.5, 1.5, 7.0] {
+            h.observe(v);
+        }
+        let mut out = Exposition::default();
+        h.render(&mut out, "x_seconds", "x");
+        assert_eq!(
+            out.finish(),
+            "# HELP x_seconds x\n# TYPE x_seconds histogram\n\
+             x_seconds_bucket{le=\"1\"} 1\nx_seconds_bucket{le=\"2\"} 3\n\
+             x_seconds_bucket{le=\"+Inf\"} 4\nx_seconds_sum 10.5\nx_seconds_count 4\n"
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = Exposition::default();
+        out.sample("m", &[("a", "q\"b\\c\nd")], 1.0);
+        assert_eq!(out.finish(), "m{a=\"q\\\"b\\\\c\\nd\"} 1\n");
     }
 }
