@@ -1418,3 +1418,81 @@ fn one_trace_per_request_across_router_workers_and_aggregator_and_its_metrics() 
     assert_eq!(line["span"]["request_id"], "traced", "{line}");
     assert_eq!(line["span"]["trace_id"], client_trace, "{line}");
 }
+
+#[test]
+fn membership_in_an_etcd_that_requires_mutual_tls() {
+    let _serial = serial();
+    let dir = scratch("etcd-tls");
+    let ca = make_ca(&dir, "cluster");
+    let (cert, key) = make_leaf(&dir, "node", &ca);
+    let etcd = Etcd::start_mutual_tls(&dir, &cert, &key, &ca.2);
+    assert!(etcd.client_url.starts_with("https://"));
+    let tls = [
+        "--tls-cert",
+        cert.as_str(),
+        "--tls-key",
+        key.as_str(),
+        "--tls-ca",
+        ca.2.as_str(),
+    ];
+    // Without the CA, an https etcd is refused up front, by name.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_grm"))
+        .args([
+            "worker",
+            "--model",
+            &fixture("tiny-judge"),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--etcd", &etcd.client_url])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("is https: give --tls-ca"), "{err}");
+
+    // With it, a worker registers and a router finds it and serves through it.
+    let model = fixture("tiny-judge");
+    let mut wargs = vec![
+        "worker",
+        "--model",
+        &model,
+        "--listen",
+        "127.0.0.1:0",
+        "--etcd",
+        &etcd.client_url,
+        "--threads",
+        "1",
+        "--kv-blocks",
+        "512",
+    ];
+    wargs.extend_from_slice(&tls);
+    let _w = grm(&dir, "worker", &wargs);
+    let router = router(&dir, &etcd.client_url, &tls);
+    wait_for(
+        Duration::from_secs(30),
+        "the worker in the router's view",
+        || health_workers(&router) == 1,
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_grm"))
+        .env("GRM_LOG", "warn")
+        .args(["score", "--addr", &router.grpc(), "--tls-ca", &ca.2])
+        .args([
+            "--query",
+            "q?",
+            "--response",
+            "a good",
+            "--response",
+            "b bad",
+        ])
+        .args(["--k", "2", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["best"], 0, "{v}");
+}

@@ -159,6 +159,8 @@ pub struct Etcd {
     peer_url: String,
     data: PathBuf,
     log: PathBuf,
+    /// Certificate, key and CA files when clients must come over mutual TLS.
+    tls: Option<[String; 3]>,
 }
 
 fn free_port() -> u16 {
@@ -186,13 +188,25 @@ fn etcd_binary() -> String {
 
 impl Etcd {
     pub fn start(dir: &Path) -> Etcd {
+        Self::start_with(dir, None)
+    }
+
+    /// An etcd serving clients over TLS with this certificate, and only clients with a
+    /// certificate of this CA (`--client-cert-auth`).
+    pub fn start_mutual_tls(dir: &Path, cert: &str, key: &str, ca: &str) -> Etcd {
+        Self::start_with(dir, Some([cert.into(), key.into(), ca.into()]))
+    }
+
+    fn start_with(dir: &Path, tls: Option<[String; 3]>) -> Etcd {
         let (c, p) = (free_port(), free_port());
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut e = Etcd {
             proc: None,
-            client_url: format!("http://127.0.0.1:{c}"),
+            client_url: format!("{scheme}://127.0.0.1:{c}"),
             peer_url: format!("http://127.0.0.1:{p}"),
             data: dir.join("etcd-data"),
             log: dir.join("etcd.log"),
+            tls,
         };
         e.restart();
         e
@@ -200,7 +214,20 @@ impl Etcd {
 
     /// Starts (again) on the same ports and data.
     pub fn restart(&mut self) {
+        let tls_args: Vec<String> = match &self.tls {
+            Some([cert, key, ca]) => vec![
+                "--cert-file".into(),
+                cert.clone(),
+                "--key-file".into(),
+                key.clone(),
+                "--trusted-ca-file".into(),
+                ca.clone(),
+                "--client-cert-auth".into(),
+            ],
+            None => Vec::new(),
+        };
         let child = Command::new(etcd_binary())
+            .args(&tls_args)
             .args([
                 "--name",
                 "default",
@@ -229,7 +256,11 @@ impl Etcd {
             .spawn()
             .expect("start etcd");
         self.proc = Some(child);
-        let addr = self.client_url.trim_start_matches("http://").to_string();
+        let addr = self
+            .client_url
+            .split_once("://")
+            .map_or(self.client_url.as_str(), |(_, a)| a)
+            .to_string();
         wait_for(Duration::from_secs(20), "etcd to listen", || {
             TcpStream::connect(&addr).is_ok()
         });

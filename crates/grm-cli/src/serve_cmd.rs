@@ -243,15 +243,21 @@ pub struct MembershipFlags {
     pub aggregators: Vec<String>,
 }
 
+/// The etcd endpoints of `--etcd`, reached over TLS when they are https (with the node's
+/// --tls-ca, and its certificate if it has one).
+fn etcd_endpoints(urls: &[String], tls: &Tls) -> Result<etcd::Endpoints> {
+    etcd::Endpoints::new(urls.to_vec(), tls.client.as_ref()).map_err(anyhow::Error::msg)
+}
+
 impl MembershipFlags {
-    fn members(&self) -> Members {
+    fn members(&self, tls: &Tls) -> Result<Members> {
         if !self.etcd.is_empty() {
-            return etcd::watch_members(self.etcd.clone());
+            return Ok(etcd::watch_members(etcd_endpoints(&self.etcd, tls)?));
         }
         let mut list = members::from_addrs(Role::Grm, &self.workers);
         list.extend(members::from_addrs(Role::MetaRm, &self.meta_workers));
         list.extend(members::from_addrs(Role::Aggregator, &self.aggregators));
-        members::fixed(list)
+        Ok(members::fixed(list))
     }
 }
 
@@ -456,12 +462,13 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
             max_queued_tokens: a.max_queued_tokens,
         },
     );
+    let etcd_urls = etcd_endpoints(&a.etcd, &tls)?;
     runtime()?.block_on(async move {
         let (listener, addr) = bind(&a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
         let advertise = advertised(a.advertise.as_ref(), addr, !a.etcd.is_empty())?;
         let registration = (!a.etcd.is_empty()).then(|| {
             let member = Member { id: advertise.clone(), addr: advertise.clone(), role, model: name.clone(), capacity: 0 };
-            etcd::register(a.etcd.clone(), member, Duration::from_secs(a.lease_ttl_s.max(1)))
+            etcd::register(etcd_urls.clone(), member, Duration::from_secs(a.lease_ttl_s.max(1)))
         });
         let stop = shutdown_signal();
         let (server_stop_tx, server_stop_rx) = watch::channel(false);
@@ -491,8 +498,9 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
 pub fn aggregator(a: AggregatorArgs) -> Result<()> {
     let template = Arc::new(crate::judge_cmd::load_template(a.template.as_ref())?);
     let tls = a.tls.load()?;
+    let etcd_urls = etcd_endpoints(&a.members.etcd, &tls)?;
     runtime()?.block_on(async move {
-        let members = a.members.members();
+        let members = a.members.members(&tls)?;
         let meta = Pool::with_tls(Role::MetaRm, members, tls.client);
         let agg = Aggregator::new(template, Some(meta));
         let (listener, addr) = bind(&a.listen)
@@ -507,11 +515,7 @@ pub fn aggregator(a: AggregatorArgs) -> Result<()> {
                 model: String::new(),
                 capacity: 0,
             };
-            etcd::register(
-                a.members.etcd.clone(),
-                member,
-                Duration::from_secs(a.lease_ttl_s.max(1)),
-            )
+            etcd::register(etcd_urls, member, Duration::from_secs(a.lease_ttl_s.max(1)))
         });
         let mut line = json!({ "ready": "aggregator", "grpc": addr.to_string() });
         let (server_stop_tx, server_stop_rx) = watch::channel(false);
@@ -621,14 +625,15 @@ async fn run_router(
 }
 
 pub fn router(a: RouterArgs) -> Result<()> {
+    let tls = a.tls.load()?;
     runtime()?.block_on(async move {
-        let members = a.members.members();
+        let members = a.members.members(&tls)?;
         let stop = shutdown_signal();
         run_router(
             (&a.listen, &a.http_listen),
             members,
             &a.router,
-            a.tls.load()?,
+            tls,
             stop,
             InProcess::default(),
         )

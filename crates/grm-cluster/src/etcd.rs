@@ -8,6 +8,7 @@ use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, Wat
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
+use tonic::transport::ClientTlsConfig;
 use tracing::{info, warn};
 
 /// The key prefix of all members.
@@ -17,12 +18,53 @@ fn key(m: &Member) -> String {
     format!("{PREFIX}{}/{}", m.role.as_str(), m.id)
 }
 
-async fn connect(endpoints: &[String]) -> Result<Client, etcd_client::Error> {
-    let opts = ConnectOptions::new()
+/// Where etcd is, and how to reach it: plaintext for `http://` endpoints, TLS for `https://`
+/// ones, with the node's CA (and its certificate, for etcd's `--client-cert-auth`).
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    urls: Vec<String>,
+    tls: Option<ClientTlsConfig>,
+}
+
+impl Endpoints {
+    /// Checks the scheme of every URL against the TLS settings the node has.
+    pub fn new(urls: Vec<String>, tls: Option<&ClientTlsConfig>) -> Result<Self, String> {
+        let https = urls.iter().filter(|u| u.starts_with("https://")).count();
+        if https > 0 && https < urls.len() {
+            return Err(format!(
+                "--etcd mixes http:// and https:// endpoints ({}); use one scheme",
+                urls.join(",")
+            ));
+        }
+        if https == 0 {
+            return Ok(Self { urls, tls: None });
+        }
+        match tls {
+            Some(t) => Ok(Self {
+                urls,
+                tls: Some(t.clone()),
+            }),
+            None => Err(format!(
+                "--etcd {} is https: give --tls-ca (the CA of etcd's certificate), and --tls-cert/--tls-key if etcd checks client certificates",
+                urls.join(",")
+            )),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.urls.is_empty()
+    }
+}
+
+async fn connect(endpoints: &Endpoints) -> Result<Client, etcd_client::Error> {
+    let mut opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(5))
         .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
-    Client::connect(endpoints, Some(opts)).await
+    if let Some(tls) = &endpoints.tls {
+        opts = opts.with_tls(tls.clone());
+    }
+    Client::connect(&endpoints.urls, Some(opts)).await
 }
 
 /// A member's registration; [`Registration::deregister`] removes it at once (on drain).
@@ -43,7 +85,7 @@ impl Registration {
 
 /// Registers `member` under a lease of `ttl` seconds, re-registering whenever the lease is
 /// lost (etcd restarted, network cut), until deregistered.
-pub fn register(endpoints: Vec<String>, member: Member, ttl: Duration) -> Registration {
+pub fn register(endpoints: Endpoints, member: Member, ttl: Duration) -> Registration {
     let (stop_tx, mut stop) = oneshot::channel::<()>();
     let done = tokio::spawn(async move {
         let ttl_s = ttl.as_secs().max(1) as i64;
@@ -110,7 +152,7 @@ pub fn register(endpoints: Vec<String>, member: Member, ttl: Duration) -> Regist
 
 /// The members under [`PREFIX`], kept current by a watch. While etcd cannot be reached the
 /// last known list stays in place.
-pub fn watch_members(endpoints: Vec<String>) -> Members {
+pub fn watch_members(endpoints: Endpoints) -> Members {
     let (tx, rx) = watch::channel(Vec::new());
     tokio::spawn(async move {
         let mut known: BTreeMap<String, Member> = BTreeMap::new();
