@@ -1496,3 +1496,94 @@ fn membership_in_an_etcd_that_requires_mutual_tls() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["best"], 0, "{v}");
 }
+
+/// GET (or POST a JSON body to) an https URL trusting `ca`, by Python's standard library;
+/// returns (status, body), status 0 when the connection or handshake failed.
+fn https(url: &str, ca: &str, body: Option<&str>) -> (u16, String) {
+    let script = r#"
+import json, ssl, sys, urllib.request
+url, ca, body = sys.argv[1], sys.argv[2], sys.argv[3]
+ctx = ssl.create_default_context(cafile=ca)
+req = urllib.request.Request(url, data=body.encode() if body else None,
+                             headers={"content-type": "application/json"})
+try:
+    with urllib.request.urlopen(req, context=ctx, timeout=30) as r:
+        print(r.status); print(r.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code); print(e.read().decode())
+except Exception as e:
+    print(0); print(repr(e))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, url, ca, body.unwrap_or("")])
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (code, rest) = text.split_once('\n').unwrap_or((&text, ""));
+    (code.trim().parse().unwrap_or(0), rest.to_string())
+}
+
+#[test]
+fn http_listeners_serve_https_with_the_node_certificate() {
+    let _serial = serial();
+    let dir = scratch("https");
+    let ca = make_ca(&dir, "cluster");
+    let (cert, key) = make_leaf(&dir, "node", &ca);
+    let tls = [
+        "--tls-cert",
+        cert.as_str(),
+        "--tls-key",
+        key.as_str(),
+        "--tls-ca",
+        ca.2.as_str(),
+        "--http-tls",
+    ];
+    let mut wargs = vec!["--metrics-listen", "127.0.0.1:0"];
+    wargs.extend_from_slice(&tls);
+    let w = static_worker(&dir, "512", &wargs);
+    let router = static_router(&dir, &w.grpc(), "127.0.0.1:0", &tls);
+    // Health, metrics and OpenRLHF's endpoint over https.
+    let (code, body) = https(&format!("https://{}/health", router.http()), &ca.2, None);
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = https(
+        &format!("https://{}/metrics", w.ready["metrics"].as_str().unwrap()),
+        &ca.2,
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("grm_kv_blocks"), "{body}");
+    let reward = r#"{"query": ["q? a good", "q? b bad"], "prompts": ["q?", "q?"]}"#;
+    let (code, body) = https(
+        &format!("https://{}/get_reward", router.http()),
+        &ca.2,
+        Some(reward),
+    );
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let r = v["rewards"].as_array().unwrap();
+    assert!(r[0].as_f64() > r[1].as_f64(), "{v}");
+    // Plain HTTP gets no answer, and neither does a client trusting another CA.
+    let (code, _) = http(&router.http(), "GET", "/health", b"");
+    assert_ne!(code, 200);
+    let rogue = make_ca(&dir, "rogue");
+    let (code, _) = https(&format!("https://{}/health", router.http()), &rogue.2, None);
+    assert_eq!(code, 0);
+    // --http-tls without a certificate is refused by name.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_grm"))
+        .args([
+            "router",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            &w.grpc(),
+            "--http-tls",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--http-tls needs --tls-cert and --tls-key"),
+        "{err}"
+    );
+}

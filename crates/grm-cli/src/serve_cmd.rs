@@ -376,6 +376,10 @@ pub struct TlsFlags {
     /// Mutual TLS: refuse clients without a certificate signed by --tls-ca.
     #[arg(long, env = "GRM_TLS_CLIENT_AUTH")]
     pub tls_client_auth: bool,
+    /// Serve the HTTP listeners (/get_reward, /health, /metrics) over HTTPS too, with
+    /// --tls-cert/--tls-key.
+    #[arg(long, env = "GRM_HTTP_TLS")]
+    pub http_tls: bool,
 }
 
 impl TlsFlags {
@@ -385,6 +389,7 @@ impl TlsFlags {
             key: self.tls_key.as_deref(),
             ca: self.tls_ca.as_deref(),
             client_auth: self.tls_client_auth,
+            http: self.http_tls,
         })?)
     }
 }
@@ -477,7 +482,7 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
         if !a.metrics_listen.is_empty() {
             let (ml, maddr) = bind(&a.metrics_listen).await.with_context(|| format!("listening on {}", a.metrics_listen))?;
             line["metrics"] = json!(maddr.to_string());
-            tokio::spawn(serve_http(ml, http::engine_metrics_app(role.as_str(), w.engine().clone()), wait(server_stop_rx)));
+            tokio::spawn(serve_http(ml, http::engine_metrics_app(role.as_str(), w.engine().clone()), tls.http.clone(), wait(server_stop_rx)));
         }
         ready(line);
         wait(stop).await;
@@ -527,6 +532,7 @@ pub fn aggregator(a: AggregatorArgs) -> Result<()> {
             tokio::spawn(serve_http(
                 ml,
                 http::aggregator_metrics_app(agg.clone()),
+                tls.http.clone(),
                 wait(server_stop_rx.clone()),
             ));
         }
@@ -598,7 +604,12 @@ async fn run_router(
             },
             engines,
         );
-        Some(tokio::spawn(serve_http(hl, app, wait(stop.clone()))))
+        Some(tokio::spawn(serve_http(
+            hl,
+            app,
+            tls.http.clone(),
+            wait(stop.clone()),
+        )))
     };
     if let (Some(o), Some(e)) = (line.as_object_mut(), extra.as_object()) {
         o.extend(e.clone());

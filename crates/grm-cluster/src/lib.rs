@@ -9,6 +9,7 @@ pub mod chunking;
 pub mod dispatch;
 pub mod etcd;
 pub mod http;
+pub mod https;
 pub mod members;
 pub mod metrics;
 pub mod pool;

@@ -3,6 +3,7 @@
 //! clients to present a certificate signed by that CA (and presents its own when it calls).
 
 use std::path::Path;
+use std::sync::Arc;
 use thiserror::Error;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
@@ -18,6 +19,12 @@ pub enum TlsError {
     HalfIdentity,
     #[error("--tls-client-auth needs --tls-ca (to verify clients) and --tls-cert/--tls-key (to serve TLS)")]
     ClientAuthWithoutCa,
+    #[error(
+        "--http-tls needs --tls-cert and --tls-key (the HTTP listener serves the same certificate)"
+    )]
+    HttpWithoutIdentity,
+    #[error("{path}: {message}")]
+    Pem { path: String, message: String },
 }
 
 /// Where a node's TLS material is (PEM files).
@@ -32,6 +39,8 @@ pub struct TlsFiles<'a> {
     pub ca: Option<&'a Path>,
     /// Mutual TLS: refuse clients without a certificate signed by `ca`.
     pub client_auth: bool,
+    /// Serve the HTTP listeners over HTTPS too, with the same certificate.
+    pub http: bool,
 }
 
 /// A node's TLS settings, loaded.
@@ -41,6 +50,8 @@ pub struct Tls {
     pub server: Option<ServerTlsConfig>,
     /// How this node calls others (None: plaintext).
     pub client: Option<ClientTlsConfig>,
+    /// How its HTTP listeners serve (None: plain HTTP).
+    pub http: Option<Arc<rustls::ServerConfig>>,
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -67,6 +78,11 @@ impl Tls {
         if f.client_auth && (ca.is_none() || identity.is_none()) {
             return Err(TlsError::ClientAuthWithoutCa);
         }
+        let http = match (f.http, f.cert, f.key) {
+            (false, _, _) => None,
+            (true, Some(c), Some(k)) => Some(https_config(c, k)?),
+            (true, _, _) => return Err(TlsError::HttpWithoutIdentity),
+        };
         let server = identity.clone().map(|id| {
             let s = ServerTlsConfig::new().identity(id);
             match (&ca, f.client_auth) {
@@ -81,8 +97,36 @@ impl Tls {
                 None => c,
             }
         });
-        Ok(Self { server, client })
+        Ok(Self {
+            server,
+            client,
+            http,
+        })
     }
+}
+
+/// A rustls server configuration for HTTPS from PEM files (HTTP/2 and HTTP/1.1 by ALPN).
+fn https_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let pem = |path: &Path, e: &dyn std::fmt::Display| TlsError::Pem {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| pem(cert, &e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| pem(cert, &e))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| pem(key, &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| pem(cert, &e))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| pem(cert, &e))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 #[cfg(test)]
