@@ -264,7 +264,11 @@ def check_probes(r: Rendered, v: dict) -> None:
                           f"{where}: {kind} must be an httpGet of /metrics on the --metrics-listen port "
                           "(a worker's metrics server serves /metrics only)")
                 elif comp == "aggregator":
-                    if v["tls"]["aggregatorProbe"] == "exec":
+                    if v["tls"]["aggregatorProbe"] == "http":
+                        check(h == "httpGet" and p["httpGet"]["path"] == "/metrics"
+                              and port_number(c, p["httpGet"]["port"]) == listen_port(flag(c, "metrics-listen")[0]),
+                              f"{where}: {kind} must be an httpGet of /metrics on the --metrics-listen port")
+                    elif v["tls"]["aggregatorProbe"] == "exec":
                         cmd = p.get("exec", {}).get("command", [])
                         good = (h == "exec" and cmd[:1] == ["/usr/local/bin/grpc_health_probe"]
                               and f"-addr=127.0.0.1:{grpc_port}" in cmd and "-tls" in cmd
@@ -276,7 +280,7 @@ def check_probes(r: Rendered, v: dict) -> None:
                     else:
                         check(h == "tcpSocket", f"{where}: {kind} must be a tcpSocket probe")
     ok(f"probes: {n} probes, liveness and readiness on every container"
-          + (" (TLS: HTTP on plaintext ports, grpc_health_probe over TLS for aggregators)" if tls else " (kubelet grpc on each --listen port)"))
+          + (f" (TLS: HTTP on plaintext ports; aggregators: {v['tls']['aggregatorProbe']})" if tls else " (kubelet grpc on each --listen port)"))
 
 
 def check_etcd(r: Rendered, v: dict) -> None:
@@ -439,7 +443,8 @@ def check_aggregator(r: Rendered, v: dict) -> None:
     port = port_number(c, "grpc")
     want = f"$(POD_NAME).{w['spec']['serviceName']}.{NAMESPACE}.svc.{DOMAIN}:{port}"
     check(flag(c, "advertise") == [want], f"aggregator --advertise={flag(c, 'advertise')}, want {want}")
-    ok(f"aggregator: {w['spec']['replicas']} replicas advertised as {want}")
+    check(flag(c, "metrics-listen") == [f"0.0.0.0:{port_number(c, 'metrics')}"], "aggregator: --metrics-listen on the metrics port")
+    ok(f"aggregator: {w['spec']['replicas']} replicas advertised as {want}, /metrics on its metrics port")
 
 
 def check_tls(r: Rendered, v: dict) -> None:
@@ -510,8 +515,10 @@ def check_service_monitor(r: Rendered, v: dict) -> None:
         check(labels(sm).get(k) == val, f"ServiceMonitor label {k}={val}")
     selected = [s for s in r.kind("Service") if selects(sm["spec"]["selector"]["matchLabels"], labels(s))]
     comps = sorted(component_of(s) for s in selected)
-    want = sorted(c for c in ("router", "grm-worker", "meta-worker") if c == "router" or v["workers"][c.split("-")[0]]["enabled"])
-    check(comps == want, f"ServiceMonitor selects the router and worker Services (selects {comps})")
+    want = sorted(c for c in ("router", "grm-worker", "meta-worker", "aggregator")
+                  if c == "router" or (c == "aggregator" and v["aggregator"]["enabled"])
+                  or (c.endswith("-worker") and v["workers"][c.split("-")[0]]["enabled"]))
+    check(comps == want, f"ServiceMonitor selects the router, worker and aggregator Services (selects {comps})")
     check(sm["spec"].get("namespaceSelector", {}).get("matchNames") == [NAMESPACE], "ServiceMonitor: the release's namespace")
     for ep in sm["spec"]["endpoints"]:
         serving = [s["metadata"]["name"] for s in selected if any(p["name"] == ep["port"] for p in s["spec"]["ports"])]
