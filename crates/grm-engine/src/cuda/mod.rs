@@ -830,65 +830,51 @@ impl Backend for CudaBackend {
         );
         let cap = p.softcap.unwrap_or(0.0);
         let window = p.window.map_or(0, |w| w as i32);
+        // Both kernels take the same arguments but for their rows (prefill: the tiles' first
+        // rows and counts; decode: the rows).
+        let mut launch = |name: &'static str, cfg: LaunchConfig, rows: &[&CudaSlice<u32>]| {
+            let mut b = self.stream.launch_builder(self.f(name));
+            b.arg(&q.buf)
+                .arg(&kc)
+                .arg(&vc)
+                .arg(&m.tables)
+                .arg(&m.table_start)
+                .arg(&m.seq_of)
+                .arg(&m.positions);
+            for r in rows {
+                b.arg(*r);
+            }
+            b.arg(&heads)
+                .arg(&kvh)
+                .arg(&hd)
+                .arg(&bs)
+                .arg(&p.scale)
+                .arg(&cap)
+                .arg(&window)
+                .arg(&mut out);
+            // SAFETY: matches attention.cu; the plan keeps prefill tiles within PREFILL_PAIRS.
+            ok(unsafe { b.launch(cfg) }, name);
+        };
         if let (Some(r0), Some(n)) = (&m.tile_row0, &m.tile_rows) {
-            let f = self.f("attn_prefill");
             let bytes = 2 * kv.block_size * p.head_dim * 4;
-            self.dynamic_shared(f, bytes);
+            self.dynamic_shared(self.f("attn_prefill"), bytes);
             let cfg = LaunchConfig {
                 grid_dim: (m.plan.tile_row0.len() as u32, p.num_kv_heads as u32, 1),
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: bytes as u32,
             };
-            let mut b = self.stream.launch_builder(f);
-            b.arg(&q.buf)
-                .arg(&kc)
-                .arg(&vc)
-                .arg(&m.tables)
-                .arg(&m.table_start)
-                .arg(&m.seq_of)
-                .arg(&m.positions)
-                .arg(r0)
-                .arg(n)
-                .arg(&heads)
-                .arg(&kvh)
-                .arg(&hd)
-                .arg(&bs)
-                .arg(&p.scale)
-                .arg(&cap)
-                .arg(&window)
-                .arg(&mut out);
-            // SAFETY: matches attention.cu; the plan keeps tiles within PREFILL_PAIRS.
-            ok(unsafe { b.launch(cfg) }, "attn_prefill");
+            launch("attn_prefill", cfg, &[r0, n]);
         }
         if let Some(rows) = &m.decode_rows {
-            let f = self.f("attn_decode");
             let warps = 4usize;
             let bytes = (group * p.head_dim * (1 + warps) + 2 * warps * group) * 4;
-            self.dynamic_shared(f, bytes);
+            self.dynamic_shared(self.f("attn_decode"), bytes);
             let cfg = LaunchConfig {
                 grid_dim: (m.plan.decode_rows.len() as u32, p.num_kv_heads as u32, 1),
                 block_dim: (32 * warps as u32, 1, 1),
                 shared_mem_bytes: bytes as u32,
             };
-            let mut b = self.stream.launch_builder(f);
-            b.arg(&q.buf)
-                .arg(&kc)
-                .arg(&vc)
-                .arg(&m.tables)
-                .arg(&m.table_start)
-                .arg(&m.seq_of)
-                .arg(&m.positions)
-                .arg(rows)
-                .arg(&heads)
-                .arg(&kvh)
-                .arg(&hd)
-                .arg(&bs)
-                .arg(&p.scale)
-                .arg(&cap)
-                .arg(&window)
-                .arg(&mut out);
-            // SAFETY: matches attention.cu.
-            ok(unsafe { b.launch(cfg) }, "attn_decode");
+            launch("attn_decode", cfg, &[rows]);
         }
         CudaAct {
             rows: q.rows,
