@@ -114,6 +114,10 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Self::Act;
     /// The given rows, in order.
     fn gather_rows(&self, x: &Self::Act, rows: &[usize]) -> Self::Act;
+    /// Whether [`Backend::sample`] samples on the device (else the host samples).
+    fn samples_on_device(&self) -> bool {
+        false
+    }
     /// Samples one token per setting from the given rows of `logits` on the device, so that
     /// only token ids reach the host; `None` where the backend samples on the host.
     fn sample(

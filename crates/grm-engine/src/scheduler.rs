@@ -352,6 +352,9 @@ impl<B: Backend> Scheduler<B> {
     /// a sample to draw with settings it supports (no top-k cut other than greedy, no scoring),
     /// the tokens of each output row, drawn there; otherwise `None`, and the host samples.
     fn device_tokens(&self, plan: &[Planned], out: &B::Act) -> Option<Vec<Vec<u32>>> {
+        if !self.model.backend().samples_on_device() {
+            return None;
+        }
         let mut rows = Vec::new();
         let mut settings = Vec::new();
         let mut per_row = Vec::new();

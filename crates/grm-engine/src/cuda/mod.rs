@@ -904,6 +904,10 @@ impl Backend for CudaBackend {
         }
     }
 
+    fn samples_on_device(&self) -> bool {
+        true
+    }
+
     fn sample(
         &self,
         logits: &CudaAct,
