@@ -65,6 +65,16 @@ impl Tensor {
         self.shape.iter().product()
     }
 
+    /// (rows, cols) of the tensor read as a matrix: a vector is one row, higher ranks fold
+    /// their trailing dimensions into the columns.
+    pub fn matrix_dims(&self) -> (usize, usize) {
+        match self.shape.as_slice() {
+            [r, c] => (*r, *c),
+            [c] => (1, *c),
+            s => (s[0], s[1..].iter().product()),
+        }
+    }
+
     /// Element `i` as f32.
     #[inline]
     pub fn get(&self, i: usize) -> f32 {

@@ -69,11 +69,7 @@ impl Backend for CpuBackend {
     }
 
     fn matrix(&self, t: &Tensor) -> Result<CpuMatrix> {
-        let (rows, cols) = match t.shape.as_slice() {
-            [r, c] => (*r, *c),
-            [c] => (1, *c),
-            s => (s[0], s[1..].iter().product()),
-        };
+        let (rows, cols) = t.matrix_dims();
         Ok(CpuMatrix {
             tensor: t.clone(),
             rows,

@@ -526,11 +526,7 @@ impl Backend for CudaBackend {
     }
 
     fn matrix(&self, t: &Tensor) -> Result<CudaMatrix> {
-        let (rows, cols) = match t.shape.as_slice() {
-            [r, c] => (*r, *c),
-            [c] => (1, *c),
-            s => (s[0], s[1..].iter().product()),
-        };
+        let (rows, cols) = t.matrix_dims();
         let bytes = self
             .stream
             .clone_htod(t.bytes())
