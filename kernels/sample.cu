@@ -1,5 +1,5 @@
 // Sampling on the GPU, so that only token ids cross to the host each step. CPU reference:
-// sampler::device_reference::sample_row (the same algorithm; sums in another order).
+// device_sampler::sample_row (the same algorithm; sums in another order).
 //
 // Per row: temperature 0 is greedy (the lowest index among equal maxima). Otherwise
 // p_i = exp((x_i - max) / T); the nucleus is {i : p_i >= t} for the largest threshold t
@@ -103,16 +103,22 @@ extern "C" __global__ void sample_rows(const float* logits, int vocab, const flo
     // Exactly one chunk picks: the one whose range of the running sum holds the goal, or,
     // when rounding put the goal at the very end, the last chunk with mass (its end equals
     // kept_total bit for bit: the scan above added the same two numbers).
+    // (`run < kept_total`: a trailing chunk whose mass was lost to rounding does not count.)
     const bool holds = goal >= run && goal < run + mine;
-    const bool at_end = goal >= kept_total && run + mine == kept_total;
+    const bool at_end = goal >= kept_total && run + mine == kept_total && run < kept_total;
     if (mine > 0.0f && (holds || at_end)) {
+        // Within the chunk, from zero as `mine` was summed: where its running sum passes the
+        // rest of the goal. Tokens of probability 0 are never drawn; if rounding leaves the
+        // goal unreached, the chunk's last token of positive probability is.
+        const float need = goal - run;
+        float acc = 0.0f;
         int last = -1;
         for (int i = begin; i < end; i++) {
             float p = expf((x[i] - mx) * inv_t);
-            if (p < thr) continue;
+            if (p < thr || p <= 0.0f) continue;
             last = i;
-            run += p;
-            if (run > goal) break;
+            acc += p;
+            if (acc > need) break;
         }
         if (last >= 0) tokens[r] = (unsigned int)last;
     }

@@ -47,6 +47,10 @@ pub trait Backend: Send + Sync + 'static {
     fn kv_element_bytes(&self) -> usize {
         4
     }
+    /// Refuses a model whose shapes the backend's kernels do not cover, at load.
+    fn check_model(&self, _config: &crate::config::ModelConfig) -> Result<()> {
+        Ok(())
+    }
     /// Memory the KV pool may take when none was asked for (the GPU's, from its free memory);
     /// `None`: the engine's host default.
     fn kv_memory_budget(&self) -> Option<usize> {

@@ -64,7 +64,8 @@ pub fn sample_row(logits: &[f32], s: RowSampling) -> u32 {
     let mut run = 0.0f32;
     let mut last = best;
     for (i, &v) in p.iter().enumerate() {
-        if v < thr {
+        // A token of probability 0 (underflow at a low temperature) is never drawn.
+        if v < thr || v <= 0.0 {
             continue;
         }
         last = i;

@@ -85,6 +85,7 @@ impl<B: Backend> Gemma2<B> {
     }
 
     pub fn from_store(config: ModelConfig, store: &WeightStore, backend: B) -> Result<Self> {
+        backend.check_model(&config)?;
         let c = &config;
         let (h, q_out, kv_out) = (
             c.hidden_size,

@@ -4,8 +4,10 @@
 //! A generation request is one prompt and k samples: the prompt is prefilled once by a parent
 //! sequence, then forked into k children that share its blocks and each sample from the same
 //! last-position logits with their own seed. When blocks run out, the newest sequences are
-//! preempted (their blocks freed, their tokens kept) and recomputed later; since every kernel
-//! is batch-invariant and the sampler's state is kept, outputs do not change. Cancelling a
+//! preempted (their blocks freed, their tokens kept) and recomputed later; since every CPU kernel
+//! is batch-invariant and the sampler's state is kept, outputs do not change (on the GPU,
+//! whose kernels and cuBLAS do not promise the same bits for a row in every batch, a near-tie
+//! can go the other way). Cancelling a
 //! request frees all its blocks at once. Only this module mutates block tables.
 
 use crate::backend::Backend;
@@ -97,6 +99,30 @@ struct Sequence {
     /// Prompt tokens served by the prefix cache at the first admission.
     first_cached: Option<usize>,
     role: Role,
+}
+
+/// How the device draws a sample's token at `step` (its index among the sample's tokens), or
+/// `None` for settings it leaves to the host (a top-k cut other than greedy).
+fn device_setting(p: &SamplingParams, step: usize) -> Option<RowSampling> {
+    if p.top_k > 1 && p.temperature > 0.0 {
+        return None;
+    }
+    Some(RowSampling {
+        temperature: if p.top_k == 1 { 0.0 } else { p.temperature },
+        top_p: p.top_p,
+        seed: p.seed,
+        step: step as u64,
+    })
+}
+
+/// A token drawn on the host. On a backend that samples on the device, a sample the device
+/// could draw is drawn by the device's rule here too (its CPU reference), so that its tokens
+/// do not depend on whether a scoring request or a top-k sample shared its step.
+fn host_token(device_rule: bool, sampler: &mut Sampler, logits: &[f32], step: usize) -> u32 {
+    match device_setting(sampler.params(), step).filter(|_| device_rule) {
+        Some(setting) => crate::device_sampler::sample_row(logits, setting),
+        None => sampler.sample(logits),
+    }
 }
 
 /// What a step produced for its output rows: values on the host, or tokens drawn on the
@@ -358,17 +384,6 @@ impl<B: Backend> Scheduler<B> {
         let mut rows = Vec::new();
         let mut settings = Vec::new();
         let mut per_row = Vec::new();
-        let setting = |p: &SamplingParams, step: usize| {
-            if p.top_k > 1 && p.temperature > 0.0 {
-                return None;
-            }
-            Some(RowSampling {
-                temperature: if p.top_k == 1 { 0.0 } else { p.temperature },
-                top_p: p.top_p,
-                seed: p.seed,
-                step: step as u64,
-            })
-        };
         for (row, p) in plan.iter().filter(|p| p.output).enumerate() {
             let s = self.seqs.get(&p.seq)?;
             match &s.role {
@@ -376,13 +391,16 @@ impl<B: Backend> Scheduler<B> {
                 Role::Parent => {
                     let samples = &self.requests.get(&s.request)?.samples;
                     for params in samples {
-                        settings.push(setting(params, 0)?);
+                        settings.push(device_setting(params, 0)?);
                         rows.push(row);
                     }
                     per_row.push(samples.len());
                 }
                 Role::Child { sampler, .. } => {
-                    settings.push(setting(sampler.params(), s.tokens.len() - s.prompt_len)?);
+                    settings.push(device_setting(
+                        sampler.params(),
+                        s.tokens.len() - s.prompt_len,
+                    )?);
                     rows.push(row);
                     per_row.push(1);
                 }
@@ -549,6 +567,7 @@ impl<B: Backend> Scheduler<B> {
         out: Output<'_>,
         events: &mut Vec<(RequestId, Event)>,
     ) {
+        let device_rule = self.model.backend().samples_on_device();
         let s = self.seqs.get_mut(&seq).expect("seq");
         let cached = s.first_cached.unwrap_or(0);
         match &mut s.role {
@@ -588,7 +607,7 @@ impl<B: Backend> Scheduler<B> {
                     let mut sampler = Sampler::new(params);
                     let mut tokens = prompt.clone();
                     tokens.push(match out {
-                        Output::Logits(l) => sampler.sample(l),
+                        Output::Logits(l) => host_token(device_rule, &mut sampler, l, 0),
                         Output::Tokens(t) => t[i],
                     });
                     self.counters.generated_tokens += 1;
@@ -620,7 +639,9 @@ impl<B: Backend> Scheduler<B> {
             }
             Role::Child { sampler, .. } => {
                 let token = match out {
-                    Output::Logits(l) => sampler.sample(l),
+                    Output::Logits(l) => {
+                        host_token(device_rule, sampler, l, s.tokens.len() - s.prompt_len)
+                    }
                     Output::Tokens(t) => t[0],
                 };
                 s.tokens.push(token);

@@ -237,8 +237,8 @@ fn cache_key(file: &KernelFile, arch: &str, nvrtc: (i32, i32)) -> u64 {
 }
 
 /// The CUBIN of a file for `arch`, from the disk cache or freshly compiled (and then stored;
-/// a cache that cannot be written is only logged).
-pub fn cubin_cached(file: &'static KernelFile, arch: &str) -> Result<Vec<u8>, KernelError> {
+/// a cache that cannot be written is only logged), and whether it came from the cache.
+pub fn cubin_cached(file: &'static KernelFile, arch: &str) -> Result<(Vec<u8>, bool), KernelError> {
     let version = nvrtc_version()?;
     let path = cache_dir().map(|d| {
         d.join(format!(
@@ -249,7 +249,7 @@ pub fn cubin_cached(file: &'static KernelFile, arch: &str) -> Result<Vec<u8>, Ke
     });
     if let Some(bytes) = path.as_ref().and_then(|p| std::fs::read(p).ok()) {
         if !bytes.is_empty() {
-            return Ok(bytes);
+            return Ok((bytes, true));
         }
     }
     let compiled = compile(file, arch)?;
@@ -261,8 +261,11 @@ pub fn cubin_cached(file: &'static KernelFile, arch: &str) -> Result<Vec<u8>, Ke
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
             .and_then(|()| {
-                // Written aside and renamed, so a concurrent start never reads half a file.
-                let tmp = p.with_extension(format!("tmp{}", std::process::id()));
+                // Written aside under a name of its own and renamed, so that no concurrent start
+                // (another process, or another thread of this one) reads half a file.
+                static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let tmp = p.with_extension(format!("tmp{}-{n}", std::process::id()));
                 std::fs::write(&tmp, &compiled.cubin)?;
                 std::fs::rename(&tmp, &p)
             });
@@ -270,5 +273,5 @@ pub fn cubin_cached(file: &'static KernelFile, arch: &str) -> Result<Vec<u8>, Ke
             tracing::warn!(path = %p.display(), error = %e, "cannot cache compiled kernels");
         }
     }
-    Ok(compiled.cubin)
+    Ok((compiled.cubin, false))
 }

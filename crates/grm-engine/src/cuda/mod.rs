@@ -83,7 +83,9 @@ pub struct CudaKv {
 
 /// The device copy of one step's attention plan, reused by every layer of the step.
 struct StepMeta {
-    key: (Vec<u32>, Vec<u32>, Vec<Vec<u32>>),
+    /// What the plan was made from: positions, span of each row, block tables, the heads per
+    /// KV head and the block size (tiles are sized by the group).
+    key: (Vec<u32>, Vec<u32>, Vec<Vec<u32>>, usize, usize),
     plan: plan::AttentionPlan,
     tables: CudaSlice<u32>,
     table_start: CudaSlice<u32>,
@@ -174,10 +176,18 @@ impl CudaBackend {
         let arch = format!("sm_{major}{minor}");
         let mut functions = HashMap::new();
         for file in kernels::FILES {
-            let cubin = kernels::cubin_cached(file, &arch).map_err(cuda_err)?;
-            let module = ctx
-                .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
-                .map_err(|e| cuda_err(format!("loading {} for {arch}: {e:?}", file.name)))?;
+            let (cubin, cached) = kernels::cubin_cached(file, &arch).map_err(cuda_err)?;
+            let load = |cubin| ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin));
+            let module = match load(cubin) {
+                Ok(m) => m,
+                // A damaged cache entry: compile afresh rather than fail.
+                Err(e) if cached => {
+                    tracing::warn!(file = file.name, error = ?e, "a cached kernel did not load; recompiling");
+                    load(kernels::compile(file, &arch).map_err(cuda_err)?.cubin)
+                        .map_err(|e| cuda_err(format!("loading {} for {arch}: {e:?}", file.name)))?
+                }
+                Err(e) => return Err(cuda_err(format!("loading {} for {arch}: {e:?}", file.name))),
+            };
             for &k in file.kernels {
                 let f = module
                     .load_function(k)
@@ -221,7 +231,12 @@ impl CudaBackend {
 
     /// Refuses model shapes the kernels do not cover.
     pub fn check_shape(&self, heads: usize, kv_heads: usize, head_dim: usize) -> Result<()> {
-        let group = heads / kv_heads.max(1);
+        if kv_heads == 0 || heads % kv_heads != 0 {
+            return Err(cuda_err(format!(
+                "num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})"
+            )));
+        }
+        let group = heads / kv_heads;
         if head_dim > 256 || group > 32 || head_dim % 2 != 0 {
             return Err(cuda_err(format!(
                 "the CUDA attention kernels need head_dim <= 256 (even) and at most 32 query heads per KV head; this model has head_dim {head_dim} and {group}"
@@ -347,6 +362,7 @@ impl CudaBackend {
     /// cuBLAS: `x · wᵀ` with w [out × in] row-major (column-major [in × out], transposed).
     fn gemm(&self, x: &CudaAct, w: &CudaMatrix) -> CudaAct {
         let (rows, k, n_out) = (x.rows, x.cols, w.rows);
+        assert_eq!(k, w.cols, "gemm: x has {k} columns, the weight {}", w.cols);
         let mut out = self.zeros_f32(rows * n_out);
         if rows == 0 {
             return CudaAct {
@@ -433,7 +449,11 @@ impl CudaBackend {
     ) -> &'a StepMeta {
         let fresh = match &cache.meta {
             Some(m) => {
-                m.key.0 != meta.positions || m.key.1 != meta.span_of || m.key.2 != meta.spans
+                m.key.0 != meta.positions
+                    || m.key.1 != meta.span_of
+                    || m.key.2 != meta.spans
+                    || m.key.3 != group
+                    || m.key.4 != meta.block_size
             }
             None => true,
         };
@@ -445,6 +465,8 @@ impl CudaBackend {
                     meta.positions.clone(),
                     meta.span_of.clone(),
                     meta.spans.clone(),
+                    group,
+                    meta.block_size,
                 ),
                 tables: self.upload(if p.tables.is_empty() {
                     &[0u32][..]
@@ -516,6 +538,10 @@ impl Backend for CudaBackend {
         2
     }
 
+    fn check_model(&self, c: &crate::config::ModelConfig) -> Result<()> {
+        self.check_shape(c.num_heads, c.num_kv_heads, c.head_dim)
+    }
+
     fn kv_memory_budget(&self) -> Option<usize> {
         // What the fraction allows beyond what is in use now (the weights are loaded), less a
         // reserve of 5% of the device for activations and cuBLAS's workspace.
@@ -553,7 +579,14 @@ impl Backend for CudaBackend {
         kv_heads: usize,
         head_dim: usize,
     ) -> Result<CudaKv> {
-        self.check_shape(kv_heads, kv_heads, head_dim)?;
+        // The prefill kernel holds one block of keys and values in shared memory.
+        let tile = 2 * block_size * head_dim * 4;
+        if tile > self.max_shared {
+            return Err(cuda_err(format!(
+                "--block-size {block_size} with head_dim {head_dim} needs {tile} bytes of shared memory per attention block; this GPU allows {}: lower --block-size",
+                self.max_shared
+            )));
+        }
         let layer_stride = num_blocks * block_size * kv_heads * head_dim;
         let alloc = || {
             self.stream
@@ -742,6 +775,8 @@ impl Backend for CudaBackend {
         if slots.is_empty() {
             return;
         }
+        assert_eq!(slots.len(), k.rows, "write_kv: one slot per row");
+        let rows = slots.len();
         let slots: Vec<u64> = slots.iter().map(|&s| s as u64).collect();
         let slots = self.upload(&slots);
         let (h, d, bs) = (kv.kv_heads as i32, kv.head_dim as i32, kv.block_size as i32);
@@ -759,7 +794,7 @@ impl Backend for CudaBackend {
             .arg(&mut vc);
         // SAFETY: matches kv.cu; slots lie inside the pool (the block manager's invariant).
         ok(
-            unsafe { b.launch(Self::rows_config(k.rows, 256)) },
+            unsafe { b.launch(Self::rows_config(rows, 256)) },
             "write_kv",
         );
     }
@@ -768,6 +803,9 @@ impl Backend for CudaBackend {
         if ops.is_empty() {
             return;
         }
+        // One launch runs the copies at once; the CPU runs them in order. They agree because no
+        // copy reads a block another writes (only fork siblings share a partial block).
+        debug_assert!(ops.iter().all(|a| ops.iter().all(|b| a.src != b.dst)));
         let src: Vec<u32> = ops.iter().map(|o| o.src).collect();
         let dst: Vec<u32> = ops.iter().map(|o| o.dst).collect();
         let n: Vec<u32> = ops.iter().map(|o| o.slots as u32).collect();
