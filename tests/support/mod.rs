@@ -329,3 +329,75 @@ pub fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) 
     }
     (status, out)
 }
+
+pub fn short_template_static() -> &'static str {
+    Box::leak(short_template().into_boxed_str())
+}
+
+/// Runs `tests/python/<script>` with the test venv's Python and the working tree's client;
+/// returns its JSON line.
+pub fn python_client(script: &str, args: &[&str]) -> serde_json::Value {
+    let py = repo().join(".venv-test/bin/python");
+    assert!(
+        py.exists(),
+        "{} is missing: run `bash scripts/setup.sh`",
+        py.display()
+    );
+    let out = std::process::Command::new(&py)
+        .env("PYTHONPATH", repo().join("clients/python"))
+        .arg(repo().join("tests/python").join(script))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A tiny-judge worker on one thread with `kv_blocks` KV blocks, outside etcd.
+pub fn static_worker(dir: &std::path::Path, kv_blocks: &str, extra: &[&str]) -> Proc {
+    let model = fixture("tiny-judge");
+    let mut args = vec![
+        "worker",
+        "--model",
+        &model,
+        "--listen",
+        "127.0.0.1:0",
+        "--threads",
+        "1",
+        "--kv-blocks",
+        kv_blocks,
+    ];
+    args.extend_from_slice(extra);
+    grm(dir, "worker", &args)
+}
+
+/// A router over one static worker (no etcd), with the short template and 32 new tokens.
+pub fn static_router(dir: &std::path::Path, worker: &str, http: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "router",
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        http,
+        "--workers",
+        worker,
+        "--template",
+        short_template_static(),
+        "--max-new-tokens",
+        "32",
+    ];
+    args.extend_from_slice(extra);
+    grm(dir, "router", &args)
+}
+
+/// One sample's value in a Prometheus text scrape (0 when the series is absent).
+pub fn metric(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}

@@ -36,10 +36,18 @@ pub async fn serve_grpc(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(grm_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions: grpcurl before 1.9, Postman, Evans and grpcui ask for
+    // v1alpha only (grpc-go and grpc-java servers serve both).
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(grm_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
+        .expect("the embedded descriptors are valid");
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .expect("the embedded descriptors are valid");
     let mut builder = Server::builder();
     if let Some(tls) = services.tls {
@@ -48,7 +56,8 @@ pub async fn serve_grpc(
     let mut routes = builder
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .add_service(health)
-        .add_service(reflection);
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
     if let Some(r) = services.router {
         reporter
             .set_serving::<RewardServiceServer<crate::router::Router>>()
