@@ -5,6 +5,7 @@ scores over the judgements that voted, `mean_scores[i]` their mean.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional, Sequence, Union
 
@@ -48,6 +49,17 @@ class ScoreResult:
     correct: Optional[bool]
     samples: list = field(default_factory=list)
     raw: object = None
+    # Set (and nothing else) when this request failed; see RewardClient.score_many.
+    error: Optional[ScoreError] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @classmethod
+    def failed(cls, id: str, error: ScoreError) -> "ScoreResult":
+        return cls(id=id, rewards=[], mean_scores=[], votes=0, best=None, tie=False, seed=0, k_meta=0,
+                   correct=None, error=error)
 
     @classmethod
     def from_proto(cls, r) -> "ScoreResult":
@@ -141,17 +153,42 @@ class RewardClient:
             raise ScoreError(e.code().name, e.details()) from None
         return ScoreResult.from_proto(r)
 
-    def score_many(self, requests: Iterable[dict]) -> Iterator[ScoreResult]:
-        """Streams many requests (dicts of `score`'s arguments, each with a unique "id");
-        yields results as they finish, in any order. A failed request raises ScoreError."""
+    def score_many(self, requests: Iterable[dict], *, window: Optional[int] = 512,
+                   timeout: Optional[float] = None) -> Iterator[ScoreResult]:
+        """Streams many requests (dicts of `score`'s arguments, each with a unique "id") over one
+        ScoreStream; yields a result per request as it finishes, in any order. A request that
+        failed yields a result whose `error` is a ScoreError (the others go on); a failure of
+        the stream itself raises ScoreError. At most `window` requests are sent ahead of their
+        answers (None: no pacing; the router's flow control then paces the stream).
+        `timeout`: for the whole stream (default: the client's)."""
+        sem = threading.Semaphore(window) if window else None
+        stop = threading.Event()
+
         def gen():
             for r in requests:
+                if sem is not None:
+                    while not sem.acquire(timeout=0.2):
+                        if stop.is_set():
+                            return
+                if stop.is_set():
+                    return
                 r = dict(r)
                 yield build_request(r.pop("query"), r.pop("responses"), **r)
-        for r in self.stub.ScoreStream(gen(), timeout=self.timeout, metadata=self.metadata):
-            if r.HasField("error"):
-                raise ScoreError(_code_name(r.error.code), r.error.message, r.id)
-            yield ScoreResult.from_proto(r)
+
+        call = self.stub.ScoreStream(gen(), timeout=timeout or self.timeout, metadata=self.metadata)
+        try:
+            for r in call:
+                if sem is not None:
+                    sem.release()
+                if r.HasField("error"):
+                    yield ScoreResult.failed(r.id, ScoreError(_code_name(r.error.code), r.error.message, r.id))
+                else:
+                    yield ScoreResult.from_proto(r)
+        except grpc.RpcError as e:
+            raise ScoreError(e.code().name, e.details()) from None
+        finally:
+            stop.set()
+            call.cancel()
 
     def close(self):
         self.channel.close()

@@ -4,6 +4,7 @@
 mod bench_cluster;
 mod bench_cmd;
 mod eval_cmd;
+mod fd_limit;
 mod judge_cmd;
 mod label_cmd;
 mod model_cmd;
@@ -91,6 +92,9 @@ fn main() -> ExitCode {
         _ => None,
     };
     let telemetry = telemetry::init(if quiet { "warn" } else { "info" }, cli.log_format, service);
+    if service.is_some() {
+        fd_limit::raise();
+    }
     let result = match cli.command {
         Command::Serve(a) => serve_cmd::serve(a).map(|()| ExitCode::SUCCESS),
         Command::Router(a) => serve_cmd::router(a).map(|()| ExitCode::SUCCESS),

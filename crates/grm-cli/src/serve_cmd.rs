@@ -13,7 +13,8 @@ use grm_cluster::http::{self, HttpOptions};
 use grm_cluster::members::{self, Member, Members, Role};
 use grm_cluster::pool::Pool;
 use grm_cluster::router::{Router, RouterOptions};
-use grm_cluster::server::{bind, serve_grpc, serve_http, termination, Services};
+use grm_cluster::http_server::{serve_http, HttpLimits};
+use grm_cluster::server::{bind, serve_grpc, termination, Services};
 use grm_cluster::tls::{Tls, TlsFiles};
 use grm_cluster::validation::Limits;
 use grm_cluster::worker::{Worker, WorkerOptions};
@@ -193,6 +194,48 @@ pub struct RouterFlags {
     /// GRM_AUTH_TOKEN environment variable; it is never logged.
     #[arg(long, env = "GRM_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub http: HttpFlags,
+}
+
+/// Limits of the HTTP listener (/get_reward, /health, /metrics), so that slow or idle
+/// clients cannot hold it.
+#[derive(Args, Debug, Clone)]
+pub struct HttpFlags {
+    /// Seconds a client has to send a request's headers.
+    #[arg(long, env = "GRM_HTTP_HEADER_TIMEOUT_S", default_value_t = 10.0)]
+    pub http_header_timeout_s: f64,
+    /// Seconds a client has to send a request's body (408 after).
+    #[arg(long, env = "GRM_HTTP_BODY_TIMEOUT_S", default_value_t = 30.0)]
+    pub http_body_timeout_s: f64,
+    /// Seconds an idle keep-alive connection stays open.
+    #[arg(long, env = "GRM_HTTP_IDLE_TIMEOUT_S", default_value_t = 60.0)]
+    pub http_idle_timeout_s: f64,
+    /// Open HTTP connections at most; at the cap the longest-idle one is closed for a new one.
+    #[arg(long, env = "GRM_HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub http_max_connections: usize,
+    /// Largest request body, in MiB (413 beyond).
+    #[arg(long, env = "GRM_HTTP_MAX_BODY_MIB", default_value_t = 64)]
+    pub http_max_body_mib: usize,
+}
+
+impl HttpFlags {
+    pub fn limits(&self) -> Result<HttpLimits> {
+        let secs = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                bail!("--{name} {v}: give a positive number of seconds")
+            }
+        };
+        Ok(HttpLimits {
+            header_timeout: secs("http-header-timeout-s", self.http_header_timeout_s)?,
+            body_timeout: secs("http-body-timeout-s", self.http_body_timeout_s)?,
+            idle_timeout: secs("http-idle-timeout-s", self.http_idle_timeout_s)?,
+            max_connections: crate::fd_limit::connection_cap(self.http_max_connections),
+            max_body_bytes: self.http_max_body_mib.max(1) << 20,
+        })
+    }
 }
 
 impl RouterFlags {
@@ -482,7 +525,7 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
         if !a.metrics_listen.is_empty() {
             let (ml, maddr) = bind(&a.metrics_listen).await.with_context(|| format!("listening on {}", a.metrics_listen))?;
             line["metrics"] = json!(maddr.to_string());
-            tokio::spawn(serve_http(ml, http::engine_metrics_app(role.as_str(), w.engine().clone()), tls.http.clone(), wait(server_stop_rx)));
+            tokio::spawn(serve_http(ml, http::engine_metrics_app(role.as_str(), w.engine().clone()), tls.http.clone(), HttpLimits::default(), wait(server_stop_rx)));
         }
         ready(line);
         wait(stop).await;
@@ -533,6 +576,7 @@ pub fn aggregator(a: AggregatorArgs) -> Result<()> {
                 ml,
                 http::aggregator_metrics_app(agg.clone()),
                 tls.http.clone(),
+                HttpLimits::default(),
                 wait(server_stop_rx.clone()),
             ));
         }
@@ -608,6 +652,7 @@ async fn run_router(
             hl,
             app,
             tls.http.clone(),
+            flags.http.limits()?,
             wait(stop.clone()),
         )))
     };

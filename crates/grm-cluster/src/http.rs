@@ -14,7 +14,8 @@
 use crate::metrics::{render_engine, Exposition};
 use crate::router::Router;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -55,6 +56,8 @@ pub fn app(
         .route("/get_reward", post(get_reward))
         .route("/health", get(health))
         .route("/metrics", get(router_metrics))
+        // The listener reads bodies within its own size and time limits (http_server).
+        .layer(DefaultBodyLimit::disable())
         .with_state(AppState {
             router,
             opts,
@@ -125,9 +128,7 @@ struct RewardParams {
     seed: Option<u64>,
 }
 
-fn error(code: StatusCode, msg: String) -> Response {
-    (code, Json(json!({ "error": msg }))).into_response()
-}
+use crate::http_server::json_error as error;
 
 async fn health(State(s): State<AppState>) -> Response {
     let (grm, meta, aggregators) = s.router.members_seen();
@@ -142,10 +143,14 @@ async fn health(State(s): State<AppState>) -> Response {
 
 async fn get_reward(
     State(s): State<AppState>,
-    Query(p): Query<RewardParams>,
+    params: Result<Query<RewardParams>, QueryRejection>,
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
+    let p = match params {
+        Ok(Query(p)) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("query string: {}", e.body_text())),
+    };
     if let Some(t) = s.router.auth() {
         let header = headers
             .get(axum::http::header::AUTHORIZATION)

@@ -18,7 +18,7 @@ use grm_proto::v1::aggregator_service_client::AggregatorServiceClient;
 use grm_proto::v1::reward_service_server::RewardService;
 use grm_proto::v1::{AggregateRequest, Judgement, ScoreError, ScoreRequest, ScoreResponse};
 use prost::Message as _;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -407,56 +407,121 @@ impl RewardService for Router {
             request.metadata(),
             tracing::info_span!("grm.rpc.ScoreStream", trace_id = tracing::field::Empty),
         );
-        let mut inbound = request.into_inner();
+        let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel::<Result<ScoreResponse, Status>>(64);
-        let router = self.clone();
-        let per_stream = Arc::new(Semaphore::new(self.inner.opts.stream_concurrency.max(1)));
-        let mut stopping = self.inner.stopping.subscribe();
-        tokio::spawn(async move {
-            let mut tasks = tokio::task::JoinSet::new();
-            let mut reading = true;
-            loop {
-                tokio::select! {
-                    // The process is stopping: answer what was taken, read nothing more.
-                    _ = async { let _ = stopping.wait_for(|&v| v).await; }, if reading => reading = false,
-                    // The client went away: abort everything it started.
-                    _ = tx.closed() => {
-                        tasks.abort_all();
-                        return;
-                    }
-                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                    permit = Arc::clone(&per_stream).acquire_owned(), if reading => {
-                        let Ok(permit) = permit else { break };
-                        match inbound.message().await {
-                            Ok(Some(req)) => {
-                                let (router, tx) = (router.clone(), tx.clone());
-                                let task_span = tracing::Span::current();
-                                tasks.spawn(async move {
-                                    let id = req.id.clone();
-                                    let resp = if id.is_empty() {
-                                        stream_error(id, Status::invalid_argument("id is empty: every request of a ScoreStream needs an id"))
-                                    } else {
-                                        let len = req.encoded_len();
-                                        router.score(req, len, deadline).await.unwrap_or_else(|s| stream_error(id, s))
-                                    };
-                                    let _ = tx.send(Ok(resp)).await;
-                                    drop(permit);
-                                }.instrument(task_span));
-                            }
-                            Ok(None) => reading = false,
-                            Err(s) => {
-                                let _ = tx.send(Err(s)).await;
-                                reading = false;
-                            }
-                        }
-                    }
-                    else => break,
-                }
-                if !reading && tasks.is_empty() {
-                    break;
+        let queue = read_ahead(inbound, self.inner.stopping.subscribe());
+        tokio::spawn(
+            stream_requests(self.clone(), queue, tx, deadline).instrument(span),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Requests of one ScoreStream read ahead of the ones being scored.
+const READ_AHEAD: usize = 1024;
+
+/// Reads a ScoreStream's requests as soon as they arrive, into a bounded queue. Reading
+/// promptly matters: HTTP/2 (h2) drops a connection whose peer has many small DATA frames
+/// buffered unread ("too_many_data_frames"), which is what a labeling client writing
+/// thousands of small requests without pacing produces. When the queue is full the reader
+/// waits, the stream's flow-control window fills, and the client waits in turn; the window
+/// sizes in `server` keep what h2 then buffers within its budget. Stops at the stream's end,
+/// on an error (passed on), or when the process stops.
+fn read_ahead(
+    mut inbound: Streaming<ScoreRequest>,
+    mut stopping: watch::Receiver<bool>,
+) -> mpsc::Receiver<Result<ScoreRequest, Status>> {
+    let (qtx, qrx) = mpsc::channel(READ_AHEAD);
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                _ = async { let _ = stopping.wait_for(|&v| v).await; } => return,
+                _ = qtx.closed() => return,
+                m = inbound.message() => m,
+            };
+            let item = match next {
+                Ok(Some(req)) => Ok(req),
+                Ok(None) => return,
+                Err(s) => Err(crate::errors::inbound_status(s)),
+            };
+            let last = item.is_err();
+            if qtx.send(item).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    qrx
+}
+
+/// Scores a ScoreStream's requests, at most `--stream-concurrency` at a time, answering each
+/// in band. Every wait is its own branch of the select, so a stopping process or a client that
+/// went away is noticed even while the stream is idle.
+async fn stream_requests(
+    router: Router,
+    mut queue: mpsc::Receiver<Result<ScoreRequest, Status>>,
+    tx: mpsc::Sender<Result<ScoreResponse, Status>>,
+    deadline: Option<Instant>,
+) {
+    let limit = router.inner.opts.stream_concurrency.max(1);
+    let mut stopping = router.inner.stopping.subscribe();
+    let mut tasks = tokio::task::JoinSet::new();
+    // Ids in flight: an answer is matched to its request by id, so two at once are refused.
+    let mut in_flight: HashSet<String> = HashSet::new();
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            // The process is stopping: answer what was taken, take nothing more.
+            _ = async { let _ = stopping.wait_for(|&v| v).await; }, if reading => reading = false,
+            // The client went away: abort everything it started.
+            _ = tx.closed() => {
+                tasks.abort_all();
+                return;
+            }
+            done = tasks.join_next(), if !tasks.is_empty() => {
+                if let Some(Ok(id)) = done {
+                    in_flight.remove(&id);
                 }
             }
-        }.instrument(span));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+            next = queue.recv(), if reading && tasks.len() < limit => match next {
+                Some(Ok(req)) => {
+                    let id = req.id.clone();
+                    let refusal = if id.is_empty() {
+                        Some(Status::invalid_argument("id is empty: every request of a ScoreStream needs an id"))
+                    } else if in_flight.contains(&id) {
+                        Some(Status::invalid_argument(format!(
+                            "id {id:?} is already in flight on this stream: ids must be unique among the requests not yet answered"
+                        )))
+                    } else {
+                        None
+                    };
+                    if let Some(s) = refusal {
+                        if tx.send(Ok(stream_error(id, s))).await.is_err() {
+                            tasks.abort_all();
+                            return;
+                        }
+                        continue;
+                    }
+                    in_flight.insert(id.clone());
+                    let (router, tx) = (router.clone(), tx.clone());
+                    tasks.spawn(async move {
+                        let len = req.encoded_len();
+                        let resp = router
+                            .score(req, len, deadline)
+                            .await
+                            .unwrap_or_else(|s| stream_error(id.clone(), s));
+                        let _ = tx.send(Ok(resp)).await;
+                        id
+                    }.instrument(tracing::Span::current()));
+                }
+                Some(Err(s)) => {
+                    let _ = tx.send(Err(s)).await;
+                    reading = false;
+                }
+                None => reading = false,
+            },
+        }
+        if !reading && tasks.is_empty() {
+            return;
+        }
     }
 }

@@ -12,6 +12,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
+/// HTTP/2 flow-control windows of every gRPC server (see `serve_grpc`).
+const CONNECTION_WINDOW: u32 = 16 << 20;
+const STREAM_WINDOW: u32 = 256 << 10;
+
 /// The services one process serves over gRPC.
 #[derive(Default)]
 pub struct Services {
@@ -55,6 +59,11 @@ pub async fn serve_grpc(
     }
     let mut routes = builder
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        // h2 lets a connection buffer unread small DATA frames up to a budget of half its
+        // window; a stream's window well under that keeps a paused ScoreStream (a full
+        // read-ahead queue) within it, so flow control, not a GOAWAY, slows the client.
+        .initial_connection_window_size(Some(CONNECTION_WINDOW))
+        .initial_stream_window_size(Some(STREAM_WINDOW))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
@@ -63,10 +72,14 @@ pub async fn serve_grpc(
             .set_serving::<RewardServiceServer<crate::router::Router>>()
             .await;
         let token = r.auth().cloned();
+        let limit = r.limits().max_request_bytes;
         routes = routes.add_service(InterceptedService::new(
-            RewardServiceServer::new(r)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            crate::errors::PublicErrors(
+                RewardServiceServer::new(r)
+                    // A message over the router's limit is refused before it is buffered.
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            ),
             move |req| crate::auth::check(token.as_ref(), req),
         ));
     }
@@ -93,27 +106,6 @@ pub async fn serve_grpc(
     routes
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
-}
-
-/// Serves an HTTP app on `listener` until `shutdown` resolves.
-pub async fn serve_http(
-    listener: TcpListener,
-    app: axum::Router,
-    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    match tls {
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-        Some(config) => {
-            axum::serve(crate::https::TlsListener::new(listener, config)?, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
