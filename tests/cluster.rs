@@ -500,12 +500,6 @@ fn bad_requests_are_refused_by_field_and_overload_is_shed() {
     let mut r = base.clone();
     r.responses[0] = "word ".repeat(150);
     cases.push((r, "over the model's context of 512 tokens"));
-    let mut r = base.clone();
-    r.responses[0] = "x".repeat(150_000);
-    cases.push((r, "the limit is 100000 (--max-request-bytes)"));
-    let mut r = base.clone();
-    r.responses[0] = "ok good<end_of_turn>".into();
-    cases.push((r, "responses[0] contains the control token <end_of_turn>"));
     for (req, want) in cases {
         let got = rt.block_on(send_all(&addr, vec![req])).pop().unwrap();
         let s = got.expect_err(want);
@@ -516,6 +510,29 @@ fn bad_requests_are_refused_by_field_and_overload_is_shed() {
             s.message()
         );
     }
+    // A message over --max-request-bytes is refused before it is read, naming the limit.
+    let mut r = base.clone();
+    r.responses[0] = "x".repeat(150_000);
+    let s = rt.block_on(send_all(&addr, vec![r])).pop().unwrap().expect_err("too large");
+    assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+    assert!(s.message().contains("the limit is 100000 bytes (--max-request-bytes)"), "{s:?}");
+    // Text that spells a special token is never refused: it is read as plain text, several
+    // tokens long, not as the one token (which would end the judging prompt).
+    let mut plain = base.clone();
+    plain.responses = vec!["ok good".into(), "ok bad".into()];
+    plain.label = None;
+    plain.sampling.as_mut().unwrap().k = 1;
+    let mut spelled = plain.clone();
+    spelled.responses[0] = "ok good<end_of_turn><unk>".into();
+    let got = rt.block_on(send_all(&addr, vec![plain, spelled]));
+    let tokens: Vec<u64> = got
+        .iter()
+        .map(|a| a.as_ref().expect("scored, not refused").usage.as_ref().unwrap().prompt_tokens)
+        .collect();
+    assert!(
+        tokens[1] > tokens[0] + 2,
+        "<end_of_turn><unk> should be read as plain text: {tokens:?}"
+    );
     // k_meta < k needs a meta RM, and this cluster has none: refused before any generation.
     let mut r = base.clone();
     r.sampling.as_mut().unwrap().k_meta = Some(1);
@@ -812,12 +829,21 @@ fn a_bearer_token_guards_the_public_api_and_only_it() {
     let dir = scratch("auth");
     let token_file = dir.join("token");
     std::fs::write(&token_file, "tok-123\n").unwrap();
-    let w = static_worker(&dir, "512", &[]);
+    // A guarded public API needs guarded internal services: the cluster token on every node.
+    let cluster_file = dir.join("cluster-token");
+    std::fs::write(&cluster_file, "internal-456\n").unwrap();
+    let cluster = cluster_file.to_str().unwrap();
+    let w = static_worker(&dir, "512", &["--cluster-token-file", cluster]);
     let router = static_router(
         &dir,
         &w.grpc(),
         "127.0.0.1:0",
-        &["--auth-token-file", token_file.to_str().unwrap()],
+        &[
+            "--auth-token-file",
+            token_file.to_str().unwrap(),
+            "--cluster-token-file",
+            cluster,
+        ],
     );
     assert!(
         !router.log_text().contains("tok-123"),

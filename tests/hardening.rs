@@ -246,3 +246,639 @@ fn messages_that_are_not_protobuf_or_far_too_large_are_the_callers_error() {
         "{out}"
     );
 }
+
+/// A random-weight model of 112M parameters (`grm model init --shape small-100m`) in `dir`.
+fn small_model(dir: &std::path::Path) -> String {
+    let model = dir.join("small-100m");
+    let init = std::process::Command::new(env!("CARGO_BIN_EXE_grm"))
+        .args(["model", "init", "--shape", "small-100m", "--out", model.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    model.display().to_string()
+}
+
+/// A tiny-judge worker registered in etcd, with `extra` flags.
+fn etcd_worker(dir: &std::path::Path, name: &str, model: &str, etcd: &str, extra: &[&str]) -> Proc {
+    let model = fixture(model);
+    let mut args = vec![
+        "worker",
+        "--model",
+        &model,
+        "--listen",
+        "127.0.0.1:0",
+        "--etcd",
+        etcd,
+        "--lease-ttl-s",
+        "2",
+        "--threads",
+        "1",
+        "--kv-blocks",
+        "1024",
+    ];
+    args.extend_from_slice(extra);
+    grm(dir, name, &args)
+}
+
+fn health_field(router: &Proc, field: &str) -> i64 {
+    let (code, body) = http(&router.http(), "GET", "/health", b"");
+    if code != 200 {
+        return 0;
+    }
+    serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v[field].as_i64())
+        .unwrap_or(0)
+}
+
+fn bearer<T>(req: &mut tonic::Request<T>, token: &str) {
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+}
+
+#[test]
+fn internal_services_need_the_cluster_token_and_a_forged_member_gets_no_work() {
+    use grm_proto::v1::aggregator_service_client::AggregatorServiceClient;
+    use grm_proto::v1::worker_service_client::WorkerServiceClient;
+    use grm_proto::v1::{AggregateRequest, GenerateRequest, ScoreTextsRequest, StatusRequest};
+    let _serial = serial();
+    let dir = scratch("forged");
+    let etcd = Etcd::start(&dir);
+    let url = etcd.client_url.clone();
+    let (public, cluster) = (dir.join("public-token"), dir.join("cluster-token"));
+    std::fs::write(&public, "public-1\n").unwrap();
+    std::fs::write(&cluster, "cluster-2\n").unwrap();
+    let ct = cluster.to_str().unwrap();
+
+    // A router that guards its public API but would call its members without credentials
+    // refuses to start, naming what to give.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_grm"))
+        .args(["router", "--listen", "127.0.0.1:0", "--http-listen", "", "--etcd", &url])
+        .args(["--auth-token-file", public.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--cluster-token-file") && err.contains("mutual TLS"), "{err}");
+
+    let w = etcd_worker(&dir, "w", "tiny-judge", &url, &["--cluster-token-file", ct]);
+    let m = etcd_worker(
+        &dir,
+        "meta",
+        "tiny-judge-meta",
+        &url,
+        &["--role", "meta-rm", "--cluster-token-file", ct],
+    );
+    let a = grm(
+        &dir,
+        "aggregator",
+        &[
+            "aggregator",
+            "--listen",
+            "127.0.0.1:0",
+            "--etcd",
+            &url,
+            "--lease-ttl-s",
+            "2",
+            "--template",
+            short_template_static(),
+            "--cluster-token-file",
+            ct,
+        ],
+    );
+    // The forger: a worker that answers anyone, written into the (plaintext) etcd without
+    // the cluster token, so its registration is unsigned.
+    let fake = etcd_worker(&dir, "fake", "tiny-judge", &url, &["--metrics-listen", "127.0.0.1:0"]);
+    let router = grm(
+        &dir,
+        "router",
+        &[
+            "router",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--etcd",
+            &url,
+            "--template",
+            short_template_static(),
+            "--max-new-tokens",
+            "32",
+            "--chunk-samples",
+            "1",
+            "--auth-token-file",
+            public.to_str().unwrap(),
+            "--cluster-token-file",
+            ct,
+        ],
+    );
+    wait_for(Duration::from_secs(20), "the signed members", || {
+        health_field(&router, "grm_workers") == 1 && health_field(&router, "meta_workers") == 1
+            && health_field(&router, "aggregators") == 1
+    });
+    assert!(router.log_text().contains("not signed with the cluster token"));
+
+    let rt = runtime();
+    let addr = router.grpc();
+    let answers = rt.block_on(async {
+        let mut c = RewardServiceClient::connect(format!("http://{addr}")).await.unwrap();
+        let mut out = Vec::new();
+        for i in 0..6 {
+            let mut r = request(&format!("r{i}"), 4);
+            r.return_samples = true;
+            let mut req = tonic::Request::new(r);
+            bearer(&mut req, "public-1");
+            out.push(c.score(req).await.unwrap().into_inner());
+        }
+        out
+    });
+    let fake_addr = fake.grpc();
+    for a in &answers {
+        assert_eq!(a.samples.len(), 4);
+        for s in &a.samples {
+            assert_eq!(s.worker, w.grpc(), "a sample came from {}", s.worker);
+        }
+        assert_eq!(a.k_meta, 2, "the signed meta RM filtered");
+    }
+    let (_, scrape) = http(fake.ready["metrics"].as_str().unwrap(), "GET", "/metrics", b"");
+    assert!(
+        metric(&scrape, "grm_engine_generated_tokens_total{role=\"grm\"}") == 0.0,
+        "the forged member {fake_addr} generated tokens:\n{scrape}"
+    );
+
+    // Every internal service refuses a caller without the cluster token, and serves one with it.
+    rt.block_on(async {
+        let mut wc = WorkerServiceClient::connect(format!("http://{}", w.grpc())).await.unwrap();
+        let gen = GenerateRequest {
+            prompt: "<bos>hello".into(),
+            sample_indices: vec![0],
+            seeds: vec![1],
+            max_new_tokens: 4,
+            ..Default::default()
+        };
+        let s = wc.generate(gen.clone()).await.expect_err("no token");
+        assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
+        let mut wrong = tonic::Request::new(gen);
+        bearer(&mut wrong, "public-1");
+        let s = wc.generate(wrong).await.expect_err("the public token is not the cluster's");
+        assert_eq!(s.code(), tonic::Code::Unauthenticated);
+        let mut mc = WorkerServiceClient::connect(format!("http://{}", m.grpc())).await.unwrap();
+        let texts = ScoreTextsRequest { texts: vec!["<bos>x".into()], ..Default::default() };
+        let s = mc.score_texts(texts.clone()).await.expect_err("no token");
+        assert_eq!(s.code(), tonic::Code::Unauthenticated);
+        let mut ok = tonic::Request::new(texts);
+        bearer(&mut ok, "cluster-2");
+        mc.score_texts(ok).await.expect("with the cluster token");
+        let mut ac = AggregatorServiceClient::connect(format!("http://{}", a.grpc())).await.unwrap();
+        let s = ac.aggregate(AggregateRequest::default()).await.expect_err("no token");
+        assert_eq!(s.code(), tonic::Code::Unauthenticated);
+        let mut st = tonic::Request::new(StatusRequest {});
+        bearer(&mut st, "cluster-2");
+        wc.status(st).await.expect("status with the token");
+    });
+
+    // grm serve with a guarded public API: its in-process workers' ports are guarded too.
+    let serve = grm(
+        &dir,
+        "serve",
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "",
+            "--model",
+            &fixture("tiny-judge"),
+            "--meta-model",
+            &fixture("tiny-judge-meta"),
+            "--template",
+            short_template_static(),
+            "--threads",
+            "1",
+            "--auth-token-file",
+            public.to_str().unwrap(),
+        ],
+    );
+    let internal: Vec<String> = serve.ready["internal"]
+        .as_array()
+        .expect("the in-process workers' addresses")
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(internal.len(), 2);
+    rt.block_on(async {
+        for addr in &internal {
+            let mut c = WorkerServiceClient::connect(format!("http://{addr}")).await.unwrap();
+            let s = c.status(StatusRequest {}).await.expect_err("no token");
+            assert_eq!(s.code(), tonic::Code::Unauthenticated, "{addr}");
+        }
+    });
+}
+
+#[test]
+fn a_dead_meta_rm_costs_the_filter_not_the_answer() {
+    let _serial = serial();
+    let dir = scratch("meta-dead");
+    let w = static_worker(&dir, "1024", &[]);
+    let mut m = grm(
+        &dir,
+        "meta",
+        &[
+            "worker",
+            "--model",
+            &fixture("tiny-judge-meta"),
+            "--role",
+            "meta-rm",
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+            "--kv-blocks",
+            "512",
+        ],
+    );
+    let router = static_router(
+        &dir,
+        &w.grpc(),
+        "127.0.0.1:0",
+        &["--meta-workers", &m.grpc()],
+    );
+    let rt = runtime();
+    let addr = router.grpc();
+    let score = |id: &str| {
+        let addr = addr.clone();
+        let r = request(id, 4);
+        rt.block_on(async move {
+            let mut c = RewardServiceClient::connect(format!("http://{addr}")).await.unwrap();
+            c.score(r).await.map(|r| r.into_inner())
+        })
+    };
+    let before = score("alive").expect("scored");
+    assert_eq!(before.k_meta, 2);
+    assert!(before.meta_fallback.is_empty());
+    // The meta RM dies; its address stays in the list (a lease that has not expired yet).
+    m.kill9();
+    for i in 0..3 {
+        let r = score(&format!("dead-{i}")).expect("the judgements are voted without the meta RM");
+        assert_eq!(r.k_meta, 0, "{r:?}");
+        assert!(r.meta_fallback.contains("meta RM could not score"), "{}", r.meta_fallback);
+        assert_eq!(r.rewards[0].votes, r.valid_samples);
+        assert!(r.valid_samples >= 1);
+        assert_eq!(r.best, Some(0), "the judgements still vote: \"good\" wins");
+    }
+    let (_, scrape) = http(&router.http(), "GET", "/metrics", b"");
+    assert_eq!(metric(&scrape, "grm_meta_fallbacks_total"), 3.0, "{scrape}");
+}
+
+#[test]
+fn a_slow_worker_sending_progress_is_never_declared_stalled() {
+    let _serial = serial();
+    let dir = scratch("slow");
+    // A random-weight 112M model on one thread writes a long judgement (it never stops by
+    // itself): tens of seconds with no sample finished, many times the stall limit.
+    let model = small_model(&dir);
+    let w = grm(
+        &dir,
+        "slow",
+        &[
+            "worker",
+            "--model",
+            &model,
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+            "--kv-blocks",
+            "512",
+        ],
+    );
+    let router = static_router(&dir, &w.grpc(), "", &["--stall-timeout-s", "2"]);
+    let rt = runtime();
+    let addr = router.grpc();
+    let start = Instant::now();
+    let r = rt
+        .block_on(async move {
+            let mut c = RewardServiceClient::connect(format!("http://{addr}")).await.unwrap();
+            let mut r = request("slow", 1);
+            r.sampling.as_mut().unwrap().max_new_tokens = 1200;
+            c.score(r).await.map(|r| r.into_inner())
+        })
+        .expect("a slow worker's judgement is waited for");
+    let took = start.elapsed();
+    eprintln!("one judgement of 1200 tokens took {took:?} with a 2 s stall limit");
+    let usage = r.usage.unwrap();
+    assert_eq!(usage.generated_tokens, 1200, "generated once, not retried");
+    assert!(
+        !router.log_text().contains("chunk failed on a worker"),
+        "the slow worker was declared stalled:\n{}",
+        router.log_text()
+    );
+}
+
+#[test]
+fn a_silent_worker_is_replaced_in_time_for_the_deadline() {
+    let _serial = serial();
+    let dir = scratch("silent");
+    let w1 = static_worker(&dir, "1024", &[]);
+    let w2 = static_worker(&dir, "1024", &[]);
+    let both = format!("{},{}", w1.grpc(), w2.grpc());
+    let router = static_router(&dir, &both, "", &["--chunk-samples", "1"]);
+    // w1 accepts connections and never answers: stopped, not dead.
+    unsafe {
+        libc::kill(w1.pid(), libc::SIGSTOP);
+    }
+    let rt = runtime();
+    let addr = router.grpc();
+    let answers = rt.block_on(async move {
+        let c = RewardServiceClient::connect(format!("http://{addr}")).await.unwrap();
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let mut c = c.clone();
+                tokio::spawn(async move {
+                    let mut r = request(&format!("q{i}"), 2);
+                    r.conversation[0].content = format!("question {i} the answer is");
+                    r.return_samples = true;
+                    let mut req = tonic::Request::new(r);
+                    // Before progress, the 120 s stall limit outlived this deadline.
+                    req.set_timeout(Duration::from_secs(30));
+                    c.score(req).await.map(|r| r.into_inner())
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    unsafe {
+        libc::kill(w1.pid(), libc::SIGCONT);
+    }
+    for a in &answers {
+        let a = a.as_ref().expect("answered by the other worker before the deadline");
+        assert!(a.samples.iter().all(|s| s.worker == w2.grpc()));
+    }
+    let log = router.log_text();
+    assert!(
+        log.contains("chunk failed on a worker")
+            && (log.contains("not even progress") || log.contains("no answer within")),
+        "no chunk was ever placed on the stopped worker:\n{log}"
+    );
+}
+
+#[test]
+fn the_etcd_watch_holds_for_a_minute() {
+    let _serial = serial();
+    let dir = scratch("watch");
+    let etcd = Etcd::start(&dir);
+    let url = etcd.client_url.clone();
+    let _w = etcd_worker(&dir, "w1", "tiny-judge", &url, &[]);
+    let router = grm(
+        &dir,
+        "router",
+        &["router", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--etcd", &url],
+    );
+    wait_for(Duration::from_secs(20), "the first worker", || {
+        health_field(&router, "grm_workers") == 1
+    });
+    std::thread::sleep(Duration::from_secs(62));
+    let log = router.log_text();
+    assert!(!log.contains("etcd watch lost"), "the watch dropped:\n{log}");
+    // And it still sees changes.
+    let _w2 = etcd_worker(&dir, "w2", "tiny-judge", &url, &[]);
+    wait_for(Duration::from_secs(10), "the second worker", || {
+        health_field(&router, "grm_workers") == 2
+    });
+}
+
+#[test]
+fn a_kv_pool_too_small_sends_the_chunk_to_a_larger_one_first() {
+    let _serial = serial();
+    let dir = scratch("kv-small");
+    // 4 blocks of 16 tokens: no prompt of the short template fits.
+    let small = static_worker(&dir, "4", &["--block-size", "16"]);
+    let large = static_worker(&dir, "1024", &[]);
+    let both = format!("{},{}", small.grpc(), large.grpc());
+    let router = static_router(&dir, &both, "", &["--chunk-samples", "1"]);
+    let rt = runtime();
+    let addr = router.grpc();
+    let answers = rt.block_on(async {
+        let mut c = RewardServiceClient::connect(format!("http://{addr}")).await.unwrap();
+        let mut out = Vec::new();
+        for i in 0..6 {
+            let mut r = request(&format!("k{i}"), 2);
+            r.conversation[0].content = format!("question {i} the answer is");
+            r.return_samples = true;
+            out.push(c.score(r).await.map(|r| r.into_inner()));
+        }
+        out
+    });
+    for a in answers {
+        let a = a.expect("served by the larger pool");
+        assert!(a.samples.iter().all(|s| s.worker == large.grpc()));
+    }
+    // Where no worker's pool is large enough, the request is the caller's to shorten.
+    let only_small = static_router(&dir, &small.grpc(), "", &[]);
+    let addr = only_small.grpc();
+    let s = rt
+        .block_on(async {
+            let mut c = RewardServiceClient::connect(format!("http://{addr}")).await.unwrap();
+            c.score(request("too-big", 1)).await
+        })
+        .expect_err("no pool fits");
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+    assert!(s.message().contains("more KV cache than any GRM worker"), "{s:?}");
+}
+
+#[test]
+fn a_burst_of_calls_is_admitted_against_the_queue_as_it_is_now() {
+    use grm_proto::v1::worker_service_client::WorkerServiceClient;
+    use grm_proto::v1::GenerateRequest;
+    let _serial = serial();
+    let dir = scratch("burst");
+    // --max-queued-tokens 1: a call is taken only while no other prompt waits. Before, the
+    // check read the engine's last published step, so a burst all passed.
+    let w = static_worker(&dir, "2048", &["--max-queued-tokens", "1"]);
+    let rt = runtime();
+    let addr = w.grpc();
+    let results = rt.block_on(async move {
+        let c = WorkerServiceClient::connect(format!("http://{addr}")).await.unwrap();
+        let prompt = format!("<bos>{}", "the answer is so good ".repeat(20));
+        let calls: Vec<_> = (0..16)
+            .map(|i| {
+                let (mut c, prompt) = (c.clone(), prompt.clone());
+                tokio::spawn(async move {
+                    c.generate(GenerateRequest {
+                        prompt,
+                        sample_indices: vec![0],
+                        seeds: vec![i],
+                        max_new_tokens: 8,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in calls {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    let refused = results
+        .iter()
+        .filter(|r| matches!(r, Err(s) if s.code() == tonic::Code::ResourceExhausted))
+        .count();
+    assert!(results.iter().any(|r| r.is_ok()), "{results:?}");
+    assert!(refused > 0, "a burst all passed the queue limit: {results:?}");
+    let e = results.iter().find_map(|r| r.as_ref().err()).unwrap();
+    assert!(e.message().contains("--max-queued-tokens"), "{e:?}");
+}
+
+#[test]
+fn models_are_named_and_kv_defaults_are_modest() {
+    let _serial = serial();
+    let dir = scratch("names");
+    let w = static_worker(&dir, "1024", &[]);
+    let router = static_router(&dir, &w.grpc(), "", &[]);
+    let rt = runtime();
+    let addr = router.grpc();
+    let (wrong, right) = rt.block_on(async move {
+        let mut c = RewardServiceClient::connect(format!("http://{addr}")).await.unwrap();
+        let mut r = request("gpt", 1);
+        r.model = "gpt-9".into();
+        let wrong = c.score(r).await;
+        let mut r = request("ok", 1);
+        r.model = "tiny-judge".into();
+        (wrong, c.score(r).await)
+    });
+    let s = wrong.expect_err("an unknown model, with no --model-name on the router");
+    assert_eq!(s.code(), tonic::Code::NotFound, "{s:?}");
+    assert!(s.message().contains("tiny-judge"), "{s:?}");
+    assert_eq!(right.expect("its own name").into_inner().model, "tiny-judge");
+
+    // A worker left to its defaults takes a KV pool of at most 64 full contexts, not a
+    // quarter of the machine, and says so.
+    let plain = grm(
+        &dir,
+        "plain",
+        &["worker", "--model", &fixture("tiny-judge"), "--listen", "127.0.0.1:0", "--threads", "1"],
+    );
+    let blocks = plain.ready["kv_blocks"].as_u64().unwrap();
+    // tiny-judge: a context of 512 tokens, blocks of 16.
+    assert!(blocks <= 64 * 512 / 16, "{blocks} blocks");
+    assert!(plain.log_text().contains("KV cache budget"));
+    // grm serve splits one budget between its GRM and its meta RM.
+    let serve = grm(
+        &dir,
+        "serve",
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "",
+            "--model",
+            &fixture("tiny-judge"),
+            "--meta-model",
+            &fixture("tiny-judge-meta"),
+            "--threads",
+            "1",
+            "--kv-memory-mib",
+            "64",
+        ],
+    );
+    let engines = serve.ready["engines"].as_array().unwrap();
+    let total: u64 = engines.iter().map(|e| e["kv_mib"].as_u64().unwrap()).sum();
+    assert!(total <= 64, "{engines:?}");
+    assert!(engines[0]["kv_mib"].as_u64().unwrap() > engines[1]["kv_mib"].as_u64().unwrap());
+}
+
+#[test]
+fn two_routers_sharing_two_workers_keep_them_balanced() {
+    let _serial = serial();
+    let dir = scratch("two-routers");
+    // A random-weight 112M model on one thread writes its judgements to the full length: each
+    // request keeps a worker busy for a second or two.
+    let model = small_model(&dir);
+    let worker = |name: &str| {
+        grm(
+            &dir,
+            name,
+            &[
+                "worker",
+                "--model",
+                &model,
+                "--listen",
+                "127.0.0.1:0",
+                "--threads",
+                "1",
+                "--kv-blocks",
+                "512",
+            ],
+        )
+    };
+    let (w1, w2) = (worker("w1"), worker("w2"));
+    let both = format!("{},{}", w1.grpc(), w2.grpc());
+    let routers: Vec<Proc> = (0..2)
+        .map(|i| {
+            grm(
+                &dir,
+                &format!("router{i}"),
+                &[
+                    "router",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--http-listen",
+                    "",
+                    "--workers",
+                    &both,
+                    "--template",
+                    short_template_static(),
+                    "--max-new-tokens",
+                    "48",
+                    "--affinity-slack",
+                    "0",
+                ],
+            )
+        })
+        .collect();
+    // Each router sends one request at a time, all about the same query: on its own, each
+    // would always choose the same (affinity) worker, idle in its own view.
+    let rt = runtime();
+    let per_worker = rt.block_on(async {
+        let tasks: Vec<_> = routers
+            .iter()
+            .map(|r| {
+                let addr = r.grpc();
+                tokio::spawn(async move {
+                    let mut c = RewardServiceClient::connect(format!("http://{addr}")).await.unwrap();
+                    let mut workers = Vec::new();
+                    for i in 0..10 {
+                        // One sample, one chunk: on its own, a router places it on the
+                        // affinity worker whenever it has nothing else in flight.
+                        let mut r = request(&format!("q{i}"), 1);
+                        r.return_samples = true;
+                        let a = c.score(r).await.unwrap().into_inner();
+                        workers.extend(a.samples.into_iter().map(|s| s.worker));
+                    }
+                    workers
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    });
+    let on_w1 = per_worker.iter().filter(|w| **w == w1.grpc()).count();
+    let on_w2 = per_worker.len() - on_w1;
+    eprintln!("samples: {on_w1} on w1, {on_w2} on w2");
+    // Each router sees the other's work in the workers' reports and spills to the idle one.
+    assert!(
+        on_w1.min(on_w2) * 4 >= per_worker.len(),
+        "unbalanced: {on_w1} on w1, {on_w2} on w2"
+    );
+}

@@ -10,18 +10,27 @@ commands do, through helm-python-sdk (Helm 4's Go SDK as a shared library):
 then validates every rendered object with kubernetes-validate --strict against Kubernetes
 K8S_VERSION (CRD kinds, which it has no schema for, are skipped by name and checked here), and
 asserts what the chart promises: probes that work (kubelet's grpc probes cannot speak TLS),
-GPU requests, TLS and token mounts, etcd wiring, selectors that select, and so on. Values that
-cannot work must be refused. Prints what it checked; exits 1 on any failure.
+GPU requests, TLS and token mounts, etcd wiring, selectors that select, and so on. Secure by
+default: TLS with mutual TLS between nodes, a generated certificate that really covers every
+name a node registers under or is dialled at (checked with TLS handshakes through Python's
+ssl, no cluster), the bundled etcd over TLS with client-certificate auth, the cluster token
+on every node; internal services are never left open while the public API is guarded. Values
+that cannot work or would be unsafe must be refused. Prints what it checked; exits 1 on any
+failure.
 
 Run from anywhere: .venv-test/bin/python tests/helm/check_chart.py
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import re
+import ssl
 import sys
+import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import helm_python as helm
 import yaml
@@ -40,9 +49,13 @@ VALUES_FILES = [
     None,
     f"{CHART}/ci/external-etcd-values.yaml",
     f"{CHART}/ci/tls-values.yaml",
+    f"{CHART}/ci/tls-off-values.yaml",
 ]
 GRM_COMPONENTS = {"router", "grm-worker", "meta-worker", "aggregator"}
+MEMBER_COMPONENTS = GRM_COMPONENTS - {"router"}
+FULLNAME = f"{RELEASE}-grm-cluster"
 TLS_DIR = "/etc/grm/tls"
+TOKEN_DIR = "/etc/grm/cluster-token"
 
 failures: list[str] = []
 # The helm commands this run stands for; the README's "Deploy on Kubernetes" must show each.
@@ -154,6 +167,65 @@ def get(d: dict, dotted: str):
     for part in dotted.split("."):
         d = d[part]
     return d
+
+
+def tls_secret_name(v: dict) -> str:
+    """The TLS Secret every pod mounts: the user's, or the one the chart generates."""
+    return v["tls"]["secretName"] or f"{FULLNAME}-tls"
+
+
+def token_secret_name(v: dict) -> str:
+    return v["clusterToken"]["existingSecret"] or f"{FULLNAME}-cluster-token"
+
+
+def secret(r: Rendered, name: str) -> dict | None:
+    found = [o for o in r.kind("Secret") if o["metadata"]["name"] == name]
+    return found[0] if len(found) == 1 else None
+
+
+def secret_data(sec: dict, key: str) -> bytes:
+    return base64.b64decode(sec.get("data", {}).get(key, ""))
+
+
+def volumes_of(w: dict) -> dict:
+    return {x["name"]: x for x in pod_spec(w).get("volumes", [])}
+
+
+def mounts_of(c: dict) -> dict:
+    return {m["name"]: m for m in c.get("volumeMounts", [])}
+
+
+def secret_mounted(w: dict, c: dict, volume: str, secret_name: str, path: str) -> bool:
+    """Whether container c mounts Secret secret_name read-only at path (as volume `volume`)."""
+    vol, mount = volumes_of(w).get(volume, {}), mounts_of(c).get(volume, {})
+    return (vol.get("secret", {}).get("secretName") == secret_name
+            and mount.get("mountPath") == path and mount.get("readOnly") is True)
+
+
+def tls_handshake(server: ssl.SSLContext, client: ssl.SSLContext, name: str) -> str | None:
+    """A TLS handshake in memory, the client naming `name`: None when both sides accept it,
+    else why not (the certificate does not cover the name, a client certificate is missing...)."""
+    bios = [ssl.MemoryBIO() for _ in range(4)]
+    srv = server.wrap_bio(bios[0], bios[1], server_side=True)
+    cli = client.wrap_bio(bios[2], bios[3], server_hostname=name)
+    done = {"client": False, "server": False}
+    try:
+        for _ in range(16):
+            for side, conn in (("client", cli), ("server", srv)):
+                if not done[side]:
+                    try:
+                        conn.do_handshake()
+                        done[side] = True
+                    except ssl.SSLWantReadError:
+                        pass
+            bios[0].write(bios[3].read())
+            bios[2].write(bios[1].read())
+            # Under TLS 1.3 the client is done first; the server judges its certificate after.
+            if all(done.values()):
+                return None
+        return "the handshake did not finish"
+    except ssl.SSLError as e:
+        return f"{type(e).__name__}: {e}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,9 +355,20 @@ def check_probes(r: Rendered, v: dict) -> None:
           + (f" (TLS: HTTP on plaintext ports; aggregators: {v['tls']['aggregatorProbe']})" if tls else " (kubelet grpc on each --listen port)"))
 
 
+ETCD_TLS_FLAGS = {
+    "cert-file": f"{TLS_DIR}/tls.crt",
+    "key-file": f"{TLS_DIR}/tls.key",
+    "trusted-ca-file": f"{TLS_DIR}/ca.crt",
+    "peer-cert-file": f"{TLS_DIR}/tls.crt",
+    "peer-key-file": f"{TLS_DIR}/tls.key",
+    "peer-trusted-ca-file": f"{TLS_DIR}/ca.crt",
+}
+
+
 def check_etcd(r: Rendered, v: dict) -> None:
     begin()
     external = v["etcd"]["external"]["endpoints"]
+    tls = v["tls"]["enabled"]
     if external:
         want = ",".join(external)
         check(not r.component("StatefulSet", "etcd") and not r.component("Service", "etcd")
@@ -302,20 +385,56 @@ def check_etcd(r: Rendered, v: dict) -> None:
               "etcd members start in parallel (each waits for the others to elect a leader)")
         domain = f"{svc}.{NAMESPACE}.svc.{DOMAIN}"
         c = main_container(sts)
-        peers = ",".join(f"{name}-{i}=http://{name}-{i}.{domain}:2380" for i in range(replicas))
+        # TLS on: etcd serves TLS to clients and peers and refuses those without a certificate
+        # of the CA, so nobody outside the cluster can write a member into it.
+        scheme = "https" if tls else "http"
+        peers = ",".join(f"{name}-{i}={scheme}://{name}-{i}.{domain}:2380" for i in range(replicas))
         check(flag(c, "initial-cluster") == [peers], f"etcd --initial-cluster names every member: {flag(c, 'initial-cluster')}")
         check(flag(c, "name") == ["$(POD_NAME)"]
-              and flag(c, "initial-advertise-peer-urls") == [f"http://$(POD_NAME).{domain}:2380"]
-              and flag(c, "advertise-client-urls") == [f"http://$(POD_NAME).{domain}:2379"],
-              "etcd members are named and advertised as their pods")
+              and flag(c, "initial-advertise-peer-urls") == [f"{scheme}://$(POD_NAME).{domain}:2380"]
+              and flag(c, "advertise-client-urls") == [f"{scheme}://$(POD_NAME).{domain}:2379"],
+              f"etcd members are named and advertised as their pods ({scheme})")
+        check(flag(c, "listen-client-urls") == [f"{scheme}://0.0.0.0:2379"]
+              and flag(c, "listen-peer-urls") == [f"{scheme}://0.0.0.0:2380"],
+              f"etcd listens for clients and peers over {scheme}")
         check("POD_NAME" in env_of(c), "etcd gets POD_NAME")
-        want = ",".join(f"http://{name}-{i}.{domain}:2379" for i in range(replicas))
+        args = args_of(c)
+        if tls:
+            for f, path in ETCD_TLS_FLAGS.items():
+                check(flag(c, f) == [path], f"etcd --{f}={path} (have {flag(c, f)})")
+            check("--client-cert-auth" in args and "--peer-client-cert-auth" in args,
+                  "etcd requires client certificates of clients (--client-cert-auth) and peers (--peer-client-cert-auth)")
+            check(secret_mounted(sts, c, "tls", tls_secret_name(v), TLS_DIR),
+                  f"etcd mounts the TLS Secret {tls_secret_name(v)} read-only at {TLS_DIR}")
+        else:
+            check(not any(a.startswith(("--cert-file", "--key-file", "--trusted-ca-file", "--client-cert-auth", "--peer-"))
+                          for a in args) and "tls" not in volumes_of(sts),
+                  "etcd: no TLS flags or mount when TLS is off")
+        # Probes: kubelet has no client certificate, so under client-cert auth the client port
+        # cannot answer it; they must use the plaintext /health of --listen-metrics-urls.
+        metrics = flag(c, "listen-metrics-urls")
+        murl = urlsplit(metrics[0]) if len(metrics) == 1 else None
+        if check(murl is not None and murl.scheme == "http" and murl.port is not None,
+                 f"etcd --listen-metrics-urls is one plain http URL (have {metrics})"):
+            check(murl.port not in (2379, 2380) and port_number(c, murl.port) == murl.port,
+                  f"etcd's probe port {murl.port} is a container port apart from the client and peer ports")
+            for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+                p = c.get(kind, {})
+                h = p.get("httpGet", {})
+                check(probe_handlers(p) == ["httpGet"] and port_number(c, h.get("port")) == murl.port
+                      and h.get("path", "").startswith("/health") and h.get("scheme", "HTTP") == "HTTP",
+                      f"etcd {kind}: GET /health on the plaintext probe port {murl.port}")
+            # A lost quorum must not restart every member: liveness asks this member only.
+            check(c.get("livenessProbe", {}).get("httpGet", {}).get("path") == "/health?serializable=true",
+                  "etcd liveness is serializable (this member only)")
+        want = ",".join(f"{scheme}://{name}-{i}.{domain}:2379" for i in range(replicas))
     for w in r.workloads():
         if component_of(w) in GRM_COMPONENTS:
             got = flag(main_container(w), "etcd")
             check(got == [want], f"{w['metadata']['name']}: --etcd={got}, want {want}")
     n = len(want.split(","))
-    ok(f"etcd: {'external' if external else 'bundled'}, the same {n} client URLs in every node's --etcd")
+    how = "external" if external else ("bundled, TLS with client-certificate auth" if tls else "bundled, plaintext")
+    ok(f"etcd: {how}; the same {n} {urlsplit(want.split(',')[0]).scheme} client URLs in every node's --etcd")
 
 
 def check_workers(r: Rendered, v: dict) -> None:
@@ -455,22 +574,169 @@ def check_tls(r: Rendered, v: dict) -> None:
         if comp not in GRM_COMPONENTS:
             continue
         c, name = main_container(w), w["metadata"]["name"]
-        vols = {x["name"]: x for x in pod_spec(w).get("volumes", [])}
-        mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
         if not t["enabled"]:
-            check("tls" not in vols and not any(a.startswith("--tls") for a in args_of(c)),
+            check("tls" not in volumes_of(w) and not any(a.startswith("--tls") for a in args_of(c)),
                   f"{name}: no TLS when off")
             continue
-        check(vols.get("tls", {}).get("secret", {}).get("secretName") == t["secretName"]
-              and mounts.get("tls", {}).get("mountPath") == TLS_DIR and mounts["tls"].get("readOnly") is True,
-              f"{name}: TLS Secret {t['secretName']} mounted read-only at {TLS_DIR}")
+        check(secret_mounted(w, c, "tls", tls_secret_name(v), TLS_DIR),
+              f"{name}: TLS Secret {tls_secret_name(v)} mounted read-only at {TLS_DIR}")
         check(flag(c, "tls-cert") == [f"{TLS_DIR}/tls.crt"] and flag(c, "tls-key") == [f"{TLS_DIR}/tls.key"]
               and flag(c, "tls-ca") == [f"{TLS_DIR}/ca.crt"], f"{name}: --tls-cert, --tls-key, --tls-ca")
+        # Members refuse callers without a certificate of the CA under tls.mutual; the router's
+        # --tls-client-auth applies to its public clients too, hence its own value.
         want_client_auth = t["routerClientAuth"] if comp == "router" else t["mutual"]
         check(("--tls-client-auth" in args_of(c)) == want_client_auth,
               f"{name}: --tls-client-auth {'present' if want_client_auth else 'absent'}")
+    generated = [s for s in r.kind("Secret") if component_of(s) == "tls"]
+    if t["enabled"] and not t["secretName"]:
+        check_generated_tls(r, v)
+    else:
+        check(not generated, f"no generated TLS Secret unless TLS is on without tls.secretName (have {len(generated)})")
     if t["enabled"]:
-        ok(f"TLS: Secret {t['secretName']} and --tls-* on every node, mutual {'on' if t['mutual'] else 'off'}")
+        ok(f"TLS: Secret {tls_secret_name(v)}{' (generated)' if not t['secretName'] else ''} and --tls-* on every node, "
+           f"mutual {'on' if t['mutual'] else 'off'}, router client auth {'on' if t['routerClientAuth'] else 'off'}")
+
+
+def registered_names(r: Rendered) -> list[str]:
+    """Every name a node is dialled at and verified against: the pod names workers and
+    aggregators register in etcd (their --advertise, one per replica and one more), the etcd members' names
+    in the nodes' --etcd and etcd's --initial-cluster, the router Service as clients in the
+    cluster name it, the name an exec probe checks, and the loopback of a port-forward."""
+    names: list[str] = []
+    bundled_etcd = bool(r.component("StatefulSet", "etcd"))  # an external etcd has its own certificate
+    for w in r.workloads():
+        c = main_container(w)
+        for adv in flag(c, "advertise"):
+            host = adv.rsplit(":", 1)[0]
+            if check(host.startswith("$(POD_NAME)."), f"{w['metadata']['name']}: --advertise={adv} names the pod"):
+                # One more than the replicas: scaling up must not need a new certificate.
+                names += [host.replace("$(POD_NAME)", f"{w['metadata']['name']}-{i}") for i in range(w["spec"]["replicas"] + 1)]
+        etcd_urls = flag(c, "etcd") + [u.split("=", 1)[1] for u in ",".join(flag(c, "initial-cluster")).split(",") if "=" in u]
+        for urls in etcd_urls if bundled_etcd else []:
+            names += [urlsplit(u).hostname for u in urls.split(",")]
+        for kind in ("livenessProbe", "readinessProbe"):
+            for a in c.get(kind, {}).get("exec", {}).get("command", []):
+                if a.startswith("-tls-server-name="):
+                    names.append(a.split("=", 1)[1])
+    for svc in r.component("Service", "router"):
+        n = svc["metadata"]["name"]
+        names += [n, f"{n}.{NAMESPACE}", f"{n}.{NAMESPACE}.svc", f"{n}.{NAMESPACE}.svc.{DOMAIN}"]
+    names += ["localhost", "127.0.0.1"]
+    return sorted(set(names))
+
+
+def check_generated_tls(r: Rendered, v: dict) -> None:
+    """The generated Secret: a CA and a certificate that every node can serve and call with,
+    for every name it is reached at, proven by TLS handshakes (mutual when tls.mutual)."""
+    start = len(failures)
+    name = tls_secret_name(v)
+    leaf, ca = secret(r, name), secret(r, f"{FULLNAME}-tls-ca")
+    if not check(leaf is not None and ca is not None, f"TLS on without tls.secretName: Secrets {name} and {FULLNAME}-tls-ca are generated"):
+        return
+    check(leaf.get("type") == "kubernetes.io/tls" and set(leaf.get("data", {})) == {"tls.crt", "tls.key", "ca.crt"},
+          f"Secret {name}: kubernetes.io/tls with tls.crt, tls.key and ca.crt (has {sorted(leaf.get('data', {}))})")
+    check(bool(leaf["metadata"].get("annotations", {}).get("grm-cluster/tls-fingerprint")),
+          f"Secret {name}: the fingerprint of its names, kept to reuse it on upgrade")
+    check(secret_data(ca, "ca.crt") == secret_data(leaf, "ca.crt") and secret_data(ca, "ca.key").startswith(b"-----BEGIN"),
+          f"Secret {FULLNAME}-tls-ca holds the same CA and its key")
+    for w in r.workloads():
+        for vol in volumes_of(w).values():
+            check(vol.get("secret", {}).get("secretName") != f"{FULLNAME}-tls-ca",
+                  f"{w['metadata']['name']}: the CA's key is mounted in no pod")
+    names = registered_names(r)
+    with tempfile.TemporaryDirectory() as d:
+        files = {}
+        for key in ("tls.crt", "tls.key", "ca.crt"):
+            files[key] = os.path.join(d, key)
+            Path(files[key]).write_bytes(secret_data(leaf, key))
+        Path(d, "ca.key").write_bytes(secret_data(ca, "ca.key"))
+        try:
+            # The key is the certificate's, and the CA's key is the CA's.
+            server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            server.load_cert_chain(files["tls.crt"], files["tls.key"])
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(files["ca.crt"], os.path.join(d, "ca.key"))
+        except ssl.SSLError as e:
+            check(False, f"Secret {name}: a certificate and key that do not go together: {e}")
+            return
+        mutual = v["tls"]["mutual"]
+        if mutual:
+            server.verify_mode = ssl.CERT_REQUIRED
+            server.load_verify_locations(files["ca.crt"])
+        # A node calling another: verifies against ca.crt and the name it dials, presents its own.
+        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        client.load_verify_locations(files["ca.crt"])
+        client.load_cert_chain(files["tls.crt"], files["tls.key"])
+        for n in names:
+            err = tls_handshake(server, client, n)
+            check(err is None, f"the generated certificate does not serve {n}: {err}")
+        # Controls: the same handshakes must fail for a name outside the release, and (mutual)
+        # for a caller without a certificate, or the ones above prove nothing.
+        outsider = f"{FULLNAME}-grm-worker-0.{FULLNAME}-grm-worker-headless.elsewhere.svc.{DOMAIN}"
+        check(tls_handshake(server, client, outsider) is not None,
+              f"the generated certificate must not cover {outsider}")
+        if mutual:
+            anonymous = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            anonymous.load_verify_locations(files["ca.crt"])
+            check(tls_handshake(server, anonymous, names[0]) is not None,
+                  "under mutual TLS a caller without a certificate must be refused")
+    pods = [n for n in names if re.match(r".*-\d+\.", n)]
+    summary = (f"generated TLS certificate: {len(names)} names by handshake{' (mutual)' if mutual else ''}, "
+               f"{len(pods)} of them pods' (e.g. {pods[0] if pods else '-'}); not {outsider.split('.')[2]}'s")
+    n = len(failures) - start
+    print(f"  ok   {summary}" if n == 0 else f"  FAIL {summary}: {n} check(s) failed (above)")
+
+
+def check_cluster_token(r: Rendered, v: dict) -> None:
+    begin()
+    ct = v["clusterToken"]
+    name = token_secret_name(v)
+    generated = [s for s in r.kind("Secret") if component_of(s) == "cluster-token"]
+    for w in r.workloads():
+        if component_of(w) not in GRM_COMPONENTS:
+            continue
+        c, wname = main_container(w), w["metadata"]["name"]
+        if ct["enabled"]:
+            check(flag(c, "cluster-token-file") == [f"{TOKEN_DIR}/token"],
+                  f"{wname}: --cluster-token-file={TOKEN_DIR}/token (have {flag(c, 'cluster-token-file')})")
+            check(secret_mounted(w, c, "cluster-token", name, TOKEN_DIR)
+                  and volumes_of(w)["cluster-token"]["secret"].get("items") == [{"key": ct["key"], "path": "token"}],
+                  f"{wname}: Secret {name} (key {ct['key']}) mounted read-only at {TOKEN_DIR}/token")
+        else:
+            check(not has_flag(c, "cluster-token-file") and "cluster-token" not in volumes_of(w),
+                  f"{wname}: no cluster token when off")
+    if ct["enabled"] and not ct["existingSecret"]:
+        sec = secret(r, name)
+        if check(sec is not None and generated == [sec], f"a generated Secret {name} holds the cluster token"):
+            token = secret_data(sec, ct["key"]).decode()
+            check(re.fullmatch(r"[A-Za-z0-9]{48}", token) is not None,
+                  f"Secret {name}: the token is 48 random letters and digits (have {len(token)} characters)")
+    else:
+        check(not generated, "no generated cluster token Secret unless enabled without existingSecret")
+    if ct["enabled"]:
+        ok(f"cluster token: Secret {name}{' (generated)' if not ct['existingSecret'] else ''} "
+           "mounted and passed as --cluster-token-file on every grm node")
+
+
+def check_guarded(r: Rendered, v: dict) -> None:
+    """When the public API is guarded, so is every internal service; the router the chart
+    renders would start (it refuses --auth-token-file without internal credentials)."""
+    begin()
+    router = r.workload("router")
+    if router is None:
+        return
+    rc = main_container(router)
+    if not has_flag(rc, "auth-token-file"):
+        return
+    # The router's own start check: a cluster token, or a certificate to present under mutual TLS.
+    router_creds = has_flag(rc, "cluster-token-file") or (
+        has_flag(rc, "tls-cert") and has_flag(rc, "tls-key") and has_flag(rc, "tls-ca"))
+    check(router_creds, "the router has --auth-token-file but neither --cluster-token-file nor a certificate for mutual TLS: it would not start")
+    for w in r.workloads():
+        if component_of(w) in MEMBER_COMPONENTS:
+            c = main_container(w)
+            check(has_flag(c, "cluster-token-file") or "--tls-client-auth" in args_of(c),
+                  f"{w['metadata']['name']}: the public API is guarded, but it would answer callers without credentials")
+    ok("public API guarded: the router has internal credentials and every worker and aggregator requires them")
 
 
 def check_env(r: Rendered, v: dict) -> None:
@@ -526,9 +792,20 @@ def check_service_monitor(r: Rendered, v: dict) -> None:
     ok(f"ServiceMonitor: scrapes {', '.join(comps)} on ports {[e['port'] for e in sm['spec']['endpoints']]}")
 
 
-def check_notes(r: Rendered) -> None:
+def check_notes(r: Rendered, v: dict) -> None:
     begin()
     check(f"{RELEASE}-grm-cluster-router" in r.notes, "NOTES.txt names the router Service")
+    # Plaintext etcd: NOTES.txt says what that allows.
+    external = v["etcd"]["external"]["endpoints"]
+    plaintext = any(e.startswith("http://") for e in external) if external else not v["tls"]["enabled"]
+    warned = "WARNING: the nodes reach etcd in plaintext" in r.notes
+    check(warned == plaintext, f"NOTES.txt warns about a plaintext etcd exactly when it is one (plaintext: {plaintext})")
+    if plaintext and not v["clusterToken"]["enabled"]:
+        check("forged scores" in r.notes, "NOTES.txt: without a cluster token, a member written into etcd judges with forged scores")
+    if v["tls"]["enabled"] and not v["tls"]["secretName"]:
+        check(f"get secret {tls_secret_name(v)}" in r.notes, "NOTES.txt: how to get the generated CA")
+    if plaintext:
+        ok("NOTES.txt warns that anyone who can write to the plaintext etcd can register a member")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -564,9 +841,11 @@ def run_values_file(chart: helm.Chart, path: str | None) -> None:
         lambda: check_workers(r, merged),
         lambda: check_aggregator(r, merged),
         lambda: check_tls(r, merged),
+        lambda: check_cluster_token(r, merged),
+        lambda: check_guarded(r, merged),
         lambda: check_env(r, merged),
         lambda: check_service_monitor(r, merged),
-        lambda: check_notes(r),
+        lambda: check_notes(r, merged),
     ]
     for section in sections:
         try:
@@ -575,17 +854,43 @@ def run_values_file(chart: helm.Chart, path: str | None) -> None:
             check(False, f"a check stopped on the rendered output: {e!r}")
 
 
-# Values that cannot work, and the words the refusal must contain.
+AUTH = {"enabled": True, "existingSecret": "grm-auth"}
+# Values that cannot work or would be unsafe, and the words the refusal must contain.
 REFUSED = [
-    ({"router": {"replica": 3}}, "additional properties 'replica'"),
-    ({"etcd": {"replicas": 2}}, "/etcd/replicas"),
-    ({"workers": {"grm": {"model": {"source": "s3"}}}}, "/workers/grm/model/source"),
-    ({"tls": {"enabled": True}}, "tls.secretName"),
-    ({"tls": {"mutual": True}}, "tls.enabled"),
-    ({"auth": {"enabled": True}}, "auth.existingSecret"),
-    ({"otel": {"enabled": True}}, "otel.endpoint"),
-    ({"workers": {"meta": {"model": {"source": "pvc"}}}}, "workers.meta.model.pvc.claimName"),
-    ({"workers": {"grm": {"model": {"source": "download"}}}}, "workers.grm.model.download.repo"),
+    ({"router": {"replica": 3}}, ["additional properties 'replica'"]),
+    ({"etcd": {"replicas": 2}}, ["/etcd/replicas"]),
+    ({"workers": {"grm": {"model": {"source": "s3"}}}}, ["/workers/grm/model/source"]),
+    ({"tls": {"enabled": False, "routerClientAuth": True}}, ["tls.routerClientAuth", "tls.enabled"]),
+    ({"tls": {"generated": {"extraDnsNames": ["not a name"]}}}, ["/tls/generated/extraDnsNames"]),
+    ({"auth": {"enabled": True}}, ["auth.existingSecret"]),
+    # The public API guarded, the internal services open (the issue this chart refuses).
+    ({"auth": AUTH, "tls": {"enabled": False}, "clusterToken": {"enabled": False}},
+     ["auth.enabled", "tls.enabled=false", "clusterToken.enabled=false"]),
+    # TLS, but the workers and aggregators not on mutual TLS: they would answer anyone.
+    ({"auth": AUTH, "tls": {"mutual": False}, "clusterToken": {"enabled": False}},
+     ["auth.enabled", "clusterToken.enabled=false", "tls.mutual"]),
+    ({"clusterToken": {"enabled": False, "existingSecret": "grm-cluster-token"}},
+     ["clusterToken.existingSecret", "clusterToken.enabled"]),
+    ({"otel": {"enabled": True}}, ["otel.endpoint"]),
+    ({"workers": {"meta": {"model": {"source": "pvc"}}}}, ["workers.meta.model.pvc.claimName"]),
+    ({"workers": {"grm": {"model": {"source": "download"}}}}, ["workers.grm.model.download.repo"]),
+]
+
+# Their neighbours, which must render (so that the refusals above are not blanket ones), each
+# checked like the values files.
+ACCEPTED = [
+    # `--set tls.enabled=false` alone: tls.mutual's default does not get in the way.
+    {"tls": {"enabled": False}},
+    # The public API guarded without TLS: the cluster token guards the internal services.
+    {"auth": AUTH, "tls": {"enabled": False}},
+    # ...or, with no cluster token, mutual TLS between nodes: the router presents its
+    # certificate to the members (its public clients need none)...
+    {"auth": AUTH, "clusterToken": {"enabled": False}},
+    # ...or on the router's public API too (and the aggregators probed over TLS: the
+    # generated certificate must serve the probe's name).
+    {"auth": AUTH, "tls": {"routerClientAuth": True, "aggregatorProbe": "exec"}, "clusterToken": {"enabled": False}},
+    # Nothing guarded at all is allowed (a laptop), if loudly (NOTES.txt).
+    {"tls": {"enabled": False}, "clusterToken": {"enabled": False}},
 ]
 
 
@@ -597,8 +902,28 @@ def check_refusals(chart: helm.Chart) -> None:
             chart.render(values, name=RELEASE, namespace=NAMESPACE)
             check(False, f"{values} was accepted")
         except helm.HelmError as e:
-            check(words in str(e), f"{values} refused, but the message lacks {words!r}: {e}")
-    ok(f"{len(REFUSED)} impossible values refused with a message naming the value")
+            missing = [w for w in words if w not in str(e)]
+            check(not missing, f"{values} refused, but the message lacks {missing}: {e}")
+    ok(f"{len(REFUSED)} impossible or unsafe values refused with a message naming the values")
+
+
+def check_accepted(chart: helm.Chart) -> None:
+    for values in ACCEPTED:
+        print(f"$ helm template ... --set {values}")
+        begin()
+        try:
+            r = Rendered(chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True))
+        except helm.HelmError as e:
+            check(False, f"{values} was refused: {e}")
+            continue
+        merged = chart.merge_values(values)
+        for section in (check_schemas, lambda r: check_probes(r, merged), lambda r: check_etcd(r, merged),
+                        lambda r: check_tls(r, merged), lambda r: check_cluster_token(r, merged),
+                        lambda r: check_guarded(r, merged), lambda r: check_notes(r, merged)):
+            try:
+                section(r)
+            except Exception as e:
+                check(False, f"a check stopped on the rendered output: {e!r}")
 
 
 def main() -> int:
@@ -608,6 +933,7 @@ def main() -> int:
         for path in VALUES_FILES:
             run_values_file(chart, path)
         check_refusals(chart)
+        check_accepted(chart)
     readme = Path("README.md").read_text()
     missing = [c for c in commands if c not in readme.splitlines()]
     check(not missing, f"README.md shows the commands this check runs; missing: {missing}")

@@ -61,6 +61,40 @@ pub struct EngineFlags {
     pub gpu_memory_fraction: f32,
 }
 
+/// How a process's KV budget is split among its engines.
+#[derive(Debug, Clone, Copy)]
+pub struct KvBudget {
+    pub grm: f64,
+    pub meta: f64,
+}
+
+impl KvBudget {
+    /// One engine: all of it.
+    pub const ALONE: f64 = 1.0;
+
+    /// `grm serve` and in-process clusters: one budget for the process, three quarters to the
+    /// GRM (k decoding samples and their prompts) and a quarter to the meta RM (prefill only),
+    /// when there is one. Explicit --kv-blocks apply to each engine as given.
+    pub fn shared(_flags: &EngineFlags, has_meta: bool) -> Self {
+        if has_meta {
+            Self {
+                grm: 0.75,
+                meta: 0.25,
+            }
+        } else {
+            Self {
+                grm: 1.0,
+                meta: 0.0,
+            }
+        }
+    }
+}
+
+/// Full contexts the default CPU KV pool holds: plenty for k samples of several requests,
+/// and no more, so that a small model does not take a quarter of the machine as its prefix
+/// cache fills.
+const DEFAULT_KV_CONTEXTS: usize = 64;
+
 /// A parsed `--device`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Device {
@@ -82,7 +116,8 @@ impl Device {
 }
 
 impl EngineFlags {
-    fn start(&self, dir: &Path) -> Result<(Engine, Tokenizer)> {
+    /// Starts an engine on `dir`'s model with `share` of this process's KV budget.
+    pub fn start(&self, dir: &Path, share: f64) -> Result<(Engine, Tokenizer)> {
         if !(self.gpu_memory_fraction > 0.0 && self.gpu_memory_fraction <= 1.0) {
             bail!(
                 "--gpu-memory-fraction {}: it must lie in (0, 1]",
@@ -90,7 +125,7 @@ impl EngineFlags {
             );
         }
         match Device::parse(&self.device)? {
-            Device::Cpu => self.start_on(dir, CpuBackend),
+            Device::Cpu => self.start_on(dir, CpuBackend, share),
             #[cfg(feature = "cuda")]
             Device::Cuda(ordinal) => {
                 let backend = grm_engine::CudaBackend::new(grm_engine::CudaOptions {
@@ -99,7 +134,7 @@ impl EngineFlags {
                 })
                 .with_context(|| format!("--device {}", self.device))?;
                 tracing::info!(device = %backend.name(), "CUDA backend ready");
-                self.start_on(dir, backend)
+                self.start_on(dir, backend, share)
             }
             #[cfg(not(feature = "cuda"))]
             Device::Cuda(_) => bail!(
@@ -109,16 +144,22 @@ impl EngineFlags {
         }
     }
 
-    fn start_on<B: Backend>(&self, dir: &Path, backend: B) -> Result<(Engine, Tokenizer)> {
+    fn start_on<B: Backend>(
+        &self,
+        dir: &Path,
+        backend: B,
+        share: f64,
+    ) -> Result<(Engine, Tokenizer)> {
         let model = Gemma2::load(dir, backend)
             .with_context(|| format!("loading the model in {}", dir.display()))?;
+        let kv_memory_bytes = self.kv_memory_bytes(&model, share);
         let tokenizer = Tokenizer::load(dir, model.config.bos_token_id)?;
         let mut stop = model.config.eos_token_ids.clone();
         stop.extend(tokenizer.token_id("<end_of_turn>"));
         let opts = EngineOptions {
             block_size: self.block_size.max(1),
             num_blocks: self.kv_blocks,
-            kv_memory_bytes: self.kv_memory_mib.map(|m| m << 20),
+            kv_memory_bytes,
             prefix_caching: !self.no_prefix_cache,
             threads: self.threads,
             scheduler: SchedulerConfig {
@@ -128,6 +169,14 @@ impl EngineFlags {
             },
         };
         let engine = Engine::start(model, opts)?;
+        let info = &engine.info;
+        tracing::info!(
+            model = %dir.display(),
+            kv_blocks = info.num_blocks,
+            block_size = info.block_size,
+            kv_mib = info.kv_bytes >> 20,
+            "KV cache budget (--kv-memory-mib or --kv-blocks to change it)"
+        );
         // A dead engine would leave a process that looks healthy and fails every request:
         // exit instead, so that the supervisor (systemd, Kubernetes) restarts it.
         let watched = engine.clone();
@@ -141,6 +190,26 @@ impl EngineFlags {
                 }
             })?;
         Ok((engine, tokenizer))
+    }
+}
+
+impl EngineFlags {
+    /// The KV pool's memory: `--kv-memory-mib` (times `share`); else, on the CPU, the smaller
+    /// of a quarter of the memory available now and [`DEFAULT_KV_CONTEXTS`] full contexts,
+    /// times `share`; else (a GPU) what the backend leaves after the weights.
+    fn kv_memory_bytes<B: Backend>(&self, model: &Gemma2<B>, share: f64) -> Option<usize> {
+        let part = |bytes: usize| ((bytes as f64) * share.clamp(0.0, 1.0)) as usize;
+        if let Some(mib) = self.kv_memory_mib {
+            return Some(part(mib << 20));
+        }
+        if model.backend().kv_memory_budget().is_some() {
+            return None;
+        }
+        let contexts = DEFAULT_KV_CONTEXTS
+            * model.config.max_position_embeddings
+            * model.kv_bytes_per_token();
+        let quarter = grm_engine::engine::available_memory().map_or(1 << 30, |m| m / 4);
+        Some(part(contexts.min(quarter)).max(1 << 20))
     }
 }
 
@@ -172,7 +241,9 @@ pub struct RouterFlags {
     #[arg(long, env = "GRM_AFFINITY_SLACK", default_value_t = 4)]
     pub affinity_slack: usize,
     /// A worker silent for this many seconds is given up on (its samples go elsewhere).
-    #[arg(long, env = "GRM_STALL_TIMEOUT_S", default_value_t = 120.0)]
+    /// Workers report progress about every second while a chunk is queued or running, so
+    /// only a dead, stopped or cut-off worker falls silent; a slow one never does.
+    #[arg(long, env = "GRM_STALL_TIMEOUT_S", default_value_t = 5.0)]
     pub stall_timeout_s: f64,
     /// Workers tried per chunk.
     #[arg(long, env = "GRM_MAX_ATTEMPTS", default_value_t = 4)]
@@ -293,9 +364,12 @@ fn etcd_endpoints(urls: &[String], tls: &Tls) -> Result<etcd::Endpoints> {
 }
 
 impl MembershipFlags {
-    fn members(&self, tls: &Tls) -> Result<Members> {
+    fn members(&self, tls: &Tls, token: Option<&BearerToken>) -> Result<Members> {
         if !self.etcd.is_empty() {
-            return Ok(etcd::watch_members(etcd_endpoints(&self.etcd, tls)?));
+            return Ok(etcd::watch_members(
+                etcd_endpoints(&self.etcd, tls)?,
+                token.cloned(),
+            ));
         }
         let mut list = members::from_addrs(Role::Grm, &self.workers);
         list.extend(members::from_addrs(Role::MetaRm, &self.meta_workers));
@@ -423,9 +497,29 @@ pub struct TlsFlags {
     /// --tls-cert/--tls-key.
     #[arg(long, env = "GRM_HTTP_TLS")]
     pub http_tls: bool,
+    /// A file holding the cluster token (the same on every node; or the token itself in
+    /// GRM_CLUSTER_TOKEN): the internal services (WorkerService, AggregatorService) then
+    /// require it, every internal call carries it, members sign their etcd registration with
+    /// it, and routers and aggregators ignore members it did not sign.
+    #[arg(long, env = "GRM_CLUSTER_TOKEN_FILE")]
+    pub cluster_token_file: Option<PathBuf>,
 }
 
 impl TlsFlags {
+    pub fn cluster_token(&self) -> Result<Option<BearerToken>> {
+        Ok(BearerToken::from_file_or_env(
+            self.cluster_token_file.as_deref(),
+            "GRM_CLUSTER_TOKEN",
+        )?)
+    }
+
+    /// Whether this node calls its peers with credentials they can check: the cluster token,
+    /// or its certificate under mutual TLS (peers started with --tls-client-auth check it).
+    fn has_internal_credentials(&self, token: Option<&BearerToken>) -> bool {
+        token.is_some()
+            || (self.tls_cert.is_some() && self.tls_key.is_some() && self.tls_ca.is_some())
+    }
+
     pub fn load(&self) -> Result<Tls> {
         Ok(Tls::load(TlsFiles {
             cert: self.tls_cert.as_deref(),
@@ -483,7 +577,8 @@ async fn wait(mut rx: watch::Receiver<bool>) {
 
 pub fn worker(a: WorkerArgs) -> Result<()> {
     let tls = a.tls.load()?;
-    let (engine, tokenizer) = a.engine.start(&a.model)?;
+    let token = a.tls.cluster_token()?;
+    let (engine, tokenizer) = a.engine.start(&a.model, KvBudget::ALONE)?;
     let role = a.role.unwrap_or(match engine.info.config.head {
         Head::CausalLm => Role::Grm,
         Head::SequenceClassification { .. } => Role::MetaRm,
@@ -508,6 +603,7 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
             model_name: name.clone(),
             role,
             max_queued_tokens: a.max_queued_tokens,
+            progress_interval: grm_cluster::worker::PROGRESS_INTERVAL,
         },
     );
     let etcd_urls = etcd_endpoints(&a.etcd, &tls)?;
@@ -515,12 +611,15 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
         let (listener, addr) = bind(&a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
         let advertise = advertised(a.advertise.as_ref(), addr, !a.etcd.is_empty())?;
         let registration = (!a.etcd.is_empty()).then(|| {
-            let member = Member { id: advertise.clone(), addr: advertise.clone(), role, model: name.clone(), capacity: 0 };
+            let mut member = Member { id: advertise.clone(), addr: advertise.clone(), role, model: name.clone(), capacity: 0, sig: String::new() };
+            if let Some(t) = &token {
+                member.sign(t);
+            }
             etcd::register(etcd_urls.clone(), member, Duration::from_secs(a.lease_ttl_s.max(1)))
         });
         let stop = shutdown_signal();
         let (server_stop_tx, server_stop_rx) = watch::channel(false);
-        let server = tokio::spawn(serve_grpc(listener, Services { worker: Some(w.clone()), tls: tls.server, ..Default::default() }, wait(server_stop_rx.clone())));
+        let server = tokio::spawn(serve_grpc(listener, Services { worker: Some(w.clone()), tls: tls.server, cluster_token: token.clone(), ..Default::default() }, wait(server_stop_rx.clone())));
         let mut line = json!({ "ready": role.as_str(), "grpc": addr.to_string(), "model": name, "kv_blocks": w.engine().info.num_blocks });
         if !a.metrics_listen.is_empty() {
             let (ml, maddr) = bind(&a.metrics_listen).await.with_context(|| format!("listening on {}", a.metrics_listen))?;
@@ -546,23 +645,28 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
 pub fn aggregator(a: AggregatorArgs) -> Result<()> {
     let template = Arc::new(crate::judge_cmd::load_template(a.template.as_ref())?);
     let tls = a.tls.load()?;
+    let token = a.tls.cluster_token()?;
     let etcd_urls = etcd_endpoints(&a.members.etcd, &tls)?;
     runtime()?.block_on(async move {
-        let members = a.members.members(&tls)?;
-        let meta = Pool::with_tls(Role::MetaRm, members, tls.client);
+        let members = a.members.members(&tls, token.as_ref())?;
+        let meta = Pool::with_tls(Role::MetaRm, members, tls.client, token.clone());
         let agg = Aggregator::new(template, Some(meta));
         let (listener, addr) = bind(&a.listen)
             .await
             .with_context(|| format!("listening on {}", a.listen))?;
         let advertise = advertised(a.advertise.as_ref(), addr, !a.members.etcd.is_empty())?;
         let registration = (!a.members.etcd.is_empty()).then(|| {
-            let member = Member {
+            let mut member = Member {
                 id: advertise.clone(),
                 addr: advertise.clone(),
                 role: Role::Aggregator,
                 model: String::new(),
                 capacity: 0,
+                sig: String::new(),
             };
+            if let Some(t) = &token {
+                member.sign(t);
+            }
             etcd::register(etcd_urls, member, Duration::from_secs(a.lease_ttl_s.max(1)))
         });
         let mut line = json!({ "ready": "aggregator", "grpc": addr.to_string() });
@@ -587,6 +691,7 @@ pub fn aggregator(a: AggregatorArgs) -> Result<()> {
             Services {
                 aggregator: Some(agg),
                 tls: tls.server,
+                cluster_token: token.clone(),
                 ..Default::default()
             },
             wait(server_stop_rx),
@@ -615,7 +720,7 @@ async fn run_router(
     (listen, http_listen): (&str, &str),
     members: Members,
     flags: &RouterFlags,
-    tls: Tls,
+    (tls, token): (Tls, Option<BearerToken>),
     stop: watch::Receiver<bool>,
     local: InProcess,
 ) -> Result<()> {
@@ -624,9 +729,9 @@ async fn run_router(
         engines,
     } = local;
     let template = Arc::new(crate::judge_cmd::load_template(flags.template.as_ref())?);
-    let grm = Pool::with_tls(Role::Grm, members.clone(), tls.client.clone());
-    let meta = Pool::with_tls(Role::MetaRm, members.clone(), tls.client.clone());
-    let aggregators = Pool::with_tls(Role::Aggregator, members, tls.client);
+    let grm = Pool::with_tls(Role::Grm, members.clone(), tls.client.clone(), token.clone());
+    let meta = Pool::with_tls(Role::MetaRm, members.clone(), tls.client.clone(), token.clone());
+    let aggregators = Pool::with_tls(Role::Aggregator, members, tls.client, token);
     let local = Aggregator::new(Arc::clone(&template), Some(meta));
     let router = Router::new(template, grm, local, Some(aggregators), flags.options()?);
     let (listener, addr) = bind(listen)
@@ -682,14 +787,21 @@ async fn run_router(
 
 pub fn router(a: RouterArgs) -> Result<()> {
     let tls = a.tls.load()?;
+    let token = a.tls.cluster_token()?;
+    let guarded = a.router.options()?.auth.is_some();
+    if guarded && !a.tls.has_internal_credentials(token.as_ref()) {
+        bail!(
+            "--auth-token-file guards the public API, but this router would call the workers and aggregators without credentials, so anyone who reaches them could use them: give every node --cluster-token-file (the same token), or mutual TLS (--tls-cert, --tls-key and --tls-ca on every node, and --tls-client-auth on workers and aggregators)"
+        );
+    }
     runtime()?.block_on(async move {
-        let members = a.members.members(&tls)?;
+        let members = a.members.members(&tls, token.as_ref())?;
         let stop = shutdown_signal();
         run_router(
             (&a.listen, &a.http_listen),
             members,
             &a.router,
-            tls,
+            (tls, token),
             stop,
             InProcess::default(),
         )
@@ -720,6 +832,38 @@ pub fn embedded_models() -> (Option<PathBuf>, Option<PathBuf>) {
     )
 }
 
+/// Serves `workers` (in-process engines) each on a loopback port of its own, guarded by
+/// `token`, until `stop`; returns their member entries and server tasks. The router reaches
+/// them over gRPC exactly as in a cluster.
+async fn serve_in_process(
+    workers: Vec<Worker>,
+    token: &BearerToken,
+    stop: watch::Receiver<bool>,
+) -> Result<(Vec<Member>, Vec<ServerTask>)> {
+    let mut list = Vec::new();
+    let mut tasks = Vec::new();
+    for w in workers {
+        let (l, addr) = bind("127.0.0.1:0").await?;
+        list.push(Member {
+            id: addr.to_string(),
+            addr: addr.to_string(),
+            role: w.role(),
+            model: String::new(),
+            capacity: 0,
+            sig: String::new(),
+        });
+        let services = Services {
+            worker: Some(w),
+            cluster_token: Some(token.clone()),
+            ..Default::default()
+        };
+        tasks.push(tokio::spawn(serve_grpc(l, services, wait(stop.clone()))));
+    }
+    Ok((list, tasks))
+}
+
+type ServerTask = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
+
 /// An all-in-one cluster inside this process, for `grm score --model`: workers on loopback
 /// ports, a router in-process.
 pub async fn local_router(
@@ -729,53 +873,45 @@ pub async fn local_router(
     template: Option<&PathBuf>,
     opts: RouterOptions,
 ) -> Result<Router> {
-    let mut list = Vec::new();
-    for (dir, role) in [(Some(model), Role::Grm), (meta_model, Role::MetaRm)] {
+    let budget = KvBudget::shared(engine, meta_model.is_some());
+    let mut workers = Vec::new();
+    for (dir, role, share) in [
+        (Some(model), Role::Grm, budget.grm),
+        (meta_model, Role::MetaRm, budget.meta),
+    ] {
         let Some(dir) = dir else { continue };
-        let (e, t) = engine.start(dir)?;
-        let w = Worker::new(
-            e,
-            t,
-            WorkerOptions {
-                model_name: model_name(dir, None),
-                role,
-                max_queued_tokens: 1 << 20,
-            },
-        );
-        let (l, addr) = bind("127.0.0.1:0").await?;
-        tokio::spawn(serve_grpc(
-            l,
-            Services {
-                worker: Some(w),
-                ..Default::default()
-            },
-            std::future::pending(),
-        ));
-        list.push(Member {
-            id: addr.to_string(),
-            addr: addr.to_string(),
-            role,
-            model: String::new(),
-            capacity: 0,
-        });
+        let (e, t) = engine.start(dir, share)?;
+        workers.push(Worker::new(e, t, worker_options(model_name(dir, None), role)));
     }
+    let token = BearerToken::random();
+    // Nobody stops these: they live as long as the command.
+    let (stop_tx, stop) = watch::channel(false);
+    std::mem::forget(stop_tx);
+    let (list, _tasks) = serve_in_process(workers, &token, stop).await?;
     let members = members::fixed(list);
     let template = Arc::new(crate::judge_cmd::load_template(template)?);
-    let local = Aggregator::new(
-        Arc::clone(&template),
-        Some(Pool::new(Role::MetaRm, members.clone())),
-    );
+    let meta = Pool::with_tls(Role::MetaRm, members.clone(), None, Some(token.clone()));
+    let local = Aggregator::new(Arc::clone(&template), Some(meta));
     let opts = RouterOptions {
         model_name: model_name(model, None),
         ..opts
     };
     Ok(Router::new(
         template,
-        Pool::new(Role::Grm, members),
+        Pool::with_tls(Role::Grm, members, None, Some(token)),
         local,
         None,
         opts,
     ))
+}
+
+fn worker_options(model_name: String, role: Role) -> WorkerOptions {
+    WorkerOptions {
+        model_name,
+        role,
+        max_queued_tokens: 1 << 20,
+        progress_interval: grm_cluster::worker::PROGRESS_INTERVAL,
+    }
 }
 
 pub fn serve(a: ServeArgs) -> Result<()> {
@@ -788,75 +924,65 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     } else {
         None
     });
-    let (engine, tokenizer) = a.engine.start(&model)?;
+    let budget = KvBudget::shared(&a.engine, meta_model.is_some());
+    let (engine, tokenizer) = a.engine.start(&model, budget.grm)?;
     let name = if a.router.model_name.is_empty() {
         model_name(&model, None)
     } else {
         a.router.model_name.clone()
     };
-    let grm = Worker::new(
+    let mut workers = vec![Worker::new(
         engine,
         tokenizer,
-        WorkerOptions {
-            model_name: name.clone(),
-            role: Role::Grm,
-            max_queued_tokens: 1 << 20,
-        },
-    );
-    let meta = match &meta_model {
-        Some(dir) => {
-            let (engine, tokenizer) = a.engine.start(dir)?;
-            if !matches!(engine.info.config.head, Head::SequenceClassification { .. }) {
-                bail!(
-                    "--meta-model {} is not a sequence-classification model",
-                    dir.display()
-                );
-            }
-            Some(Worker::new(
-                engine,
-                tokenizer,
-                WorkerOptions {
-                    model_name: model_name(dir, None),
-                    role: Role::MetaRm,
-                    max_queued_tokens: 1 << 20,
-                },
-            ))
+        worker_options(name.clone(), Role::Grm),
+    )];
+    if let Some(dir) = &meta_model {
+        let (engine, tokenizer) = a.engine.start(dir, budget.meta)?;
+        if !matches!(engine.info.config.head, Head::SequenceClassification { .. }) {
+            bail!(
+                "--meta-model {} is not a sequence-classification model",
+                dir.display()
+            );
         }
-        None => None,
-    };
+        workers.push(Worker::new(
+            engine,
+            tokenizer,
+            worker_options(model_name(dir, None), Role::MetaRm),
+        ));
+    }
     let mut flags = a.router.clone();
     flags.model_name = name.clone();
     runtime()?.block_on(async move {
         let stop = shutdown_signal();
         // The workers stop after the router: its requests in flight still need them.
         let (workers_stop_tx, workers_stop) = watch::channel(false);
-        // The workers listen on loopback ports of their own; the router reaches them over gRPC
-        // exactly as in a cluster, and aggregates in-process.
-        let engines: Vec<(&'static str, Engine)> = std::iter::once(&grm)
-            .chain(meta.as_ref())
+        let engines: Vec<(&'static str, Engine)> = workers
+            .iter()
             .map(|w| (w.role().as_str(), w.engine().clone()))
             .collect();
-        let (gl, gaddr) = bind("127.0.0.1:0").await?;
-        let mut list = vec![Member { id: gaddr.to_string(), addr: gaddr.to_string(), role: Role::Grm, model: name.clone(), capacity: 0 }];
-        let g = tokio::spawn(serve_grpc(gl, Services { worker: Some(grm), ..Default::default() }, wait(workers_stop.clone())));
-        let m = match meta {
-            Some(w) => {
-                let (ml, maddr) = bind("127.0.0.1:0").await?;
-                list.push(Member { id: maddr.to_string(), addr: maddr.to_string(), role: Role::MetaRm, model: String::new(), capacity: 0 });
-                Some(tokio::spawn(serve_grpc(ml, Services { worker: Some(w), ..Default::default() }, wait(workers_stop.clone()))))
-            }
-            None => None,
-        };
-        let extra = json!({ "model": model.display().to_string(), "meta_model": meta_model.as_ref().map(|p| p.display().to_string()) });
+        let kv_mib: Vec<serde_json::Value> = workers
+            .iter()
+            .map(|w| json!({ "role": w.role().as_str(), "kv_blocks": w.engine().info.num_blocks, "kv_mib": w.engine().info.kv_bytes >> 20 }))
+            .collect();
+        // The in-process workers' ports are loopback only, and guarded by a token made for
+        // this process alone: nothing but this router can use them.
+        let token = BearerToken::random();
+        let (list, tasks) = serve_in_process(workers, &token, workers_stop).await?;
+        let internal: Vec<&str> = list.iter().map(|m| m.addr.as_str()).collect();
+        let extra = json!({
+            "model": model.display().to_string(),
+            "meta_model": meta_model.as_ref().map(|p| p.display().to_string()),
+            "internal": internal,
+            "engines": kv_mib,
+        });
         // The public endpoint serves TLS as asked; the in-process workers are plaintext loopback.
         let tls = Tls { client: None, ..a.tls.load()? };
         let local = InProcess { ready: extra, engines };
-        let served = run_router((&a.listen, &a.http_listen), members::fixed(list), &flags, tls, stop, local).await;
+        let served = run_router((&a.listen, &a.http_listen), members::fixed(list), &flags, (tls, Some(token)), stop, local).await;
         let _ = workers_stop_tx.send(true);
         served?;
-        g.await??;
-        if let Some(m) = m {
-            m.await??;
+        for t in tasks {
+            t.await??;
         }
         Ok(())
     })

@@ -103,11 +103,31 @@ impl Aggregator {
         }
         let mut meta_tokens = 0;
         let mut meta_ms = 0.0;
+        let mut k_meta = k_meta;
+        let mut meta_fallback = String::new();
         if k_meta.is_some() {
             let t = Instant::now();
-            meta_tokens = self
+            match self
                 .meta_scores(&request.id, &input, &mut judgements, n)
-                .await?;
+                .await
+            {
+                Ok(tokens) => meta_tokens = tokens,
+                // The k judgements are generated and paid for: a meta RM that cannot score
+                // them costs the filter, not the answer. Plain voting, and the answer says so.
+                Err(s) => {
+                    warn!(request = request.id, error = %s, "meta-RM scoring failed; voting over every valid judgement");
+                    self.metrics.meta_fallback();
+                    for j in &mut judgements {
+                        j.meta_score = None;
+                    }
+                    k_meta = None;
+                    meta_fallback = format!(
+                        "the meta RM could not score the judgements ({}: {}); plain voting over every valid judgement",
+                        crate::metrics::code_name(s.code()),
+                        s.message()
+                    );
+                }
+            }
             meta_ms = t.elapsed().as_secs_f64() * 1e3;
         }
         let agg = aggregate(&judgements, n, k_meta, req.seed, label.as_ref())
@@ -182,6 +202,7 @@ impl Aggregator {
             k_meta: k_meta.unwrap_or(0) as u32,
             model: request.model.clone(),
             error: None,
+            meta_fallback,
         })
     }
 
@@ -200,12 +221,12 @@ impl Aggregator {
         let wanted: Vec<usize> = (0..js.len())
             .filter(|&i| grm_judge::extract_scores(&js[i].text, n).is_ok())
             .collect();
-        let texts: Vec<String> = wanted
+        let marked: Vec<grm_judge::Marked> = wanted
             .iter()
-            .map(|&i| self.template.meta_input(input, &js[i].order, &js[i].text))
+            .map(|&i| self.template.meta_input_marked(input, &js[i].order, &js[i].text))
             .collect();
         let mut tokens = 0;
-        let calls = texts.chunks(self.meta_batch).zip(wanted.chunks(self.meta_batch)).map(|(batch, idx)| {
+        let calls = marked.chunks(self.meta_batch).zip(wanted.chunks(self.meta_batch)).map(|(batch, idx)| {
             // One span per meta-RM call, parent of the meta-RM worker's span.
             let span = tracing::info_span!("grm.meta_rm", texts = batch.len());
             async move {
@@ -217,8 +238,13 @@ impl Aggregator {
                 };
                 let _g = peer.hold(batch.len());
                 let mut client = WorkerServiceClient::new(peer.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
-                let mut r = Request::new(ScoreTextsRequest { request_id: request_id.to_string(), texts: batch.to_vec() });
+                let mut r = Request::new(ScoreTextsRequest {
+                    request_id: request_id.to_string(),
+                    texts: batch.iter().map(|m| m.text.clone()).collect(),
+                    client_text: batch.iter().map(|m| grm_proto::v1::ClientText { bounds: m.bounds() }).collect(),
+                });
                 crate::trace_context::inject(&tracing::Span::current(), r.metadata_mut());
+                pool.authorize(&mut r);
                 r.set_timeout(Duration::from_secs(120));
                 match client.score_texts(r).await {
                     Ok(resp) => {

@@ -56,6 +56,28 @@ impl BearerToken {
         }
     }
 
+    /// A fresh random token (for `grm serve`'s in-process workers, which nobody else needs to
+    /// reach).
+    pub fn random() -> Self {
+        let mut bytes = [0u8; 24];
+        // Without an OS random source the process could not have started its TLS either.
+        getrandom::fill(&mut bytes).expect("the OS random source");
+        let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        Self(Arc::from(text.as_bytes()))
+    }
+
+    /// The secret itself, for keyed hashes (never for logs).
+    pub fn secret(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Attaches this token to an outgoing gRPC call.
+    pub fn authorize(&self, meta: &mut tonic::metadata::MetadataMap) {
+        if let Ok(v) = self.header_value().parse() {
+            meta.insert("authorization", v);
+        }
+    }
+
     /// The `authorization` header value a client sends.
     pub fn header_value(&self) -> String {
         format!("Bearer {}", String::from_utf8_lossy(&self.0))

@@ -8,10 +8,15 @@
 //! 3. Workers are ranked per request by rendezvous hashing of the request's conversation, so
 //!    requests about the same query (a GRPO group) prefer the same worker and reuse its
 //!    cached prefix.
-//! 4. Chunks are placed one by one: on the highest-ranked worker unless its load (samples in
-//!    flight, counting this request's chunks placed so far) exceeds the least-loaded worker's by
-//!    more than `affinity_slack`; then on the least-loaded one (ties by rank). A request with a
-//!    large k thus spreads over the workers, and a small one stays with its affinity worker.
+//! 4. Chunks are placed one by one: on the highest-ranked worker unless its load exceeds the
+//!    least-loaded worker's by more than `affinity_slack` samples' worth; then on the
+//!    least-loaded one (ties by rank). A request with a large k thus spreads over the workers,
+//!    and a small one stays with its affinity worker.
+//!
+//! Loads and sizes are in tokens of work, so that a sample counts for its prompt's length:
+//! a chunk costs its prompt (prefilled once) plus max_new_tokens per sample; a worker's load
+//! is the larger of what this router has placed on it and what the worker itself reports
+//! (every router's work, see `pool`).
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
@@ -83,14 +88,20 @@ pub fn rank(key: u64, ids: &[String]) -> Vec<usize> {
     scored.into_iter().map(|(_, i)| i).collect()
 }
 
+/// The work of a chunk, in tokens: its prompt (estimated from its length, prefilled once) and
+/// what its samples may generate.
+pub fn chunk_tokens(prompt_bytes: usize, samples: usize, max_new_tokens: u32) -> usize {
+    prompt_bytes / PROMPT_BYTES_PER_TOKEN + samples * max_new_tokens as usize
+}
+
+/// A rough bytes-per-token of prompts (the router has no tokenizer); only relative sizes
+/// matter for placement.
+pub const PROMPT_BYTES_PER_TOKEN: usize = 4;
+
 /// Places chunks of the given sizes on workers whose current loads are `loads` (indexed like
-/// `ranked`'s entries), following rule 4 above. Returns a worker index per chunk.
-pub fn place(
-    sizes: &[usize],
-    ranked: &[usize],
-    loads: &[usize],
-    policy: ChunkPolicy,
-) -> Vec<usize> {
+/// `ranked`'s entries; both in tokens), following rule 4 above with `slack` tokens of
+/// slack. Returns a worker index per chunk.
+pub fn place(sizes: &[usize], ranked: &[usize], loads: &[usize], slack: usize) -> Vec<usize> {
     let mut load = loads.to_vec();
     let mut out = Vec::with_capacity(sizes.len());
     let Some(&preferred) = ranked.first() else {
@@ -98,7 +109,7 @@ pub fn place(
     };
     for &size in sizes {
         let min = ranked.iter().map(|&w| load[w]).min().unwrap_or(0);
-        let w = if load[preferred] <= min + policy.affinity_slack {
+        let w = if load[preferred] <= min + slack {
             preferred
         } else {
             *ranked
@@ -170,15 +181,23 @@ mod tests {
 
     #[test]
     fn small_requests_stay_large_ones_spread() {
-        let p = ChunkPolicy {
-            max_samples: 8,
-            affinity_slack: 4,
-        };
+        let p = 4;
         // Two idle workers, worker 1 preferred.
         assert_eq!(place(&[4], &[1, 0], &[0, 0], p), vec![1]);
         assert_eq!(place(&[8, 8], &[1, 0], &[0, 0], p), vec![1, 0]);
         assert_eq!(place(&[8, 8, 8, 8], &[1, 0], &[0, 0], p), vec![1, 0, 1, 0]);
         // A busy preferred worker is skipped.
         assert_eq!(place(&[2], &[1, 0], &[0, 10], p), vec![0]);
+    }
+
+    #[test]
+    fn a_long_prompt_weighs_more_than_a_short_one() {
+        let short = chunk_tokens(400, 2, 32);
+        let long = chunk_tokens(40_000, 2, 32);
+        assert_eq!(short, 100 + 64);
+        assert_eq!(long, 10_000 + 64);
+        // With the slack of 4 samples of 32 tokens, a worker holding one long chunk is passed
+        // over, though it runs as few samples as the other.
+        assert_eq!(place(&[short], &[1, 0], &[short, long], 4 * 32), vec![0]);
     }
 }

@@ -25,7 +25,8 @@ pub struct Sampling {
 #[derive(Debug, Clone, Copy)]
 pub struct DispatchOptions {
     pub policy: ChunkPolicy,
-    /// A worker that sends nothing for this long is given up on for the chunk.
+    /// A worker that sends nothing for this long (not even progress, which workers send about
+    /// every second while a chunk is queued or running) is given up on for the chunk.
     pub stall_timeout: Duration,
     /// Workers tried per chunk before the request fails.
     pub max_attempts: usize,
@@ -37,7 +38,7 @@ impl Default for DispatchOptions {
     fn default() -> Self {
         Self {
             policy: ChunkPolicy::default(),
-            stall_timeout: Duration::from_secs(120),
+            stall_timeout: Duration::from_secs(5),
             max_attempts: 4,
             cool_down: Duration::from_secs(5),
         }
@@ -60,7 +61,8 @@ pub struct Outcome {
     pub judgements: Vec<Generated>,
     pub prompt_tokens: u64,
     pub cached_prompt_tokens: u64,
-    /// From the start to the first prefilled prompt.
+    /// From the start until a worker started computing the request (its first chunk left a
+    /// worker's queue).
     pub queue_ms: f64,
     /// From the start to the last judgement.
     pub generate_ms: f64,
@@ -72,7 +74,7 @@ struct State {
     judgements: Vec<Option<Generated>>,
     prompt_tokens: u64,
     cached: u64,
-    first_prefill: Option<Instant>,
+    first_start: Option<Instant>,
     retries: u32,
 }
 
@@ -80,11 +82,17 @@ struct State {
 enum Failure {
     /// Try another worker.
     Retry(String),
+    /// This worker's KV pool cannot hold the chunk; another's may.
+    TooLarge(String),
     /// The request itself is at fault (or out of time): stop.
     Fatal(Status),
 }
 
 fn classify(s: Status) -> Failure {
+    let (key, value) = crate::worker::KV_TOO_SMALL;
+    if s.metadata().get(key).is_some_and(|v| v == value) {
+        return Failure::TooLarge(s.message().to_string());
+    }
     match s.code() {
         Code::InvalidArgument
         | Code::FailedPrecondition
@@ -96,10 +104,18 @@ fn classify(s: Status) -> Failure {
     }
 }
 
+/// One distinct prompt of a request, with the byte ranges its client wrote.
+#[derive(Debug, Clone)]
+pub struct Prompt {
+    pub text: String,
+    /// Flat bounds `[start0, end0, ...]` (the wire form of `ClientText`).
+    pub client: Vec<u32>,
+}
+
 /// The request's prompts (distinct texts), which prompt each sample uses, and each sample's seed.
 pub struct Work<'a> {
     pub request_id: &'a str,
-    pub prompts: &'a [String],
+    pub prompts: &'a [Prompt],
     pub prompt_of: &'a [usize],
     pub seeds: &'a [u64],
     pub sampling: Sampling,
@@ -123,13 +139,18 @@ pub async fn generate(
     let ids: Vec<String> = peers.iter().map(|p| p.id.clone()).collect();
     let ranked = chunking::rank(work.affinity, &ids);
     let loads: Vec<usize> = peers.iter().map(|p| p.load()).collect();
-    let sizes: Vec<usize> = chunks.iter().map(|c| c.samples.len()).collect();
-    let placed = chunking::place(&sizes, &ranked, &loads, opts.policy);
+    let max_new = work.sampling.max_new_tokens;
+    let sizes: Vec<usize> = chunks
+        .iter()
+        .map(|c| chunking::chunk_tokens(work.prompts[c.prompt].text.len(), c.samples.len(), max_new))
+        .collect();
+    let slack = opts.policy.affinity_slack * max_new as usize;
+    let placed = chunking::place(&sizes, &ranked, &loads, slack);
     let state = Arc::new(Mutex::new(State {
         judgements: vec![None; k],
         prompt_tokens: 0,
         cached: 0,
-        first_prefill: None,
+        first_start: None,
         retries: 0,
     }));
     let runs = chunks.iter().zip(&placed).map(|(c, &w)| {
@@ -160,7 +181,7 @@ pub async fn generate(
         prompt_tokens: s.prompt_tokens,
         cached_prompt_tokens: s.cached,
         queue_ms: s
-            .first_prefill
+            .first_start
             .map_or(0.0, |t| (t - start).as_secs_f64() * 1e3),
         generate_ms: start.elapsed().as_secs_f64() * 1e3,
         retries: s.retries,
@@ -171,7 +192,7 @@ async fn run_chunk(
     pool: &Pool,
     work: &Work<'_>,
     samples: &[u32],
-    prompt: &str,
+    prompt: &Prompt,
     first: Arc<Peer>,
     state: Arc<Mutex<State>>,
     opts: &DispatchOptions,
@@ -180,8 +201,11 @@ async fn run_chunk(
     let mut tried: Vec<String> = Vec::new();
     let mut peer = first;
     let mut last_error = String::new();
+    // Whether every worker tried so far refused the chunk for its KV pool's size.
+    let mut only_too_large = true;
     for attempt in 0..opts.max_attempts.max(1) {
-        let mut guard = peer.hold(remaining.len());
+        let max_new = work.sampling.max_new_tokens;
+        let mut guard = peer.hold(chunking::chunk_tokens(prompt.text.len(), remaining.len(), max_new));
         // One span per attempt of a chunk, parent of the worker's span for it.
         let span = tracing::info_span!(
             "grm.chunk",
@@ -189,13 +213,23 @@ async fn run_chunk(
             samples = remaining.len(),
             attempt
         );
-        match attempt_chunk(&peer, work, &remaining, prompt, &state, &mut guard, opts)
+        match attempt_chunk(pool, &peer, work, &remaining, prompt, &state, &mut guard, opts)
             .instrument(span)
             .await
         {
-            Ok(()) => {}
+            Ok(()) => only_too_large = false,
             Err(Failure::Fatal(s)) => return Err(s),
+            Err(Failure::TooLarge(why)) => {
+                warn!(
+                    request = work.request_id,
+                    worker = peer.addr,
+                    why,
+                    "a worker's KV pool is too small for the chunk; trying another"
+                );
+                last_error = why;
+            }
             Err(Failure::Retry(why)) => {
+                only_too_large = false;
                 warn!(
                     request = work.request_id,
                     worker = peer.addr,
@@ -224,8 +258,19 @@ async fn run_chunk(
         }
         tried.push(peer.addr.clone());
         state.lock().unwrap_or_else(|e| e.into_inner()).retries += 1;
-        peer = match pool.least_loaded(&tried).or_else(|| pool.least_loaded(&[])) {
+        let next = if only_too_large {
+            // A pool too small stays too small: only workers not yet tried can help.
+            pool.least_loaded(&tried)
+        } else {
+            pool.least_loaded(&tried).or_else(|| pool.least_loaded(&[]))
+        };
+        peer = match next {
             Some(p) => p,
+            None if only_too_large => {
+                return Err(Status::invalid_argument(format!(
+                    "the prompt needs more KV cache than any GRM worker has: {last_error}"
+                )))
+            }
             None => {
                 return Err(Status::unavailable(format!(
                     "no GRM worker is live (last error: {last_error})"
@@ -234,6 +279,11 @@ async fn run_chunk(
         };
         tokio::time::sleep(Duration::from_millis(50 * (attempt as u64 + 1))).await;
     }
+    if only_too_large {
+        return Err(Status::invalid_argument(format!(
+            "the prompt needs more KV cache than any GRM worker tried has: {last_error}"
+        )));
+    }
     Err(Status::unavailable(format!(
         "{} samples could not be generated after {} attempts; last error: {last_error}",
         remaining.len(),
@@ -241,11 +291,26 @@ async fn run_chunk(
     )))
 }
 
+/// How long a worker may stay silent: the stall limit, but never more than half the time
+/// left before the request's deadline, so that a silent worker's samples are sent elsewhere
+/// in time to finish.
+fn silence_limit(opts: &DispatchOptions, deadline: Option<Instant>) -> Duration {
+    match deadline {
+        Some(d) => opts
+            .stall_timeout
+            .min(d.saturating_duration_since(Instant::now()) / 2)
+            .max(Duration::from_millis(50)),
+        None => opts.stall_timeout,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn attempt_chunk(
+    pool: &Pool,
     peer: &Peer,
     work: &Work<'_>,
     samples: &[u32],
-    prompt: &str,
+    prompt: &Prompt,
     state: &Mutex<State>,
     guard: &mut LoadGuard,
     opts: &DispatchOptions,
@@ -254,7 +319,10 @@ async fn attempt_chunk(
         WorkerServiceClient::new(peer.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let mut req = tonic::Request::new(GenerateRequest {
         request_id: work.request_id.to_string(),
-        prompt: prompt.to_string(),
+        prompt: prompt.text.clone(),
+        client_text: Some(grm_proto::v1::ClientText {
+            bounds: prompt.client.clone(),
+        }),
         sample_indices: samples.to_vec(),
         seeds: samples.iter().map(|&i| work.seeds[i as usize]).collect(),
         temperature: work.sampling.temperature,
@@ -263,19 +331,16 @@ async fn attempt_chunk(
         max_new_tokens: work.sampling.max_new_tokens,
     });
     crate::trace_context::inject(&tracing::Span::current(), req.metadata_mut());
+    pool.authorize(&mut req);
     if let Some(d) = work.deadline {
         req.set_timeout(
             d.saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(1)),
         );
     }
-    let mut stream = match tokio::time::timeout(opts.stall_timeout, client.generate(req)).await {
-        Err(_) => {
-            return Err(Failure::Retry(format!(
-                "no answer within {:?}",
-                opts.stall_timeout
-            )))
-        }
+    let limit = silence_limit(opts, work.deadline);
+    let mut stream = match tokio::time::timeout(limit, client.generate(req)).await {
+        Err(_) => return Err(Failure::Retry(format!("no answer within {limit:?}"))),
         Ok(Err(s)) => return Err(classify(s)),
         Ok(Ok(r)) => r.into_inner(),
     };
@@ -284,11 +349,11 @@ async fn attempt_chunk(
     let mut prefill: Option<(u64, u64)> = None;
     let mut delivered = 0u64;
     loop {
-        let msg = match tokio::time::timeout(opts.stall_timeout, stream.message()).await {
+        let limit = silence_limit(opts, work.deadline);
+        let msg = match tokio::time::timeout(limit, stream.message()).await {
             Err(_) => {
                 return Err(Failure::Retry(format!(
-                    "stalled: nothing for {:?}",
-                    opts.stall_timeout
+                    "stalled: nothing, not even progress, for {limit:?}"
                 )))
             }
             Ok(Err(s)) => return Err(classify(s)),
@@ -299,7 +364,14 @@ async fn attempt_chunk(
         match msg.event {
             Some(generate_event::Event::Prefilled(p)) => {
                 prefill = Some((u64::from(p.prompt_tokens), u64::from(p.cached_tokens)));
-                s.first_prefill.get_or_insert_with(Instant::now);
+                s.first_start.get_or_insert_with(Instant::now);
+                guard.release(prompt.text.len() / chunking::PROMPT_BYTES_PER_TOKEN);
+            }
+            Some(generate_event::Event::Progress(p)) => {
+                if !p.queued {
+                    s.first_start.get_or_insert_with(Instant::now);
+                }
+                peer.report(p.work_tokens as usize);
             }
             Some(generate_event::Event::Sample(r)) => {
                 let i = r.sample_index as usize;
@@ -318,7 +390,7 @@ async fn attempt_chunk(
                         s.cached += if delivered == 0 { cached } else { prompt };
                     }
                     delivered += 1;
-                    guard.release(1);
+                    guard.release(work.sampling.max_new_tokens as usize);
                 }
             }
             None => {}

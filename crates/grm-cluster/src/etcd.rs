@@ -3,6 +3,7 @@
 //! members keep retrying and re-register once it is back, and watchers keep the last known
 //! membership, so serving goes on.
 
+use crate::auth::BearerToken;
 use crate::members::{Member, Members};
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
 use std::collections::BTreeMap;
@@ -60,7 +61,11 @@ async fn connect(endpoints: &Endpoints) -> Result<Client, etcd_client::Error> {
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(5))
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        // etcd refuses pings more often than every 5 s (--grpc-keepalive-min-time) with a
+        // GOAWAY, which dropped the watch every few seconds; ping every 10 s, and only while
+        // a stream (watch, lease keep-alive) is open, as its policy wants.
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+        .with_keep_alive_while_idle(false);
     if let Some(tls) = &endpoints.tls {
         opts = opts.with_tls(tls.clone());
     }
@@ -151,8 +156,10 @@ pub fn register(endpoints: Endpoints, member: Member, ttl: Duration) -> Registra
 }
 
 /// The members under [`PREFIX`], kept current by a watch. While etcd cannot be reached the
-/// last known list stays in place.
-pub fn watch_members(endpoints: Endpoints) -> Members {
+/// last known list stays in place. With a cluster `token`, only members whose registration it
+/// signed are kept: anyone who can write to etcd could otherwise add a member and be sent
+/// requests.
+pub fn watch_members(endpoints: Endpoints, token: Option<BearerToken>) -> Members {
     let (tx, rx) = watch::channel(Vec::new());
     tokio::spawn(async move {
         let mut known: BTreeMap<String, Member> = BTreeMap::new();
@@ -168,7 +175,9 @@ pub fn watch_members(endpoints: Endpoints) -> Members {
                     if let (Ok(k), Ok(m)) =
                         (kv.key_str(), serde_json::from_slice::<Member>(kv.value()))
                     {
-                        known.insert(k.to_string(), m);
+                        if admitted(&m, token.as_ref(), k) {
+                            known.insert(k.to_string(), m);
+                        }
                     }
                 }
                 publish(&tx, &known);
@@ -188,8 +197,15 @@ pub fn watch_members(endpoints: Endpoints) -> Members {
                         let Ok(k) = kv.key_str() else { continue };
                         match ev.event_type() {
                             EventType::Put => {
-                                if let Ok(m) = serde_json::from_slice::<Member>(kv.value()) {
-                                    known.insert(k.to_string(), m);
+                                match serde_json::from_slice::<Member>(kv.value()) {
+                                    Ok(m) if admitted(&m, token.as_ref(), k) => {
+                                        known.insert(k.to_string(), m);
+                                    }
+                                    // A key overwritten with something unsigned no longer
+                                    // names a member.
+                                    _ => {
+                                        known.remove(k);
+                                    }
                                 }
                             }
                             EventType::Delete => {
@@ -212,6 +228,23 @@ pub fn watch_members(endpoints: Endpoints) -> Members {
         }
     });
     rx
+}
+
+/// Whether a registration read from etcd is a member: signed with the cluster token, when the
+/// cluster has one.
+fn admitted(m: &Member, token: Option<&BearerToken>, key: &str) -> bool {
+    match token {
+        None => true,
+        Some(t) if m.verify(t) => true,
+        Some(_) => {
+            warn!(
+                key,
+                addr = m.addr,
+                "ignoring an etcd entry not signed with the cluster token: it gets no work"
+            );
+            false
+        }
+    }
 }
 
 fn publish(tx: &watch::Sender<Vec<Member>>, known: &BTreeMap<String, Member>) {

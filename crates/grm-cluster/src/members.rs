@@ -1,6 +1,7 @@
 //! Who is in the cluster: workers and aggregators, by role, as a watched list that etcd (or a
 //! static configuration) keeps current.
 
+use crate::auth::BearerToken;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -50,6 +51,56 @@ pub struct Member {
     pub model: String,
     /// Samples it runs at once, as a hint for load balancing.
     pub capacity: u32,
+    /// HMAC-SHA256 of the fields above with the cluster token (hex), so that a router can tell
+    /// a member from an entry someone else wrote into etcd. Empty when unsigned.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sig: String,
+}
+
+impl Member {
+    /// The bytes the signature covers: every field, length-prefixed so that no two members
+    /// share them.
+    fn signed_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for field in [
+            self.id.as_str(),
+            self.addr.as_str(),
+            self.role.as_str(),
+            self.model.as_str(),
+        ] {
+            out.extend_from_slice(&(field.len() as u64).to_le_bytes());
+            out.extend_from_slice(field.as_bytes());
+        }
+        out.extend_from_slice(&self.capacity.to_le_bytes());
+        out
+    }
+
+    /// Signs this member with the cluster token.
+    pub fn sign(&mut self, token: &BearerToken) {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, token.secret());
+        let tag = ring::hmac::sign(&key, &self.signed_bytes());
+        self.sig = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    }
+
+    /// Whether the signature is this member's under the cluster token (checked in constant
+    /// time).
+    pub fn verify(&self, token: &BearerToken) -> bool {
+        let Some(tag) = hex(&self.sig) else {
+            return false;
+        };
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, token.secret());
+        ring::hmac::verify(&key, &self.signed_bytes(), &tag).is_ok()
+    }
+}
+
+fn hex(s: &str) -> Option<Vec<u8>> {
+    if s.is_empty() || s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// The current members; `changed()` wakes on every update.
@@ -73,6 +124,39 @@ pub fn from_addrs(role: Role, addrs: &[String]) -> Vec<Member> {
             role,
             model: String::new(),
             capacity: 0,
+            sig: String::new(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signature_covers_every_field_and_needs_the_token() {
+        let token = BearerToken::new("cluster-secret", "test").unwrap();
+        let mut m = Member {
+            id: "w1:50061".into(),
+            addr: "w1:50061".into(),
+            role: Role::Grm,
+            model: "grm".into(),
+            capacity: 0,
+            sig: String::new(),
+        };
+        assert!(!m.verify(&token), "unsigned");
+        m.sign(&token);
+        assert!(m.verify(&token));
+        let other = BearerToken::new("another", "test").unwrap();
+        assert!(!m.verify(&other));
+        let mut moved = m.clone();
+        moved.addr = "evil:50061".into();
+        assert!(!moved.verify(&token), "the address is covered");
+        let mut role = m.clone();
+        role.role = Role::MetaRm;
+        assert!(!role.verify(&token), "the role is covered");
+        let mut garbled = m.clone();
+        garbled.sig.replace_range(0..2, "zz");
+        assert!(!garbled.verify(&token));
+    }
 }

@@ -118,6 +118,7 @@ pub struct RouterMetrics {
     /// Invalid judgements by reason, where the answer carried its samples.
     invalid_by_reason: Mutex<BTreeMap<String, u64>>,
     meta_filtered: AtomicU64,
+    meta_fallbacks: AtomicU64,
     margin: Histogram,
 }
 
@@ -133,6 +134,7 @@ impl Default for RouterMetrics {
             invalid: AtomicU64::default(),
             invalid_by_reason: Mutex::default(),
             meta_filtered: AtomicU64::default(),
+            meta_fallbacks: AtomicU64::default(),
             margin: Histogram::new(MARGIN_BOUNDS),
         }
     }
@@ -172,6 +174,9 @@ impl RouterMetrics {
             .fetch_add(u64::from(r.valid_samples), Ordering::Relaxed);
         self.invalid
             .fetch_add(u64::from(r.invalid_samples), Ordering::Relaxed);
+        if !r.meta_fallback.is_empty() {
+            self.meta_fallbacks.fetch_add(1, Ordering::Relaxed);
+        }
         let mut by_reason = self
             .invalid_by_reason
             .lock()
@@ -227,6 +232,7 @@ impl RouterMetrics {
             ("grm_judgements_voted_total", "Judgements whose scores were counted in a vote.", &self.voted),
             ("grm_judgements_invalid_total", "Judgements that cast no vote (no well-formed scores).", &self.invalid),
             ("grm_judgements_meta_filtered_total", "Valid judgements the meta RM left out of the vote (counted where samples are returned).", &self.meta_filtered),
+            ("grm_meta_fallbacks_total", "Requests answered by plain voting because the meta RM could not score their judgements.", &self.meta_fallbacks),
         ];
         for (name, help, v) in counters {
             out.single(name, "counter", help, v.load(Ordering::Relaxed) as f64);
@@ -352,7 +358,7 @@ pub fn render_engine(out: &mut Exposition, engines: &[(&str, EngineStats)]) {
 }
 
 /// The gRPC name of a status code, as Prometheus label values usually carry it.
-fn code_name(c: tonic::Code) -> String {
+pub fn code_name(c: tonic::Code) -> String {
     use tonic::Code::*;
     match c {
         Ok => "OK",
@@ -384,6 +390,8 @@ pub struct AggregatorMetrics {
     /// Meta-RM calls by outcome ("ok", "retried", "failed").
     meta_calls: Mutex<BTreeMap<&'static str, u64>>,
     meta_texts: AtomicU64,
+    /// Requests voted without the meta RM because it could not score them.
+    meta_fallbacks: AtomicU64,
 }
 
 impl Default for AggregatorMetrics {
@@ -393,6 +401,7 @@ impl Default for AggregatorMetrics {
             duration: Histogram::new(LATENCY_BOUNDS),
             meta_calls: Mutex::default(),
             meta_texts: AtomicU64::default(),
+            meta_fallbacks: AtomicU64::default(),
         }
     }
 }
@@ -421,6 +430,11 @@ impl AggregatorMetrics {
         if outcome == "ok" {
             self.meta_texts.fetch_add(texts as u64, Ordering::Relaxed);
         }
+    }
+
+    /// Counts one request voted without the meta RM, which failed.
+    pub fn meta_fallback(&self) {
+        self.meta_fallbacks.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The scrape; `meta_workers`: live meta-RM workers as the aggregator sees them.
@@ -466,6 +480,12 @@ impl AggregatorMetrics {
             "counter",
             "Judgements scored by the meta RM.",
             self.meta_texts.load(Ordering::Relaxed) as f64,
+        );
+        out.single(
+            "grm_aggregate_meta_fallbacks_total",
+            "counter",
+            "Requests voted over every valid judgement because the meta RM could not score them.",
+            self.meta_fallbacks.load(Ordering::Relaxed) as f64,
         );
         out.family(
             "grm_workers_live",

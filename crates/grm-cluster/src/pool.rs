@@ -1,6 +1,7 @@
 //! Connections to the members of one role, kept in step with the membership, with the load
 //! this process has put on each and a short cool-down for those that just failed.
 
+use crate::auth::BearerToken;
 use crate::members::{Members, Role};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,14 +14,33 @@ pub struct Peer {
     pub id: String,
     pub addr: String,
     pub channel: Channel,
+    /// The model it serves, as registered, or as its Status said (see [`Pool::model_names`]).
+    model: Mutex<String>,
     inflight: AtomicUsize,
     down_until: Mutex<Option<Instant>>,
+    /// The work the member itself last reported (GRM workers: tokens to compute and to
+    /// generate, from every router), and when.
+    reported: Mutex<Option<(Instant, usize)>>,
 }
 
+/// How long a member's own report of its load counts.
+const REPORT_FRESH: Duration = Duration::from_secs(3);
+
 impl Peer {
-    /// Samples (or texts) this process has in flight on it.
+    /// The work on it: what this process has in flight there (tokens of GRM work, texts,
+    /// requests), or what the member reported (every caller's), whichever is larger.
     pub fn load(&self) -> usize {
-        self.inflight.load(Ordering::Relaxed)
+        let own = self.inflight.load(Ordering::Relaxed);
+        let reported = match *self.reported.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((at, work)) if at.elapsed() < REPORT_FRESH => work,
+            _ => 0,
+        };
+        own.max(reported)
+    }
+
+    /// Records the member's own report of its load.
+    pub fn report(&self, work: usize) {
+        *self.reported.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), work));
     }
 
     /// Counts `n` units of work on this peer until the guard drops.
@@ -69,6 +89,8 @@ pub struct Pool {
     members: Members,
     /// How members are called: TLS (https) with this, else plaintext.
     tls: Option<ClientTlsConfig>,
+    /// The cluster token every internal call carries, when the cluster has one.
+    token: Option<BearerToken>,
     peers: Mutex<HashMap<String, Arc<Peer>>>,
 }
 
@@ -98,17 +120,31 @@ fn endpoint(
 
 impl Pool {
     pub fn new(role: Role, members: Members) -> Arc<Self> {
-        Self::with_tls(role, members, None)
+        Self::with_tls(role, members, None, None)
     }
 
-    /// A pool whose members are called over TLS when `tls` is given.
-    pub fn with_tls(role: Role, members: Members, tls: Option<ClientTlsConfig>) -> Arc<Self> {
+    /// A pool whose members are called over TLS when `tls` is given, each call carrying the
+    /// cluster `token` when given.
+    pub fn with_tls(
+        role: Role,
+        members: Members,
+        tls: Option<ClientTlsConfig>,
+        token: Option<BearerToken>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             role,
             members,
             tls,
+            token,
             peers: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Adds the cluster's credentials to an internal call.
+    pub fn authorize<T>(&self, req: &mut tonic::Request<T>) {
+        if let Some(t) = &self.token {
+            t.authorize(req.metadata_mut());
+        }
     }
 
     pub fn role(&self) -> Role {
@@ -135,8 +171,10 @@ impl Pool {
                         id: m.id.clone(),
                         addr: m.addr.clone(),
                         channel: ep.connect_lazy(),
+                        model: Mutex::new(m.model.clone()),
                         inflight: AtomicUsize::new(0),
                         down_until: Mutex::new(None),
+                        reported: Mutex::new(None),
                     });
                     peers.insert(m.addr.clone(), Arc::clone(&p));
                     p
@@ -162,6 +200,63 @@ impl Pool {
         } else {
             up
         }
+    }
+
+    /// The names of the models the live members serve: as registered, or, for members given
+    /// by address only, from their Status (asked once, within `timeout`).
+    pub async fn model_names(&self, timeout: Duration) -> Vec<String> {
+        let mut names = Vec::new();
+        for p in self.peers() {
+            let known = p.model.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let name = if known.is_empty() && !p.is_down() {
+                let mut client =
+                    grm_proto::v1::worker_service_client::WorkerServiceClient::new(p.channel.clone());
+                let mut req = tonic::Request::new(grm_proto::v1::StatusRequest {});
+                self.authorize(&mut req);
+                match tokio::time::timeout(timeout, client.status(req)).await {
+                    Ok(Ok(s)) => {
+                        let name = s.into_inner().model;
+                        *p.model.lock().unwrap_or_else(|e| e.into_inner()) = name.clone();
+                        name
+                    }
+                    _ => continue,
+                }
+            } else {
+                known
+            };
+            if !name.is_empty() && !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names
+    }
+
+    /// Asks every GRM worker for its load every `interval`, so that placement sees the work
+    /// other routers put there too. Ends when the pool is dropped.
+    pub fn watch_load(self: &Arc<Self>, interval: Duration) {
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(pool) = pool.upgrade() else { return };
+                let peers: Vec<Arc<Peer>> =
+                    pool.peers().into_iter().filter(|p| !p.is_down()).collect();
+                let asks = peers.into_iter().map(|p| {
+                    let mut req = tonic::Request::new(grm_proto::v1::StatusRequest {});
+                    pool.authorize(&mut req);
+                    req.set_timeout(interval);
+                    let mut client = grm_proto::v1::worker_service_client::WorkerServiceClient::new(
+                        p.channel.clone(),
+                    );
+                    async move {
+                        if let Ok(Ok(s)) = tokio::time::timeout(interval, client.status(req)).await {
+                            p.report(s.into_inner().work_tokens as usize);
+                        }
+                    }
+                });
+                futures::future::join_all(asks).await;
+            }
+        });
     }
 
     /// The least-loaded available peer not in `exclude`.

@@ -27,6 +27,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn, Instrument};
 
+/// How often a router asks the GRM workers for their load.
+const LOAD_POLL: Duration = Duration::from_millis(500);
+
 #[derive(Debug, Clone)]
 pub struct RouterOptions {
     pub limits: Limits,
@@ -103,6 +106,8 @@ impl Router {
         opts: RouterOptions,
     ) -> Self {
         let inflight = Arc::new(Semaphore::new(opts.max_inflight.max(1)));
+        // Placement sees every router's work on the workers, not only this one's.
+        grm.watch_load(LOAD_POLL);
         Self {
             inner: Arc::new(Inner {
                 template,
@@ -208,11 +213,20 @@ impl Router {
         })?;
         let start = Instant::now();
         let v = validate(&req, encoded_len, &me.opts.limits)?;
-        let serving = &me.opts.model_name;
-        if !req.model.is_empty() && !serving.is_empty() && req.model != *serving {
+        let serving = if me.opts.model_name.is_empty() {
+            // No --model-name: the models the GRM workers say they serve.
+            me.grm.model_names(Duration::from_millis(500)).await
+        } else {
+            vec![me.opts.model_name.clone()]
+        };
+        if !req.model.is_empty() && !serving.contains(&req.model) {
             return Err(Status::not_found(format!(
-                "model is {:?}; this cluster serves {serving:?} (leave model empty for the default)",
-                req.model
+                "model is {:?}; this cluster serves {} (leave model empty for the default)",
+                req.model,
+                match serving.as_slice() {
+                    [] => "no model yet (no GRM worker has answered)".to_string(),
+                    names => format!("{names:?}"),
+                }
             )));
         }
         // Refuse before generating k judgements that the aggregator would then refuse.
@@ -227,14 +241,17 @@ impl Router {
             shuffle: v.shuffle,
             hint_best: v.hint_best,
         };
-        let mut prompts: Vec<String> = Vec::new();
+        let mut prompts: Vec<dispatch::Prompt> = Vec::new();
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut prompt_of = Vec::with_capacity(v.k);
         let mut orders = Vec::with_capacity(v.k);
         for s in 0..v.k as u32 {
             let p = me.template.sample_prompt(&v.input, s, popts);
             let idx = *seen.entry(p.text.clone()).or_insert_with(|| {
-                prompts.push(p.text);
+                prompts.push(dispatch::Prompt {
+                    client: p.client.iter().flat_map(|r| [r.start as u32, r.end as u32]).collect(),
+                    text: p.text,
+                });
                 prompts.len() - 1
             });
             prompt_of.push(idx);
@@ -278,6 +295,7 @@ impl Router {
                 worker: g.worker,
             })
             .collect();
+        let req_model = req.model.clone();
         let mut request = req;
         // Pin the defaults the router chose, so the aggregator sees the same request.
         let sampling = request.sampling.get_or_insert_with(Default::default);
@@ -294,7 +312,11 @@ impl Router {
             timings: Some(aggregator::timings(out.queue_ms, out.generate_ms)),
         };
         let mut resp = self.aggregate(agg, deadline).await?;
-        resp.model = me.opts.model_name.clone();
+        resp.model = if req_model.is_empty() {
+            serving.first().cloned().unwrap_or_default()
+        } else {
+            req_model
+        };
         if let Some(t) = resp.timings.as_mut() {
             t.total_ms = start.elapsed().as_secs_f64() * 1e3;
         }
@@ -329,6 +351,7 @@ impl Router {
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
             let mut r = Request::new(req.clone());
             trace_context::inject(&tracing::Span::current(), r.metadata_mut());
+            pool.authorize(&mut r);
             if let Some(d) = deadline {
                 r.set_timeout(
                     d.saturating_duration_since(Instant::now())

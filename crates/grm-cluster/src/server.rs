@@ -24,6 +24,8 @@ pub struct Services {
     pub aggregator: Option<crate::aggregator::Aggregator>,
     /// Serve TLS (mutual when it names a client CA); None: plaintext.
     pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// The cluster token the internal services (WorkerService, AggregatorService) require.
+    pub cluster_token: Option<crate::auth::BearerToken>,
 }
 
 /// Binds `addr` (port 0 picks one), returning the listener and its real address.
@@ -87,21 +89,25 @@ pub async fn serve_grpc(
         reporter
             .set_serving::<WorkerServiceServer<crate::worker::Worker>>()
             .await;
-        routes = routes.add_service(
+        let token = services.cluster_token.clone();
+        routes = routes.add_service(InterceptedService::new(
             WorkerServiceServer::new(w)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        );
+            move |req| crate::auth::check(token.as_ref(), req),
+        ));
     }
     if let Some(a) = services.aggregator {
         reporter
             .set_serving::<AggregatorServiceServer<crate::aggregator::Aggregator>>()
             .await;
-        routes = routes.add_service(
+        let token = services.cluster_token.clone();
+        routes = routes.add_service(InterceptedService::new(
             AggregatorServiceServer::new(a)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        );
+            move |req| crate::auth::check(token.as_ref(), req),
+        ));
     }
     routes
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)

@@ -6,11 +6,11 @@ use crate::members::Role;
 use grm_engine::{Engine, EngineError, Event, FinishReason, SamplingParams, Tokenizer, Work};
 use grm_proto::v1::worker_service_server::WorkerService;
 use grm_proto::v1::{
-    generate_event, GenerateEvent, GenerateRequest, Prefilled, SampleResult, ScoreTextsRequest,
+    generate_event, GenerateEvent, GenerateRequest, Prefilled, Progress, SampleResult, ScoreTextsRequest,
     ScoreTextsResponse, StatusRequest, WorkerStatus,
 };
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,7 +25,12 @@ pub struct WorkerOptions {
     pub role: Role,
     /// Refuse new work with RESOURCE_EXHAUSTED while more prompt tokens than this wait.
     pub max_queued_tokens: usize,
+    /// How often a running chunk reports progress to its caller.
+    pub progress_interval: std::time::Duration,
 }
+
+/// How often a chunk reports progress: well under the router's stall limit (5 s by default).
+pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Samples one chunk may ask for: far above any router's --max-k, low enough that a
 /// malformed internal call cannot make the worker allocate without bound.
@@ -38,15 +43,68 @@ pub struct Worker {
     stop_tokens: Vec<u32>,
     opts: WorkerOptions,
     draining: Arc<AtomicBool>,
+    /// Prompt tokens accepted and not yet computed, counted when a call is accepted (not from
+    /// the engine's last published step), so a burst during a long step cannot all pass.
+    pending: Arc<AtomicUsize>,
+    /// All work accepted and not done, in tokens (see `WorkerStatus.work_tokens`).
+    work: Arc<AtomicUsize>,
 }
+
+/// A chunk's share of [`Worker::work`], given back as it is done.
+struct WorkShare {
+    work: Arc<AtomicUsize>,
+    left: usize,
+}
+
+impl WorkShare {
+    fn done(&mut self, n: usize) {
+        let n = n.min(self.left);
+        self.work.fetch_sub(n, Ordering::SeqCst);
+        self.left -= n;
+    }
+}
+
+impl Drop for WorkShare {
+    fn drop(&mut self) {
+        self.work.fetch_sub(self.left, Ordering::SeqCst);
+    }
+}
+
+/// Prompt tokens a call holds in [`Worker::pending`] until its prompt is computed.
+struct Reserved {
+    pending: Arc<AtomicUsize>,
+    tokens: usize,
+}
+
+impl Reserved {
+    fn release(&mut self) {
+        self.pending.fetch_sub(self.tokens, Ordering::SeqCst);
+        self.tokens = 0;
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// The metadata that marks a refusal for a KV pool too small for the chunk.
+pub const KV_TOO_SMALL: (&str, &str) = ("grm-error", "kv-too-small");
 
 /// Maps an engine error to the status a caller can act on.
 pub fn engine_status(e: EngineError) -> Status {
     match e {
         EngineError::Stopped => Status::unavailable("the engine has stopped"),
+        // Another worker may have a larger pool: the caller tries one before giving up.
+        e @ EngineError::KvTooSmall { .. } => {
+            let mut s = Status::resource_exhausted(e.to_string());
+            s.metadata_mut()
+                .insert(KV_TOO_SMALL.0, tonic::metadata::MetadataValue::from_static(KV_TOO_SMALL.1));
+            s
+        }
         e @ (EngineError::TokenOutOfVocab { .. }
         | EngineError::Limit { .. }
-        | EngineError::KvTooSmall { .. }
         | EngineError::Invalid(_)) => Status::invalid_argument(e.to_string()),
         e => Status::internal(e.to_string()),
     }
@@ -66,6 +124,8 @@ impl Worker {
             stop_tokens,
             opts,
             draining: Arc::new(AtomicBool::new(false)),
+            pending: Arc::new(AtomicUsize::new(0)),
+            work: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -105,20 +165,42 @@ impl Worker {
                 role.as_str()
             )));
         }
-        let queued = self.engine.stats().scheduler.queued_tokens;
-        if queued > self.opts.max_queued_tokens {
-            return Err(Status::resource_exhausted(format!(
-                "{queued} prompt tokens are queued on this worker; the limit is {} (--max-queued-tokens)",
-                self.opts.max_queued_tokens
-            )));
-        }
         Ok(())
     }
 
-    fn encode(&self, text: &str) -> Result<Vec<u32>, Status> {
-        self.tokenizer
-            .encode(text, true)
-            .map_err(|e| Status::internal(e.to_string()))
+    /// Counts `tokens` prompt tokens as queued, or refuses them past --max-queued-tokens. An
+    /// empty queue always takes one call, however large, so that nothing waits forever.
+    fn reserve(&self, tokens: usize) -> Result<Reserved, Status> {
+        let before = self.pending.fetch_add(tokens, Ordering::SeqCst);
+        let reserved = Reserved {
+            pending: Arc::clone(&self.pending),
+            tokens,
+        };
+        if before > 0 && before + tokens > self.opts.max_queued_tokens {
+            return Err(Status::resource_exhausted(format!(
+                "{before} prompt tokens are queued on this worker; with {tokens} more that is over the limit of {} (--max-queued-tokens)",
+                self.opts.max_queued_tokens
+            )));
+        }
+        Ok(reserved)
+    }
+
+    /// Tokenizes off the async runtime (a long prompt must not stall other calls), each text
+    /// with the ranges a client wrote read as plain text.
+    async fn encode_all(&self, texts: Vec<(String, Vec<u32>)>) -> Result<Vec<Vec<u32>>, Status> {
+        let tokenizer = Arc::clone(&self.tokenizer);
+        tokio::task::spawn_blocking(move || {
+            texts
+                .iter()
+                .map(|(t, client)| tokenizer.encode_marked(t, client, true))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| Status::internal(format!("tokenizing: {e}")))?
+        .map_err(|e| match e {
+            EngineError::Invalid(m) => Status::invalid_argument(m),
+            e => Status::internal(e.to_string()),
+        })
     }
 }
 
@@ -163,7 +245,14 @@ impl WorkerService for Worker {
                 "sample_indices repeats {dup}: each sample is generated once"
             )));
         }
-        let tokens = self.encode(&r.prompt)?;
+        let tokens = self
+            .encode_all(vec![(
+                r.prompt,
+                r.client_text.map(|c| c.bounds).unwrap_or_default(),
+            )])
+            .await?
+            .pop()
+            .unwrap_or_default();
         let context = self.engine.info.config.max_position_embeddings;
         let max_new = r.max_new_tokens.max(1) as usize;
         if tokens.len() + max_new > context {
@@ -173,6 +262,13 @@ impl WorkerService for Worker {
                 tokens.len() + max_new
             )));
         }
+        let mut reserved = self.reserve(tokens.len())?;
+        let prompt_len = tokens.len();
+        let mut share = WorkShare {
+            work: Arc::clone(&self.work),
+            left: prompt_len + r.seeds.len() * max_new,
+        };
+        self.work.fetch_add(share.left, Ordering::SeqCst);
         let samples = r
             .seeds
             .iter()
@@ -197,30 +293,67 @@ impl WorkerService for Worker {
         let (tx, rx) = mpsc::channel::<Result<GenerateEvent, Status>>(16);
         let tokenizer = Arc::clone(&self.tokenizer);
         let indices = r.sample_indices;
+        let engine = self.engine.clone();
+        let pending = Arc::clone(&self.pending);
+        let work = Arc::clone(&self.work);
+        let mut tick = tokio::time::interval(self.opts.progress_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::spawn(
             async move {
+                // Until the engine reports the chunk's first event, it waits in the queue.
+                let mut queued = true;
                 loop {
                     let ev = tokio::select! {
                         ev = sub.next() => ev,
                         // The caller went away: dropping the submission cancels the chunk.
                         _ = tx.closed() => break,
+                        _ = tick.tick() => {
+                            let progress = generate_event::Event::Progress(Progress {
+                                queued,
+                                engine_steps: engine.stats().scheduler.steps,
+                                queued_tokens: pending.load(Ordering::SeqCst) as u64,
+                                work_tokens: work.load(Ordering::SeqCst) as u64,
+                            });
+                            if tx.send(Ok(GenerateEvent { event: Some(progress) })).await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
                     };
+                    if queued && ev.is_some() {
+                        queued = false;
+                        let progress = generate_event::Event::Progress(Progress {
+                            queued,
+                            engine_steps: engine.stats().scheduler.steps,
+                            queued_tokens: pending.load(Ordering::SeqCst) as u64,
+                            work_tokens: work.load(Ordering::SeqCst) as u64,
+                        });
+                        if tx.send(Ok(GenerateEvent { event: Some(progress) })).await.is_err() {
+                            break;
+                        }
+                    }
                     let out = match ev {
                         None => break,
                         Some(Event::Prefilled {
                             prompt_tokens,
                             cached,
-                        }) => Ok(generate_event::Event::Prefilled(Prefilled {
-                            prompt_tokens: prompt_tokens as u32,
-                            cached_tokens: cached as u32,
-                        })),
+                        }) => {
+                            reserved.release();
+                            share.done(prompt_len);
+                            Ok(generate_event::Event::Prefilled(Prefilled {
+                                prompt_tokens: prompt_tokens as u32,
+                                cached_tokens: cached as u32,
+                            }))
+                        }
                         Some(Event::Sample {
                             sample,
                             tokens,
                             finish,
-                        }) => match tokenizer.decode(&tokens) {
-                            Ok(text) => Ok(generate_event::Event::Sample(SampleResult {
-                                sample_index: indices[sample],
+                        }) => match (tokenizer.decode(&tokens), indices.get(sample)) {
+                            (Ok(text), Some(&index)) => {
+                                share.done(max_new);
+                                Ok(generate_event::Event::Sample(SampleResult {
+                                sample_index: index,
                                 text,
                                 generated_tokens: tokens.len() as u32,
                                 finish_reason: match finish {
@@ -228,13 +361,19 @@ impl WorkerService for Worker {
                                     FinishReason::Length => "length",
                                 }
                                 .into(),
-                            })),
-                            Err(e) => Err(Status::internal(e.to_string())),
+                            }))
+                            }
+                            (Err(e), _) => Err(Status::internal(e.to_string())),
+                            (_, None) => Err(Status::internal(format!(
+                                "the engine reported sample {sample} of a chunk of {}",
+                                indices.len()
+                            ))),
                         },
-                        Some(Event::Score { .. }) => continue,
+                        Some(_) => continue,
                     };
+                    let failed = out.is_err();
                     let msg = out.map(|e| GenerateEvent { event: Some(e) });
-                    if tx.send(msg).await.is_err() {
+                    if tx.send(msg).await.is_err() || failed {
                         break;
                     }
                 }
@@ -260,16 +399,33 @@ impl WorkerService for Worker {
         );
         let r = request.into_inner();
         async move {
-            let mut subs = Vec::with_capacity(r.texts.len());
             let context = self.engine.info.config.max_position_embeddings;
-            for (i, text) in r.texts.iter().enumerate() {
-                let tokens = self.encode(text)?;
+            if !r.client_text.is_empty() && r.client_text.len() != r.texts.len() {
+                return Err(Status::invalid_argument(format!(
+                    "client_text has {} entries for {} texts; give one per text or none",
+                    r.client_text.len(),
+                    r.texts.len()
+                )));
+            }
+            let mut marks = r.client_text.into_iter().map(|c| c.bounds);
+            let texts = r
+                .texts
+                .into_iter()
+                .map(|t| (t, marks.next().unwrap_or_default()))
+                .collect();
+            let all = self.encode_all(texts).await?;
+            for (i, tokens) in all.iter().enumerate() {
                 if tokens.len() > context {
                     return Err(Status::invalid_argument(format!(
                         "texts[{i}] is {} tokens, over the model's context of {context} tokens",
                         tokens.len()
                     )));
                 }
+            }
+            let _reserved = self.reserve(all.iter().map(Vec::len).sum())?;
+            let n = all.len();
+            let mut subs = Vec::with_capacity(n);
+            for tokens in all {
                 subs.push(
                     self.engine
                         .submit(Work::Score { tokens })
@@ -286,13 +442,17 @@ impl WorkerService for Worker {
                         cached,
                     } = ev
                     {
-                        out.scores.push(values.first().copied().unwrap_or(f32::NAN));
+                        // A head without an output is an engine bug: fail, never score NaN.
+                        let v = values.first().copied().filter(|v| v.is_finite()).ok_or_else(|| {
+                            Status::internal(format!("the meta RM's head gave {values:?} for a text"))
+                        })?;
+                        out.scores.push(v);
                         out.tokens += prompt_tokens as u64;
                         out.cached_tokens += cached as u64;
                     }
                 }
             }
-            if out.scores.len() != r.texts.len() {
+            if out.scores.len() != n {
                 return Err(Status::internal("the engine lost a scoring request"));
             }
             Ok::<_, Status>(Response::new(out))
@@ -306,7 +466,8 @@ impl WorkerService for Worker {
         Ok(Response::new(WorkerStatus {
             model: self.opts.model_name.clone(),
             role: self.opts.role.as_str().into(),
-            queued_tokens: s.scheduler.queued_tokens as u64,
+            queued_tokens: (s.scheduler.queued_tokens as u64)
+                .max(self.pending.load(Ordering::SeqCst) as u64),
             running: s.scheduler.running as u32,
             waiting: s.scheduler.waiting as u32,
             blocks_total: s.kv.blocks_total as u32,
@@ -319,6 +480,7 @@ impl WorkerService for Worker {
             max_context: self.engine.info.config.max_position_embeddings as u32,
             draining: self.draining.load(Ordering::SeqCst),
             generated_tokens: s.scheduler.generated_tokens,
+            work_tokens: self.work.load(Ordering::SeqCst) as u64,
         }))
     }
 }

@@ -5,6 +5,10 @@ use std::path::{Path, PathBuf};
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// The same tokenizer reading special tokens as plain text (for text a client wrote).
+    plain: tokenizers::Tokenizer,
+    /// The added special tokens, longest first: (text, id).
+    specials: Vec<(String, u32)>,
     path: PathBuf,
     bos: Option<u32>,
 }
@@ -18,7 +22,102 @@ impl Tokenizer {
                 path: path.clone(),
                 message: e.to_string(),
             })?;
-        Ok(Self { inner, path, bos })
+        let mut plain = inner.clone();
+        plain.set_encode_special_tokens(true);
+        let mut specials: Vec<(String, u32)> = inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special && !t.content.is_empty())
+            .map(|(id, t)| (t.content, id))
+            .collect();
+        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        Ok(Self {
+            inner,
+            plain,
+            specials,
+            path,
+            bos,
+        })
+    }
+
+    /// Token ids of `text` where the byte ranges in `client` (flat bounds `[s0, e0, s1, e1,
+    /// ...]`, sorted and disjoint, as the router sends them) were written by a client: there,
+    /// text that spells a special token (`<end_of_turn>`, `<unk>`, ...) is plain text. Special
+    /// tokens elsewhere (the template's) are read as tokens. The text between them is
+    /// tokenized exactly as [`Tokenizer::encode`] would (it also splits at special tokens
+    /// first), so a prompt whose client text has none gives the same ids either way.
+    pub fn encode_marked(&self, text: &str, client: &[u32], add_bos: bool) -> Result<Vec<u32>> {
+        let ranges = self.client_ranges(text, client)?;
+        // The trusted regions: everything between the client's ranges.
+        let mut trusted = Vec::with_capacity(ranges.len() + 1);
+        let mut from = 0;
+        for r in &ranges {
+            trusted.push(from..r.start);
+            from = r.end;
+        }
+        trusted.push(from..text.len());
+        let mut ids = Vec::new();
+        let mut gap_start = 0;
+        for region in trusted {
+            let mut at = region.start;
+            while at < region.end {
+                let here = &text[at..region.end];
+                match self.specials.iter().find(|(s, _)| here.starts_with(s.as_str())) {
+                    Some((s, id)) => {
+                        self.encode_plain(&text[gap_start..at], &mut ids)?;
+                        ids.push(*id);
+                        at += s.len();
+                        gap_start = at;
+                    }
+                    None => at += here.chars().next().map_or(1, char::len_utf8),
+                }
+            }
+        }
+        self.encode_plain(&text[gap_start..], &mut ids)?;
+        if let (true, Some(bos)) = (add_bos, self.bos) {
+            if ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+        Ok(ids)
+    }
+
+    fn encode_plain(&self, gap: &str, ids: &mut Vec<u32>) -> Result<()> {
+        if gap.is_empty() {
+            return Ok(());
+        }
+        let enc = self
+            .plain
+            .encode(gap, false)
+            .map_err(|e| EngineError::Tokenizer {
+                path: self.path.clone(),
+                message: format!("encoding failed: {e}"),
+            })?;
+        ids.extend_from_slice(enc.get_ids());
+        Ok(())
+    }
+
+    /// Checks the client ranges against the text: pairs, in order, on character boundaries.
+    fn client_ranges(&self, text: &str, bounds: &[u32]) -> Result<Vec<std::ops::Range<usize>>> {
+        if bounds.len() % 2 != 0 {
+            return Err(EngineError::Invalid(format!(
+                "client text bounds come in pairs; got {}",
+                bounds.len()
+            )));
+        }
+        let mut out: Vec<std::ops::Range<usize>> = Vec::with_capacity(bounds.len() / 2);
+        for pair in bounds.chunks(2) {
+            let (s, e) = (pair[0] as usize, pair[1] as usize);
+            let after_last = out.last().map_or(0, |r| r.end);
+            if s > e || e > text.len() || s < after_last || !text.is_char_boundary(s) || !text.is_char_boundary(e) {
+                return Err(EngineError::Invalid(format!(
+                    "client text range {s}..{e} does not fit the text ({} bytes, ranges sorted and on character boundaries)",
+                    text.len()
+                )));
+            }
+            out.push(s..e);
+        }
+        Ok(out)
     }
 
     /// Token ids of `text`; special tokens written in the text (`<bos>`, `<start_of_turn>`)

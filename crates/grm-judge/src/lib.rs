@@ -8,6 +8,7 @@
 pub mod eval;
 pub mod extract;
 pub mod judgement;
+pub mod marked;
 pub mod meta;
 pub mod prompt;
 pub mod rng;
@@ -18,6 +19,7 @@ pub mod vote;
 
 pub use extract::{extract_scores, Invalid};
 pub use judgement::{aggregate, Aggregate, Judgement, JudgementOutcome};
+pub use marked::Marked;
 pub use meta::{default_k_meta, keep_top};
 pub use prompt::{InputError, JudgeInput, Message, PromptOptions, Role, SamplePrompt};
 pub use shuffle::{sample_order, to_original, Order};

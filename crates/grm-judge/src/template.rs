@@ -4,6 +4,7 @@
 //! default; an operator's replacement is parsed by [`Template::from_toml`] and checked field
 //! by field when it is loaded, so rendering itself cannot fail.
 
+use crate::marked::Marked;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -187,6 +188,23 @@ impl<'a> Iterator for Segments<'a> {
         self.rest = "";
         Some(Segment::Literal(lit))
     }
+}
+
+/// [`render`] keeping track of the client's text: the template's literal text is trusted, and
+/// each value keeps its own marks.
+pub(crate) fn render_marked(text: &str, vars: &[(&str, &Marked)]) -> Marked {
+    let mut out = Marked::default();
+    for seg in (Segments { rest: text }) {
+        match seg {
+            Segment::Literal(l) => out.push_trusted(l),
+            Segment::Placeholder(name) => {
+                if let Some((_, v)) = vars.iter().find(|(k, _)| *k == name) {
+                    out.push(v);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Fills the placeholders of a checked template field. Substituted text is copied verbatim:

@@ -72,7 +72,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s.%s.svc.%s" (include "grm.headless" .) .root.Release.Namespace .root.Values.clusterDomain }}
 {{- end }}
 
-{{/* etcd client URLs, comma-separated: the external ones, or each bundled member's. */}}
+{{/* etcd client URLs, comma-separated: the external ones, or each bundled member's (https
+under TLS). */}}
 {{- define "grm.etcdEndpoints" -}}
 {{- if .Values.etcd.external.endpoints }}
 {{- join "," .Values.etcd.external.endpoints }}
@@ -80,26 +81,88 @@ app.kubernetes.io/component: {{ .component }}
 {{- $ctx := dict "root" . "component" "etcd" }}
 {{- $name := include "grm.component" $ctx }}
 {{- $domain := include "grm.podDomain" $ctx }}
+{{- $scheme := ternary "https" "http" .Values.tls.enabled }}
 {{- $urls := list }}
 {{- range $i := until (int .Values.etcd.replicas) }}
-{{- $urls = append $urls (printf "http://%s-%d.%s:2379" $name $i $domain) }}
+{{- $urls = append $urls (printf "%s://%s-%d.%s:2379" $scheme $name $i $domain) }}
 {{- end }}
 {{- join "," $urls }}
 {{- end }}
 {{- end }}
 
+{{/* Whether nodes meet etcd in plaintext, where anyone who reaches it can write: "true" or "". */}}
+{{- define "grm.etcdPlaintext" -}}
+{{- if .Values.etcd.external.endpoints }}
+{{- range .Values.etcd.external.endpoints }}{{ if hasPrefix "http://" . }}true{{ end }}{{ end }}
+{{- else if not .Values.tls.enabled }}true
+{{- end }}
+{{- end }}
+
+{{/* The TLS Secret mounted in every pod: the user's, or the generated one. */}}
+{{- define "grm.tlsSecretName" -}}
+{{- .Values.tls.secretName | default (printf "%s-tls" (include "grm.fullname" .)) }}
+{{- end }}
+
+{{/* The Secret holding the cluster token: the user's, or the generated one. */}}
+{{- define "grm.clusterTokenSecretName" -}}
+{{- .Values.clusterToken.existingSecret | default (printf "%s-cluster-token" (include "grm.fullname" .)) }}
+{{- end }}
+
+{{/* The DNS names the generated certificate covers, a YAML list: every name a node is dialled
+or verified at. Workers and aggregators register <pod>.<headless service> (a wildcard, so that
+scaling needs no new certificate); the bare headless name is what grpc_health_probe names
+(tls.aggregatorProbe exec); etcd members also by name, since etcd checks a peer's certificate
+by looking its names up; the router's Service as clients name it; localhost for port-forwards. */}}
+{{- define "grm.tlsDnsNames" -}}
+{{- $ns := .Release.Namespace }}
+{{- $domain := .Values.clusterDomain }}
+{{- $names := list }}
+{{- $services := list (include "grm.component" (dict "root" . "component" "router")) }}
+{{- range $c := list "grm-worker" "meta-worker" "aggregator" }}
+{{- $pod := include "grm.podDomain" (dict "root" $ "component" $c) }}
+{{- $names = append $names $pod }}
+{{- $names = append $names (printf "*.%s" $pod) }}
+{{- end }}
+{{- if not .Values.etcd.external.endpoints }}
+{{- $ctx := dict "root" . "component" "etcd" }}
+{{- $etcd := include "grm.component" $ctx }}
+{{- $pod := include "grm.podDomain" $ctx }}
+{{- $services = append $services $etcd }}
+{{- $names = append $names $pod }}
+{{- $names = append $names (printf "*.%s" $pod) }}
+{{- range $i := until (int .Values.etcd.replicas) }}
+{{- $names = append $names (printf "%s-%d.%s" $etcd $i $pod) }}
+{{- end }}
+{{- end }}
+{{- range $svc := $services }}
+{{- $names = concat $names (list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns $domain)) }}
+{{- end }}
+{{- $names = concat $names (list "localhost") .Values.tls.generated.extraDnsNames }}
+{{- toYaml (uniq $names) }}
+{{- end }}
+
 {{/* Refusals of values that cannot work, with the value to set. */}}
 {{- define "grm.validate" -}}
-{{- if and .Values.tls.enabled (not .Values.tls.secretName) }}
-{{- fail "tls.enabled needs tls.secretName: a Secret with tls.crt, tls.key and ca.crt" }}
+{{- $v := .Values }}
+{{- if and $v.tls.routerClientAuth (not $v.tls.enabled) }}
+{{- fail "tls.routerClientAuth needs tls.enabled" }}
 {{- end }}
-{{- if and (or .Values.tls.mutual .Values.tls.routerClientAuth) (not .Values.tls.enabled) }}
-{{- fail "tls.mutual and tls.routerClientAuth need tls.enabled" }}
-{{- end }}
-{{- if and .Values.auth.enabled (not .Values.auth.existingSecret) }}
+{{- if and $v.auth.enabled (not $v.auth.existingSecret) }}
 {{- fail "auth.enabled needs auth.existingSecret: a Secret holding the bearer token under auth.key" }}
 {{- end }}
-{{- if and .Values.otel.enabled (not .Values.otel.endpoint) }}
+{{- if and $v.clusterToken.existingSecret (not $v.clusterToken.enabled) }}
+{{- fail "clusterToken.existingSecret is set but clusterToken.enabled is false: the token would not be used" }}
+{{- end }}
+{{- /* A guarded public API with unguarded internal services: the issue this refuses. The
+router refuses to start so (--auth-token-file without --cluster-token-file or mutual TLS). */}}
+{{- if and $v.auth.enabled (not $v.clusterToken.enabled) }}
+{{- if not $v.tls.enabled }}
+{{- fail "auth.enabled guards the public API, but with tls.enabled=false and clusterToken.enabled=false the workers and aggregators would answer anyone who reaches them, and anyone who can write to the plaintext etcd could register a member: set clusterToken.enabled=true (generated, or clusterToken.existingSecret) or tls.enabled=true with tls.mutual" }}
+{{- else if not $v.tls.mutual }}
+{{- fail "auth.enabled with clusterToken.enabled=false needs mutual TLS between nodes (tls.mutual=true), or the workers and aggregators answer callers without credentials: set clusterToken.enabled=true, or tls.mutual=true" }}
+{{- end }}
+{{- end }}
+{{- if and $v.otel.enabled (not $v.otel.endpoint) }}
 {{- fail "otel.enabled needs otel.endpoint (OTEL_EXPORTER_OTLP_ENDPOINT)" }}
 {{- end }}
 {{- range $role := list "grm" "meta" }}
@@ -113,8 +176,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* The TLS flags of a node: (dict "root" $ "component" "router"). */}}
-{{- define "grm.tlsArgs" -}}
+{{/* The credentials flags of a node, TLS and the cluster token: (dict "root" $ "component"
+"router"). Mutual TLS (--tls-client-auth) between nodes; on the router it also applies to its
+public clients, hence tls.routerClientAuth (off by default: the router presents its certificate
+to the members whether or not it asks its own clients for one). */}}
+{{- define "grm.securityArgs" -}}
 {{- $tls := .root.Values.tls }}
 {{- if $tls.enabled }}
 - --tls-cert=/etc/grm/tls/tls.crt
@@ -123,6 +189,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- if or (and (eq .component "router") $tls.routerClientAuth) (and (ne .component "router") $tls.mutual) }}
 - --tls-client-auth
 {{- end }}
+{{- end }}
+{{- if .root.Values.clusterToken.enabled }}
+- --cluster-token-file=/etc/grm/cluster-token/token
 {{- end }}
 {{- end }}
 
@@ -163,7 +232,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* Mounts and volumes every grm container has: /tmp, and the TLS secret when on. */}}
+{{/* Mounts and volumes every grm container has: /tmp, the TLS Secret and the cluster token when on. */}}
 {{- define "grm.commonMounts" -}}
 - name: tmp
   mountPath: /tmp
@@ -172,16 +241,34 @@ app.kubernetes.io/component: {{ .component }}
   mountPath: /etc/grm/tls
   readOnly: true
 {{- end }}
+{{- if .Values.clusterToken.enabled }}
+- name: cluster-token
+  mountPath: /etc/grm/cluster-token
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "grm.tlsVolume" -}}
+- name: tls
+  secret:
+    secretName: {{ include "grm.tlsSecretName" . }}
+    defaultMode: 0440
 {{- end }}
 
 {{- define "grm.commonVolumes" -}}
 - name: tmp
   emptyDir: {}
 {{- if .Values.tls.enabled }}
-- name: tls
+{{ include "grm.tlsVolume" . }}
+{{- end }}
+{{- if .Values.clusterToken.enabled }}
+- name: cluster-token
   secret:
-    secretName: {{ .Values.tls.secretName }}
+    secretName: {{ include "grm.clusterTokenSecretName" . }}
     defaultMode: 0440
+    items:
+      - key: {{ .Values.clusterToken.key }}
+        path: token
 {{- end }}
 {{- end }}
 

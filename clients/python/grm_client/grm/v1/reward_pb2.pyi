@@ -43,7 +43,7 @@ class Label(_message.Message):
     def __init__(self, best: _Optional[int] = ..., rating: _Optional[int] = ..., correct: bool = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("id", "conversation", "responses", "criteria", "sampling", "label", "return_samples", "model")
+    __slots__ = ("id", "conversation", "responses", "criteria", "sampling", "label", "return_samples", "model", "hinted")
     ID_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_FIELD_NUMBER: _ClassVar[int]
     RESPONSES_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class ScoreRequest(_message.Message):
     LABEL_FIELD_NUMBER: _ClassVar[int]
     RETURN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    HINTED_FIELD_NUMBER: _ClassVar[int]
     id: str
     conversation: _containers.RepeatedCompositeFieldContainer[Message]
     responses: _containers.RepeatedScalarFieldContainer[str]
@@ -60,7 +61,8 @@ class ScoreRequest(_message.Message):
     label: Label
     return_samples: bool
     model: str
-    def __init__(self, id: _Optional[str] = ..., conversation: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., responses: _Optional[_Iterable[str]] = ..., criteria: _Optional[_Iterable[str]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., label: _Optional[_Union[Label, _Mapping]] = ..., return_samples: bool = ..., model: _Optional[str] = ...) -> None: ...
+    hinted: bool
+    def __init__(self, id: _Optional[str] = ..., conversation: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., responses: _Optional[_Iterable[str]] = ..., criteria: _Optional[_Iterable[str]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., label: _Optional[_Union[Label, _Mapping]] = ..., return_samples: bool = ..., model: _Optional[str] = ..., hinted: bool = ...) -> None: ...
 
 class ResponseReward(_message.Message):
     __slots__ = ("reward", "mean_score", "votes")
@@ -147,7 +149,7 @@ class ScoreError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("id", "rewards", "best", "tie", "valid_samples", "invalid_samples", "correct", "samples", "usage", "timings", "seed", "k_meta", "model", "error")
+    __slots__ = ("id", "rewards", "best", "tie", "valid_samples", "invalid_samples", "correct", "samples", "usage", "timings", "seed", "k_meta", "model", "error", "meta_fallback")
     ID_FIELD_NUMBER: _ClassVar[int]
     REWARDS_FIELD_NUMBER: _ClassVar[int]
     BEST_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +164,7 @@ class ScoreResponse(_message.Message):
     K_META_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    META_FALLBACK_FIELD_NUMBER: _ClassVar[int]
     id: str
     rewards: _containers.RepeatedCompositeFieldContainer[ResponseReward]
     best: int
@@ -176,4 +179,5 @@ class ScoreResponse(_message.Message):
     k_meta: int
     model: str
     error: ScoreError
-    def __init__(self, id: _Optional[str] = ..., rewards: _Optional[_Iterable[_Union[ResponseReward, _Mapping]]] = ..., best: _Optional[int] = ..., tie: bool = ..., valid_samples: _Optional[int] = ..., invalid_samples: _Optional[int] = ..., correct: bool = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., seed: _Optional[int] = ..., k_meta: _Optional[int] = ..., model: _Optional[str] = ..., error: _Optional[_Union[ScoreError, _Mapping]] = ...) -> None: ...
+    meta_fallback: str
+    def __init__(self, id: _Optional[str] = ..., rewards: _Optional[_Iterable[_Union[ResponseReward, _Mapping]]] = ..., best: _Optional[int] = ..., tie: bool = ..., valid_samples: _Optional[int] = ..., invalid_samples: _Optional[int] = ..., correct: bool = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., seed: _Optional[int] = ..., k_meta: _Optional[int] = ..., model: _Optional[str] = ..., error: _Optional[_Union[ScoreError, _Mapping]] = ..., meta_fallback: _Optional[str] = ...) -> None: ...
