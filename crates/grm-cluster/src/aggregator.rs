@@ -203,6 +203,7 @@ impl Aggregator {
             model: request.model.clone(),
             error: None,
             meta_fallback,
+            group: None,
         })
     }
 

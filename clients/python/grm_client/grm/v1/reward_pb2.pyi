@@ -43,7 +43,7 @@ class Label(_message.Message):
     def __init__(self, best: _Optional[int] = ..., rating: _Optional[int] = ..., correct: bool = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("id", "conversation", "responses", "criteria", "sampling", "label", "return_samples", "model", "hinted")
+    __slots__ = ("id", "conversation", "responses", "criteria", "sampling", "label", "return_samples", "model", "hinted", "group")
     ID_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_FIELD_NUMBER: _ClassVar[int]
     RESPONSES_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class ScoreRequest(_message.Message):
     RETURN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     HINTED_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
     id: str
     conversation: _containers.RepeatedCompositeFieldContainer[Message]
     responses: _containers.RepeatedScalarFieldContainer[str]
@@ -62,7 +63,18 @@ class ScoreRequest(_message.Message):
     return_samples: bool
     model: str
     hinted: bool
-    def __init__(self, id: _Optional[str] = ..., conversation: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., responses: _Optional[_Iterable[str]] = ..., criteria: _Optional[_Iterable[str]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., label: _Optional[_Union[Label, _Mapping]] = ..., return_samples: bool = ..., model: _Optional[str] = ..., hinted: bool = ...) -> None: ...
+    group: Group
+    def __init__(self, id: _Optional[str] = ..., conversation: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., responses: _Optional[_Iterable[str]] = ..., criteria: _Optional[_Iterable[str]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., label: _Optional[_Union[Label, _Mapping]] = ..., return_samples: bool = ..., model: _Optional[str] = ..., hinted: bool = ..., group: _Optional[_Union[Group, _Mapping]] = ...) -> None: ...
+
+class Group(_message.Message):
+    __slots__ = ("key", "size", "wait_ms")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    size: int
+    wait_ms: int
+    def __init__(self, key: _Optional[str] = ..., size: _Optional[int] = ..., wait_ms: _Optional[int] = ...) -> None: ...
 
 class ResponseReward(_message.Message):
     __slots__ = ("reward", "mean_score", "votes")
@@ -149,7 +161,7 @@ class ScoreError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("id", "rewards", "best", "tie", "valid_samples", "invalid_samples", "correct", "samples", "usage", "timings", "seed", "k_meta", "model", "error", "meta_fallback")
+    __slots__ = ("id", "rewards", "best", "tie", "valid_samples", "invalid_samples", "correct", "samples", "usage", "timings", "seed", "k_meta", "model", "error", "meta_fallback", "group")
     ID_FIELD_NUMBER: _ClassVar[int]
     REWARDS_FIELD_NUMBER: _ClassVar[int]
     BEST_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +177,7 @@ class ScoreResponse(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     META_FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
     id: str
     rewards: _containers.RepeatedCompositeFieldContainer[ResponseReward]
     best: int
@@ -180,4 +193,25 @@ class ScoreResponse(_message.Message):
     model: str
     error: ScoreError
     meta_fallback: str
-    def __init__(self, id: _Optional[str] = ..., rewards: _Optional[_Iterable[_Union[ResponseReward, _Mapping]]] = ..., best: _Optional[int] = ..., tie: bool = ..., valid_samples: _Optional[int] = ..., invalid_samples: _Optional[int] = ..., correct: bool = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., seed: _Optional[int] = ..., k_meta: _Optional[int] = ..., model: _Optional[str] = ..., error: _Optional[_Union[ScoreError, _Mapping]] = ..., meta_fallback: _Optional[str] = ...) -> None: ...
+    group: GroupResult
+    def __init__(self, id: _Optional[str] = ..., rewards: _Optional[_Iterable[_Union[ResponseReward, _Mapping]]] = ..., best: _Optional[int] = ..., tie: bool = ..., valid_samples: _Optional[int] = ..., invalid_samples: _Optional[int] = ..., correct: bool = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., seed: _Optional[int] = ..., k_meta: _Optional[int] = ..., model: _Optional[str] = ..., error: _Optional[_Union[ScoreError, _Mapping]] = ..., meta_fallback: _Optional[str] = ..., group: _Optional[_Union[GroupResult, _Mapping]] = ...) -> None: ...
+
+class GroupResult(_message.Message):
+    __slots__ = ("size", "responses", "members", "partial", "subgroups", "wait_ms", "mean_scores", "positions")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    SUBGROUPS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_SCORES_FIELD_NUMBER: _ClassVar[int]
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    responses: int
+    members: int
+    partial: bool
+    subgroups: int
+    wait_ms: float
+    mean_scores: _containers.RepeatedScalarFieldContainer[float]
+    positions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, size: _Optional[int] = ..., responses: _Optional[int] = ..., members: _Optional[int] = ..., partial: bool = ..., subgroups: _Optional[int] = ..., wait_ms: _Optional[float] = ..., mean_scores: _Optional[_Iterable[float]] = ..., positions: _Optional[_Iterable[int]] = ...) -> None: ...
