@@ -103,6 +103,7 @@ impl RequestJson {
             return_samples: true,
             model: String::new(),
             hinted: false,
+            group: None,
         })
     }
 }
