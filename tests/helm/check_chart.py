@@ -606,8 +606,17 @@ def registered_names(r: Rendered) -> list[str]:
     bundled_etcd = bool(r.component("StatefulSet", "etcd"))  # an external etcd has its own certificate
     for w in r.workloads():
         c = main_container(w)
+        tls_names = flag(c, "advertise-tls-name")
         for adv in flag(c, "advertise"):
             host = adv.rsplit(":", 1)[0]
+            if host == "$(POD_IP)":
+                # Routers register by pod IP (a Deployment's pods have no stable names); peers
+                # check their certificate against the router Service's name instead, which
+                # must then be one the certificate covers (the Services' names, below).
+                if has_flag(c, "tls-cert"):
+                    svc = f"{w['metadata']['name']}.{NAMESPACE}.svc"
+                    check(tls_names == [svc], f"{w['metadata']['name']}: --advertise-tls-name={tls_names} names its Service {svc}")
+                continue
             if check(host.startswith("$(POD_NAME)."), f"{w['metadata']['name']}: --advertise={adv} names the pod"):
                 # One more than the replicas: scaling up must not need a new certificate.
                 names += [host.replace("$(POD_NAME)", f"{w['metadata']['name']}-{i}") for i in range(w["spec"]["replicas"] + 1)]

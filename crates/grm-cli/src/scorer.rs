@@ -140,7 +140,7 @@ impl Scorer {
                 .map(|r| r.into_inner()),
             Scorer::Local(router) => {
                 let len = req.encoded_len();
-                router.score(req, len, None).await
+                router.score(req, len, None, &Default::default()).await
             }
         };
         r.unwrap_or_else(|s| error_response(id, s))
@@ -167,7 +167,7 @@ impl Scorer {
                             let id = req.id.clone();
                             let len = req.encoded_len();
                             let r = router
-                                .score(req, len, None)
+                                .score(req, len, None, &Default::default())
                                 .await
                                 .unwrap_or_else(|s| error_response(id, s));
                             let _ = tx.send(r).await;

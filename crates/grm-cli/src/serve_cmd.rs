@@ -267,6 +267,15 @@ pub struct RouterFlags {
     pub auth_token_file: Option<PathBuf>,
     #[command(flatten)]
     pub http: HttpFlags,
+    /// Largest group (Group.size, responses over all members).
+    #[arg(long, env = "GRM_MAX_GROUP_SIZE", default_value_t = 64)]
+    pub max_group_size: usize,
+    /// How long a group waits for its last members when it does not say, in milliseconds.
+    #[arg(long, env = "GRM_GROUP_WAIT_MS", default_value_t = 5000)]
+    pub group_wait_ms: u64,
+    /// Groups forming at once; past it new groups get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "GRM_MAX_GROUPS", default_value_t = 4096)]
+    pub max_groups: usize,
 }
 
 /// Limits of the HTTP listener (/get_reward, /health, /metrics), so that slow or idle
@@ -335,6 +344,12 @@ impl RouterFlags {
             stream_concurrency: self.stream_concurrency,
             model_name: self.model_name.clone(),
             auth,
+            groups: grm_cluster::group::GroupLimits {
+                max_size: self.max_group_size.max(2),
+                default_wait: Duration::from_millis(self.group_wait_ms),
+                max_forming: self.max_groups.max(1),
+            },
+            self_id: String::new(),
         })
     }
 }
@@ -421,6 +436,19 @@ pub struct RouterArgs {
     /// gRPC address to listen on.
     #[arg(long, env = "GRM_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: String,
+    /// Address other routers reach this one at (default: the listening address). With
+    /// --etcd, routers register so that a group's members reaching different routers are
+    /// sent to the one that owns the group.
+    #[arg(long, env = "GRM_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// The name this router's TLS certificate is checked against by other routers, when it
+    /// is not the host of --advertise (e.g. a pod registered by IP whose certificate names
+    /// its Service).
+    #[arg(long, env = "GRM_ADVERTISE_TLS_NAME", default_value = "")]
+    pub advertise_tls_name: String,
+    /// Lease of the etcd registration, in seconds.
+    #[arg(long, env = "GRM_LEASE_TTL_S", default_value_t = 5)]
+    pub lease_ttl_s: u64,
     /// HTTP address (OpenRLHF's /get_reward, /health); empty turns it off.
     #[arg(long, env = "GRM_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
     pub http_listen: String,
@@ -611,7 +639,7 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
         let (listener, addr) = bind(&a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
         let advertise = advertised(a.advertise.as_ref(), addr, !a.etcd.is_empty())?;
         let registration = (!a.etcd.is_empty()).then(|| {
-            let mut member = Member { id: advertise.clone(), addr: advertise.clone(), role, model: name.clone(), capacity: 0, sig: String::new() };
+            let mut member = Member { id: advertise.clone(), addr: advertise.clone(), role, model: name.clone(), capacity: 0, tls_name: String::new(), sig: String::new() };
             if let Some(t) = &token {
                 member.sign(t);
             }
@@ -662,6 +690,7 @@ pub fn aggregator(a: AggregatorArgs) -> Result<()> {
                 role: Role::Aggregator,
                 model: String::new(),
                 capacity: 0,
+                tls_name: String::new(),
                 sig: String::new(),
             };
             if let Some(t) = &token {
@@ -716,6 +745,16 @@ struct InProcess {
 }
 
 /// Starts a router over `members`, serving until `stop`.
+/// How a router joins the membership, so that routers can send a group's members to the
+/// router that owns the group.
+struct RouterRegistration {
+    etcd: etcd::Endpoints,
+    advertise: Option<String>,
+    tls_name: String,
+    lease_ttl: Duration,
+}
+
+/// Starts a router over `members`, serving until `stop`.
 async fn run_router(
     (listen, http_listen): (&str, &str),
     members: Members,
@@ -723,20 +762,46 @@ async fn run_router(
     (tls, token): (Tls, Option<BearerToken>),
     stop: watch::Receiver<bool>,
     local: InProcess,
+    registration: Option<RouterRegistration>,
 ) -> Result<()> {
     let InProcess {
         ready: extra,
         engines,
     } = local;
-    let template = Arc::new(crate::judge_cmd::load_template(flags.template.as_ref())?);
-    let grm = Pool::with_tls(Role::Grm, members.clone(), tls.client.clone(), token.clone());
-    let meta = Pool::with_tls(Role::MetaRm, members.clone(), tls.client.clone(), token.clone());
-    let aggregators = Pool::with_tls(Role::Aggregator, members, tls.client, token);
-    let local = Aggregator::new(Arc::clone(&template), Some(meta));
-    let router = Router::new(template, grm, local, Some(aggregators), flags.options()?);
     let (listener, addr) = bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
+    let mut opts = flags.options()?;
+    let registered = match registration {
+        Some(r) => {
+            let advertise = advertised(r.advertise.as_ref(), addr, true)?;
+            let mut member = Member {
+                id: advertise.clone(),
+                addr: advertise.clone(),
+                role: Role::Router,
+                model: String::new(),
+                capacity: 0,
+                tls_name: r.tls_name,
+                sig: String::new(),
+            };
+            if let Some(t) = &token {
+                member.sign(t);
+            }
+            opts.self_id = advertise;
+            Some(etcd::register(r.etcd, member, r.lease_ttl))
+        }
+        None => None,
+    };
+    let template = Arc::new(crate::judge_cmd::load_template(flags.template.as_ref())?);
+    let grm = Pool::with_tls(Role::Grm, members.clone(), tls.client.clone(), token.clone());
+    let meta = Pool::with_tls(Role::MetaRm, members.clone(), tls.client.clone(), token.clone());
+    let aggregators =
+        Pool::with_tls(Role::Aggregator, members.clone(), tls.client.clone(), token.clone());
+    let routers = registered
+        .is_some()
+        .then(|| Pool::with_tls(Role::Router, members, tls.client, token));
+    let local = Aggregator::new(Arc::clone(&template), Some(meta));
+    let router = Router::new(template, grm, local, Some(aggregators), routers, opts);
     let mut line = json!({ "ready": "router", "grpc": addr.to_string() });
     let http = if http_listen.is_empty() {
         None
@@ -766,6 +831,7 @@ async fn run_router(
     }
     ready(line);
     let stopping = router.clone();
+    let leaving = registered;
     serve_grpc(
         listener,
         Services {
@@ -775,6 +841,10 @@ async fn run_router(
         },
         async move {
             wait(stop).await;
+            // Leave the membership first, so that other routers stop sending groups here.
+            if let Some(r) = leaving {
+                r.deregister().await;
+            }
             stopping.stop();
         },
     )
@@ -794,6 +864,16 @@ pub fn router(a: RouterArgs) -> Result<()> {
             "--auth-token-file guards the public API, but this router would call the workers and aggregators without credentials, so anyone who reaches them could use them: give every node --cluster-token-file (the same token), or mutual TLS (--tls-cert, --tls-key and --tls-ca on every node, and --tls-client-auth on workers and aggregators)"
         );
     }
+    let registration = if a.members.etcd.is_empty() {
+        None
+    } else {
+        Some(RouterRegistration {
+            etcd: etcd_endpoints(&a.members.etcd, &tls)?,
+            advertise: a.advertise.clone(),
+            tls_name: a.advertise_tls_name.clone(),
+            lease_ttl: Duration::from_secs(a.lease_ttl_s.max(1)),
+        })
+    };
     runtime()?.block_on(async move {
         let members = a.members.members(&tls, token.as_ref())?;
         let stop = shutdown_signal();
@@ -804,6 +884,7 @@ pub fn router(a: RouterArgs) -> Result<()> {
             (tls, token),
             stop,
             InProcess::default(),
+            registration,
         )
         .await
     })
@@ -850,6 +931,7 @@ async fn serve_in_process(
             role: w.role(),
             model: String::new(),
             capacity: 0,
+            tls_name: String::new(),
             sig: String::new(),
         });
         let services = Services {
@@ -900,6 +982,7 @@ pub async fn local_router(
         template,
         Pool::with_tls(Role::Grm, members, None, Some(token)),
         local,
+        None,
         None,
         opts,
     ))
@@ -978,7 +1061,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         // The public endpoint serves TLS as asked; the in-process workers are plaintext loopback.
         let tls = Tls { client: None, ..a.tls.load()? };
         let local = InProcess { ready: extra, engines };
-        let served = run_router((&a.listen, &a.http_listen), members::fixed(list), &flags, (tls, Some(token)), stop, local).await;
+        let served = run_router((&a.listen, &a.http_listen), members::fixed(list), &flags, (tls, Some(token)), stop, local, None).await;
         let _ = workers_stop_tx.send(true);
         served?;
         for t in tasks {

@@ -5,10 +5,14 @@
 
 pub mod aggregator;
 pub mod auth;
+pub mod chat_markup;
 pub mod chunking;
 pub mod dispatch;
 pub mod errors;
 pub mod etcd;
+pub mod get_reward;
+pub mod group;
+pub mod group_judge;
 pub mod http;
 pub mod http_server;
 pub mod members;

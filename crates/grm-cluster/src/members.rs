@@ -15,6 +15,9 @@ pub enum Role {
     MetaRm,
     /// Aggregates a request's judgements into its answer.
     Aggregator,
+    /// Serves the public API; registered so that routers can send a group's members to the
+    /// router that owns the group.
+    Router,
 }
 
 impl Role {
@@ -23,6 +26,7 @@ impl Role {
             Role::Grm => "grm",
             Role::MetaRm => "meta-rm",
             Role::Aggregator => "aggregator",
+            Role::Router => "router",
         }
     }
 }
@@ -34,7 +38,8 @@ impl std::str::FromStr for Role {
             "grm" => Ok(Role::Grm),
             "meta-rm" => Ok(Role::MetaRm),
             "aggregator" => Ok(Role::Aggregator),
-            _ => Err(format!("role {s:?} is not one of grm, meta-rm, aggregator")),
+            "router" => Ok(Role::Router),
+            _ => Err(format!("role {s:?} is not one of grm, meta-rm, aggregator, router")),
         }
     }
 }
@@ -51,6 +56,10 @@ pub struct Member {
     pub model: String,
     /// Samples it runs at once, as a hint for load balancing.
     pub capacity: u32,
+    /// The name its TLS certificate is checked against, when not the host of `addr` (a pod
+    /// registered by IP whose certificate names its Service).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tls_name: String,
     /// HMAC-SHA256 of the fields above with the cluster token (hex), so that a router can tell
     /// a member from an entry someone else wrote into etcd. Empty when unsigned.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -67,6 +76,7 @@ impl Member {
             self.addr.as_str(),
             self.role.as_str(),
             self.model.as_str(),
+            self.tls_name.as_str(),
         ] {
             out.extend_from_slice(&(field.len() as u64).to_le_bytes());
             out.extend_from_slice(field.as_bytes());
@@ -124,6 +134,7 @@ pub fn from_addrs(role: Role, addrs: &[String]) -> Vec<Member> {
             role,
             model: String::new(),
             capacity: 0,
+            tls_name: String::new(),
             sig: String::new(),
         })
         .collect()
@@ -142,6 +153,7 @@ mod tests {
             role: Role::Grm,
             model: "grm".into(),
             capacity: 0,
+            tls_name: String::new(),
             sig: String::new(),
         };
         assert!(!m.verify(&token), "unsigned");

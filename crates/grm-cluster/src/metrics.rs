@@ -120,7 +120,14 @@ pub struct RouterMetrics {
     meta_filtered: AtomicU64,
     meta_fallbacks: AtomicU64,
     margin: Histogram,
+    /// Groups judged or refused, by outcome (complete, partial, refused).
+    groups: Mutex<BTreeMap<&'static str, u64>>,
+    group_size: Histogram,
+    group_wait: Histogram,
+    groups_forwarded: AtomicU64,
 }
+
+const GROUP_SIZE_BOUNDS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 
 impl Default for RouterMetrics {
     fn default() -> Self {
@@ -136,6 +143,10 @@ impl Default for RouterMetrics {
             meta_filtered: AtomicU64::default(),
             meta_fallbacks: AtomicU64::default(),
             margin: Histogram::new(MARGIN_BOUNDS),
+            groups: Mutex::default(),
+            group_size: Histogram::new(GROUP_SIZE_BOUNDS),
+            group_wait: Histogram::new(LATENCY_BOUNDS),
+            groups_forwarded: AtomicU64::default(),
         }
     }
 }
@@ -145,6 +156,8 @@ pub struct RouterGauges {
     pub in_flight: usize,
     /// Live members as the router sees them: (GRM workers, meta-RM workers, aggregators).
     pub members: (usize, usize, usize),
+    /// Groups whose members are arriving.
+    pub groups_forming: usize,
 }
 
 impl RouterMetrics {
@@ -162,6 +175,41 @@ impl RouterMetrics {
             .or_default() += 1;
         self.duration.observe(seconds);
         let Ok(r) = outcome else { return };
+        // A group member's tokens and judgements are its group's, counted once when the
+        // group was judged (record_group_usage).
+        if r.group.is_none() {
+            self.record_judged(r);
+        }
+    }
+
+    /// Counts a group's (sub-group's) judgement.
+    pub fn record_group_usage(&self, r: &ScoreResponse) {
+        self.record_judged(r);
+    }
+
+    /// Counts a group that was judged: its outcome, distinct responses and the wait.
+    pub fn group_judged(&self, outcome: &'static str, size: usize, waited: std::time::Duration) {
+        self.group_outcome(outcome);
+        self.group_size.observe(size as f64);
+        self.group_wait.observe(waited.as_secs_f64());
+    }
+
+    /// Counts a group outcome (complete, partial, refused).
+    pub fn group_outcome(&self, outcome: &'static str) {
+        *self
+            .groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(outcome)
+            .or_default() += 1;
+    }
+
+    /// Counts a member sent on to the router that owns its group.
+    pub fn group_forwarded(&self) {
+        self.groups_forwarded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn record_judged(&self, r: &ScoreResponse) {
         if let Some(u) = &r.usage {
             self.prompt_tokens
                 .fetch_add(u.prompt_tokens, Ordering::Relaxed);
@@ -268,6 +316,36 @@ impl RouterMetrics {
         for (role, n) in [("grm", grm), ("meta-rm", meta), ("aggregator", agg)] {
             out.sample("grm_workers_live", &[("role", role)], n as f64);
         }
+        out.family(
+            "grm_groups_total",
+            "counter",
+            "Groups of members (trainers' one-sample calls) judged together, by outcome: complete, partial (the wait ended first), refused (--max-groups).",
+        );
+        for (outcome, n) in self.groups.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            out.sample("grm_groups_total", &[("outcome", outcome)], *n as f64);
+        }
+        self.group_size.render(
+            out,
+            "grm_group_size",
+            "Distinct responses judged together per group.",
+        );
+        self.group_wait.render(
+            out,
+            "grm_group_wait_seconds",
+            "From a group's first member to its judgement.",
+        );
+        out.single(
+            "grm_groups_forming",
+            "gauge",
+            "Groups whose members are arriving now.",
+            g.groups_forming as f64,
+        );
+        out.single(
+            "grm_group_members_forwarded_total",
+            "counter",
+            "Group members sent on to the router that owns their group.",
+            self.groups_forwarded.load(Ordering::Relaxed) as f64,
+        );
     }
 }
 

@@ -100,6 +100,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 fn endpoint(
     addr: &str,
     tls: Option<&ClientTlsConfig>,
+    tls_name: &str,
 ) -> Result<Endpoint, tonic::transport::Error> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let uri = if addr.contains("://") {
@@ -113,6 +114,7 @@ fn endpoint(
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5));
     match tls {
+        Some(t) if !tls_name.is_empty() => ep.tls_config(t.clone().domain_name(tls_name)),
         Some(t) => ep.tls_config(t.clone()),
         None => Ok(ep),
     }
@@ -160,7 +162,7 @@ impl Pool {
             let peer = match peers.get(&m.addr) {
                 Some(p) => Arc::clone(p),
                 None => {
-                    let ep = match endpoint(&m.addr, self.tls.as_ref()) {
+                    let ep = match endpoint(&m.addr, self.tls.as_ref(), &m.tls_name) {
                         Ok(ep) => ep,
                         Err(e) => {
                             tracing::warn!(addr = m.addr, error = %e, "member address is not usable; ignored");

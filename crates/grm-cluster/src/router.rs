@@ -11,6 +11,7 @@ use crate::dispatch::{self, DispatchOptions, Sampling};
 use crate::metrics::{render_engine, Exposition, RouterGauges, RouterMetrics};
 use crate::pool::{Pool, MAX_MESSAGE_BYTES};
 use crate::trace_context;
+use crate::group::{Barrier, GroupLimits};
 use crate::validation::{validate, Limits};
 use grm_judge::rng::{derive, Stream};
 use grm_judge::{PromptOptions, Template};
@@ -42,6 +43,11 @@ pub struct RouterOptions {
     pub model_name: String,
     /// The bearer token the public API requires (none: open).
     pub auth: Option<BearerToken>,
+    /// The group barrier's limits.
+    pub groups: GroupLimits,
+    /// This router's id among the routers in etcd (its advertised address), for forwarding a
+    /// group's members to the router that owns the group.
+    pub self_id: String,
 }
 
 impl Default for RouterOptions {
@@ -53,25 +59,55 @@ impl Default for RouterOptions {
             stream_concurrency: 64,
             model_name: String::new(),
             auth: None,
+            groups: GroupLimits::default(),
+            self_id: String::new(),
         }
     }
 }
 
-struct Inner {
-    template: Arc<Template>,
-    grm: Arc<Pool>,
+pub(crate) struct Inner {
+    pub(crate) template: Arc<Template>,
+    pub(crate) grm: Arc<Pool>,
     local: Aggregator,
     aggregators: Option<Arc<Pool>>,
-    opts: RouterOptions,
-    inflight: Arc<Semaphore>,
+    pub(crate) opts: RouterOptions,
+    pub(crate) inflight: Arc<Semaphore>,
     /// Set when the process stops: new requests are refused and open streams stop reading.
-    stopping: watch::Sender<bool>,
-    metrics: RouterMetrics,
+    pub(crate) stopping: watch::Sender<bool>,
+    pub(crate) metrics: RouterMetrics,
+    /// Groups whose members are arriving.
+    pub(crate) barrier: Barrier,
+    /// The routers (from etcd), to forward a group's members to its owner; none: this one
+    /// owns every group.
+    pub(crate) routers: Option<Arc<Pool>>,
+}
+
+/// Who called, as far as forwarding a group member needs to know.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// The caller's `authorization` value, passed on when a member is forwarded.
+    pub authorization: Option<String>,
+    /// The call was forwarded by another router: serve it here, whoever owns the group.
+    pub forwarded: bool,
+}
+
+impl Caller {
+    /// The caller of a gRPC request.
+    pub fn of<T>(req: &Request<T>) -> Self {
+        Self {
+            authorization: req
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            forwarded: req.metadata().contains_key(crate::group_judge::FORWARDED),
+        }
+    }
 }
 
 #[derive(Clone)]
 pub struct Router {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 /// The deadline a gRPC client set (`grpc-timeout`), if any.
@@ -103,6 +139,7 @@ impl Router {
         grm: Arc<Pool>,
         local: Aggregator,
         aggregators: Option<Arc<Pool>>,
+        routers: Option<Arc<Pool>>,
         opts: RouterOptions,
     ) -> Self {
         let inflight = Arc::new(Semaphore::new(opts.max_inflight.max(1)));
@@ -118,6 +155,8 @@ impl Router {
                 inflight,
                 stopping: watch::Sender::new(false),
                 metrics: RouterMetrics::default(),
+                barrier: Barrier::default(),
+                routers,
             }),
         }
     }
@@ -160,6 +199,7 @@ impl Router {
         let gauges = RouterGauges {
             in_flight: me.opts.max_inflight.max(1) - me.inflight.available_permits(),
             members: self.members_seen(),
+            groups_forming: me.barrier.forming(),
         };
         me.metrics.render(&mut out, &gauges);
         if !engines.is_empty() {
@@ -174,6 +214,7 @@ impl Router {
         req: ScoreRequest,
         encoded_len: usize,
         deadline: Option<Instant>,
+        caller: &Caller,
     ) -> Result<ScoreResponse, Status> {
         let start = Instant::now();
         let span = tracing::info_span!(
@@ -183,7 +224,7 @@ impl Router {
         );
         trace_context::record_trace_id(&span);
         let r = self
-            .score_counted(req, encoded_len, deadline)
+            .score_counted(req, encoded_len, deadline, caller)
             .instrument(span)
             .await;
         let outcome = r.as_ref().map_err(Status::code);
@@ -198,6 +239,7 @@ impl Router {
         req: ScoreRequest,
         encoded_len: usize,
         deadline: Option<Instant>,
+        caller: &Caller,
     ) -> Result<ScoreResponse, Status> {
         let me = &self.inner;
         if *me.stopping.borrow() {
@@ -205,12 +247,33 @@ impl Router {
                 "the router is shutting down; retry another one",
             ));
         }
-        let _permit = Arc::clone(&me.inflight).try_acquire_owned().map_err(|_| {
+        // A group's members hold no permit while they wait: the group takes them when judged.
+        if req.group.is_some() {
+            return self.score_member(req, encoded_len, deadline, caller).await;
+        }
+        let _permit = self.permit()?;
+        self.judge(req, encoded_len, deadline).await
+    }
+
+    /// A place among the requests in flight, or RESOURCE_EXHAUSTED.
+    pub(crate) fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        let me = &self.inner;
+        Arc::clone(&me.inflight).try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
                 "the router has {} requests in flight, its limit (--max-inflight); retry later",
                 me.opts.max_inflight
             ))
-        })?;
+        })
+    }
+
+    /// Judges one request (not a group member): prompts, generation, aggregation.
+    pub(crate) async fn judge(
+        &self,
+        req: ScoreRequest,
+        encoded_len: usize,
+        deadline: Option<Instant>,
+    ) -> Result<ScoreResponse, Status> {
+        let me = &self.inner;
         let start = Instant::now();
         let v = validate(&req, encoded_len, &me.opts.limits)?;
         let serving = if me.opts.model_name.is_empty() {
@@ -411,9 +474,10 @@ impl RewardService for Router {
             request.metadata(),
             tracing::info_span!("grm.rpc.Score", trace_id = tracing::field::Empty),
         );
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let len = req.encoded_len();
-        Router::score(self, req, len, deadline)
+        Router::score(self, req, len, deadline, &caller)
             .instrument(span)
             .await
             .map(Response::new)
@@ -430,11 +494,12 @@ impl RewardService for Router {
             request.metadata(),
             tracing::info_span!("grm.rpc.ScoreStream", trace_id = tracing::field::Empty),
         );
+        let caller = Caller::of(&request);
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel::<Result<ScoreResponse, Status>>(64);
         let queue = read_ahead(inbound, self.inner.stopping.subscribe());
         tokio::spawn(
-            stream_requests(self.clone(), queue, tx, deadline).instrument(span),
+            stream_requests(self.clone(), queue, tx, deadline, caller).instrument(span),
         );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -484,6 +549,7 @@ async fn stream_requests(
     mut queue: mpsc::Receiver<Result<ScoreRequest, Status>>,
     tx: mpsc::Sender<Result<ScoreResponse, Status>>,
     deadline: Option<Instant>,
+    caller: Caller,
 ) {
     let limit = router.inner.opts.stream_concurrency.max(1);
     let mut stopping = router.inner.stopping.subscribe();
@@ -525,11 +591,11 @@ async fn stream_requests(
                         continue;
                     }
                     in_flight.insert(id.clone());
-                    let (router, tx) = (router.clone(), tx.clone());
+                    let (router, tx, caller) = (router.clone(), tx.clone(), caller.clone());
                     tasks.spawn(async move {
                         let len = req.encoded_len();
                         let resp = router
-                            .score(req, len, deadline)
+                            .score(req, len, deadline, &caller)
                             .await
                             .unwrap_or_else(|s| stream_error(id.clone(), s));
                         let _ = tx.send(Ok(resp)).await;

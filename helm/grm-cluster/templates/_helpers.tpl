@@ -206,6 +206,10 @@ to the members whether or not it asks its own clients for one). */}}
   valueFrom:
     fieldRef:
       fieldPath: metadata.namespace
+- name: POD_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
 - name: HOME
   value: /tmp
 {{- with $v.log.level }}

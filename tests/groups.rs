@@ -1,0 +1,313 @@
+//! Trainers send one sample per call; the group barrier judges a GRPO group's members together.
+//! Real routers, workers and etcd on 127.0.0.1 with the tiny trained judge (a response ending
+//! in "good" scores 8, "bad" 3).
+
+mod support;
+
+use grm_proto::v1::reward_service_client::RewardServiceClient;
+use grm_proto::v1::{Group, Message, Sampling, ScoreRequest, ScoreResponse};
+use std::time::Duration;
+use support::*;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn member(id: &str, key: &str, size: u32, responses: &[&str]) -> ScoreRequest {
+    ScoreRequest {
+        id: id.into(),
+        conversation: vec![Message {
+            role: "user".into(),
+            content: "the answer is".into(),
+        }],
+        responses: responses.iter().map(|s| s.to_string()).collect(),
+        sampling: Some(Sampling {
+            k: 2,
+            ..Default::default()
+        }),
+        group: Some(Group {
+            key: key.into(),
+            size,
+            wait_ms: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Sends the members concurrently, each to the router `to[i % to.len()]`; answers in order.
+async fn send(to: Vec<String>, members: Vec<ScoreRequest>) -> Vec<Result<ScoreResponse, tonic::Status>> {
+    let mut tasks = Vec::new();
+    for (i, m) in members.into_iter().enumerate() {
+        let addr = to[i % to.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = RewardServiceClient::connect(format!("http://{addr}")).await.unwrap();
+            let mut r = tonic::Request::new(m);
+            r.set_timeout(Duration::from_secs(120));
+            c.score(r).await.map(|r| r.into_inner())
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+fn means(r: &ScoreResponse) -> Vec<f64> {
+    r.rewards.iter().map(|x| x.mean_score).collect()
+}
+
+#[test]
+fn members_arriving_one_by_one_are_judged_as_one_group() {
+    let _serial = serial();
+    let dir = scratch("groups");
+    let w = static_worker(&dir, "2048", &[]);
+    let router = static_router(
+        &dir,
+        &w.grpc(),
+        "127.0.0.1:0",
+        &["--max-responses", "4", "--group-wait-ms", "1500"],
+    );
+    let rt = runtime();
+    let addr = vec![router.grpc()];
+    let texts = ["it is so good", "it is so bad", "so good", "one is bad"];
+
+    // Four one-sample calls: one group of four, each answered with its own reward.
+    let ms: Vec<ScoreRequest> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| member(&format!("m{i}"), "g1", 4, &[t]))
+        .collect();
+    let a = rt.block_on(send(addr.clone(), ms.clone()));
+    for (r, t) in a.iter().zip(texts) {
+        let r = r.as_ref().expect("answered");
+        let g = r.group.as_ref().expect("a group result");
+        assert_eq!((g.size, g.members, g.responses, g.partial), (4, 4, 4, false), "{g:?}");
+        assert_eq!(r.rewards.len(), 1);
+        let want = if t.ends_with("good") { 8.0 } else { 3.0 };
+        assert_eq!(means(r), vec![want], "{t}");
+    }
+    // The same members in the opposite order (with the group's seed derived from its key and
+    // responses): the same rewards, the same judgement of the whole group.
+    let mut reversed = ms.clone();
+    reversed.reverse();
+    for m in &mut reversed {
+        m.group.as_mut().unwrap().key = "g1-again".into();
+    }
+    let mut first = ms.clone();
+    for m in &mut first {
+        m.group.as_mut().unwrap().key = "g1-again".into();
+    }
+    let b = rt.block_on(send(addr.clone(), first));
+    let c = rt.block_on(send(addr.clone(), reversed));
+    let by_id = |v: &[Result<ScoreResponse, tonic::Status>], id: &str| {
+        v.iter()
+            .map(|r| r.as_ref().unwrap())
+            .find(|r| r.id == id)
+            .cloned()
+            .unwrap()
+    };
+    for i in 0..4 {
+        let id = format!("m{i}");
+        let (x, y) = (by_id(&b, &id), by_id(&c, &id));
+        assert_eq!(means(&x), means(&y));
+        assert_eq!(x.group.as_ref().unwrap().mean_scores, y.group.as_ref().unwrap().mean_scores);
+        assert_eq!(x.seed, y.seed);
+    }
+
+    // Identical responses (common in RL) are judged once; each caller still gets its reward.
+    let dup: Vec<ScoreRequest> = (0..4)
+        .map(|i| member(&format!("d{i}"), "dup", 4, &[if i < 3 { "same good" } else { "bad" }]))
+        .collect();
+    for r in rt.block_on(send(addr.clone(), dup)) {
+        let r = r.unwrap();
+        assert_eq!(r.group.as_ref().unwrap().size, 2, "distinct responses");
+        assert_eq!(r.rewards.len(), 1);
+    }
+
+    // A member may bring several responses (a rank's share); more distinct responses than
+    // --max-responses (4) are judged in sub-groups.
+    let big = vec![
+        member("r0", "big", 6, &["a good", "b bad", "c good"]),
+        member("r1", "big", 6, &["d bad", "e good", "f bad"]),
+    ];
+    for r in rt.block_on(send(addr.clone(), big)) {
+        let r = r.unwrap();
+        let g = r.group.as_ref().unwrap();
+        assert_eq!((g.size, g.subgroups, g.members), (6, 2, 2), "{g:?}");
+        assert_eq!(r.rewards.len(), 3);
+        assert_eq!(g.mean_scores, vec![8.0, 3.0, 8.0, 3.0, 8.0, 3.0]);
+    }
+
+    // A group that never completes is judged when its wait ends, and says so.
+    let part = rt.block_on(send(addr.clone(), vec![member("p0", "part", 4, &["x good"]), member("p1", "part", 4, &["y bad"])]));
+    for r in part {
+        let g = r.unwrap().group.unwrap();
+        assert!(g.partial && g.size == 2, "{g:?}");
+    }
+
+    // A member whose conversation differs from its group's is refused; the rest are judged.
+    let mut stranger = member("s1", "mixed", 3, &["z good"]);
+    stranger.conversation[0].content = "another question".into();
+    let mixed = rt.block_on(async {
+        // The group's first member, then (once it waits) the stranger.
+        let first = tokio::spawn(send(addr.clone(), vec![member("s0", "mixed", 3, &["q good", "r bad"])]));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let stranger = send(addr.clone(), vec![stranger]).await;
+        (first.await.unwrap().pop().unwrap(), stranger.into_iter().next().unwrap())
+    });
+    assert!(mixed.0.is_ok(), "{:?}", mixed.0);
+    let s = mixed.1.as_ref().expect_err("a stranger");
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    assert!(s.message().contains("conversation"), "{s:?}");
+
+    // Bad group fields are refused by name.
+    let mut bad = member("b", "", 4, &["x"]);
+    let e = rt.block_on(send(addr.clone(), vec![bad.clone()])).pop().unwrap().unwrap_err();
+    assert!(e.message().contains("group.key"), "{e:?}");
+    bad.group = Some(Group { key: "k".into(), size: 1000, wait_ms: 0 });
+    let e = rt.block_on(send(addr.clone(), vec![bad])).pop().unwrap().unwrap_err();
+    assert!(e.message().contains("group.size is 1000; allowed 2..=64"), "{e:?}");
+
+    let (_, scrape) = http(&router.http(), "GET", "/metrics", b"");
+    assert!(metric(&scrape, "grm_groups_total{outcome=\"complete\"}") >= 5.0, "{scrape}");
+    assert!(metric(&scrape, "grm_groups_total{outcome=\"partial\"}") >= 1.0, "{scrape}");
+    assert!(metric(&scrape, "grm_group_size_count") >= 6.0, "{scrape}");
+}
+
+#[test]
+fn a_groups_members_reaching_different_routers_are_judged_together() {
+    let _serial = serial();
+    let dir = scratch("groups-routers");
+    let etcd = Etcd::start(&dir);
+    let url = etcd.client_url.clone();
+    let _w = grm(
+        &dir,
+        "w",
+        &[
+            "worker",
+            "--model",
+            &fixture("tiny-judge"),
+            "--listen",
+            "127.0.0.1:0",
+            "--etcd",
+            &url,
+            "--lease-ttl-s",
+            "2",
+            "--threads",
+            "1",
+            "--kv-blocks",
+            "2048",
+        ],
+    );
+    let routers: Vec<Proc> = (0..3)
+        .map(|i| {
+            grm(
+                &dir,
+                &format!("router{i}"),
+                &[
+                    "router",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--http-listen",
+                    "127.0.0.1:0",
+                    "--etcd",
+                    &url,
+                    "--lease-ttl-s",
+                    "2",
+                    "--template",
+                    short_template_static(),
+                    "--max-new-tokens",
+                    "32",
+                ],
+            )
+        })
+        .collect();
+    wait_for(Duration::from_secs(20), "every router to see the worker", || {
+        routers.iter().all(|r| {
+            let (code, body) = http(&r.http(), "GET", "/health", b"");
+            code == 200 && body.contains("\"grm_workers\":1")
+        })
+    });
+    // The routers see each other (registered as routers) before groups are spread over them.
+    std::thread::sleep(Duration::from_secs(2));
+    let addrs: Vec<String> = routers.iter().map(Proc::grpc).collect();
+    let rt = runtime();
+    for g in 0..4 {
+        let ms: Vec<ScoreRequest> = (0..6)
+            .map(|i| member(&format!("g{g}m{i}"), &format!("group-{g}"), 6, &[if i % 2 == 0 { "x good" } else { "y bad" }]))
+            .collect();
+        // Member i goes to router i % 3: every group reaches all three routers.
+        for r in rt.block_on(send(addrs.clone(), ms)) {
+            let r = r.expect("answered");
+            let grp = r.group.as_ref().unwrap();
+            assert_eq!(grp.members, 6, "one group of six members, not one per router: {grp:?}");
+            assert!(!grp.partial);
+        }
+    }
+    let forwarded: f64 = routers
+        .iter()
+        .map(|r| metric(&http(&r.http(), "GET", "/metrics", b"").1, "grm_group_members_forwarded_total"))
+        .sum();
+    assert!(forwarded >= 16.0, "members forwarded to their group's router: {forwarded}");
+}
+
+#[test]
+fn get_reward_groups_one_sample_calls_and_reads_the_policys_chat_markup() {
+    let _serial = serial();
+    let dir = scratch("get-reward-groups");
+    let w = static_worker(&dir, "2048", &[]);
+    let router = static_router(&dir, &w.grpc(), "127.0.0.1:0", &[]);
+    let h = router.http();
+    let gemma = "<bos><start_of_turn>user\nthe answer is<end_of_turn>\n<start_of_turn>model\n";
+    let chatml = "<|im_start|>system\nBe fair.<|im_end|>\n<|im_start|>user\nthe answer is<|im_end|>\n<|im_start|>assistant\n";
+    // OpenRLHF posts one sample per call; four calls at once form a group of four.
+    let post = |prompt: &str, response: &str, params: &str| {
+        let body = serde_json::json!({
+            "query": [format!("{prompt}{response}")],
+            "prompts": [prompt],
+            "labels": [""],
+        });
+        let (code, text) = http(&h, "POST", &format!("/get_reward?{params}"), body.to_string().as_bytes());
+        assert_eq!(code, 200, "{text}");
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()
+    };
+    for (prompt, end) in [(gemma, "<end_of_turn>"), (chatml, "<|im_end|>")] {
+        let answers: Vec<serde_json::Value> = std::thread::scope(|s| {
+            let calls: Vec<_> = ["so good", "so bad", "it is good", "it is bad"]
+                .iter()
+                .map(|r| {
+                    let response = format!("{r}{end}");
+                    s.spawn(move || post(prompt, &response, "group_size=4&k=2&seed=5"))
+                })
+                .collect();
+            calls.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        for (a, good) in answers.iter().zip([true, false, true, false]) {
+            assert_eq!(a["extra_logs"]["grm/group_size"][0], 4, "{a}");
+            let reward = a["rewards"][0].as_f64().unwrap();
+            let want = if good { 7.0 / 9.0 } else { 2.0 / 9.0 };
+            assert!((reward - want).abs() < 1e-9, "{a}");
+            // scores on the rewards' [0, 1] scale, for OpenRLHF's dynamic filtering.
+            assert_eq!(a["scores"][0], a["rewards"][0]);
+        }
+    }
+    // A templated prompt and the same plain text get the same judgement.
+    let one = |prompt: &str, response: &str| {
+        let body = serde_json::json!({
+            "query": [format!("{prompt}{response}"), format!("{prompt}so bad")],
+            "prompts": [prompt, prompt],
+        });
+        let (code, text) = http(&h, "POST", "/get_reward?k=4&seed=11&scores=mean", body.to_string().as_bytes());
+        assert_eq!(code, 200, "{text}");
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()
+    };
+    let plain = one("the answer is", "so good");
+    let templated = one(gemma, "so good<end_of_turn><eos>");
+    assert_eq!(plain["scores"], templated["scores"], "{plain} vs {templated}");
+    assert_eq!(plain["extra_logs"], templated["extra_logs"]);
+    assert!(plain["scores"][0].as_f64().unwrap() > 1.0, "scores=mean: the 1..10 mean");
+}
