@@ -5,6 +5,7 @@
 //! Nothing here does I/O, spawns threads or knows about models or networks: the engine and the
 //! servers call into it. Everything random is seeded and reproducible from `(seed, index)`.
 
+pub mod adaptive;
 pub mod eval;
 pub mod extract;
 pub mod judgement;
