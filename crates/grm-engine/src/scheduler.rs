@@ -494,7 +494,10 @@ impl<B: Backend> Scheduler<B> {
                         match victim {
                             Some(v) => self.preempt(v),
                             None => {
+                                // It gives up its own blocks for older work; nothing younger
+                                // may take them, or the oldest request would starve.
                                 self.preempt(seq);
+                                admission_blocked = true;
                                 break;
                             }
                         }
@@ -701,5 +704,74 @@ impl<B: Backend> Scheduler<B> {
     /// Whether a request is still queued or running.
     pub fn has_request(&self, id: RequestId) -> bool {
         self.requests.contains_key(&id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::CpuBackend;
+
+    fn tiny() -> Gemma2<CpuBackend> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-f32");
+        Gemma2::load(&dir, CpuBackend).expect("the tiny-f32 fixture loads")
+    }
+
+    fn sample(seed: u64, max_new_tokens: usize) -> SamplingParams {
+        SamplingParams {
+            temperature: 4.0,
+            seed,
+            max_new_tokens,
+            ignore_stop: true,
+            ..Default::default()
+        }
+    }
+
+    /// First come, first served: after every step, each sequence waiting for blocks is younger
+    /// than every sequence holding blocks — also right after a sequence preempted itself.
+    #[test]
+    fn waiting_sequences_are_always_younger_than_admitted_ones() {
+        let cfg = SchedulerConfig {
+            max_batch_tokens: 512,
+            ..Default::default()
+        };
+        let mut s = Scheduler::new(tiny(), 20, 4, true, cfg).expect("scheduler");
+        let samples = (0..4).map(|j| sample(j, 30)).collect();
+        s.submit(
+            0,
+            Work::Generate {
+                prompt: vec![2, 7, 8],
+                samples,
+            },
+        )
+        .expect("submit");
+        let mut self_preempted = false;
+        for step in 1..400u64 {
+            if step < 150 {
+                let prompt = vec![2, 9, 10, 6 + (step % 200) as u32];
+                let work = Work::Generate {
+                    prompt,
+                    samples: vec![sample(step, 4)],
+                };
+                s.submit(step, work).expect("submit");
+            }
+            let before = s.counters().preemptions;
+            s.step();
+            let admitted = s.seqs.values().filter(|q| q.admitted).map(|q| q.key);
+            let waiting = s.seqs.values().filter(|q| !q.admitted).map(|q| q.key);
+            if let (Some(young), Some(old)) = (admitted.max(), waiting.min()) {
+                assert!(
+                    young < old,
+                    "step {step}: {young:?} holds blocks while {old:?} waits"
+                );
+            }
+            self_preempted |= s.counters().preemptions > before
+                && s.seqs.values().any(|q| q.request == 0 && !q.admitted);
+        }
+        assert!(
+            self_preempted,
+            "the test must make the oldest request give up blocks"
+        );
+        assert!(s.is_idle());
     }
 }

@@ -375,3 +375,68 @@ fn the_engine_thread_serves_and_cancels_by_drop() {
         "{err}"
     );
 }
+
+/// Under block pressure the oldest request keeps its priority: when one of its samples has to
+/// give up its own blocks, younger requests arriving all the while must not take them. So it
+/// finishes at the same step, with the same tokens, as when it runs alone.
+#[test]
+fn a_flood_of_younger_requests_does_not_delay_the_oldest() {
+    // Blocks of 4: the oldest request's 4 samples of 3 + 30 tokens need up to 36, so its
+    // youngest samples preempt themselves; one small request arrives every step.
+    let run = |blocks: usize, t: f32, flood: Option<usize>| {
+        let mut s = scheduler(blocks, 4, 512);
+        let samples = (0..4).map(|j| params(t, j, 30)).collect();
+        s.submit(
+            0,
+            Work::Generate {
+                prompt: vec![2, 7, 8],
+                samples,
+            },
+        )
+        .unwrap();
+        let (mut step, mut last, mut tokens) = (0, 0, Vec::new());
+        let mut next: RequestId = 1;
+        while !s.is_idle() {
+            step += 1;
+            assert!(step < 10_000, "the scheduler does not make progress");
+            if let Some(g) = flood.filter(|_| step < 200) {
+                let p = vec![2, 9, 10, 6 + (next % 200) as u32];
+                let samples = vec![params(t, next, g)];
+                s.submit(next, Work::Generate { prompt: p, samples })
+                    .unwrap();
+                next += 1;
+            }
+            for (id, ev) in s.step() {
+                if let (
+                    0,
+                    Event::Sample {
+                        sample, tokens: t, ..
+                    },
+                ) = (id, ev)
+                {
+                    tokens.push((sample, t));
+                    last = step;
+                }
+            }
+        }
+        assert!(s.counters().preemptions > 0, "the test must preempt");
+        assert_eq!(s.kv_stats().blocks_used, 0);
+        tokens.sort();
+        (last, tokens)
+    };
+    // Low and high temperatures: samples that repeat each other hit the prefix cache when
+    // they are recomputed, samples that differ do not.
+    for t in [1.0, 4.0] {
+        for blocks in [16, 20, 24] {
+            let alone = run(blocks, t, None);
+            assert_eq!(alone.1.len(), 4);
+            for g in [2, 4, 8, 16] {
+                assert_eq!(
+                    run(blocks, t, Some(g)),
+                    alone,
+                    "{blocks} blocks, temperature {t}: younger requests of {g} tokens delayed the oldest (its last step, then its samples)"
+                );
+            }
+        }
+    }
+}
