@@ -18,6 +18,10 @@ use crate::model::{check_vocab, ForwardBatch, Gemma2, Outputs};
 use crate::sampler::{Sampler, SamplingParams};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+fn internal(what: String) -> EngineError {
+    EngineError::Internal(what)
+}
+
 /// Identifies a request (a group of samples, or one scoring).
 pub type RequestId = u64;
 
@@ -353,15 +357,27 @@ impl<B: Backend> Scheduler<B> {
 
     /// Runs one forward step over everything that can progress; returns the events of
     /// requests, each with its request id.
+    ///
+    /// # Panics
+    /// When an invariant of the scheduler breaks (see [`Scheduler::try_step`]).
     pub fn step(&mut self) -> Vec<(RequestId, Event)> {
+        match self.try_step() {
+            Ok(events) => events,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`Scheduler::step`], with a broken invariant (a bug, never bad input) reported as
+    /// [`EngineError::Internal`]; the scheduler's state is then not to be trusted.
+    pub fn try_step(&mut self) -> Result<Vec<(RequestId, Event)>> {
         let (plan, copies) = self.plan();
         if plan.is_empty() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let kv = self.blocks.stats();
         self.counters.peak_blocks_used = self.counters.peak_blocks_used.max(kv.blocks_used);
         self.counters.peak_blocks_shared = self.counters.peak_blocks_shared.max(kv.blocks_shared);
-        let batch = self.build_batch(&plan, copies);
+        let batch = self.build_batch(&plan, copies)?;
         let out = self.model.forward_device(&mut self.kv, &batch);
         self.counters.steps += 1;
         let outputs = match self.device_tokens(&plan, &out) {
@@ -371,6 +387,18 @@ impl<B: Backend> Scheduler<B> {
                 StepOutputs::Logits(Outputs { rows, cols, data })
             }
         };
+        let wanted = batch.outputs.len();
+        let got = match &outputs {
+            StepOutputs::Logits(o) => {
+                (o.rows == wanted && o.data.len() == o.rows * o.cols).then_some(o.rows)
+            }
+            StepOutputs::Tokens(t) => Some(t.len()),
+        };
+        if got != Some(wanted) {
+            return Err(internal(format!(
+                "the step asked for {wanted} output rows and got {got:?}"
+            )));
+        }
         self.finish_step(plan, outputs)
     }
 
@@ -508,18 +536,19 @@ impl<B: Backend> Scheduler<B> {
         (plan, copies)
     }
 
-    fn build_batch(&self, plan: &[Planned], copies: Vec<CopyOp>) -> ForwardBatch {
+    fn build_batch(&self, plan: &[Planned], copies: Vec<CopyOp>) -> Result<ForwardBatch> {
         let mut b = ForwardBatch {
             copies,
             ..Default::default()
         };
         b.meta.block_size = self.blocks.block_size();
         for (i, p) in plan.iter().enumerate() {
-            let s = &self.seqs[&p.seq];
-            let table = self
-                .blocks
-                .table(p.seq)
-                .expect("planned sequences have blocks");
+            let (Some(s), Some(table)) = (self.seqs.get(&p.seq), self.blocks.table(p.seq)) else {
+                return Err(internal(format!(
+                    "planned sequence {} has no blocks",
+                    p.seq
+                )));
+            };
             b.meta.spans.push(table.blocks.clone());
             for pos in p.start..p.start + p.len {
                 b.tokens.push(s.tokens[pos]);
@@ -531,24 +560,26 @@ impl<B: Backend> Scheduler<B> {
                 b.outputs.push(b.tokens.len() - 1);
             }
         }
-        b
+        Ok(b)
     }
 
-    fn finish_step(&mut self, plan: Vec<Planned>, outputs: StepOutputs) -> Vec<(RequestId, Event)> {
+    fn finish_step(
+        &mut self,
+        plan: Vec<Planned>,
+        outputs: StepOutputs,
+    ) -> Result<Vec<(RequestId, Event)>> {
         let mut events = Vec::new();
         let mut row = 0;
         for p in plan {
             let Some(s) = self.seqs.get_mut(&p.seq) else {
-                continue;
+                return Err(internal(format!("planned sequence {} vanished", p.seq)));
             };
             s.computed += p.len;
             if s.computed <= s.prompt_len {
                 self.counters.prompt_tokens_computed += p.len as u64;
             }
             let request = s.request;
-            let tokens = std::mem::take(&mut s.tokens);
-            self.blocks.register_full_blocks(p.seq, &tokens);
-            self.seqs.get_mut(&p.seq).expect("seq").tokens = tokens;
+            self.blocks.register_full_blocks(p.seq, &s.tokens);
             if !p.output {
                 continue;
             }
@@ -557,9 +588,9 @@ impl<B: Backend> Scheduler<B> {
                 StepOutputs::Tokens(t) => Output::Tokens(&t[row]),
             };
             row += 1;
-            self.on_output(p.seq, request, out, &mut events);
+            self.on_output(p.seq, request, out, &mut events)?;
         }
-        events
+        Ok(events)
     }
 
     /// A sequence reached the end of its known tokens: sample, fork, score or finish.
@@ -569,21 +600,26 @@ impl<B: Backend> Scheduler<B> {
         request: RequestId,
         out: Output<'_>,
         events: &mut Vec<(RequestId, Event)>,
-    ) {
+    ) -> Result<()> {
         let device_rule = self.model.backend().samples_on_device();
-        let s = self.seqs.get_mut(&seq).expect("seq");
+        let Some(s) = self.seqs.get_mut(&seq) else {
+            return Err(internal(format!(
+                "sequence {seq} vanished before its output"
+            )));
+        };
         let cached = s.first_cached.unwrap_or(0);
         match &mut s.role {
             Role::Scorer => {
                 let prompt_tokens = s.prompt_len;
+                // Scoring steps always come back as values (see device_tokens).
+                let values = match out {
+                    Output::Logits(v) if !v.is_empty() => v.to_vec(),
+                    _ => return Err(internal(format!("request {request}: no score values"))),
+                };
                 events.push((
                     request,
                     Event::Score {
-                        // Scoring steps always come back as values (see device_tokens).
-                        values: match out {
-                            Output::Logits(v) => v.to_vec(),
-                            Output::Tokens(_) => Vec::new(),
-                        },
+                        values,
                         prompt_tokens,
                         cached,
                     },
@@ -600,11 +636,19 @@ impl<B: Backend> Scheduler<B> {
                         cached,
                     },
                 ));
-                let samples = self
-                    .requests
-                    .get(&request)
-                    .map(|r| r.samples.clone())
-                    .unwrap_or_default();
+                let samples = match self.requests.get(&request) {
+                    Some(r) if !r.samples.is_empty() => r.samples.clone(),
+                    _ => return Err(internal(format!("request {request}: no samples to fork"))),
+                };
+                if let Output::Tokens(t) = out {
+                    if t.len() != samples.len() {
+                        return Err(internal(format!(
+                            "request {request}: {} tokens drawn for {} samples",
+                            t.len(),
+                            samples.len()
+                        )));
+                    }
+                }
                 let mut children = Vec::with_capacity(samples.len());
                 for (i, params) in samples.into_iter().enumerate() {
                     let mut sampler = Sampler::new(params);
@@ -624,7 +668,9 @@ impl<B: Backend> Scheduler<B> {
                         },
                     );
                     self.blocks.fork(seq, child);
-                    let c = self.seqs.get_mut(&child).expect("child");
+                    let Some(c) = self.seqs.get_mut(&child) else {
+                        unreachable!("inserted above")
+                    };
                     c.admitted = true;
                     c.computed = prompt_len;
                     c.admitted_len = prompt_len;
@@ -645,13 +691,20 @@ impl<B: Backend> Scheduler<B> {
                     Output::Logits(l) => {
                         host_token(device_rule, sampler, l, s.tokens.len() - s.prompt_len)
                     }
-                    Output::Tokens(t) => t[0],
+                    Output::Tokens(&[t]) => t,
+                    Output::Tokens(t) => {
+                        return Err(internal(format!(
+                            "sequence {seq}: {} tokens drawn for one sample",
+                            t.len()
+                        )))
+                    }
                 };
                 s.tokens.push(token);
                 self.counters.generated_tokens += 1;
                 self.check_done(seq, request, events);
             }
         }
+        Ok(())
     }
 
     /// Finishes a sample whose last token is a stop token or whose length is reached.
@@ -662,7 +715,10 @@ impl<B: Backend> Scheduler<B> {
         };
         let p = sampler.params();
         let generated = &s.tokens[s.prompt_len..];
-        let last = *generated.last().expect("a sample has a token");
+        // Called after a token was pushed: a sample always has one here.
+        let Some(&last) = generated.last() else {
+            return;
+        };
         let stop = !p.ignore_stop
             && (p.stop_tokens.contains(&last) || self.config.default_stop_tokens.contains(&last));
         let finish = if stop {

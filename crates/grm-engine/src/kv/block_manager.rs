@@ -3,20 +3,21 @@
 //! partial block), fork, free, and the accounting. Only the scheduler calls this.
 
 use super::block_pool::{BlockId, BlockPool};
-use super::prefix_cache::{PrefixCache, ROOT_HASH};
+use super::prefix_cache::{ChainPos, PrefixCache};
 use std::collections::HashMap;
 
 /// Identifies a sequence in the engine.
 pub type SeqId = u64;
 
 /// A sequence's blocks: position p lives in `blocks[p / block_size]` at `p % block_size`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct BlockTable {
     pub blocks: Vec<BlockId>,
     /// Positions with a reserved slot (their KV is written, or is written by this step).
     pub num_tokens: usize,
-    /// Key of the last block registered in the prefix cache, and how many are registered.
-    chain: u64,
+    /// Where the last block registered in the prefix cache sits in its chain, and how many
+    /// are registered.
+    chain: ChainPos,
     registered: usize,
 }
 
@@ -68,10 +69,25 @@ pub struct BlockManager {
 
 impl BlockManager {
     pub fn new(num_blocks: usize, block_size: usize, prefix_caching: bool) -> Self {
+        Self::with_cache(
+            num_blocks,
+            block_size,
+            prefix_caching,
+            PrefixCache::default(),
+        )
+    }
+
+    /// A manager over a given prefix cache (tests give it a colliding hash).
+    pub fn with_cache(
+        num_blocks: usize,
+        block_size: usize,
+        prefix_caching: bool,
+        cache: PrefixCache,
+    ) -> Self {
         assert!(block_size > 0);
         Self {
             pool: BlockPool::new(num_blocks),
-            cache: PrefixCache::default(),
+            cache,
             block_size,
             tables: HashMap::new(),
             prefix_caching,
@@ -111,7 +127,12 @@ impl BlockManager {
         if let Some(id) = self.pool.alloc() {
             return Some(id);
         }
-        let id = self.cache.evict()?;
+        let mut freed = Vec::new();
+        let id = self.cache.evict(&mut freed)?;
+        // Descendants evicted with it (only when released out of order) are free now.
+        for b in freed {
+            self.pool.put_free(b);
+        }
         self.pool.retain(id);
         Some(id)
     }
@@ -140,14 +161,15 @@ impl BlockManager {
     pub fn admit(&mut self, seq: SeqId, tokens: &[u32]) -> Result<usize, OutOfBlocks> {
         assert!(!tokens.is_empty() && !self.tables.contains_key(&seq));
         let bs = self.block_size;
-        let mut hits: Vec<(BlockId, u64)> = Vec::new();
+        let mut hits: Vec<(BlockId, ChainPos)> = Vec::new();
         if self.prefix_caching {
-            let mut chain = ROOT_HASH;
+            let mut chain = ChainPos::ROOT;
             for chunk in tokens[..tokens.len() - 1].chunks_exact(bs) {
                 match self.cache.lookup(chain, chunk) {
-                    Some((id, key)) => {
-                        hits.push((id, key));
-                        chain = key;
+                    Some(at) => {
+                        let Some(id) = at.block else { break };
+                        hits.push((id, at));
+                        chain = at;
                     }
                     None => break,
                 }
@@ -166,7 +188,7 @@ impl BlockManager {
         let mut table = BlockTable {
             blocks: Vec::with_capacity(hits.len() + new),
             num_tokens: hits.len() * bs,
-            chain: hits.last().map_or(ROOT_HASH, |h| h.1),
+            chain: hits.last().map_or(ChainPos::ROOT, |h| h.1),
             registered: hits.len(),
         };
         for &(id, _) in &hits {
@@ -342,5 +364,37 @@ mod tests {
         m.admit(2, &[7, 7, 7, 7, 7, 7, 7]).unwrap();
         let s = m.stats();
         assert_eq!((s.blocks_free, s.blocks_cached, s.blocks_used), (0, 0, 4));
+    }
+
+    /// Every first block gets the same key, whatever its tokens.
+    fn colliding(parent: u64, tokens: &[u32]) -> u64 {
+        if parent == super::super::prefix_cache::ROOT_HASH {
+            7
+        } else {
+            super::super::prefix_cache::chain_hash(parent, tokens)
+        }
+    }
+
+    #[test]
+    fn a_hash_collision_at_an_ancestor_does_not_serve_the_wrong_kv() {
+        let cache = PrefixCache::with_hash(colliding);
+        let mut m = BlockManager::with_cache(3, 2, true, cache);
+        let a = [1u32, 1, 5, 5, 9];
+        m.admit(1, &a).unwrap();
+        m.reserve_prompt(1, 5);
+        m.register_full_blocks(1, &a);
+        m.free(1);
+        // A first block whose key collides with [1, 1]'s evicts it and takes its key.
+        let b = [2u32, 2, 8];
+        assert_eq!(m.admit(2, &b), Ok(0));
+        m.reserve_prompt(2, 3);
+        m.register_full_blocks(2, &b);
+        m.free(2);
+        // [2, 2] is served; [5, 5] after it is not the block computed after [1, 1].
+        assert_eq!(m.admit(3, &[2, 2, 5, 5, 6]), Ok(2));
+        m.free(3);
+        let s = m.stats();
+        assert_eq!(s.blocks_used, 0);
+        assert_eq!(s.blocks_free + s.blocks_evictable, 3);
     }
 }
