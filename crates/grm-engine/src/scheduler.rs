@@ -95,14 +95,37 @@ struct Sequence {
     /// Prompt, then generated tokens.
     tokens: Vec<u32>,
     prompt_len: usize,
-    /// Tokens whose KV is in the cache.
-    computed: usize,
-    admitted: bool,
-    /// Positions whose blocks admission allocated (prefill up to here; decode beyond).
-    admitted_len: usize,
-    /// Prompt tokens served by the prefix cache at the first admission.
-    first_cached: Option<usize>,
+    state: SeqState,
     role: Role,
+}
+
+/// Where a sequence stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SeqState {
+    /// Holds no blocks (new, or preempted with its tokens kept): every token is computed once
+    /// it is admitted.
+    Waiting,
+    /// Holds blocks for all its tokens; `computed` of them are in the cache, the rest are
+    /// computed in chunks. The last chunk gives the sequence's output.
+    Prefill { computed: usize },
+    /// Every token but the last is in the cache; a step computes the last and samples the
+    /// next.
+    Decode,
+}
+
+impl Sequence {
+    fn admitted(&self) -> bool {
+        self.state != SeqState::Waiting
+    }
+
+    /// Tokens whose KV is in the cache.
+    fn computed(&self) -> usize {
+        match self.state {
+            SeqState::Waiting => 0,
+            SeqState::Prefill { computed } => computed,
+            SeqState::Decode => self.tokens.len() - 1,
+        }
+    }
 }
 
 /// How the device draws a sample's token at `step` (its index among the sample's tokens), or
@@ -144,13 +167,18 @@ enum Output<'a> {
 }
 
 enum Role {
-    /// Prefills a generation request's prompt, then forks into its samples.
-    Parent,
+    /// Prefills a generation request's prompt, then forks into its samples. `cached`: prompt
+    /// tokens the prefix cache served at its first admission.
+    Parent {
+        cached: Option<usize>,
+    },
     Child {
         sample: usize,
         sampler: Box<Sampler>,
     },
-    Scorer,
+    Scorer {
+        cached: Option<usize>,
+    },
 }
 
 struct Request {
@@ -230,13 +258,13 @@ impl<B: Backend> Scheduler<B> {
 
     pub fn counters(&self) -> SchedulerCounters {
         let mut c = self.counters;
-        c.running = self.seqs.values().filter(|s| s.admitted).count();
+        c.running = self.seqs.values().filter(|s| s.admitted()).count();
         c.waiting = self.seqs.len() - c.running;
         c.requests = self.requests.len();
         c.queued_tokens = self
             .seqs
             .values()
-            .map(|s| s.tokens.len() - s.computed)
+            .map(|s| s.tokens.len() - s.computed())
             .sum();
         c
     }
@@ -265,9 +293,9 @@ impl<B: Backend> Scheduler<B> {
                         "this model has a scoring head; it cannot generate".into(),
                     ));
                 }
-                (prompt, samples, Role::Parent)
+                (prompt, samples, Role::Parent { cached: None })
             }
-            Work::Score { tokens } => (tokens, Vec::new(), Role::Scorer),
+            Work::Score { tokens } => (tokens, Vec::new(), Role::Scorer { cached: None }),
         };
         if tokens.is_empty() {
             return Err(EngineError::Invalid("the prompt is empty".into()));
@@ -317,10 +345,7 @@ impl<B: Backend> Scheduler<B> {
                 key,
                 tokens,
                 prompt_len,
-                computed: 0,
-                admitted: false,
-                admitted_len: 0,
-                first_cached: None,
+                state: SeqState::Waiting,
                 role,
             },
         );
@@ -349,8 +374,7 @@ impl<B: Backend> Scheduler<B> {
     fn preempt(&mut self, seq: SeqId) {
         if let Some(s) = self.seqs.get_mut(&seq) {
             self.blocks.free(seq);
-            s.computed = 0;
-            s.admitted = false;
+            s.state = SeqState::Waiting;
             self.counters.preemptions += 1;
         }
     }
@@ -415,8 +439,8 @@ impl<B: Backend> Scheduler<B> {
         for (row, p) in plan.iter().filter(|p| p.output).enumerate() {
             let s = self.seqs.get(&p.seq)?;
             match &s.role {
-                Role::Scorer => return None,
-                Role::Parent => {
+                Role::Scorer { .. } => return None,
+                Role::Parent { .. } => {
                     let samples = &self.requests.get(&s.request)?.samples;
                     for params in samples {
                         settings.push(device_setting(params, 0)?);
@@ -457,21 +481,21 @@ impl<B: Backend> Scheduler<B> {
                 break;
             }
             // It may have been preempted or dropped earlier in this loop.
-            let Some(s) = self.seqs.get(&seq) else {
+            let Some(s) = self.seqs.get_mut(&seq) else {
                 continue;
             };
-            if !s.admitted {
+            if s.state == SeqState::Waiting {
                 if admission_blocked {
                     continue;
                 }
-                let tokens = s.tokens.clone();
-                match self.blocks.admit(seq, &tokens) {
+                match self.blocks.admit(seq, &s.tokens) {
                     Ok(cached) => {
-                        let s = self.seqs.get_mut(&seq).expect("queued sequence");
-                        s.admitted = true;
-                        s.computed = cached;
-                        s.admitted_len = s.tokens.len();
-                        s.first_cached.get_or_insert(cached);
+                        s.state = SeqState::Prefill { computed: cached };
+                        if let Role::Parent { cached: first } | Role::Scorer { cached: first } =
+                            &mut s.role
+                        {
+                            first.get_or_insert(cached);
+                        }
                     }
                     Err(OutOfBlocks) => {
                         // First come, first served: nothing younger is admitted either.
@@ -480,29 +504,26 @@ impl<B: Backend> Scheduler<B> {
                     }
                 }
             }
-            let s = &self.seqs[&seq];
-            if s.computed < s.admitted_len {
-                let len = (s.admitted_len - s.computed).min(budget);
-                let start = s.computed;
-                let output = start + len == s.tokens.len();
+            if let SeqState::Prefill { computed } = s.state {
+                let len = (s.tokens.len() - computed).min(budget);
                 let slots = self.blocks.reserve_prompt(seq, len);
                 plan.push(Planned {
                     seq,
-                    start,
+                    start: computed,
                     len,
                     slots,
-                    output,
+                    output: computed + len == s.tokens.len(),
                 });
                 scheduled.insert(seq);
                 budget -= len;
                 continue;
             }
             // Decode: one new slot, preempting younger sequences while blocks lack.
+            let start = s.tokens.len() - 1;
             loop {
                 match self.blocks.append_slot(seq) {
                     Ok((slot, copy)) => {
                         copies.extend(copy);
-                        let start = self.seqs[&seq].computed;
                         plan.push(Planned {
                             seq,
                             start,
@@ -515,10 +536,11 @@ impl<B: Backend> Scheduler<B> {
                         break;
                     }
                     Err(OutOfBlocks) => {
-                        let victim =
-                            self.order.values().rev().copied().find(|v| {
-                                *v != seq && !scheduled.contains(v) && self.seqs[v].admitted
-                            });
+                        let victim = self.order.values().rev().copied().find(|v| {
+                            *v != seq
+                                && !scheduled.contains(v)
+                                && self.seqs.get(v).is_some_and(Sequence::admitted)
+                        });
                         match victim {
                             Some(v) => self.preempt(v),
                             None => {
@@ -574,9 +596,11 @@ impl<B: Backend> Scheduler<B> {
             let Some(s) = self.seqs.get_mut(&p.seq) else {
                 return Err(internal(format!("planned sequence {} vanished", p.seq)));
             };
-            s.computed += p.len;
-            if s.computed <= s.prompt_len {
-                self.counters.prompt_tokens_computed += p.len as u64;
+            // Prompt positions among the chunk's (a recomputed sample's chunk may go past them).
+            let prompt_part = (p.start + p.len).min(s.prompt_len).saturating_sub(p.start);
+            self.counters.prompt_tokens_computed += prompt_part as u64;
+            if let SeqState::Prefill { computed } = &mut s.state {
+                *computed += p.len;
             }
             let request = s.request;
             self.blocks.register_full_blocks(p.seq, &s.tokens);
@@ -607,9 +631,9 @@ impl<B: Backend> Scheduler<B> {
                 "sequence {seq} vanished before its output"
             )));
         };
-        let cached = s.first_cached.unwrap_or(0);
         match &mut s.role {
-            Role::Scorer => {
+            Role::Scorer { cached } => {
+                let cached = cached.unwrap_or(0);
                 let prompt_tokens = s.prompt_len;
                 // Scoring steps always come back as values (see device_tokens).
                 let values = match out {
@@ -626,7 +650,8 @@ impl<B: Backend> Scheduler<B> {
                 ));
                 self.finish_seq(request, seq);
             }
-            Role::Parent => {
+            Role::Parent { cached } => {
+                let cached = cached.unwrap_or(0);
                 let (prompt, arrival) = (s.tokens.clone(), s.key.0);
                 let prompt_len = prompt.len();
                 events.push((
@@ -671,9 +696,8 @@ impl<B: Backend> Scheduler<B> {
                     let Some(c) = self.seqs.get_mut(&child) else {
                         unreachable!("inserted above")
                     };
-                    c.admitted = true;
-                    c.computed = prompt_len;
-                    c.admitted_len = prompt_len;
+                    // It holds the prompt's blocks; its first token is computed next.
+                    c.state = SeqState::Decode;
                     c.prompt_len = prompt_len;
                     children.push(child);
                 }
@@ -700,6 +724,8 @@ impl<B: Backend> Scheduler<B> {
                     }
                 };
                 s.tokens.push(token);
+                // After a recompute, the sample decodes again.
+                s.state = SeqState::Decode;
                 self.counters.generated_tokens += 1;
                 self.check_done(seq, request, events);
             }
@@ -813,8 +839,8 @@ mod tests {
             }
             let before = s.counters().preemptions;
             s.step();
-            let admitted = s.seqs.values().filter(|q| q.admitted).map(|q| q.key);
-            let waiting = s.seqs.values().filter(|q| !q.admitted).map(|q| q.key);
+            let admitted = s.seqs.values().filter(|q| q.admitted()).map(|q| q.key);
+            let waiting = s.seqs.values().filter(|q| !q.admitted()).map(|q| q.key);
             if let (Some(young), Some(old)) = (admitted.max(), waiting.min()) {
                 assert!(
                     young < old,
@@ -822,7 +848,7 @@ mod tests {
                 );
             }
             self_preempted |= s.counters().preemptions > before
-                && s.seqs.values().any(|q| q.request == 0 && !q.admitted);
+                && s.seqs.values().any(|q| q.request == 0 && !q.admitted());
         }
         assert!(
             self_preempted,

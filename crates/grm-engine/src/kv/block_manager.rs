@@ -118,6 +118,12 @@ impl BlockManager {
         }
     }
 
+    /// Blocks a new sequence could get now: free, or evictable from the prefix cache. Counted,
+    /// not scanned: admission asks this for every waiting sequence in every step.
+    pub fn available(&self) -> usize {
+        self.pool.num_free() + self.cache.counts().1
+    }
+
     /// Blocks needed to hold `tokens` positions.
     pub fn blocks_for(&self, tokens: usize) -> usize {
         tokens.div_ceil(self.block_size)
@@ -180,7 +186,7 @@ impl BlockManager {
             .filter(|(id, _)| self.pool.ref_count(*id) == 0)
             .count();
         let new = self.blocks_for(tokens.len()) - hits.len();
-        if new > self.stats().blocks_available() - parked_hits {
+        if new > self.available() - parked_hits {
             // Undo the hit count of a lookup that did not lead to admission.
             self.cache.hits -= hits.len() as u64;
             return Err(OutOfBlocks);
@@ -282,10 +288,12 @@ impl BlockManager {
         self.tables.insert(child, t);
     }
 
-    /// Drops a sequence's blocks (cached ones stay reusable until evicted).
+    /// Drops a sequence's blocks (cached ones stay reusable until evicted). Last block first,
+    /// as vLLM does: a prefix's tail then enters the LRU before its head and is evicted first,
+    /// so an eviction never takes a prefix's head and, with it, every cached block after it.
     pub fn free(&mut self, seq: SeqId) {
         if let Some(t) = self.tables.remove(&seq) {
-            for id in t.blocks {
+            for &id in t.blocks.iter().rev() {
                 self.release(id);
             }
         }
@@ -378,23 +386,44 @@ mod tests {
     #[test]
     fn a_hash_collision_at_an_ancestor_does_not_serve_the_wrong_kv() {
         let cache = PrefixCache::with_hash(colliding);
-        let mut m = BlockManager::with_cache(3, 2, true, cache);
+        let mut m = BlockManager::with_cache(4, 2, true, cache);
         let a = [1u32, 1, 5, 5, 9];
         m.admit(1, &a).unwrap();
         m.reserve_prompt(1, 5);
         m.register_full_blocks(1, &a);
         m.free(1);
-        // A first block whose key collides with [1, 1]'s evicts it and takes its key.
-        let b = [2u32, 2, 8];
+        // [2, 2]'s key collides with the cached [1, 1]: it is neither served nor cached...
+        let b = [2u32, 2, 5, 5, 8];
         assert_eq!(m.admit(2, &b), Ok(0));
-        m.reserve_prompt(2, 3);
+        m.reserve_prompt(2, 5);
         m.register_full_blocks(2, &b);
         m.free(2);
-        // [2, 2] is served; [5, 5] after it is not the block computed after [1, 1].
-        assert_eq!(m.admit(3, &[2, 2, 5, 5, 6]), Ok(2));
+        // ...and [5, 5] after it is never the block computed after [1, 1].
+        assert_eq!(m.admit(3, &b), Ok(0));
         m.free(3);
+        // (Seq 2 took the tail of the first prefix; its head is still served.)
+        assert_eq!(m.admit(4, &a), Ok(2));
+        m.free(4);
         let s = m.stats();
         assert_eq!(s.blocks_used, 0);
-        assert_eq!(s.blocks_free + s.blocks_evictable, 3);
+        assert_eq!(s.blocks_free + s.blocks_evictable, 4);
+    }
+
+    #[test]
+    fn eviction_takes_a_freed_prefix_from_its_tail() {
+        let mut m = BlockManager::new(4, 2, true);
+        let a: Vec<u32> = (1..8).collect(); // 3 full blocks + 1 token
+        m.admit(1, &a).unwrap();
+        m.reserve_prompt(1, 7);
+        m.register_full_blocks(1, &a);
+        m.free(1);
+        assert_eq!(m.stats().blocks_evictable, 3);
+        // Two blocks: the free one and one evicted, the prefix's last.
+        m.admit(2, &[9, 9, 9, 9]).unwrap();
+        m.free(2);
+        let s = m.stats();
+        assert_eq!((s.blocks_cached, s.blocks_used), (2, 0));
+        // The first two blocks of the prefix are still served.
+        assert_eq!(m.admit(3, &a), Ok(4));
     }
 }
