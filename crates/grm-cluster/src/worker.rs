@@ -231,7 +231,7 @@ impl WorkerService for Worker {
                             })),
                             Err(e) => Err(Status::internal(e.to_string())),
                         },
-                        Some(Event::Score { .. }) => continue,
+                        Some(_) => continue,
                     };
                     let msg = out.map(|e| GenerateEvent { event: Some(e) });
                     if tx.send(msg).await.is_err() {

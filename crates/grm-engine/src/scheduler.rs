@@ -46,9 +46,14 @@ pub enum FinishReason {
     Length,
 }
 
-/// What the engine reports about a request.
+/// What the engine reports about a request. More kinds may come: match with a wildcard arm.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Event {
+    /// The request left the waiting queue: its first sequence got blocks and is computed from
+    /// this step on. Sent once, before any other event of the request (the time from submission
+    /// to this event is the request's queueing time).
+    Started,
     /// The prompt is in the cache; `cached` of its tokens came from the prefix cache.
     Prefilled { prompt_tokens: usize, cached: usize },
     /// One sample finished.
@@ -394,7 +399,7 @@ impl<B: Backend> Scheduler<B> {
     /// [`Scheduler::step`], with a broken invariant (a bug, never bad input) reported as
     /// [`EngineError::Internal`]; the scheduler's state is then not to be trusted.
     pub fn try_step(&mut self) -> Result<Vec<(RequestId, Event)>> {
-        let (plan, copies) = self.plan();
+        let (plan, copies, started) = self.plan();
         if plan.is_empty() {
             return Ok(Vec::new());
         }
@@ -423,7 +428,10 @@ impl<B: Backend> Scheduler<B> {
                 "the step asked for {wanted} output rows and got {got:?}"
             )));
         }
-        self.finish_step(plan, outputs)
+        let mut events: Vec<(RequestId, Event)> =
+            started.into_iter().map(|r| (r, Event::Started)).collect();
+        events.extend(self.finish_step(plan, outputs)?);
+        Ok(events)
     }
 
     /// Where the backend samples on the device (the GPU) and every output row of the step is
@@ -468,13 +476,15 @@ impl<B: Backend> Scheduler<B> {
         )
     }
 
-    /// Chooses this step's work, reserving slots (and preempting when blocks run out).
-    fn plan(&mut self) -> (Vec<Planned>, Vec<CopyOp>) {
+    /// Chooses this step's work, reserving slots (and preempting when blocks run out). Also
+    /// returns the requests admitted for the first time.
+    fn plan(&mut self) -> (Vec<Planned>, Vec<CopyOp>, Vec<RequestId>) {
         let mut budget = self.config.max_batch_tokens;
         let mut plan: Vec<Planned> = Vec::new();
         let mut copies = Vec::new();
         let mut scheduled: HashSet<SeqId> = HashSet::new();
         let mut admission_blocked = false;
+        let mut started = Vec::new();
         let queue: Vec<SeqId> = self.order.values().copied().collect();
         for seq in queue {
             if budget == 0 || plan.len() >= self.config.max_seqs {
@@ -494,6 +504,9 @@ impl<B: Backend> Scheduler<B> {
                         if let Role::Parent { cached: first } | Role::Scorer { cached: first } =
                             &mut s.role
                         {
+                            if first.is_none() {
+                                started.push(s.request);
+                            }
                             first.get_or_insert(cached);
                         }
                     }
@@ -555,7 +568,7 @@ impl<B: Backend> Scheduler<B> {
                 }
             }
         }
-        (plan, copies)
+        (plan, copies, started)
     }
 
     fn build_batch(&self, plan: &[Planned], copies: Vec<CopyOp>) -> Result<ForwardBatch> {

@@ -61,7 +61,7 @@ fn drain(s: &mut Scheduler<grm_engine::CpuBackend>) -> Results {
                     e.0[sample] = Some(tokens);
                 }
                 Event::Score { values, .. } => e.1 = Some(values),
-                Event::Prefilled { .. } => {}
+                _ => {}
             }
         }
         steps += 1;
@@ -334,6 +334,7 @@ fn the_engine_thread_serves_and_cancels_by_drop() {
                     samples += 1;
                 }
                 Event::Score { .. } => panic!("no scores here"),
+                _ => {}
             }
         }
         assert!(prefilled);
@@ -439,4 +440,77 @@ fn a_flood_of_younger_requests_does_not_delay_the_oldest() {
             }
         }
     }
+}
+
+/// `Started` comes once per request, first of its events, in the step its first sequence gets
+/// blocks: at once when there is room, after the older request's end when there is not, and
+/// not again after a preemption.
+#[test]
+fn started_comes_once_per_request_when_it_leaves_the_queue() {
+    // 12 blocks of 4: request 0 (prompt 20, 2 samples of 24) fills the pool and preempts its
+    // own samples; requests 1 (generation) and 2 (scoring) wait for its blocks.
+    let mut s = scheduler(12, 4, 512);
+    let samples = (0..2).map(|j| params(4.0, j, 24)).collect();
+    s.submit(
+        0,
+        Work::Generate {
+            prompt: prompt(20, 1),
+            samples,
+        },
+    )
+    .unwrap();
+    let samples = vec![params(4.0, 9, 4)];
+    s.submit(
+        1,
+        Work::Generate {
+            prompt: prompt(30, 2),
+            samples,
+        },
+    )
+    .unwrap();
+    s.submit(
+        2,
+        Work::Score {
+            tokens: prompt(36, 3),
+        },
+    )
+    .unwrap();
+    let mut log: Vec<(usize, RequestId, &'static str)> = Vec::new();
+    let mut step = 0;
+    while !s.is_idle() {
+        step += 1;
+        assert!(step < 10_000);
+        for (id, ev) in s.step() {
+            let kind = match ev {
+                Event::Started => "started",
+                Event::Prefilled { .. } => "prefilled",
+                Event::Sample { .. } => "sample",
+                Event::Score { .. } => "score",
+                _ => "other",
+            };
+            log.push((step, id, kind));
+        }
+    }
+    assert!(s.counters().preemptions > 0, "the test must preempt");
+    for id in 0..3 {
+        let mine: Vec<_> = log.iter().filter(|e| e.1 == id).collect();
+        assert_eq!(mine[0].2, "started", "request {id}: {mine:?}");
+        assert_eq!(
+            mine.iter().filter(|e| e.2 == "started").count(),
+            1,
+            "{mine:?}"
+        );
+    }
+    let started = |id| {
+        log.iter()
+            .find(|e| e.1 == id && e.2 == "started")
+            .unwrap()
+            .0
+    };
+    let done = |id| log.iter().filter(|e| e.1 == id).map(|e| e.0).max().unwrap();
+    assert_eq!(started(0), 1);
+    // Request 1's prompt needs 8 blocks: only request 0's end frees them (its last sample ends
+    // in the step before). Request 2's needs 9: it starts when request 1 has ended.
+    assert_eq!(started(1), done(0) + 1, "{log:?}");
+    assert_eq!(started(2), done(1) + 1, "{log:?}");
 }
