@@ -210,6 +210,7 @@ impl WorkerService for Worker {
                         Some(Event::Prefilled {
                             prompt_tokens,
                             cached,
+                            ..
                         }) => Ok(generate_event::Event::Prefilled(Prefilled {
                             prompt_tokens: prompt_tokens as u32,
                             cached_tokens: cached as u32,

@@ -58,6 +58,15 @@ impl KvStats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutOfBlocks;
 
+/// One prompt of a tree at admission: the id its block table gets, its tokens, and the
+/// earlier prompt of the tree (its index) whose first positions it shares, with how many.
+#[derive(Debug, Clone, Copy)]
+pub struct TreePrompt<'a> {
+    pub seq: SeqId,
+    pub tokens: &'a [u32],
+    pub donor: Option<(usize, usize)>,
+}
+
 #[derive(Debug)]
 pub struct BlockManager {
     pool: BlockPool,
@@ -165,61 +174,130 @@ impl BlockManager {
     /// computed). At least one token is always left to compute, so the caller gets logits.
     /// Changes nothing when the blocks do not suffice.
     pub fn admit(&mut self, seq: SeqId, tokens: &[u32]) -> Result<usize, OutOfBlocks> {
-        assert!(!tokens.is_empty() && !self.tables.contains_key(&seq));
+        let have = self.admit_tree(&[TreePrompt {
+            seq,
+            tokens,
+            donor: None,
+        }])?;
+        Ok(have[0])
+    }
+
+    /// Admits the prompts of a tree at once, all or none: each gets blocks for its whole
+    /// prompt, reusing cached full blocks of its prefix, and sharing with its donor (an
+    /// earlier prompt of the slice) the blocks that lie wholly in their common prefix. The
+    /// block a prompt branches in is its own. Returns, per prompt, how many leading tokens
+    /// the prefix cache served (at most its length − 1).
+    pub fn admit_tree(&mut self, prompts: &[TreePrompt<'_>]) -> Result<Vec<usize>, OutOfBlocks> {
         let bs = self.block_size;
-        let mut hits: Vec<(BlockId, ChainPos)> = Vec::new();
-        if self.prefix_caching {
-            let mut chain = ChainPos::ROOT;
-            for chunk in tokens[..tokens.len() - 1].chunks_exact(bs) {
-                match self.cache.lookup(chain, chunk) {
-                    Some(at) => {
-                        let Some(id) = at.block else { break };
-                        hits.push((id, at));
-                        chain = at;
+        let mut hits: Vec<Vec<(BlockId, ChainPos)>> = Vec::with_capacity(prompts.len());
+        // Whether a prompt's walk through the cache ended on a miss (not at its end).
+        let mut missed: Vec<bool> = Vec::with_capacity(prompts.len());
+        let hits_before = self.cache.hits;
+        for (j, p) in prompts.iter().enumerate() {
+            assert!(!p.tokens.is_empty() && !self.tables.contains_key(&p.seq));
+            assert!(p.donor.is_none_or(|(d, s)| d < j && s < p.tokens.len()));
+            let mut mine = Vec::new();
+            let mut miss = false;
+            // Blocks wholly shared with the donor were looked up by the donor: the same
+            // tokens after the same chain give the same answer.
+            if let Some((d, shared)) = p.donor {
+                let k = hits[d].len().min(shared / bs);
+                mine.extend_from_slice(&hits[d][..k]);
+                miss = k < shared / bs && missed[d];
+            }
+            if self.prefix_caching && !miss {
+                let mut chain = mine.last().map_or(ChainPos::ROOT, |h| h.1);
+                let usable = &p.tokens[..p.tokens.len() - 1];
+                for chunk in usable.chunks_exact(bs).skip(mine.len()) {
+                    match self.cache.lookup(chain, chunk) {
+                        Some(at) => {
+                            let Some(id) = at.block else { break };
+                            mine.push((id, at));
+                            chain = at;
+                        }
+                        None => {
+                            miss = true;
+                            break;
+                        }
                     }
-                    None => break,
                 }
             }
+            hits.push(mine);
+            missed.push(miss);
         }
-        let parked_hits = hits
+        let mut distinct_hits: Vec<BlockId> = hits.iter().flatten().map(|h| h.0).collect();
+        distinct_hits.sort_unstable();
+        distinct_hits.dedup();
+        let parked_hits = distinct_hits
             .iter()
-            .filter(|(id, _)| self.pool.ref_count(*id) == 0)
+            .filter(|&&id| self.pool.ref_count(id) == 0)
             .count();
-        let new = self.blocks_for(tokens.len()) - hits.len();
+        // Per prompt: its blocks less its hits or, where more, the blocks of its donor's.
+        let new: usize = prompts
+            .iter()
+            .zip(&hits)
+            .map(|(p, h)| {
+                let from_donor = p.donor.map_or(0, |(_, s)| s / bs);
+                self.blocks_for(p.tokens.len()) - h.len().max(from_donor)
+            })
+            .sum();
         if new > self.available() - parked_hits {
-            // Undo the hit count of a lookup that did not lead to admission.
-            self.cache.hits -= hits.len() as u64;
+            // Undo the hit count of lookups that did not lead to admission.
+            self.cache.hits = hits_before;
             return Err(OutOfBlocks);
         }
-        let mut table = BlockTable {
-            blocks: Vec::with_capacity(hits.len() + new),
-            num_tokens: hits.len() * bs,
-            chain: hits.last().map_or(ChainPos::ROOT, |h| h.1),
-            registered: hits.len(),
-        };
-        for &(id, _) in &hits {
+        // Hits first: a parked hit must not be evicted by the allocations below.
+        for &(id, _) in hits.iter().flatten() {
             self.retain(id);
-            table.blocks.push(id);
         }
-        for _ in 0..new {
-            let id = self.alloc().expect("availability was checked");
-            table.blocks.push(id);
+        let mut have = Vec::with_capacity(prompts.len());
+        for (j, p) in prompts.iter().enumerate() {
+            let n = self.blocks_for(p.tokens.len());
+            let mut table = BlockTable {
+                blocks: hits[j].iter().map(|h| h.0).collect(),
+                num_tokens: hits[j].len() * bs,
+                chain: hits[j].last().map_or(ChainPos::ROOT, |h| h.1),
+                registered: hits[j].len(),
+            };
+            if let Some((d, shared)) = p.donor {
+                let donor = &prompts[d].seq;
+                for b in table.blocks.len()..shared / bs {
+                    let id = self.tables[donor].blocks[b];
+                    self.retain(id);
+                    table.blocks.push(id);
+                }
+            }
+            while table.blocks.len() < n {
+                let Some(id) = self.alloc() else {
+                    unreachable!("availability was checked")
+                };
+                table.blocks.push(id);
+            }
+            have.push(hits[j].len() * bs);
+            self.tables.insert(p.seq, table);
         }
-        self.tables.insert(seq, table);
-        Ok(hits.len() * bs)
+        Ok(have)
     }
 
     /// Reserves the slots of the next `count` positions of an admitted prompt (chunked
     /// prefill); their blocks were allocated at admission.
     pub fn reserve_prompt(&mut self, seq: SeqId, count: usize) -> Vec<usize> {
+        let start = self.tables.get(&seq).expect("admitted sequence").num_tokens;
+        self.reserve_range(seq, start, count)
+    }
+
+    /// [`BlockManager::reserve_prompt`] from position `start` on, for a prompt of a tree whose
+    /// positions before `start` other prompts compute (they are computed before, or in the
+    /// same step, as the stream of the tree goes).
+    pub fn reserve_range(&mut self, seq: SeqId, start: usize, count: usize) -> Vec<usize> {
         let bs = self.block_size;
         let t = self.tables.get_mut(&seq).expect("admitted sequence");
-        let start = t.num_tokens;
+        assert!(start >= t.num_tokens, "prompt slots reserved twice");
         assert!(
             start + count <= t.blocks.len() * bs,
             "prompt slots beyond admission"
         );
-        t.num_tokens += count;
+        t.num_tokens = start + count;
         (start..start + count)
             .map(|p| t.blocks[p / bs] as usize * bs + p % bs)
             .collect()

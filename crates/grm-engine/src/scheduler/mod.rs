@@ -1,22 +1,31 @@
-//! Continuous batching: every step takes the running sequences' next tokens and chunks of
+//! Continuous batching: every step takes the running samples' next tokens and chunks of
 //! waiting prompts, up to a token budget, through one forward pass.
 //!
-//! A generation request is one prompt and k samples: the prompt is prefilled once by a parent
-//! sequence, then forked into k children that share its blocks and each sample from the same
-//! last-position logits with their own seed. When blocks run out, the newest sequences are
-//! preempted (their blocks freed, their tokens kept) and recomputed later; since every CPU kernel
-//! is batch-invariant and the sampler's state is kept, outputs do not change (on the GPU,
-//! whose kernels and cuBLAS do not promise the same bits for a row in every batch, a near-tie
-//! can go the other way). Cancelling a
-//! request frees all its blocks at once. Only this module mutates block tables.
+//! A generation request is a set of prompts (one, or a GRM request's shuffled orders) and
+//! k samples, each continuing one of them. The prompts are prefilled as one prefix tree
+//! ([`prompt_tree`]): a shared prefix is computed once and its blocks are shared. When a
+//! prompt is in the cache it forks into its samples, which share its blocks and each sample
+//! from the same last-position logits with their own seed. When blocks run out, the newest
+//! work is preempted (its blocks freed, its tokens kept) and recomputed later; since every CPU
+//! kernel is batch-invariant and the sampler's state is kept, outputs do not change (on the
+//! GPU, whose kernels and cuBLAS do not promise the same bits for a row in every batch, a
+//! near-tie can go the other way). Cancelling a request frees all its blocks at once. Only
+//! this module mutates block tables.
+
+pub mod prompt_tree;
+mod tree;
+mod work;
+
+pub use work::{Event, FinishReason, Work};
 
 use crate::backend::Backend;
 use crate::device_sampler::RowSampling;
 use crate::error::{EngineError, Result};
 use crate::kv::{BlockManager, CopyOp, KvStats, OutOfBlocks, SeqId};
-use crate::model::{check_vocab, ForwardBatch, Gemma2, Outputs};
+use crate::model::{ForwardBatch, Gemma2, Outputs};
 use crate::sampler::{Sampler, SamplingParams};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use tree::PromptTree;
 
 fn internal(what: String) -> EngineError {
     EngineError::Internal(what)
@@ -24,51 +33,6 @@ fn internal(what: String) -> EngineError {
 
 /// Identifies a request (a group of samples, or one scoring).
 pub type RequestId = u64;
-
-/// What a request asks for.
-#[derive(Debug, Clone)]
-pub enum Work {
-    /// k samples continuing one prompt; each entry is one sample's sampling.
-    Generate {
-        prompt: Vec<u32>,
-        samples: Vec<SamplingParams>,
-    },
-    /// Prefill only: the head's output at the last token (meta-RM scalar scoring).
-    Score { tokens: Vec<u32> },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FinishReason {
-    /// A stop token (not included in the tokens).
-    Stop,
-    /// max_new_tokens reached.
-    Length,
-}
-
-/// What the engine reports about a request. More kinds may come: match with a wildcard arm.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum Event {
-    /// The request left the waiting queue: its first sequence got blocks and is computed from
-    /// this step on. Sent once, before any other event of the request (the time from submission
-    /// to this event is the request's queueing time).
-    Started,
-    /// The prompt is in the cache; `cached` of its tokens came from the prefix cache.
-    Prefilled { prompt_tokens: usize, cached: usize },
-    /// One sample finished.
-    Sample {
-        sample: usize,
-        tokens: Vec<u32>,
-        finish: FinishReason,
-    },
-    /// A scoring request's output row.
-    Score {
-        values: Vec<f32>,
-        prompt_tokens: usize,
-        cached: usize,
-    },
-}
 
 /// Scheduling limits.
 #[derive(Debug, Clone)]
@@ -91,27 +55,37 @@ impl Default for SchedulerConfig {
     }
 }
 
-/// Priority key: older requests first; within one, the parent (0) then the samples.
+/// Priority key: older requests first; within one, its prompts (0) then its samples (1 + the
+/// sample's index).
 type Key = (u64, usize);
 
+/// What holds a place in the queue: a request's prompts, or one sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    Tree(RequestId),
+    Sample(SeqId),
+}
+
+/// One sample: its prompt, then its tokens so far.
 struct Sequence {
     request: RequestId,
     key: Key,
-    /// Prompt, then generated tokens.
     tokens: Vec<u32>,
     prompt_len: usize,
     state: SeqState,
-    role: Role,
+    /// Its index in the work.
+    sample: usize,
+    sampler: Box<Sampler>,
 }
 
-/// Where a sequence stands.
+/// Where a sample stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SeqState {
-    /// Holds no blocks (new, or preempted with its tokens kept): every token is computed once
-    /// it is admitted.
+    /// Holds no blocks (preempted, its tokens kept): every token is computed again once it is
+    /// admitted.
     Waiting,
     /// Holds blocks for all its tokens; `computed` of them are in the cache, the rest are
-    /// computed in chunks. The last chunk gives the sequence's output.
+    /// computed in chunks. The last chunk gives its next token.
     Prefill { computed: usize },
     /// Every token but the last is in the cache; a step computes the last and samples the
     /// next.
@@ -130,6 +104,11 @@ impl Sequence {
             SeqState::Prefill { computed } => computed,
             SeqState::Decode => self.tokens.len() - 1,
         }
+    }
+
+    /// Tokens generated so far (the index of the next one among them).
+    fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
     }
 }
 
@@ -171,23 +150,10 @@ enum Output<'a> {
     Tokens(&'a [u32]),
 }
 
-enum Role {
-    /// Prefills a generation request's prompt, then forks into its samples. `cached`: prompt
-    /// tokens the prefix cache served at its first admission.
-    Parent {
-        cached: Option<usize>,
-    },
-    Child {
-        sample: usize,
-        sampler: Box<Sampler>,
-    },
-    Scorer {
-        cached: Option<usize>,
-    },
-}
-
 struct Request {
+    /// Each sample's sampling, by its index in the work.
     samples: Vec<SamplingParams>,
+    /// Samples still running or waiting.
     live: Vec<SeqId>,
 }
 
@@ -195,6 +161,9 @@ struct Request {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SchedulerCounters {
     pub steps: u64,
+    /// Prompt positions computed (a prompt tree's shared prefixes once; recomputation after a
+    /// preemption again): compare with the prompts' distinct tokens
+    /// ([`prompt_tree::unique_tokens`]).
     pub prompt_tokens_computed: u64,
     pub generated_tokens: u64,
     pub preemptions: u64,
@@ -214,20 +183,36 @@ pub struct Scheduler<B: Backend> {
     blocks: BlockManager,
     config: SchedulerConfig,
     seqs: HashMap<SeqId, Sequence>,
-    order: BTreeMap<Key, SeqId>,
+    trees: HashMap<RequestId, PromptTree>,
+    order: BTreeMap<Key, Unit>,
     requests: HashMap<RequestId, Request>,
     next_seq: SeqId,
     next_arrival: u64,
     counters: SchedulerCounters,
 }
 
-/// One sequence's part of a step.
+/// One chunk of a step: consecutive positions of one block table.
 struct Planned {
-    seq: SeqId,
+    unit: Unit,
+    /// The distinct prompt of a tree the chunk belongs to (0 for a sample).
+    branch: usize,
+    /// The block table the chunk is computed through.
+    table: SeqId,
     start: usize,
-    len: usize,
+    tokens: Vec<u32>,
     slots: Vec<usize>,
+    /// (offset in the chunk, slot): also written there (see `prompt_tree`).
+    extra: Vec<(usize, usize)>,
     output: bool,
+}
+
+/// What [`Scheduler::plan`] chose for a step.
+#[derive(Default)]
+struct StepPlan {
+    chunks: Vec<Planned>,
+    copies: Vec<CopyOp>,
+    /// Requests admitted for the first time.
+    started: Vec<RequestId>,
 }
 
 impl<B: Backend> Scheduler<B> {
@@ -245,6 +230,7 @@ impl<B: Backend> Scheduler<B> {
             blocks: BlockManager::new(num_blocks, block_size, prefix_caching),
             config,
             seqs: HashMap::new(),
+            trees: HashMap::new(),
             order: BTreeMap::new(),
             requests: HashMap::new(),
             next_seq: 1,
@@ -265,96 +251,61 @@ impl<B: Backend> Scheduler<B> {
         let mut c = self.counters;
         c.running = self.seqs.values().filter(|s| s.admitted()).count();
         c.waiting = self.seqs.len() - c.running;
-        c.requests = self.requests.len();
         c.queued_tokens = self
             .seqs
             .values()
             .map(|s| s.tokens.len() - s.computed())
             .sum();
+        for t in self.trees.values() {
+            let (running, waiting, queued) = t.load();
+            c.running += running;
+            c.waiting += waiting;
+            c.queued_tokens += queued;
+        }
+        c.requests = self.requests.len();
         c
     }
 
     pub fn is_idle(&self) -> bool {
-        self.seqs.is_empty()
+        self.seqs.is_empty() && self.trees.is_empty()
+    }
+
+    /// Whether a request is still queued or running.
+    pub fn has_request(&self, id: RequestId) -> bool {
+        self.requests.contains_key(&id)
     }
 
     /// Checks and queues a request.
     pub fn submit(&mut self, id: RequestId, work: Work) -> Result<()> {
-        let c = &self.model.config;
-        let (tokens, samples, role) = match work {
-            Work::Generate { prompt, samples } => {
-                if samples.is_empty() {
-                    return Err(EngineError::Invalid(
-                        "a generation request needs at least one sample".into(),
-                    ));
-                }
-                for s in &samples {
-                    s.validate().map_err(EngineError::Invalid)?;
-                }
-                if self.model.output_width() != c.vocab_size
-                    || !matches!(c.head, crate::config::Head::CausalLm)
-                {
-                    return Err(EngineError::Invalid(
-                        "this model has a scoring head; it cannot generate".into(),
-                    ));
-                }
-                (prompt, samples, Role::Parent { cached: None })
-            }
-            Work::Score { tokens } => (tokens, Vec::new(), Role::Scorer { cached: None }),
-        };
-        if tokens.is_empty() {
-            return Err(EngineError::Invalid("the prompt is empty".into()));
-        }
-        check_vocab(&tokens, c.vocab_size)?;
-        let longest = tokens.len() + samples.iter().map(|s| s.max_new_tokens).max().unwrap_or(0);
-        if longest > c.max_position_embeddings {
-            return Err(EngineError::Limit {
-                what: "prompt tokens + max_new_tokens",
-                found: longest,
-                limit: c.max_position_embeddings,
-            });
-        }
-        let needed = self.blocks.blocks_for(longest);
-        let total = self.blocks.stats().blocks_total;
-        if needed > total {
-            return Err(EngineError::KvTooSmall {
-                needed,
-                available: total,
-            });
-        }
+        let prompts = work::check(
+            work,
+            &self.model.config,
+            self.model.output_width(),
+            self.blocks.block_size(),
+            self.blocks.stats().blocks_total,
+        )?;
         if self.requests.contains_key(&id) {
             return Err(EngineError::Invalid(format!(
                 "request id {id} is already in use"
             )));
         }
-        let seq = self.new_seq(id, (self.next_arrival, 0), tokens, role);
+        let key = (self.next_arrival, 0);
         self.next_arrival += 1;
         self.requests.insert(
             id,
             Request {
-                samples,
-                live: vec![seq],
+                samples: prompts.samples.clone(),
+                live: Vec::new(),
             },
         );
+        self.trees.insert(id, PromptTree::new(key, prompts));
+        self.order.insert(key, Unit::Tree(id));
         Ok(())
     }
 
-    fn new_seq(&mut self, request: RequestId, key: Key, tokens: Vec<u32>, role: Role) -> SeqId {
+    fn next_seq_id(&mut self) -> SeqId {
         let id = self.next_seq;
         self.next_seq += 1;
-        let prompt_len = tokens.len();
-        self.seqs.insert(
-            id,
-            Sequence {
-                request,
-                key,
-                tokens,
-                prompt_len,
-                state: SeqState::Waiting,
-                role,
-            },
-        );
-        self.order.insert(key, id);
         id
     }
 
@@ -363,6 +314,10 @@ impl<B: Backend> Scheduler<B> {
         let Some(req) = self.requests.remove(&id) else {
             return false;
         };
+        if let Some(t) = self.trees.remove(&id) {
+            self.order.remove(&t.key);
+            t.free(&mut self.blocks);
+        }
         for seq in req.live {
             self.drop_seq(seq);
         }
@@ -376,12 +331,29 @@ impl<B: Backend> Scheduler<B> {
         }
     }
 
-    fn preempt(&mut self, seq: SeqId) {
-        if let Some(s) = self.seqs.get_mut(&seq) {
-            self.blocks.free(seq);
-            s.state = SeqState::Waiting;
-            self.counters.preemptions += 1;
+    /// Whether a queued unit holds blocks.
+    fn admitted(&self, unit: Unit) -> bool {
+        match unit {
+            Unit::Sample(s) => self.seqs.get(&s).is_some_and(Sequence::admitted),
+            Unit::Tree(r) => self.trees.get(&r).is_some_and(PromptTree::admitted),
         }
+    }
+
+    fn preempt(&mut self, unit: Unit) {
+        match unit {
+            Unit::Sample(seq) => {
+                if let Some(s) = self.seqs.get_mut(&seq) {
+                    self.blocks.free(seq);
+                    s.state = SeqState::Waiting;
+                }
+            }
+            Unit::Tree(r) => {
+                if let Some(t) = self.trees.get_mut(&r) {
+                    t.preempt(&mut self.blocks);
+                }
+            }
+        }
+        self.counters.preemptions += 1;
     }
 
     /// Runs one forward step over everything that can progress; returns the events of
@@ -399,17 +371,17 @@ impl<B: Backend> Scheduler<B> {
     /// [`Scheduler::step`], with a broken invariant (a bug, never bad input) reported as
     /// [`EngineError::Internal`]; the scheduler's state is then not to be trusted.
     pub fn try_step(&mut self) -> Result<Vec<(RequestId, Event)>> {
-        let (plan, copies, started) = self.plan();
-        if plan.is_empty() {
+        let plan = self.plan()?;
+        if plan.chunks.is_empty() {
             return Ok(Vec::new());
         }
         let kv = self.blocks.stats();
         self.counters.peak_blocks_used = self.counters.peak_blocks_used.max(kv.blocks_used);
         self.counters.peak_blocks_shared = self.counters.peak_blocks_shared.max(kv.blocks_shared);
-        let batch = self.build_batch(&plan, copies)?;
+        let batch = self.build_batch(&plan.chunks, plan.copies)?;
         let out = self.model.forward_device(&mut self.kv, &batch);
         self.counters.steps += 1;
-        let outputs = match self.device_tokens(&plan, &out) {
+        let outputs = match self.device_tokens(&plan.chunks, &out) {
             Some(tokens) => StepOutputs::Tokens(tokens),
             None => {
                 let (rows, cols, data) = self.model.backend().to_host(&out);
@@ -428,9 +400,12 @@ impl<B: Backend> Scheduler<B> {
                 "the step asked for {wanted} output rows and got {got:?}"
             )));
         }
-        let mut events: Vec<(RequestId, Event)> =
-            started.into_iter().map(|r| (r, Event::Started)).collect();
-        events.extend(self.finish_step(plan, outputs)?);
+        let mut events: Vec<(RequestId, Event)> = plan
+            .started
+            .into_iter()
+            .map(|r| (r, Event::Started))
+            .collect();
+        events.extend(self.finish_step(plan.chunks, outputs)?);
         Ok(events)
     }
 
@@ -445,22 +420,20 @@ impl<B: Backend> Scheduler<B> {
         let mut settings = Vec::new();
         let mut per_row = Vec::new();
         for (row, p) in plan.iter().filter(|p| p.output).enumerate() {
-            let s = self.seqs.get(&p.seq)?;
-            match &s.role {
-                Role::Scorer { .. } => return None,
-                Role::Parent { .. } => {
-                    let samples = &self.requests.get(&s.request)?.samples;
-                    for params in samples {
-                        settings.push(device_setting(params, 0)?);
+            match p.unit {
+                Unit::Tree(r) => {
+                    let tree = self.trees.get(&r)?;
+                    let request = self.requests.get(&r)?;
+                    let samples = tree.samples_of(p.branch)?;
+                    for &s in samples {
+                        settings.push(device_setting(request.samples.get(s)?, 0)?);
                         rows.push(row);
                     }
                     per_row.push(samples.len());
                 }
-                Role::Child { sampler, .. } => {
-                    settings.push(device_setting(
-                        sampler.params(),
-                        s.tokens.len() - s.prompt_len,
-                    )?);
+                Unit::Sample(seq) => {
+                    let s = self.seqs.get(&seq)?;
+                    settings.push(device_setting(s.sampler.params(), s.generated())?);
                     rows.push(row);
                     per_row.push(1);
                 }
@@ -476,90 +449,104 @@ impl<B: Backend> Scheduler<B> {
         )
     }
 
-    /// Chooses this step's work, reserving slots (and preempting when blocks run out). Also
-    /// returns the requests admitted for the first time.
-    fn plan(&mut self) -> (Vec<Planned>, Vec<CopyOp>, Vec<RequestId>) {
+    /// Chooses this step's work, reserving slots (and preempting when blocks run out).
+    fn plan(&mut self) -> Result<StepPlan> {
         let mut budget = self.config.max_batch_tokens;
-        let mut plan: Vec<Planned> = Vec::new();
-        let mut copies = Vec::new();
-        let mut scheduled: HashSet<SeqId> = HashSet::new();
+        let mut plan = StepPlan::default();
+        let mut scheduled: HashSet<Key> = HashSet::new();
         let mut admission_blocked = false;
-        let mut started = Vec::new();
-        let queue: Vec<SeqId> = self.order.values().copied().collect();
-        for seq in queue {
-            if budget == 0 || plan.len() >= self.config.max_seqs {
+        let queue: Vec<(Key, Unit)> = self.order.iter().map(|(k, u)| (*k, *u)).collect();
+        for (key, unit) in queue {
+            if budget == 0 || plan.chunks.len() >= self.config.max_seqs {
                 break;
             }
             // It may have been preempted or dropped earlier in this loop.
-            let Some(s) = self.seqs.get_mut(&seq) else {
+            if self.order.get(&key) != Some(&unit) {
                 continue;
-            };
-            if s.state == SeqState::Waiting {
+            }
+            if !self.admitted(unit) {
                 if admission_blocked {
                     continue;
                 }
-                match self.blocks.admit(seq, &s.tokens) {
-                    Ok(cached) => {
-                        s.state = SeqState::Prefill { computed: cached };
-                        if let Role::Parent { cached: first } | Role::Scorer { cached: first } =
-                            &mut s.role
-                        {
-                            if first.is_none() {
-                                started.push(s.request);
-                            }
-                            first.get_or_insert(cached);
+                match self.admit(unit)? {
+                    Some(first) => {
+                        if let (true, Unit::Tree(r)) = (first, unit) {
+                            plan.started.push(r);
                         }
                     }
-                    Err(OutOfBlocks) => {
+                    None => {
                         // First come, first served: nothing younger is admitted either.
                         admission_blocked = true;
                         continue;
                     }
                 }
             }
+            let seq = match unit {
+                Unit::Tree(r) => {
+                    let room = self.config.max_seqs - plan.chunks.len();
+                    self.plan_tree(r, &mut budget, room, &mut plan)?;
+                    scheduled.insert(key);
+                    continue;
+                }
+                Unit::Sample(seq) => seq,
+            };
+            let Some(s) = self.seqs.get(&seq) else {
+                continue;
+            };
             if let SeqState::Prefill { computed } = s.state {
                 let len = (s.tokens.len() - computed).min(budget);
+                let tokens = s.tokens[computed..computed + len].to_vec();
+                let output = computed + len == s.tokens.len();
                 let slots = self.blocks.reserve_prompt(seq, len);
-                plan.push(Planned {
-                    seq,
+                plan.chunks.push(Planned {
+                    unit,
+                    branch: 0,
+                    table: seq,
                     start: computed,
-                    len,
+                    tokens,
                     slots,
-                    output: computed + len == s.tokens.len(),
+                    extra: Vec::new(),
+                    output,
                 });
-                scheduled.insert(seq);
+                scheduled.insert(key);
                 budget -= len;
                 continue;
             }
-            // Decode: one new slot, preempting younger sequences while blocks lack.
-            let start = s.tokens.len() - 1;
+            // Decode: one new slot, preempting younger work while blocks lack.
+            let (start, token) = (s.tokens.len() - 1, s.tokens[s.tokens.len() - 1]);
             loop {
                 match self.blocks.append_slot(seq) {
                     Ok((slot, copy)) => {
-                        copies.extend(copy);
-                        plan.push(Planned {
-                            seq,
+                        plan.copies.extend(copy);
+                        plan.chunks.push(Planned {
+                            unit,
+                            branch: 0,
+                            table: seq,
                             start,
-                            len: 1,
+                            tokens: vec![token],
                             slots: vec![slot],
+                            extra: Vec::new(),
                             output: true,
                         });
-                        scheduled.insert(seq);
+                        scheduled.insert(key);
                         budget -= 1;
                         break;
                     }
                     Err(OutOfBlocks) => {
-                        let victim = self.order.values().rev().copied().find(|v| {
-                            *v != seq
-                                && !scheduled.contains(v)
-                                && self.seqs.get(v).is_some_and(Sequence::admitted)
-                        });
+                        let victim = self
+                            .order
+                            .iter()
+                            .rev()
+                            .find(|(k, u)| {
+                                **k != key && !scheduled.contains(*k) && self.admitted(**u)
+                            })
+                            .map(|(_, u)| *u);
                         match victim {
                             Some(v) => self.preempt(v),
                             None => {
                                 // It gives up its own blocks for older work; nothing younger
                                 // may take them, or the oldest request would starve.
-                                self.preempt(seq);
+                                self.preempt(unit);
                                 admission_blocked = true;
                                 break;
                             }
@@ -568,7 +555,27 @@ impl<B: Backend> Scheduler<B> {
                 }
             }
         }
-        (plan, copies, started)
+        Ok(plan)
+    }
+
+    /// Gives a waiting unit blocks: `Some(first admission)`, or `None` when they do not
+    /// suffice.
+    fn admit(&mut self, unit: Unit) -> Result<Option<bool>> {
+        match unit {
+            Unit::Sample(seq) => {
+                let Some(s) = self.seqs.get_mut(&seq) else {
+                    return Err(internal(format!("queued sample {seq} vanished")));
+                };
+                Ok(match self.blocks.admit(seq, &s.tokens) {
+                    Ok(cached) => {
+                        s.state = SeqState::Prefill { computed: cached };
+                        Some(false)
+                    }
+                    Err(OutOfBlocks) => None,
+                })
+            }
+            Unit::Tree(r) => self.admit_tree(r),
+        }
     }
 
     fn build_batch(&self, plan: &[Planned], copies: Vec<CopyOp>) -> Result<ForwardBatch> {
@@ -578,19 +585,19 @@ impl<B: Backend> Scheduler<B> {
         };
         b.meta.block_size = self.blocks.block_size();
         for (i, p) in plan.iter().enumerate() {
-            let (Some(s), Some(table)) = (self.seqs.get(&p.seq), self.blocks.table(p.seq)) else {
-                return Err(internal(format!(
-                    "planned sequence {} has no blocks",
-                    p.seq
-                )));
+            let Some(table) = self.blocks.table(p.table) else {
+                return Err(internal(format!("planned table {} has no blocks", p.table)));
             };
             b.meta.spans.push(table.blocks.clone());
-            for pos in p.start..p.start + p.len {
-                b.tokens.push(s.tokens[pos]);
+            let row0 = b.tokens.len();
+            for (pos, &token) in (p.start..).zip(&p.tokens) {
+                b.tokens.push(token);
                 b.meta.positions.push(pos as u32);
                 b.meta.span_of.push(i as u32);
             }
             b.slots.extend_from_slice(&p.slots);
+            b.extra_slots
+                .extend(p.extra.iter().map(|&(off, slot)| (row0 + off, slot)));
             if p.output {
                 b.outputs.push(b.tokens.len() - 1);
             }
@@ -606,17 +613,31 @@ impl<B: Backend> Scheduler<B> {
         let mut events = Vec::new();
         let mut row = 0;
         for p in plan {
-            let Some(s) = self.seqs.get_mut(&p.seq) else {
-                return Err(internal(format!("planned sequence {} vanished", p.seq)));
+            let len = p.tokens.len();
+            let request = match p.unit {
+                Unit::Tree(r) => {
+                    let Some(t) = self.trees.get(&r) else {
+                        return Err(internal(format!("request {r}'s prompts vanished")));
+                    };
+                    self.counters.prompt_tokens_computed += len as u64;
+                    self.blocks
+                        .register_full_blocks(p.table, t.tokens(p.branch));
+                    r
+                }
+                Unit::Sample(seq) => {
+                    let Some(s) = self.seqs.get_mut(&seq) else {
+                        return Err(internal(format!("planned sample {seq} vanished")));
+                    };
+                    // Prompt positions of the chunk (a recomputed sample's may go past them).
+                    let prompt_part = (p.start + len).min(s.prompt_len).saturating_sub(p.start);
+                    self.counters.prompt_tokens_computed += prompt_part as u64;
+                    if let SeqState::Prefill { computed } = &mut s.state {
+                        *computed += len;
+                    }
+                    self.blocks.register_full_blocks(seq, &s.tokens);
+                    s.request
+                }
             };
-            // Prompt positions among the chunk's (a recomputed sample's chunk may go past them).
-            let prompt_part = (p.start + p.len).min(s.prompt_len).saturating_sub(p.start);
-            self.counters.prompt_tokens_computed += prompt_part as u64;
-            if let SeqState::Prefill { computed } = &mut s.state {
-                *computed += p.len;
-            }
-            let request = s.request;
-            self.blocks.register_full_blocks(p.seq, &s.tokens);
             if !p.output {
                 continue;
             }
@@ -625,13 +646,16 @@ impl<B: Backend> Scheduler<B> {
                 StepOutputs::Tokens(t) => Output::Tokens(&t[row]),
             };
             row += 1;
-            self.on_output(p.seq, request, out, &mut events)?;
+            match p.unit {
+                Unit::Tree(r) => self.on_prompt_output(r, p.branch, out, &mut events)?,
+                Unit::Sample(seq) => self.on_sample_output(seq, request, out, &mut events)?,
+            }
         }
         Ok(events)
     }
 
-    /// A sequence reached the end of its known tokens: sample, fork, score or finish.
-    fn on_output(
+    /// A sample's last known token is computed: draw the next.
+    fn on_sample_output(
         &mut self,
         seq: SeqId,
         request: RequestId,
@@ -640,119 +664,71 @@ impl<B: Backend> Scheduler<B> {
     ) -> Result<()> {
         let device_rule = self.model.backend().samples_on_device();
         let Some(s) = self.seqs.get_mut(&seq) else {
-            return Err(internal(format!(
-                "sequence {seq} vanished before its output"
-            )));
+            return Err(internal(format!("sample {seq} vanished before its output")));
         };
-        match &mut s.role {
-            Role::Scorer { cached } => {
-                let cached = cached.unwrap_or(0);
-                let prompt_tokens = s.prompt_len;
-                // Scoring steps always come back as values (see device_tokens).
-                let values = match out {
-                    Output::Logits(v) if !v.is_empty() => v.to_vec(),
-                    _ => return Err(internal(format!("request {request}: no score values"))),
-                };
-                events.push((
-                    request,
-                    Event::Score {
-                        values,
-                        prompt_tokens,
-                        cached,
-                    },
-                ));
-                self.finish_seq(request, seq);
+        let token = match out {
+            Output::Logits(l) => {
+                let step = s.generated();
+                host_token(device_rule, &mut s.sampler, l, step)
             }
-            Role::Parent { cached } => {
-                let cached = cached.unwrap_or(0);
-                let (prompt, arrival) = (s.tokens.clone(), s.key.0);
-                let prompt_len = prompt.len();
-                events.push((
-                    request,
-                    Event::Prefilled {
-                        prompt_tokens: prompt_len,
-                        cached,
-                    },
-                ));
-                let samples = match self.requests.get(&request) {
-                    Some(r) if !r.samples.is_empty() => r.samples.clone(),
-                    _ => return Err(internal(format!("request {request}: no samples to fork"))),
-                };
-                if let Output::Tokens(t) = out {
-                    if t.len() != samples.len() {
-                        return Err(internal(format!(
-                            "request {request}: {} tokens drawn for {} samples",
-                            t.len(),
-                            samples.len()
-                        )));
-                    }
-                }
-                let mut children = Vec::with_capacity(samples.len());
-                for (i, params) in samples.into_iter().enumerate() {
-                    let mut sampler = Sampler::new(params);
-                    let mut tokens = prompt.clone();
-                    tokens.push(match out {
-                        Output::Logits(l) => host_token(device_rule, &mut sampler, l, 0),
-                        Output::Tokens(t) => t[i],
-                    });
-                    self.counters.generated_tokens += 1;
-                    let child = self.new_seq(
-                        request,
-                        (arrival, i + 1),
-                        tokens,
-                        Role::Child {
-                            sample: i,
-                            sampler: Box::new(sampler),
-                        },
-                    );
-                    self.blocks.fork(seq, child);
-                    let Some(c) = self.seqs.get_mut(&child) else {
-                        unreachable!("inserted above")
-                    };
-                    // It holds the prompt's blocks; its first token is computed next.
-                    c.state = SeqState::Decode;
-                    c.prompt_len = prompt_len;
-                    children.push(child);
-                }
-                if let Some(r) = self.requests.get_mut(&request) {
-                    r.live.extend(&children);
-                }
-                self.finish_seq(request, seq);
-                // A sample may be done at once (a stop token, or max_new_tokens = 1).
-                for child in children {
-                    self.check_done(child, request, events);
-                }
+            Output::Tokens(&[t]) => t,
+            Output::Tokens(t) => {
+                return Err(internal(format!(
+                    "sample {seq}: {} tokens drawn for one sample",
+                    t.len()
+                )))
             }
-            Role::Child { sampler, .. } => {
-                let token = match out {
-                    Output::Logits(l) => {
-                        host_token(device_rule, sampler, l, s.tokens.len() - s.prompt_len)
-                    }
-                    Output::Tokens(&[t]) => t,
-                    Output::Tokens(t) => {
-                        return Err(internal(format!(
-                            "sequence {seq}: {} tokens drawn for one sample",
-                            t.len()
-                        )))
-                    }
-                };
-                s.tokens.push(token);
-                // After a recompute, the sample decodes again.
-                s.state = SeqState::Decode;
-                self.counters.generated_tokens += 1;
-                self.check_done(seq, request, events);
-            }
-        }
+        };
+        s.tokens.push(token);
+        // After a recompute, the sample decodes again.
+        s.state = SeqState::Decode;
+        self.counters.generated_tokens += 1;
+        self.check_done(seq, request, events);
         Ok(())
+    }
+
+    /// A new sample of `request` (`sample` its index) continuing `prompt`, whose blocks table
+    /// `parent` holds, with its first token drawn; it shares the prompt's blocks and decodes
+    /// from the next step.
+    fn fork_sample(
+        &mut self,
+        (request, arrival): (RequestId, u64),
+        sample: usize,
+        sampler: Sampler,
+        prompt: &[u32],
+        parent: SeqId,
+        token: u32,
+    ) -> SeqId {
+        self.counters.generated_tokens += 1;
+        let id = self.next_seq_id();
+        let mut tokens = Vec::with_capacity(prompt.len() + 1);
+        tokens.extend_from_slice(prompt);
+        tokens.push(token);
+        let key = (arrival, 1 + sample);
+        self.seqs.insert(
+            id,
+            Sequence {
+                request,
+                key,
+                tokens,
+                prompt_len: prompt.len(),
+                state: SeqState::Decode,
+                sample,
+                sampler: Box::new(sampler),
+            },
+        );
+        self.order.insert(key, Unit::Sample(id));
+        self.blocks.fork(parent, id);
+        if let Some(r) = self.requests.get_mut(&request) {
+            r.live.push(id);
+        }
+        id
     }
 
     /// Finishes a sample whose last token is a stop token or whose length is reached.
     fn check_done(&mut self, seq: SeqId, request: RequestId, events: &mut Vec<(RequestId, Event)>) {
         let Some(s) = self.seqs.get(&seq) else { return };
-        let Role::Child { sample, sampler } = &s.role else {
-            return;
-        };
-        let p = sampler.params();
+        let p = s.sampler.params();
         let generated = &s.tokens[s.prompt_len..];
         // Called after a token was pushed: a sample always has one here.
         let Some(&last) = generated.last() else {
@@ -775,30 +751,27 @@ impl<B: Backend> Scheduler<B> {
         events.push((
             request,
             Event::Sample {
-                sample: *sample,
+                sample: s.sample,
                 tokens: kept.to_vec(),
                 finish,
             },
         ));
-        self.finish_seq(request, seq);
-    }
-
-    /// Drops a finished sequence; the request ends with its last sequence.
-    fn finish_seq(&mut self, request: RequestId, seq: SeqId) {
         self.drop_seq(seq);
         if let Some(r) = self.requests.get_mut(&request) {
             r.live.retain(|&s| s != seq);
-            if r.live.is_empty() {
-                self.requests.remove(&request);
-            }
         }
+        self.end_if_done(request);
     }
-}
 
-impl<B: Backend> Scheduler<B> {
-    /// Whether a request is still queued or running.
-    pub fn has_request(&self, id: RequestId) -> bool {
-        self.requests.contains_key(&id)
+    /// Forgets a request that has nothing left to run.
+    fn end_if_done(&mut self, request: RequestId) {
+        let done = self
+            .requests
+            .get(&request)
+            .is_some_and(|r| r.live.is_empty() && !self.trees.contains_key(&request));
+        if done {
+            self.requests.remove(&request);
+        }
     }
 }
 
@@ -822,10 +795,10 @@ mod tests {
         }
     }
 
-    /// First come, first served: after every step, each sequence waiting for blocks is younger
-    /// than every sequence holding blocks — also right after a sequence preempted itself.
+    /// First come, first served: after every step, all work waiting for blocks is younger than
+    /// all work holding blocks — also right after a sample preempted itself.
     #[test]
-    fn waiting_sequences_are_always_younger_than_admitted_ones() {
+    fn waiting_work_is_always_younger_than_admitted_work() {
         let cfg = SchedulerConfig {
             max_batch_tokens: 512,
             ..Default::default()
@@ -852,9 +825,11 @@ mod tests {
             }
             let before = s.counters().preemptions;
             s.step();
-            let admitted = s.seqs.values().filter(|q| q.admitted()).map(|q| q.key);
-            let waiting = s.seqs.values().filter(|q| !q.admitted()).map(|q| q.key);
-            if let (Some(young), Some(old)) = (admitted.max(), waiting.min()) {
+            let (admitted, waiting): (Vec<(&Key, &Unit)>, _) =
+                s.order.iter().partition(|(_, u)| s.admitted(**u));
+            let young = admitted.iter().map(|(k, _)| **k).max();
+            let old = waiting.iter().map(|(k, _)| **k).min();
+            if let (Some(young), Some(old)) = (young, old) {
                 assert!(
                     young < old,
                     "step {step}: {young:?} holds blocks while {old:?} waits"
