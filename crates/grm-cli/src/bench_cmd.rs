@@ -15,7 +15,8 @@ use std::time::Instant;
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// The engine alone: prefill, decode at several batch sizes, and the GRM workload (one
-    /// prompt, k samples) with and without prefix sharing; optionally transformers beside it.
+    /// prompt, k samples) with and without prefix sharing, then with n = 2 and 4 responses in
+    /// per-sample orders with and without the prompt tree; optionally transformers beside it.
     Engine(EngineArgs),
     /// A router over 1, then 2, worker processes on this machine: requests/s, p50/p99 latency
     /// of a fixed workload, and the router's own time per request.
@@ -340,6 +341,7 @@ fn engine(a: EngineArgs) -> Result<()> {
             }));
         }
         report["grm_workload"] = json!(rows);
+        report["grm_tree_workload"] = grm_tree_workload(&a, &load, vocab, kv_token_bytes)?;
         if let Some(peer) = &a.peer {
             if peer != "transformers" {
                 bail!("--peer {peer:?} is not known (known: transformers)");
@@ -392,4 +394,85 @@ fn peer_transformers(a: &EngineArgs, dir: &Path) -> Result<Value> {
         v["generated_tokens_per_s"].as_f64().unwrap_or(0.0)
     );
     Ok(v)
+}
+
+/// The GRM workload as the method sends it: n = 2 and n = 4 responses, each of the k samples
+/// seeing them in its own order (header, responses, footer: `grm_engine::workload`). With the
+/// tree, one request holds all the prompts; without, one request per distinct prompt (the
+/// cross-request prefix cache reuses only what an earlier one finished). Prompt tokens
+/// computed are set against the ideal: the distinct tokens of the prompts' prefix tree.
+fn grm_tree_workload(
+    a: &EngineArgs,
+    load: &dyn Fn() -> Result<Gemma2<CpuBackend>>,
+    vocab: usize,
+    kv_token_bytes: usize,
+) -> Result<Value> {
+    use grm_engine::scheduler::prompt_tree::unique_tokens;
+    use grm_engine::workload::{grm_prompts, GrmShape};
+    let (p, k, g) = (a.prompt_tokens, a.samples, a.gen_tokens);
+    let mut rows = Vec::new();
+    for n in [2usize, 4] {
+        let (footer, per_response) = (p / 16, p / (6 * n));
+        let shape = GrmShape {
+            header: p - footer - n * per_response,
+            responses: vec![per_response; n],
+            footer,
+            samples: k,
+            vocab,
+            seed: n as u64,
+        };
+        let w = grm_prompts(&shape);
+        let ideal = unique_tokens(&w.prompts.iter().map(|p| &p[..]).collect::<Vec<_>>());
+        for tree in [true, false] {
+            let blocks = (k + w.prompts.len()) * ((p + g).div_ceil(16) + 1) + 1;
+            let mut s = sched(load()?, blocks, true, 512)?;
+            let params = |i: usize| SamplingParams {
+                temperature: a.temperature,
+                seed: i as u64,
+                max_new_tokens: g,
+                ignore_stop: true,
+                ..Default::default()
+            };
+            let t = Instant::now();
+            if tree {
+                let samples = (0..k).map(|i| (w.sample_prompt[i], params(i))).collect();
+                let prompts = w.prompts.clone();
+                s.submit(0, Work::GenerateTree { prompts, samples })?;
+            } else {
+                for (j, prompt) in w.prompts.iter().enumerate() {
+                    let samples = (0..k)
+                        .filter(|&i| w.sample_prompt[i] == j)
+                        .map(params)
+                        .collect();
+                    let prompt = prompt.clone();
+                    s.submit(j as u64, Work::Generate { prompt, samples })?;
+                }
+            }
+            let mut done = 0;
+            while !s.is_idle() {
+                done += s
+                    .step()
+                    .iter()
+                    .filter(|(_, e)| matches!(e, Event::Sample { .. }))
+                    .count();
+            }
+            let secs = t.elapsed().as_secs_f64();
+            let c = s.counters();
+            let kv_bytes = c.peak_blocks_used * 16 * kv_token_bytes;
+            eprintln!(
+                "grm workload n={n} P={p} k={k} G={g} tree={tree}: {} distinct prompts, {} prompt tokens computed (ideal {ideal}), {secs:.2} s, KV peak {:.1} MiB",
+                w.prompts.len(),
+                c.prompt_tokens_computed,
+                kv_bytes as f64 / (1 << 20) as f64
+            );
+            rows.push(json!({
+                "responses": n, "prompt_tree": tree, "distinct_prompts": w.prompts.len(),
+                "prompt_tokens": p, "samples": k, "gen_tokens": g, "completed_samples": done,
+                "prompt_tokens_computed": c.prompt_tokens_computed, "prompt_tokens_ideal": ideal,
+                "seconds_to_all_samples": secs, "kv_peak_blocks": c.peak_blocks_used,
+                "kv_peak_bytes": kv_bytes,
+            }));
+        }
+    }
+    Ok(json!(rows))
 }

@@ -337,6 +337,7 @@ impl WorkerService for Worker {
                         Some(Event::Prefilled {
                             prompt_tokens,
                             cached,
+                            ..
                         }) => {
                             reserved.release();
                             share.done(prompt_len);

@@ -266,7 +266,17 @@ fn run<B: Backend>(
                 }
             }
         }
-        for (id, event) in sched.step() {
+        let events = match sched.try_step() {
+            Ok(events) => events,
+            Err(e) => {
+                // A bug, not bad input: stop, so every open request's stream ends and
+                // `Engine::alive` turns false, rather than send values nobody can vouch for.
+                tracing::error!(error = %e, "the engine stops");
+                publish(&sched);
+                return;
+            }
+        };
+        for (id, event) in events {
             if let Some(tx) = sinks.get(&id) {
                 if tx.send(event).is_err() {
                     // Nobody listens any more: free the request's blocks now.

@@ -59,6 +59,10 @@ pub enum EngineError {
     Cuda(String),
     #[error("the engine has stopped")]
     Stopped,
+    /// One of the engine's own invariants broke (a bug): the engine stops rather than answer
+    /// with values it cannot vouch for.
+    #[error("engine invariant broken: {0}")]
+    Internal(String),
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

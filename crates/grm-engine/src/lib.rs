@@ -20,6 +20,7 @@ pub mod sampler;
 pub mod scheduler;
 pub mod tokenizer;
 pub mod weights;
+pub mod workload;
 
 pub use config::{Head, ModelConfig};
 pub use cpu::CpuBackend;
@@ -30,5 +31,7 @@ pub use error::{EngineError, Result};
 pub use kv::KvStats;
 pub use model::{ForwardBatch, Gemma2, Outputs};
 pub use sampler::{Sampler, SamplingParams};
-pub use scheduler::{Event, FinishReason, RequestId, Scheduler, SchedulerConfig, Work};
+pub use scheduler::{
+    Event, FinishReason, RequestId, Scheduler, SchedulerConfig, SchedulerCounters, Work,
+};
 pub use tokenizer::Tokenizer;

@@ -47,6 +47,9 @@ pub struct ForwardBatch {
     pub meta: AttentionMeta,
     /// Copy-on-write of shared partial blocks, done before anything is written.
     pub copies: Vec<CopyOp>,
+    /// (row, slot): rows whose K and V are also written to another slot — the same prompt
+    /// position in another branch's block of a prompt tree (`scheduler::prompt_tree`).
+    pub extra_slots: Vec<(usize, usize)>,
     /// Rows (indices into `tokens`) whose logits (or scores) are wanted, in order.
     pub outputs: Vec<usize>,
 }
@@ -222,6 +225,7 @@ impl<B: Backend> Gemma2<B> {
                 block_size: BLOCK,
             },
             copies: Vec::new(),
+            extra_slots: Vec::new(),
             outputs: if all_positions {
                 (0..n).collect()
             } else {
@@ -260,6 +264,9 @@ impl<B: Backend> Gemma2<B> {
             );
         }
 
+        let (extra_rows, extra_slots): (Vec<usize>, Vec<usize>) =
+            batch.extra_slots.iter().copied().unzip();
+
         let mut x = b.embed(&self.embed, &batch.tokens, self.embed_scale);
         let mut hn = match self.layers.first() {
             Some(l) => b.rms_norm(&x, &l.input_norm, eps),
@@ -272,6 +279,14 @@ impl<B: Backend> Gemma2<B> {
             b.rope(&mut q, c.num_heads, c.head_dim, &cos, &sin);
             b.rope(&mut k, c.num_kv_heads, c.head_dim, &cos, &sin);
             b.write_kv(kv, i, &k, &v, &batch.slots);
+            if !extra_rows.is_empty() {
+                // Copies of rows, so the same bits land in both slots.
+                let (k2, v2) = (
+                    b.gather_rows(&k, &extra_rows),
+                    b.gather_rows(&v, &extra_rows),
+                );
+                b.write_kv(kv, i, &k2, &v2, &extra_slots);
+            }
             let a = b.attention(kv, i, &q, &batch.meta, l.attn);
             let o = b.linear(&a, &l.o);
             hn = b.add_rms_norm_then_norm(&mut x, &o, &l.post_attn_norm, &l.pre_ff_norm, eps);

@@ -525,3 +525,112 @@ fn the_model_on_the_gpu_matches_transformers_and_the_cpu_engine() {
         eprintln!("greedy: {clear} of {} tokens checked", want.len());
     }
 }
+
+/// A GRM request's shuffled prompts as one prefix tree on the GPU (shared blocks, branch
+/// blocks filled by extra KV writes, in one step and spread over steps): each greedy sample
+/// gets the CPU's greedy tokens of its prompt alone, while the CPU's margin between the two
+/// best tokens is clear of bf16 noise, and every shared position is computed once.
+#[test]
+fn a_prompt_tree_on_the_gpu_gives_each_prompt_its_own_greedy_tokens() {
+    use grm_engine::scheduler::prompt_tree::unique_tokens;
+    use grm_engine::workload::{grm_prompts, GrmShape};
+    use grm_engine::{Scheduler, SchedulerConfig};
+    let Some(b) = gpu() else { return };
+    drop(b);
+    let cpu = model("tiny-f32");
+    let w = grm_prompts(&GrmShape {
+        header: 37,
+        responses: vec![11, 9, 13],
+        footer: 5,
+        samples: 6,
+        vocab: 262,
+        seed: 4,
+    });
+    let greedy = SamplingParams {
+        max_new_tokens: 8,
+        ignore_stop: true,
+        ..Default::default()
+    };
+    // The CPU's greedy tokens of each prompt alone, and how many of them have a clear margin.
+    let mut want = Vec::new();
+    for p in &w.prompts {
+        let mut s =
+            Scheduler::new(model("tiny-f32"), 64, 16, false, SchedulerConfig::default()).unwrap();
+        s.submit(
+            0,
+            Work::Generate {
+                prompt: p.clone(),
+                samples: vec![greedy.clone()],
+            },
+        )
+        .unwrap();
+        let mut tokens = Vec::new();
+        while !s.is_idle() {
+            for (_, ev) in s.step() {
+                if let Event::Sample { tokens: t, .. } = ev {
+                    tokens = t;
+                }
+            }
+        }
+        let mut full = p.clone();
+        full.extend(&tokens);
+        let logits = cpu.run_once(&full, true).unwrap();
+        let clear = (0..tokens.len())
+            .take_while(|&i| {
+                let mut row = logits.row(p.len() - 1 + i).to_vec();
+                row.sort_by(|a, b| b.total_cmp(a));
+                row[0] - row[1] > 0.02
+            })
+            .count();
+        want.push((tokens, clear));
+    }
+    let prompts: Vec<&[u32]> = w.prompts.iter().map(|p| &p[..]).collect();
+    for batch in [512, 24] {
+        let gpu_model = Gemma2::load(
+            &fixtures().join("tiny-f32"),
+            CudaBackend::new(CudaOptions::default()).unwrap(),
+        )
+        .unwrap();
+        let cfg = SchedulerConfig {
+            max_batch_tokens: batch,
+            ..Default::default()
+        };
+        let mut s = Scheduler::new(gpu_model, 128, 16, true, cfg).unwrap();
+        let samples = (0..6)
+            .map(|i| (w.sample_prompt[i], greedy.clone()))
+            .collect();
+        s.submit(
+            1,
+            Work::GenerateTree {
+                prompts: w.prompts.clone(),
+                samples,
+            },
+        )
+        .unwrap();
+        let mut done = 0;
+        while !s.is_idle() {
+            for (_, ev) in s.step() {
+                if let Event::Sample { sample, tokens, .. } = ev {
+                    let (cpu_tokens, clear) = &want[w.sample_prompt[sample]];
+                    assert_eq!(
+                        tokens[..*clear],
+                        cpu_tokens[..*clear],
+                        "batch {batch}, sample {sample}"
+                    );
+                    done += 1;
+                }
+            }
+        }
+        assert_eq!(done, 6);
+        assert_eq!(
+            s.counters().prompt_tokens_computed as usize,
+            unique_tokens(&prompts)
+        );
+        assert_eq!(s.kv_stats().blocks_used, 0);
+        eprintln!(
+            "prompt tree on the GPU, batch {batch}: {} prompts, clear tokens {:?}",
+            w.prompts.len(),
+            want.iter().map(|w| w.1).collect::<Vec<_>>()
+        );
+    }
+}

@@ -61,7 +61,7 @@ fn drain(s: &mut Scheduler<grm_engine::CpuBackend>) -> Results {
                     e.0[sample] = Some(tokens);
                 }
                 Event::Score { values, .. } => e.1 = Some(values),
-                Event::Prefilled { .. } => {}
+                _ => {}
             }
         }
         steps += 1;
@@ -334,6 +334,7 @@ fn the_engine_thread_serves_and_cancels_by_drop() {
                     samples += 1;
                 }
                 Event::Score { .. } => panic!("no scores here"),
+                _ => {}
             }
         }
         assert!(prefilled);
@@ -374,4 +375,142 @@ fn the_engine_thread_serves_and_cancels_by_drop() {
             .contains("prompt tokens + max_new_tokens is 5010, the limit is 512"),
         "{err}"
     );
+}
+
+/// Under block pressure the oldest request keeps its priority: when one of its samples has to
+/// give up its own blocks, younger requests arriving all the while must not take them. So it
+/// finishes at the same step, with the same tokens, as when it runs alone.
+#[test]
+fn a_flood_of_younger_requests_does_not_delay_the_oldest() {
+    // Blocks of 4: the oldest request's 4 samples of 3 + 30 tokens need up to 36, so its
+    // youngest samples preempt themselves; one small request arrives every step.
+    let run = |blocks: usize, t: f32, flood: Option<usize>| {
+        let mut s = scheduler(blocks, 4, 512);
+        let samples = (0..4).map(|j| params(t, j, 30)).collect();
+        s.submit(
+            0,
+            Work::Generate {
+                prompt: vec![2, 7, 8],
+                samples,
+            },
+        )
+        .unwrap();
+        let (mut step, mut last, mut tokens) = (0, 0, Vec::new());
+        let mut next: RequestId = 1;
+        while !s.is_idle() {
+            step += 1;
+            assert!(step < 10_000, "the scheduler does not make progress");
+            if let Some(g) = flood.filter(|_| step < 200) {
+                let p = vec![2, 9, 10, 6 + (next % 200) as u32];
+                let samples = vec![params(t, next, g)];
+                s.submit(next, Work::Generate { prompt: p, samples })
+                    .unwrap();
+                next += 1;
+            }
+            for (id, ev) in s.step() {
+                if let (
+                    0,
+                    Event::Sample {
+                        sample, tokens: t, ..
+                    },
+                ) = (id, ev)
+                {
+                    tokens.push((sample, t));
+                    last = step;
+                }
+            }
+        }
+        assert!(s.counters().preemptions > 0, "the test must preempt");
+        assert_eq!(s.kv_stats().blocks_used, 0);
+        tokens.sort();
+        (last, tokens)
+    };
+    // Low and high temperatures: samples that repeat each other hit the prefix cache when
+    // they are recomputed, samples that differ do not.
+    for t in [1.0, 4.0] {
+        for blocks in [16, 20, 24] {
+            let alone = run(blocks, t, None);
+            assert_eq!(alone.1.len(), 4);
+            for g in [2, 4, 8, 16] {
+                assert_eq!(
+                    run(blocks, t, Some(g)),
+                    alone,
+                    "{blocks} blocks, temperature {t}: younger requests of {g} tokens delayed the oldest (its last step, then its samples)"
+                );
+            }
+        }
+    }
+}
+
+/// `Started` comes once per request, first of its events, in the step its first sequence gets
+/// blocks: at once when there is room, after the older request's end when there is not, and
+/// not again after a preemption.
+#[test]
+fn started_comes_once_per_request_when_it_leaves_the_queue() {
+    // 12 blocks of 4: request 0 (prompt 20, 2 samples of 24) fills the pool and preempts its
+    // own samples; requests 1 (generation) and 2 (scoring) wait for its blocks.
+    let mut s = scheduler(12, 4, 512);
+    let samples = (0..2).map(|j| params(4.0, j, 24)).collect();
+    s.submit(
+        0,
+        Work::Generate {
+            prompt: prompt(20, 1),
+            samples,
+        },
+    )
+    .unwrap();
+    let samples = vec![params(4.0, 9, 4)];
+    s.submit(
+        1,
+        Work::Generate {
+            prompt: prompt(30, 2),
+            samples,
+        },
+    )
+    .unwrap();
+    s.submit(
+        2,
+        Work::Score {
+            tokens: prompt(36, 3),
+        },
+    )
+    .unwrap();
+    let mut log: Vec<(usize, RequestId, &'static str)> = Vec::new();
+    let mut step = 0;
+    while !s.is_idle() {
+        step += 1;
+        assert!(step < 10_000);
+        for (id, ev) in s.step() {
+            let kind = match ev {
+                Event::Started => "started",
+                Event::Prefilled { .. } => "prefilled",
+                Event::Sample { .. } => "sample",
+                Event::Score { .. } => "score",
+                _ => "other",
+            };
+            log.push((step, id, kind));
+        }
+    }
+    assert!(s.counters().preemptions > 0, "the test must preempt");
+    for id in 0..3 {
+        let mine: Vec<_> = log.iter().filter(|e| e.1 == id).collect();
+        assert_eq!(mine[0].2, "started", "request {id}: {mine:?}");
+        assert_eq!(
+            mine.iter().filter(|e| e.2 == "started").count(),
+            1,
+            "{mine:?}"
+        );
+    }
+    let started = |id| {
+        log.iter()
+            .find(|e| e.1 == id && e.2 == "started")
+            .unwrap()
+            .0
+    };
+    let done = |id| log.iter().filter(|e| e.1 == id).map(|e| e.0).max().unwrap();
+    assert_eq!(started(0), 1);
+    // Request 1's prompt needs 8 blocks: only request 0's end frees them (its last sample ends
+    // in the step before). Request 2's needs 9: it starts when request 1 has ended.
+    assert_eq!(started(1), done(0) + 1, "{log:?}");
+    assert_eq!(started(2), done(1) + 1, "{log:?}");
 }

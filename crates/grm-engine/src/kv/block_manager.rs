@@ -3,20 +3,21 @@
 //! partial block), fork, free, and the accounting. Only the scheduler calls this.
 
 use super::block_pool::{BlockId, BlockPool};
-use super::prefix_cache::{PrefixCache, ROOT_HASH};
+use super::prefix_cache::{ChainPos, PrefixCache};
 use std::collections::HashMap;
 
 /// Identifies a sequence in the engine.
 pub type SeqId = u64;
 
 /// A sequence's blocks: position p lives in `blocks[p / block_size]` at `p % block_size`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct BlockTable {
     pub blocks: Vec<BlockId>,
     /// Positions with a reserved slot (their KV is written, or is written by this step).
     pub num_tokens: usize,
-    /// Key of the last block registered in the prefix cache, and how many are registered.
-    chain: u64,
+    /// Where the last block registered in the prefix cache sits in its chain, and how many
+    /// are registered.
+    chain: ChainPos,
     registered: usize,
 }
 
@@ -57,6 +58,15 @@ impl KvStats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutOfBlocks;
 
+/// One prompt of a tree at admission: the id its block table gets, its tokens, and the
+/// earlier prompt of the tree (its index) whose first positions it shares, with how many.
+#[derive(Debug, Clone, Copy)]
+pub struct TreePrompt<'a> {
+    pub seq: SeqId,
+    pub tokens: &'a [u32],
+    pub donor: Option<(usize, usize)>,
+}
+
 #[derive(Debug)]
 pub struct BlockManager {
     pool: BlockPool,
@@ -68,10 +78,25 @@ pub struct BlockManager {
 
 impl BlockManager {
     pub fn new(num_blocks: usize, block_size: usize, prefix_caching: bool) -> Self {
+        Self::with_cache(
+            num_blocks,
+            block_size,
+            prefix_caching,
+            PrefixCache::default(),
+        )
+    }
+
+    /// A manager over a given prefix cache (tests give it a colliding hash).
+    pub fn with_cache(
+        num_blocks: usize,
+        block_size: usize,
+        prefix_caching: bool,
+        cache: PrefixCache,
+    ) -> Self {
         assert!(block_size > 0);
         Self {
             pool: BlockPool::new(num_blocks),
-            cache: PrefixCache::default(),
+            cache,
             block_size,
             tables: HashMap::new(),
             prefix_caching,
@@ -102,6 +127,12 @@ impl BlockManager {
         }
     }
 
+    /// Blocks a new sequence could get now: free, or evictable from the prefix cache. Counted,
+    /// not scanned: admission asks this for every waiting sequence in every step.
+    pub fn available(&self) -> usize {
+        self.pool.num_free() + self.cache.counts().1
+    }
+
     /// Blocks needed to hold `tokens` positions.
     pub fn blocks_for(&self, tokens: usize) -> usize {
         tokens.div_ceil(self.block_size)
@@ -111,7 +142,12 @@ impl BlockManager {
         if let Some(id) = self.pool.alloc() {
             return Some(id);
         }
-        let id = self.cache.evict()?;
+        let mut freed = Vec::new();
+        let id = self.cache.evict(&mut freed)?;
+        // Descendants evicted with it (only when released out of order) are free now.
+        for b in freed {
+            self.pool.put_free(b);
+        }
         self.pool.retain(id);
         Some(id)
     }
@@ -138,60 +174,130 @@ impl BlockManager {
     /// computed). At least one token is always left to compute, so the caller gets logits.
     /// Changes nothing when the blocks do not suffice.
     pub fn admit(&mut self, seq: SeqId, tokens: &[u32]) -> Result<usize, OutOfBlocks> {
-        assert!(!tokens.is_empty() && !self.tables.contains_key(&seq));
+        let have = self.admit_tree(&[TreePrompt {
+            seq,
+            tokens,
+            donor: None,
+        }])?;
+        Ok(have[0])
+    }
+
+    /// Admits the prompts of a tree at once, all or none: each gets blocks for its whole
+    /// prompt, reusing cached full blocks of its prefix, and sharing with its donor (an
+    /// earlier prompt of the slice) the blocks that lie wholly in their common prefix. The
+    /// block a prompt branches in is its own. Returns, per prompt, how many leading tokens
+    /// the prefix cache served (at most its length − 1).
+    pub fn admit_tree(&mut self, prompts: &[TreePrompt<'_>]) -> Result<Vec<usize>, OutOfBlocks> {
         let bs = self.block_size;
-        let mut hits: Vec<(BlockId, u64)> = Vec::new();
-        if self.prefix_caching {
-            let mut chain = ROOT_HASH;
-            for chunk in tokens[..tokens.len() - 1].chunks_exact(bs) {
-                match self.cache.lookup(chain, chunk) {
-                    Some((id, key)) => {
-                        hits.push((id, key));
-                        chain = key;
+        let mut hits: Vec<Vec<(BlockId, ChainPos)>> = Vec::with_capacity(prompts.len());
+        // Whether a prompt's walk through the cache ended on a miss (not at its end).
+        let mut missed: Vec<bool> = Vec::with_capacity(prompts.len());
+        let hits_before = self.cache.hits;
+        for (j, p) in prompts.iter().enumerate() {
+            assert!(!p.tokens.is_empty() && !self.tables.contains_key(&p.seq));
+            assert!(p.donor.is_none_or(|(d, s)| d < j && s < p.tokens.len()));
+            let mut mine = Vec::new();
+            let mut miss = false;
+            // Blocks wholly shared with the donor were looked up by the donor: the same
+            // tokens after the same chain give the same answer.
+            if let Some((d, shared)) = p.donor {
+                let k = hits[d].len().min(shared / bs);
+                mine.extend_from_slice(&hits[d][..k]);
+                miss = k < shared / bs && missed[d];
+            }
+            if self.prefix_caching && !miss {
+                let mut chain = mine.last().map_or(ChainPos::ROOT, |h| h.1);
+                let usable = &p.tokens[..p.tokens.len() - 1];
+                for chunk in usable.chunks_exact(bs).skip(mine.len()) {
+                    match self.cache.lookup(chain, chunk) {
+                        Some(at) => {
+                            let Some(id) = at.block else { break };
+                            mine.push((id, at));
+                            chain = at;
+                        }
+                        None => {
+                            miss = true;
+                            break;
+                        }
                     }
-                    None => break,
                 }
             }
+            hits.push(mine);
+            missed.push(miss);
         }
-        let parked_hits = hits
+        let mut distinct_hits: Vec<BlockId> = hits.iter().flatten().map(|h| h.0).collect();
+        distinct_hits.sort_unstable();
+        distinct_hits.dedup();
+        let parked_hits = distinct_hits
             .iter()
-            .filter(|(id, _)| self.pool.ref_count(*id) == 0)
+            .filter(|&&id| self.pool.ref_count(id) == 0)
             .count();
-        let new = self.blocks_for(tokens.len()) - hits.len();
-        if new > self.stats().blocks_available() - parked_hits {
-            // Undo the hit count of a lookup that did not lead to admission.
-            self.cache.hits -= hits.len() as u64;
+        // Per prompt: its blocks less its hits or, where more, the blocks of its donor's.
+        let new: usize = prompts
+            .iter()
+            .zip(&hits)
+            .map(|(p, h)| {
+                let from_donor = p.donor.map_or(0, |(_, s)| s / bs);
+                self.blocks_for(p.tokens.len()) - h.len().max(from_donor)
+            })
+            .sum();
+        if new > self.available() - parked_hits {
+            // Undo the hit count of lookups that did not lead to admission.
+            self.cache.hits = hits_before;
             return Err(OutOfBlocks);
         }
-        let mut table = BlockTable {
-            blocks: Vec::with_capacity(hits.len() + new),
-            num_tokens: hits.len() * bs,
-            chain: hits.last().map_or(ROOT_HASH, |h| h.1),
-            registered: hits.len(),
-        };
-        for &(id, _) in &hits {
+        // Hits first: a parked hit must not be evicted by the allocations below.
+        for &(id, _) in hits.iter().flatten() {
             self.retain(id);
-            table.blocks.push(id);
         }
-        for _ in 0..new {
-            let id = self.alloc().expect("availability was checked");
-            table.blocks.push(id);
+        let mut have = Vec::with_capacity(prompts.len());
+        for (j, p) in prompts.iter().enumerate() {
+            let n = self.blocks_for(p.tokens.len());
+            let mut table = BlockTable {
+                blocks: hits[j].iter().map(|h| h.0).collect(),
+                num_tokens: hits[j].len() * bs,
+                chain: hits[j].last().map_or(ChainPos::ROOT, |h| h.1),
+                registered: hits[j].len(),
+            };
+            if let Some((d, shared)) = p.donor {
+                let donor = &prompts[d].seq;
+                for b in table.blocks.len()..shared / bs {
+                    let id = self.tables[donor].blocks[b];
+                    self.retain(id);
+                    table.blocks.push(id);
+                }
+            }
+            while table.blocks.len() < n {
+                let Some(id) = self.alloc() else {
+                    unreachable!("availability was checked")
+                };
+                table.blocks.push(id);
+            }
+            have.push(hits[j].len() * bs);
+            self.tables.insert(p.seq, table);
         }
-        self.tables.insert(seq, table);
-        Ok(hits.len() * bs)
+        Ok(have)
     }
 
     /// Reserves the slots of the next `count` positions of an admitted prompt (chunked
     /// prefill); their blocks were allocated at admission.
     pub fn reserve_prompt(&mut self, seq: SeqId, count: usize) -> Vec<usize> {
+        let start = self.tables.get(&seq).expect("admitted sequence").num_tokens;
+        self.reserve_range(seq, start, count)
+    }
+
+    /// [`BlockManager::reserve_prompt`] from position `start` on, for a prompt of a tree whose
+    /// positions before `start` other prompts compute (they are computed before, or in the
+    /// same step, as the stream of the tree goes).
+    pub fn reserve_range(&mut self, seq: SeqId, start: usize, count: usize) -> Vec<usize> {
         let bs = self.block_size;
         let t = self.tables.get_mut(&seq).expect("admitted sequence");
-        let start = t.num_tokens;
+        assert!(start >= t.num_tokens, "prompt slots reserved twice");
         assert!(
             start + count <= t.blocks.len() * bs,
             "prompt slots beyond admission"
         );
-        t.num_tokens += count;
+        t.num_tokens = start + count;
         (start..start + count)
             .map(|p| t.blocks[p / bs] as usize * bs + p % bs)
             .collect()
@@ -260,10 +366,12 @@ impl BlockManager {
         self.tables.insert(child, t);
     }
 
-    /// Drops a sequence's blocks (cached ones stay reusable until evicted).
+    /// Drops a sequence's blocks (cached ones stay reusable until evicted). Last block first,
+    /// as vLLM does: a prefix's tail then enters the LRU before its head and is evicted first,
+    /// so an eviction never takes a prefix's head and, with it, every cached block after it.
     pub fn free(&mut self, seq: SeqId) {
         if let Some(t) = self.tables.remove(&seq) {
-            for id in t.blocks {
+            for &id in t.blocks.iter().rev() {
                 self.release(id);
             }
         }
@@ -342,5 +450,58 @@ mod tests {
         m.admit(2, &[7, 7, 7, 7, 7, 7, 7]).unwrap();
         let s = m.stats();
         assert_eq!((s.blocks_free, s.blocks_cached, s.blocks_used), (0, 0, 4));
+    }
+
+    /// Every first block gets the same key, whatever its tokens.
+    fn colliding(parent: u64, tokens: &[u32]) -> u64 {
+        if parent == super::super::prefix_cache::ROOT_HASH {
+            7
+        } else {
+            super::super::prefix_cache::chain_hash(parent, tokens)
+        }
+    }
+
+    #[test]
+    fn a_hash_collision_at_an_ancestor_does_not_serve_the_wrong_kv() {
+        let cache = PrefixCache::with_hash(colliding);
+        let mut m = BlockManager::with_cache(4, 2, true, cache);
+        let a = [1u32, 1, 5, 5, 9];
+        m.admit(1, &a).unwrap();
+        m.reserve_prompt(1, 5);
+        m.register_full_blocks(1, &a);
+        m.free(1);
+        // [2, 2]'s key collides with the cached [1, 1]: it is neither served nor cached...
+        let b = [2u32, 2, 5, 5, 8];
+        assert_eq!(m.admit(2, &b), Ok(0));
+        m.reserve_prompt(2, 5);
+        m.register_full_blocks(2, &b);
+        m.free(2);
+        // ...and [5, 5] after it is never the block computed after [1, 1].
+        assert_eq!(m.admit(3, &b), Ok(0));
+        m.free(3);
+        // (Seq 2 took the tail of the first prefix; its head is still served.)
+        assert_eq!(m.admit(4, &a), Ok(2));
+        m.free(4);
+        let s = m.stats();
+        assert_eq!(s.blocks_used, 0);
+        assert_eq!(s.blocks_free + s.blocks_evictable, 4);
+    }
+
+    #[test]
+    fn eviction_takes_a_freed_prefix_from_its_tail() {
+        let mut m = BlockManager::new(4, 2, true);
+        let a: Vec<u32> = (1..8).collect(); // 3 full blocks + 1 token
+        m.admit(1, &a).unwrap();
+        m.reserve_prompt(1, 7);
+        m.register_full_blocks(1, &a);
+        m.free(1);
+        assert_eq!(m.stats().blocks_evictable, 3);
+        // Two blocks: the free one and one evicted, the prefix's last.
+        m.admit(2, &[9, 9, 9, 9]).unwrap();
+        m.free(2);
+        let s = m.stats();
+        assert_eq!((s.blocks_cached, s.blocks_used), (2, 0));
+        // The first two blocks of the prefix are still served.
+        assert_eq!(m.admit(3, &a), Ok(4));
     }
 }

@@ -7,6 +7,10 @@ pub type BlockId = u32;
 pub struct BlockPool {
     ref_counts: Vec<u32>,
     free: Vec<BlockId>,
+    /// Blocks with a reference count of at least one, and of at least two: kept as counts are
+    /// changed, since every step reads them.
+    used: usize,
+    shared: usize,
 }
 
 impl BlockPool {
@@ -15,6 +19,8 @@ impl BlockPool {
             ref_counts: vec![0; num_blocks],
             // Popped from the end: hand out low ids first (easier to read in tests and dumps).
             free: (0..num_blocks as BlockId).rev().collect(),
+            used: 0,
+            shared: 0,
         }
     }
 
@@ -31,12 +37,19 @@ impl BlockPool {
         let id = self.free.pop()?;
         debug_assert_eq!(self.ref_counts[id as usize], 0);
         self.ref_counts[id as usize] = 1;
+        self.used += 1;
         Some(id)
     }
 
     /// Takes one more reference to a block that is in use (or cached and unreferenced).
     pub fn retain(&mut self, id: BlockId) {
-        self.ref_counts[id as usize] += 1;
+        let rc = &mut self.ref_counts[id as usize];
+        *rc += 1;
+        match *rc {
+            1 => self.used += 1,
+            2 => self.shared += 1,
+            _ => {}
+        }
     }
 
     /// Drops one reference; returns whether the block is now unreferenced. The caller decides
@@ -45,6 +58,11 @@ impl BlockPool {
         let rc = &mut self.ref_counts[id as usize];
         assert!(*rc > 0, "release of unreferenced block {id}");
         *rc -= 1;
+        match *rc {
+            0 => self.used -= 1,
+            1 => self.shared -= 1,
+            _ => {}
+        }
         *rc == 0
     }
 
@@ -60,8 +78,43 @@ impl BlockPool {
 
     /// Blocks referenced at least once, and more than once.
     pub fn used_and_shared(&self) -> (usize, usize) {
-        self.ref_counts.iter().fold((0, 0), |(u, s), &rc| {
-            (u + usize::from(rc > 0), s + usize::from(rc > 1))
-        })
+        (self.used, self.shared)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_counts_equal_a_scan_of_the_reference_counts() {
+        let mut p = BlockPool::new(16);
+        let mut held: Vec<BlockId> = Vec::new();
+        let mut rng = 0x2545_f491_u64;
+        for _ in 0..5000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            match rng % 3 {
+                0 => held.extend(p.alloc()),
+                1 if !held.is_empty() => {
+                    let id = held[(rng >> 8) as usize % held.len()];
+                    p.retain(id);
+                    held.push(id);
+                }
+                _ if !held.is_empty() => {
+                    let id = held.swap_remove((rng >> 8) as usize % held.len());
+                    if p.release(id) {
+                        p.put_free(id);
+                    }
+                }
+                _ => {}
+            }
+            let scan = p.ref_counts.iter().fold((0, 0), |(u, s), &rc| {
+                (u + usize::from(rc > 0), s + usize::from(rc > 1))
+            });
+            assert_eq!(p.used_and_shared(), scan);
+            assert_eq!(p.num_free(), 16 - scan.0);
+        }
     }
 }

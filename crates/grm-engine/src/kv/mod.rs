@@ -6,5 +6,7 @@ pub mod block_manager;
 pub mod block_pool;
 pub mod prefix_cache;
 
-pub use block_manager::{BlockManager, BlockTable, CopyOp, KvStats, OutOfBlocks, SeqId};
+pub use block_manager::{
+    BlockManager, BlockTable, CopyOp, KvStats, OutOfBlocks, SeqId, TreePrompt,
+};
 pub use block_pool::BlockId;
