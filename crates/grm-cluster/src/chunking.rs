@@ -2,9 +2,11 @@
 //!
 //! The policy (documented in the README, configurable with `--chunk-samples` and
 //! `--affinity-slack`):
-//! 1. Samples whose prompts are identical (the same response order) form a group; a group is
-//!    the unit of KV sharing: one prefill, forked into its samples.
-//! 2. A group is cut into chunks of at most `max_samples` samples.
+//! 1. A request's prompts (one per response order) share a long header and often their first
+//!    responses: the samples are put in the order of their prompts' text (a trie walked depth
+//!    first), so that samples whose prompts share the longest prefixes are next to each other.
+//! 2. That list is cut into chunks of at most `max_samples` samples; a chunk carries every
+//!    distinct prompt of its samples, and the worker computes their shared prefixes once.
 //! 3. Workers are ranked per request by rendezvous hashing of the request's conversation, so
 //!    requests about the same query (a GRPO group) prefer the same worker and reuse its
 //!    cached prefix.
@@ -18,7 +20,6 @@
 //! is the larger of what this router has placed on it and what the worker itself reports
 //! (every router's work, see `pool`).
 
-use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,38 +39,55 @@ impl Default for ChunkPolicy {
     }
 }
 
-/// Samples that share one prompt.
+/// Samples sent to one worker together, with the distinct prompts they continue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chunk {
-    /// Index into the request's distinct prompts.
-    pub prompt: usize,
-    /// Sample indices (0..k).
+    /// Indices into the request's distinct prompts, in text order.
+    pub prompts: Vec<usize>,
+    /// Sample indices (0..k), in their prompts' order.
     pub samples: Vec<u32>,
 }
 
-/// Groups samples by prompt (`prompt_of[s]` is sample s's prompt index) and cuts the groups
-/// into chunks, in order of first appearance.
-pub fn chunks(prompt_of: &[usize], policy: ChunkPolicy) -> Vec<Chunk> {
-    let mut groups: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
-    let mut first_seen = Vec::new();
-    for (s, &p) in prompt_of.iter().enumerate() {
-        let g = groups.entry(p).or_default();
-        if g.is_empty() {
-            first_seen.push(p);
-        }
-        g.push(s as u32);
-    }
-    let max = policy.max_samples.max(1);
-    let mut out = Vec::new();
-    for p in first_seen {
-        for part in groups[&p].chunks(max) {
-            out.push(Chunk {
-                prompt: p,
+/// Orders samples by their prompts' text (`prompts[prompt_of[s]]` is sample s's) and cuts
+/// them into chunks of at most `max_samples`.
+pub fn chunks<T: AsRef<str>>(prompts: &[T], prompt_of: &[usize], policy: ChunkPolicy) -> Vec<Chunk> {
+    let mut order: Vec<u32> = (0..prompt_of.len() as u32).collect();
+    order.sort_by(|&a, &b| {
+        let (pa, pb) = (prompt_of[a as usize], prompt_of[b as usize]);
+        prompts[pa].as_ref().cmp(prompts[pb].as_ref()).then(a.cmp(&b))
+    });
+    order
+        .chunks(policy.max_samples.max(1))
+        .map(|part| {
+            let mut used: Vec<usize> = Vec::new();
+            for &s in part {
+                let p = prompt_of[s as usize];
+                if !used.contains(&p) {
+                    used.push(p);
+                }
+            }
+            Chunk {
+                prompts: used,
                 samples: part.to_vec(),
-            });
-        }
+            }
+        })
+        .collect()
+}
+
+/// The distinct bytes of texts that share prefixes (the nodes of their trie): what a worker
+/// computes for them, as an estimate before tokenizing.
+pub fn distinct_bytes<T: AsRef<str>>(texts: &[T]) -> usize {
+    let mut sorted: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut total = 0;
+    for (i, t) in sorted.iter().enumerate() {
+        let shared = i.checked_sub(1).map_or(0, |j| {
+            t.bytes().zip(sorted[j].bytes()).take_while(|(a, b)| a == b).count()
+        });
+        total += t.len() - shared;
     }
-    out
+    total
 }
 
 /// Workers (by index into `ids`) in rendezvous order for `key`: highest hash first.
@@ -135,11 +153,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn groups_then_cuts() {
+    fn samples_go_in_their_prompts_order_and_chunks_carry_their_prompts() {
+        // Prompts 0 and 2 share "header A"; prompt 1 is the odd one out.
+        let prompts = ["header A then 1", "header B", "header A then 2"];
         let c = chunks(
-            &[0, 1, 0, 0, 1, 0],
+            &prompts,
+            &[0, 1, 2, 0, 1, 2],
             ChunkPolicy {
-                max_samples: 3,
+                max_samples: 4,
                 affinity_slack: 0,
             },
         );
@@ -147,19 +168,16 @@ mod tests {
             c,
             vec![
                 Chunk {
-                    prompt: 0,
-                    samples: vec![0, 2, 3]
+                    prompts: vec![0, 2],
+                    samples: vec![0, 3, 2, 5]
                 },
                 Chunk {
-                    prompt: 0,
-                    samples: vec![5]
-                },
-                Chunk {
-                    prompt: 1,
+                    prompts: vec![1],
                     samples: vec![1, 4]
                 },
             ]
         );
+        assert_eq!(distinct_bytes(&prompts), "header A then 1".len() + 1 + "B".len());
     }
 
     #[test]

@@ -135,14 +135,15 @@ pub async fn generate(
     if peers.is_empty() {
         return Err(Status::unavailable("no GRM worker is live"));
     }
-    let chunks = chunking::chunks(work.prompt_of, opts.policy);
+    let texts: Vec<&str> = work.prompts.iter().map(|p| p.text.as_str()).collect();
+    let chunks = chunking::chunks(&texts, work.prompt_of, opts.policy);
     let ids: Vec<String> = peers.iter().map(|p| p.id.clone()).collect();
     let ranked = chunking::rank(work.affinity, &ids);
     let loads: Vec<usize> = peers.iter().map(|p| p.load()).collect();
     let max_new = work.sampling.max_new_tokens;
     let sizes: Vec<usize> = chunks
         .iter()
-        .map(|c| chunking::chunk_tokens(work.prompts[c.prompt].text.len(), c.samples.len(), max_new))
+        .map(|c| chunking::chunk_tokens(prompt_bytes(&work, &c.samples), c.samples.len(), max_new))
         .collect();
     let slack = opts.policy.affinity_slack * max_new as usize;
     let placed = chunking::place(&sizes, &ranked, &loads, slack);
@@ -158,7 +159,6 @@ pub async fn generate(
             pool,
             &work,
             &c.samples,
-            &work.prompts[c.prompt],
             Arc::clone(&peers[w]),
             Arc::clone(&state),
             opts,
@@ -188,11 +188,20 @@ pub async fn generate(
     })
 }
 
+/// The distinct prompt bytes the samples' prompts come to (shared prefixes once).
+fn prompt_bytes(work: &Work<'_>, samples: &[u32]) -> usize {
+    let mut texts: Vec<&str> = samples
+        .iter()
+        .map(|&s| work.prompts[work.prompt_of[s as usize]].text.as_str())
+        .collect();
+    texts.dedup();
+    chunking::distinct_bytes(&texts)
+}
+
 async fn run_chunk(
     pool: &Pool,
     work: &Work<'_>,
     samples: &[u32],
-    prompt: &Prompt,
     first: Arc<Peer>,
     state: Arc<Mutex<State>>,
     opts: &DispatchOptions,
@@ -205,7 +214,8 @@ async fn run_chunk(
     let mut only_too_large = true;
     for attempt in 0..opts.max_attempts.max(1) {
         let max_new = work.sampling.max_new_tokens;
-        let mut guard = peer.hold(chunking::chunk_tokens(prompt.text.len(), remaining.len(), max_new));
+        let bytes = prompt_bytes(work, &remaining);
+        let mut guard = peer.hold(chunking::chunk_tokens(bytes, remaining.len(), max_new));
         // One span per attempt of a chunk, parent of the worker's span for it.
         let span = tracing::info_span!(
             "grm.chunk",
@@ -213,7 +223,7 @@ async fn run_chunk(
             samples = remaining.len(),
             attempt
         );
-        match attempt_chunk(pool, &peer, work, &remaining, prompt, &state, &mut guard, opts)
+        match attempt_chunk(pool, &peer, work, &remaining, bytes, &state, &mut guard, opts)
             .instrument(span)
             .await
         {
@@ -310,26 +320,52 @@ async fn attempt_chunk(
     peer: &Peer,
     work: &Work<'_>,
     samples: &[u32],
-    prompt: &Prompt,
+    prompt_bytes: usize,
     state: &Mutex<State>,
     guard: &mut LoadGuard,
     opts: &DispatchOptions,
 ) -> Result<(), Failure> {
     let mut client =
         WorkerServiceClient::new(peer.channel.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let mut req = tonic::Request::new(GenerateRequest {
+    // The chunk's distinct prompts (the request's indices), and each sample's among them.
+    let mut used: Vec<usize> = Vec::new();
+    let local: Vec<u32> = samples
+        .iter()
+        .map(|&s| {
+            let p = work.prompt_of[s as usize];
+            let at = used.iter().position(|&u| u == p).unwrap_or_else(|| {
+                used.push(p);
+                used.len() - 1
+            });
+            at as u32
+        })
+        .collect();
+    let client_text = |p: &Prompt| Some(grm_proto::v1::ClientText { bounds: p.client.clone() });
+    let mut req = GenerateRequest {
         request_id: work.request_id.to_string(),
-        prompt: prompt.text.clone(),
-        client_text: Some(grm_proto::v1::ClientText {
-            bounds: prompt.client.clone(),
-        }),
         sample_indices: samples.to_vec(),
         seeds: samples.iter().map(|&i| work.seeds[i as usize]).collect(),
         temperature: work.sampling.temperature,
         top_p: work.sampling.top_p,
         top_k: work.sampling.top_k,
         max_new_tokens: work.sampling.max_new_tokens,
-    });
+        ..Default::default()
+    };
+    if let [only] = used[..] {
+        let p = &work.prompts[only];
+        req.prompt = p.text.clone();
+        req.client_text = client_text(p);
+    } else {
+        req.prompts = used
+            .iter()
+            .map(|&i| grm_proto::v1::PromptText {
+                text: work.prompts[i].text.clone(),
+                client_text: client_text(&work.prompts[i]),
+            })
+            .collect();
+        req.prompt_of = local.clone();
+    }
+    let mut req = tonic::Request::new(req);
     crate::trace_context::inject(&tracing::Span::current(), req.metadata_mut());
     pool.authorize(&mut req);
     if let Some(d) = work.deadline {
@@ -344,10 +380,12 @@ async fn attempt_chunk(
         Ok(Err(s)) => return Err(classify(s)),
         Ok(Ok(r)) => r.into_inner(),
     };
-    // This attempt's prefill (prompt tokens, of which cached), counted in the usage once per
-    // judgement it delivers: a retried chunk's earlier attempt must not count twice.
-    let mut prefill: Option<(u64, u64)> = None;
-    let mut delivered = 0u64;
+    // This attempt's prefill of each of its prompts (prompt tokens, of which not computed),
+    // counted in the usage once per judgement it delivers: a retried chunk's earlier attempt
+    // must not count twice.
+    let mut prefill: Vec<Option<(u64, u64)>> = vec![None; used.len()];
+    let mut delivered = vec![0u64; used.len()];
+    let mut prefilled = 0;
     loop {
         let limit = silence_limit(opts, work.deadline);
         let msg = match tokio::time::timeout(limit, stream.message()).await {
@@ -363,9 +401,14 @@ async fn attempt_chunk(
         let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
         match msg.event {
             Some(generate_event::Event::Prefilled(p)) => {
-                prefill = Some((u64::from(p.prompt_tokens), u64::from(p.cached_tokens)));
+                if let Some(slot) = prefill.get_mut(p.prompt as usize) {
+                    *slot = Some((u64::from(p.prompt_tokens), u64::from(p.cached_tokens)));
+                }
                 s.first_start.get_or_insert_with(Instant::now);
-                guard.release(prompt.text.len() / chunking::PROMPT_BYTES_PER_TOKEN);
+                prefilled += 1;
+                if prefilled == used.len() {
+                    guard.release(prompt_bytes / chunking::PROMPT_BYTES_PER_TOKEN);
+                }
             }
             Some(generate_event::Event::Progress(p)) => {
                 if !p.queued {
@@ -384,12 +427,17 @@ async fn attempt_chunk(
                         finish_reason: r.finish_reason,
                         worker: peer.addr.clone(),
                     });
-                    if let Some((prompt, cached)) = prefill {
-                        // The first judgement paid for the prefill; the others forked from it.
+                    let p = samples
+                        .iter()
+                        .position(|&x| x == r.sample_index)
+                        .map_or(0, |at| local[at] as usize);
+                    if let Some((prompt, cached)) = prefill.get(p).copied().flatten() {
+                        // The prompt's first judgement paid for what was computed of it; the
+                        // others forked from it.
                         s.prompt_tokens += prompt;
-                        s.cached += if delivered == 0 { cached } else { prompt };
+                        s.cached += if delivered[p] == 0 { cached } else { prompt };
                     }
-                    delivered += 1;
+                    delivered[p] += 1;
                     guard.release(work.sampling.max_new_tokens as usize);
                 }
             }

@@ -29,6 +29,22 @@ pub struct WorkerOptions {
     pub progress_interval: std::time::Duration,
 }
 
+/// The distinct tokens of prompts that share prefixes: each prompt's length less what it
+/// shares with its neighbour in sorted order (the nodes of their trie).
+pub fn distinct_tokens(prompts: &[Vec<u32>]) -> usize {
+    let mut sorted: Vec<&Vec<u32>> = prompts.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    let mut total = 0;
+    for (i, p) in sorted.iter().enumerate() {
+        let shared = i
+            .checked_sub(1)
+            .map_or(0, |j| p.iter().zip(sorted[j].iter()).take_while(|(a, b)| a == b).count());
+        total += p.len() - shared;
+    }
+    total
+}
+
 /// How often a chunk reports progress: well under the router's stall limit (5 s by default).
 pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -245,49 +261,90 @@ impl WorkerService for Worker {
                 "sample_indices repeats {dup}: each sample is generated once"
             )));
         }
-        let tokens = self
-            .encode_all(vec![(
-                r.prompt,
-                r.client_text.map(|c| c.bounds).unwrap_or_default(),
-            )])
-            .await?
-            .pop()
-            .unwrap_or_default();
+        // One prompt, or several sharing prefixes (each sample naming its own).
+        let (texts, prompt_of): (Vec<(String, Vec<u32>)>, Vec<usize>) = if r.prompts.is_empty() {
+            let bounds = r.client_text.map(|c| c.bounds).unwrap_or_default();
+            (vec![(r.prompt, bounds)], vec![0; r.seeds.len()])
+        } else {
+            let n = r.prompts.len();
+            if r.prompt_of.len() != r.seeds.len() {
+                return Err(Status::invalid_argument(format!(
+                    "prompt_of has {} entries for {} samples",
+                    r.prompt_of.len(),
+                    r.seeds.len()
+                )));
+            }
+            let mut used = vec![false; n];
+            for &p in &r.prompt_of {
+                match used.get_mut(p as usize) {
+                    Some(u) => *u = true,
+                    None => {
+                        return Err(Status::invalid_argument(format!(
+                            "prompt_of names prompt {p} of {n}"
+                        )))
+                    }
+                }
+            }
+            if let Some(unused) = used.iter().position(|u| !u) {
+                return Err(Status::invalid_argument(format!(
+                    "prompts[{unused}] has no sample"
+                )));
+            }
+            let texts = r
+                .prompts
+                .into_iter()
+                .map(|p| (p.text, p.client_text.map(|c| c.bounds).unwrap_or_default()))
+                .collect();
+            (texts, r.prompt_of.iter().map(|&p| p as usize).collect())
+        };
+        let prompts = self.encode_all(texts).await?;
         let context = self.engine.info.config.max_position_embeddings;
         let max_new = r.max_new_tokens.max(1) as usize;
-        if tokens.len() + max_new > context {
-            return Err(Status::invalid_argument(format!(
-                "the prompt is {} tokens; with max_new_tokens {max_new} that is {}, over the model's context of {context} tokens",
-                tokens.len(),
-                tokens.len() + max_new
-            )));
+        for (i, tokens) in prompts.iter().enumerate() {
+            if tokens.len() + max_new > context {
+                let which = if prompts.len() == 1 {
+                    "the prompt".to_string()
+                } else {
+                    format!("prompts[{i}]")
+                };
+                return Err(Status::invalid_argument(format!(
+                    "{which} is {} tokens; with max_new_tokens {max_new} that is {}, over the model's context of {context} tokens",
+                    tokens.len(),
+                    tokens.len() + max_new
+                )));
+            }
         }
-        let mut reserved = self.reserve(tokens.len())?;
-        let prompt_len = tokens.len();
+        // What the prompts cost: their distinct tokens (shared prefixes count once).
+        let distinct = distinct_tokens(&prompts);
+        let mut reserved = self.reserve(distinct)?;
         let mut share = WorkShare {
             work: Arc::clone(&self.work),
-            left: prompt_len + r.seeds.len() * max_new,
+            left: distinct + r.seeds.len() * max_new,
         };
         self.work.fetch_add(share.left, Ordering::SeqCst);
-        let samples = r
+        let samples: Vec<(usize, SamplingParams)> = r
             .seeds
             .iter()
-            .map(|&seed| SamplingParams {
-                temperature: r.temperature,
-                top_p: if r.top_p > 0.0 { r.top_p } else { 1.0 },
-                top_k: r.top_k as usize,
-                seed,
-                max_new_tokens: max_new,
-                stop_tokens: self.stop_tokens.clone(),
-                ignore_stop: false,
+            .zip(&prompt_of)
+            .map(|(&seed, &p)| {
+                (
+                    p,
+                    SamplingParams {
+                        temperature: r.temperature,
+                        top_p: if r.top_p > 0.0 { r.top_p } else { 1.0 },
+                        top_k: r.top_k as usize,
+                        seed,
+                        max_new_tokens: max_new,
+                        stop_tokens: self.stop_tokens.clone(),
+                        ignore_stop: false,
+                    },
+                )
             })
             .collect();
+        let mut prompts_left = prompts.len();
         let mut sub = self
             .engine
-            .submit(Work::Generate {
-                prompt: tokens,
-                samples,
-            })
+            .submit(Work::GenerateTree { prompts, samples })
             .await
             .map_err(engine_status)?;
         let (tx, rx) = mpsc::channel::<Result<GenerateEvent, Status>>(16);
@@ -337,13 +394,17 @@ impl WorkerService for Worker {
                         Some(Event::Prefilled {
                             prompt_tokens,
                             cached,
-                            ..
+                            prompt,
                         }) => {
-                            reserved.release();
-                            share.done(prompt_len);
+                            prompts_left = prompts_left.saturating_sub(1);
+                            if prompts_left == 0 {
+                                reserved.release();
+                                share.done(distinct);
+                            }
                             Ok(generate_event::Event::Prefilled(Prefilled {
                                 prompt_tokens: prompt_tokens as u32,
                                 cached_tokens: cached as u32,
+                                prompt: prompt as u32,
                             }))
                         }
                         Some(Event::Sample {
