@@ -18,6 +18,22 @@ pub struct AttentionMeta {
     pub block_size: usize,
 }
 
+/// What every layer of one forward step reads besides its activations, as the host has it.
+#[derive(Debug, Clone, Copy)]
+pub struct StepInputs<'a> {
+    pub meta: &'a AttentionMeta,
+    /// The KV slot of each new row.
+    pub slots: &'a [usize],
+    /// (row, slot): rows whose K and V are also written to a second slot (the same prompt
+    /// position in another branch of a prompt tree).
+    pub extra_slots: &'a [(usize, usize)],
+    /// RoPE tables of each row, [rows × head_dim/2].
+    pub cos: &'a [f32],
+    pub sin: &'a [f32],
+    /// Query heads per KV head (how the GPU tiles attention depends on it).
+    pub group: usize,
+}
+
 /// Static attention parameters of a layer.
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionParams {
@@ -40,6 +56,10 @@ pub trait Backend: Send + Sync + 'static {
     type Vector: Send + Sync;
     /// KV storage for every layer.
     type Kv: Send;
+    /// One step's [`StepInputs`] as the layers read them (the GPU keeps them on the device).
+    type Step<'a>
+    where
+        Self: 'a;
 
     fn name(&self) -> String;
 
@@ -89,31 +109,36 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// `x · wᵀ`.
     fn linear(&self, x: &Self::Act, w: &Self::Matrix) -> Self::Act;
-    /// Rotary embedding in place on `heads` heads of `head_dim` per row, with the row's
-    /// `cos`/`sin` tables ([rows × head_dim/2]).
-    fn rope(&self, x: &mut Self::Act, heads: usize, head_dim: usize, cos: &[f32], sin: &[f32]);
+    /// Prepares, once per forward step, what every layer of the step reuses: positions,
+    /// block tables, RoPE rows, slots.
+    fn prepare_step<'a>(&'a self, inputs: StepInputs<'a>) -> Self::Step<'a>;
+    /// Rotary embedding in place on `heads` heads of `head_dim` per row, with the step's
+    /// tables for each row.
+    fn rope(&self, x: &mut Self::Act, heads: usize, head_dim: usize, step: &Self::Step<'_>);
     /// `gelu_tanh(gate) * up`.
     fn gelu_mul(&self, gate: &Self::Act, up: &Self::Act) -> Self::Act;
     /// `tanh(x / cap) * cap` in place.
     fn softcap(&self, x: &mut Self::Act, cap: f32);
-    /// Writes each row's K and V into its slot.
+    /// Writes each row's K and V into its slot of the step, then the rows of the step's
+    /// extra slots into those (the same bits).
     fn write_kv(
         &self,
         kv: &mut Self::Kv,
         layer: usize,
         k: &Self::Act,
         v: &Self::Act,
-        slots: &[usize],
+        step: &Self::Step<'_>,
     );
     /// Copy-on-write of partial blocks, in every layer.
     fn copy_blocks(&self, kv: &mut Self::Kv, ops: &[CopyOp]);
-    /// Paged attention of each query row over its sequence's cached keys and values.
+    /// Paged attention of each query row over its sequence's cached keys and values, as the
+    /// step's attention layout says.
     fn attention(
         &self,
         kv: &Self::Kv,
         layer: usize,
         q: &Self::Act,
-        meta: &AttentionMeta,
+        step: &Self::Step<'_>,
         p: AttentionParams,
     ) -> Self::Act;
     /// The given rows, in order.

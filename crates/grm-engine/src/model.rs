@@ -6,7 +6,7 @@
 //! window on sliding layers) → RMSNorm → residual; RMSNorm → GeGLU MLP → RMSNorm → residual]
 //! → final RMSNorm → tied LM head with the final softcap, or the scalar `score` head.
 
-use crate::backend::{AttentionMeta, AttentionParams, Backend};
+use crate::backend::{AttentionMeta, AttentionParams, Backend, StepInputs};
 use crate::config::{Head, ModelConfig};
 use crate::error::{EngineError, Result};
 use crate::kv::CopyOp;
@@ -264,8 +264,14 @@ impl<B: Backend> Gemma2<B> {
             );
         }
 
-        let (extra_rows, extra_slots): (Vec<usize>, Vec<usize>) =
-            batch.extra_slots.iter().copied().unzip();
+        let step = b.prepare_step(StepInputs {
+            meta: &batch.meta,
+            slots: &batch.slots,
+            extra_slots: &batch.extra_slots,
+            cos: &cos,
+            sin: &sin,
+            group: c.num_heads / c.num_kv_heads.max(1),
+        });
 
         let mut x = b.embed(&self.embed, &batch.tokens, self.embed_scale);
         let mut hn = match self.layers.first() {
@@ -276,18 +282,10 @@ impl<B: Backend> Gemma2<B> {
             let mut q = b.linear(&hn, &l.q);
             let mut k = b.linear(&hn, &l.k);
             let v = b.linear(&hn, &l.v);
-            b.rope(&mut q, c.num_heads, c.head_dim, &cos, &sin);
-            b.rope(&mut k, c.num_kv_heads, c.head_dim, &cos, &sin);
-            b.write_kv(kv, i, &k, &v, &batch.slots);
-            if !extra_rows.is_empty() {
-                // Copies of rows, so the same bits land in both slots.
-                let (k2, v2) = (
-                    b.gather_rows(&k, &extra_rows),
-                    b.gather_rows(&v, &extra_rows),
-                );
-                b.write_kv(kv, i, &k2, &v2, &extra_slots);
-            }
-            let a = b.attention(kv, i, &q, &batch.meta, l.attn);
+            b.rope(&mut q, c.num_heads, c.head_dim, &step);
+            b.rope(&mut k, c.num_kv_heads, c.head_dim, &step);
+            b.write_kv(kv, i, &k, &v, &step);
+            let a = b.attention(kv, i, &q, &step, l.attn);
             let o = b.linear(&a, &l.o);
             hn = b.add_rms_norm_then_norm(&mut x, &o, &l.post_attn_norm, &l.pre_ff_norm, eps);
 

@@ -8,7 +8,7 @@
 mod common;
 
 use common::*;
-use grm_engine::backend::{AttentionMeta, AttentionParams, Backend};
+use grm_engine::backend::{AttentionMeta, AttentionParams, Backend, StepInputs};
 use grm_engine::cpu::kv::CpuKv;
 use grm_engine::cpu::{attention, ops, CpuAct};
 use grm_engine::cuda::{kernels, CudaAct, CudaBackend, CudaOptions};
@@ -178,7 +178,15 @@ fn row_kernels_match_their_cpu_references() {
         );
     }
     let mut gq = b.act_from_host(rows, cols, &x);
-    b.rope(&mut gq, heads, hd, &cos, &sin);
+    let step = b.prepare_step(StepInputs {
+        meta: &AttentionMeta::default(),
+        slots: &[],
+        extra_slots: &[],
+        cos: &cos,
+        sin: &sin,
+        group: 1,
+    });
+    b.rope(&mut gq, heads, hd, &step);
     assert_close("rope", &host(&b, &gq), &want, 1e-6);
 
     let pick = [6usize, 0, 3, 3];
@@ -299,15 +307,31 @@ fn paged_attention_kv_writes_and_block_copies_match_the_cpu() {
         // into 9 for the second sample); a third sequence stands alone.
         let prompt_blocks = [3u32, 7, 1];
         let prompt_len = 2 * bs + bs / 2;
-        let write = |gkv: &mut _, ckv: &mut CpuKv, layer, slots: &[usize], r: &mut Rnd| {
+        // Each row into its slot, and some rows into a second slot too (a prompt tree's
+        // branch blocks).
+        let write_extra = |gkv: &mut _,
+                           ckv: &mut CpuKv,
+                           layer,
+                           slots: &[usize],
+                           extra: &[(usize, usize)],
+                           r: &mut Rnd| {
             let k = r.vec(slots.len() * width, 2.0);
             let v = r.vec(slots.len() * width, 2.0);
             let (gk, gv) = (
                 b.act_from_host(slots.len(), width, &k),
                 b.act_from_host(slots.len(), width, &v),
             );
-            b.write_kv(gkv, layer, &gk, &gv, slots);
-            for (i, &s) in slots.iter().enumerate() {
+            let step = b.prepare_step(StepInputs {
+                meta: &AttentionMeta::default(),
+                slots,
+                extra_slots: extra,
+                cos: &[],
+                sin: &[],
+                group: 1,
+            });
+            b.write_kv(gkv, layer, &gk, &gv, &step);
+            let rows = slots.iter().copied().enumerate();
+            for (i, s) in rows.chain(extra.iter().copied()) {
                 let round = |x: &[f32]| x.iter().map(|&v| bf16_round(v)).collect::<Vec<_>>();
                 ckv.write(
                     layer,
@@ -316,6 +340,9 @@ fn paged_attention_kv_writes_and_block_copies_match_the_cpu() {
                     &round(&v[i * width..(i + 1) * width]),
                 );
             }
+        };
+        let write = |gkv: &mut _, ckv: &mut CpuKv, layer, slots: &[usize], r: &mut Rnd| {
+            write_extra(gkv, ckv, layer, slots, &[], r)
         };
         let prompt_slots: Vec<usize> = (0..prompt_len)
             .map(|j| prompt_blocks[j / bs] as usize * bs + j % bs)
@@ -341,6 +368,12 @@ fn paged_attention_kv_writes_and_block_copies_match_the_cpu() {
         let s1 = 9usize * bs + bs / 2;
         for layer in 0..layers {
             write(&mut gkv, &mut ckv, layer, &[s0, s1], &mut r);
+        }
+        // Three rows into free block 20, the first and last also into block 21.
+        let extra = [(0usize, 21 * bs + 1), (2, 21 * bs + 3)];
+        for layer in 0..layers {
+            let slots = [20 * bs, 20 * bs + 1, 20 * bs + 2];
+            write_extra(&mut gkv, &mut ckv, layer, &slots, &extra, &mut r);
         }
         let back = kv_to_cpu(&b, &gkv);
         assert_eq!(
@@ -368,6 +401,14 @@ fn paged_attention_kv_writes_and_block_copies_match_the_cpu() {
             spans: vec![vec![3, 7, 1], vec![3, 7, 9], alone.clone(), alone.clone()],
             block_size: bs,
         };
+        let step = b.prepare_step(StepInputs {
+            meta: &meta,
+            slots: &[],
+            extra_slots: &[],
+            cos: &[],
+            sin: &[],
+            group: heads / kv_heads,
+        });
         let rows = meta.positions.len();
         let q = r.vec(rows * heads * hd, 2.0);
         let gq = b.act_from_host(rows, heads * hd, &q);
@@ -387,7 +428,7 @@ fn paged_attention_kv_writes_and_block_copies_match_the_cpu() {
             };
             for layer in 0..layers {
                 let want = attention::attention(&ckv, layer, &q, &meta, p);
-                let got = host(&b, &b.attention(&gkv, layer, &gq, &meta, p));
+                let got = host(&b, &b.attention(&gkv, layer, &gq, &step, p));
                 assert_close(
                     &format!("attention {heads}h/{kv_heads}kv/{hd}d/bs{bs} window {window:?} cap {softcap:?} layer {layer}"),
                     &got,

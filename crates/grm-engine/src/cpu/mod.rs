@@ -8,7 +8,7 @@ pub mod matmul;
 pub mod ops;
 pub mod simd;
 
-use crate::backend::{AttentionMeta, AttentionParams, Backend};
+use crate::backend::{AttentionParams, Backend, StepInputs};
 use crate::error::Result;
 use crate::kv::CopyOp;
 use crate::weights::Tensor;
@@ -58,6 +58,7 @@ impl Backend for CpuBackend {
     type Matrix = CpuMatrix;
     type Vector = Vec<f32>;
     type Kv = kv::CpuKv;
+    type Step<'a> = StepInputs<'a>;
 
     fn name(&self) -> String {
         let isa = if simd::has_avx2() {
@@ -123,7 +124,12 @@ impl Backend for CpuBackend {
         out
     }
 
-    fn rope(&self, x: &mut CpuAct, heads: usize, head_dim: usize, cos: &[f32], sin: &[f32]) {
+    fn prepare_step<'a>(&'a self, inputs: StepInputs<'a>) -> StepInputs<'a> {
+        inputs
+    }
+
+    fn rope(&self, x: &mut CpuAct, heads: usize, head_dim: usize, step: &StepInputs<'_>) {
+        let (cos, sin) = (step.cos, step.sin);
         let half = head_dim / 2;
         for (r, row) in x.data.chunks_exact_mut(x.cols).enumerate() {
             ops::rope_row(
@@ -146,8 +152,16 @@ impl Backend for CpuBackend {
         ops::softcap(&mut x.data, cap);
     }
 
-    fn write_kv(&self, kv: &mut kv::CpuKv, layer: usize, k: &CpuAct, v: &CpuAct, slots: &[usize]) {
-        for (i, &slot) in slots.iter().enumerate() {
+    fn write_kv(
+        &self,
+        kv: &mut kv::CpuKv,
+        layer: usize,
+        k: &CpuAct,
+        v: &CpuAct,
+        step: &StepInputs<'_>,
+    ) {
+        let rows = step.slots.iter().copied().enumerate();
+        for (i, slot) in rows.chain(step.extra_slots.iter().copied()) {
             let (kr, vr) = (
                 &k.data[i * k.cols..(i + 1) * k.cols],
                 &v.data[i * v.cols..(i + 1) * v.cols],
@@ -167,13 +181,13 @@ impl Backend for CpuBackend {
         kv: &kv::CpuKv,
         layer: usize,
         q: &CpuAct,
-        meta: &AttentionMeta,
+        step: &StepInputs<'_>,
         p: AttentionParams,
     ) -> CpuAct {
         CpuAct {
             rows: q.rows,
             cols: q.cols,
-            data: attention::attention(kv, layer, &q.data, meta, p),
+            data: attention::attention(kv, layer, &q.data, step.meta, p),
         }
     }
 

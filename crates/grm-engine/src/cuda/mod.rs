@@ -10,7 +10,7 @@
 pub mod kernels;
 pub mod plan;
 
-use crate::backend::{AttentionMeta, AttentionParams, Backend};
+use crate::backend::{AttentionParams, Backend, StepInputs};
 use crate::device_sampler::RowSampling;
 use crate::error::{EngineError, Result};
 use crate::kv::CopyOp;
@@ -21,7 +21,7 @@ use cudarc::driver::{
     LaunchConfig, PushKernelArg,
 };
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// A device to run on, with how much of its memory the process may fill.
 #[derive(Debug, Clone, Copy)]
@@ -81,11 +81,11 @@ pub struct CudaKv {
     pub v: CudaSlice<u16>,
 }
 
-/// The device copy of one step's attention plan, reused by every layer of the step.
-struct StepMeta {
-    /// What the plan was made from: positions, span of each row, block tables, the heads per
-    /// KV head and the block size (tiles are sized by the group).
-    key: (Vec<u32>, Vec<u32>, Vec<Vec<u32>>, usize, usize),
+/// One step's inputs on the device, uploaded once by `prepare_step` and read by every layer:
+/// the attention plan, positions and block tables, the RoPE tables and the KV slots.
+pub struct CudaStep {
+    /// Query heads per KV head the plan was made for.
+    group: usize,
     plan: plan::AttentionPlan,
     tables: CudaSlice<u32>,
     table_start: CudaSlice<u32>,
@@ -94,19 +94,14 @@ struct StepMeta {
     tile_row0: Option<CudaSlice<u32>>,
     tile_rows: Option<CudaSlice<u32>>,
     decode_rows: Option<CudaSlice<u32>>,
-}
-
-/// The device copy of one step's RoPE tables.
-struct RopeTables {
-    key: Vec<u32>,
     cos: CudaSlice<f32>,
     sin: CudaSlice<f32>,
-}
-
-#[derive(Default)]
-struct StepCache {
-    meta: Option<StepMeta>,
-    rope: Option<RopeTables>,
+    /// Rows' slots, and the extra (row, slot) pairs as two lists.
+    slots: CudaSlice<u64>,
+    rows: usize,
+    extra_rows: Option<CudaSlice<u32>>,
+    extra_slots: Option<CudaSlice<u64>>,
+    extras: usize,
 }
 
 pub struct CudaBackend {
@@ -118,7 +113,6 @@ pub struct CudaBackend {
     arch: String,
     memory_fraction: f32,
     max_shared: usize,
-    cache: Mutex<StepCache>,
 }
 
 /// Whether a CUDA driver can be opened in this process.
@@ -213,7 +207,6 @@ impl CudaBackend {
             arch,
             memory_fraction: opts.memory_fraction,
             max_shared,
-            cache: Mutex::new(StepCache::default()),
         })
     }
 
@@ -441,51 +434,47 @@ impl CudaBackend {
         }
     }
 
-    fn step_meta<'a>(
+    /// Writes rows of `k` and `v` into slots of one layer (kv.cu).
+    fn write_rows(
         &self,
-        cache: &'a mut StepCache,
-        meta: &AttentionMeta,
-        group: usize,
-    ) -> &'a StepMeta {
-        let fresh = match &cache.meta {
-            Some(m) => {
-                m.key.0 != meta.positions
-                    || m.key.1 != meta.span_of
-                    || m.key.2 != meta.spans
-                    || m.key.3 != group
-                    || m.key.4 != meta.block_size
-            }
-            None => true,
-        };
-        if fresh {
-            let p = plan::plan(meta, group);
-            let opt = |v: &[u32]| (!v.is_empty()).then(|| self.upload(v));
-            cache.meta = Some(StepMeta {
-                key: (
-                    meta.positions.clone(),
-                    meta.span_of.clone(),
-                    meta.spans.clone(),
-                    group,
-                    meta.block_size,
-                ),
-                tables: self.upload(if p.tables.is_empty() {
-                    &[0u32][..]
-                } else {
-                    &p.tables
-                }),
-                table_start: self.upload(&p.table_start),
-                seq_of: self.upload(&meta.span_of),
-                positions: self.upload(&meta.positions),
-                tile_row0: opt(&p.tile_row0),
-                tile_rows: opt(&p.tile_rows),
-                decode_rows: opt(&p.decode_rows),
-                plan: p,
-            });
-        }
-        match &cache.meta {
-            Some(m) => m,
-            None => unreachable!("set above"),
-        }
+        kv: &mut CudaKv,
+        layer: usize,
+        (k, v): (&CudaSlice<f32>, &CudaSlice<f32>),
+        slots: &CudaSlice<u64>,
+        rows: usize,
+    ) {
+        let (h, d, bs) = (kv.kv_heads as i32, kv.head_dim as i32, kv.block_size as i32);
+        let range = layer * kv.layer_stride..(layer + 1) * kv.layer_stride;
+        let mut kc = kv.k.slice_mut(range.clone());
+        let mut vc = kv.v.slice_mut(range);
+        let mut b = self.stream.launch_builder(self.f("write_kv"));
+        b.arg(k)
+            .arg(v)
+            .arg(slots)
+            .arg(&h)
+            .arg(&d)
+            .arg(&bs)
+            .arg(&mut kc)
+            .arg(&mut vc);
+        // SAFETY: matches kv.cu; slots lie inside the pool (the block manager's invariant).
+        ok(
+            unsafe { b.launch(Self::rows_config(rows, 256)) },
+            "write_kv",
+        );
+    }
+
+    /// The given rows of `x`, by a device list of row indices.
+    fn gather_by(&self, x: &CudaAct, idx: &CudaSlice<u32>, rows: usize) -> CudaSlice<f32> {
+        let mut out = self.zeros_f32(rows * x.cols);
+        let c = x.cols as i32;
+        let mut b = self.stream.launch_builder(self.f("gather_rows"));
+        b.arg(&x.buf).arg(idx).arg(&c).arg(&mut out);
+        // SAFETY: matches elementwise.cu; the rows exist (the scheduler's extra slots).
+        ok(
+            unsafe { b.launch(Self::rows_config(rows, 256)) },
+            "gather_rows",
+        );
+        out
     }
 
     /// Samples one token per row of `logits` on the device (kernels/sample.cu); only the
@@ -529,6 +518,7 @@ impl Backend for CudaBackend {
     type Matrix = CudaMatrix;
     type Vector = CudaSlice<f32>;
     type Kv = CudaKv;
+    type Step<'a> = CudaStep;
 
     fn name(&self) -> String {
         self.name.clone()
@@ -714,31 +704,53 @@ impl Backend for CudaBackend {
         }
     }
 
-    fn rope(&self, x: &mut CudaAct, heads: usize, head_dim: usize, cos: &[f32], sin: &[f32]) {
+    fn prepare_step<'a>(&'a self, inputs: StepInputs<'a>) -> CudaStep {
+        let meta = inputs.meta;
+        let p = plan::plan(meta, inputs.group);
+        // Device buffers are never empty (a zero-length allocation is refused).
+        let up_u32 = |v: &[u32]| self.upload(if v.is_empty() { &[0u32][..] } else { v });
+        let up_f32 = |v: &[f32]| self.upload(if v.is_empty() { &[0f32][..] } else { v });
+        let opt = |v: &[u32]| (!v.is_empty()).then(|| self.upload(v));
+        let slots: Vec<u64> = inputs.slots.iter().map(|&s| s as u64).collect();
+        let extra_rows: Vec<u32> = inputs.extra_slots.iter().map(|e| e.0 as u32).collect();
+        let extra_slots: Vec<u64> = inputs.extra_slots.iter().map(|e| e.1 as u64).collect();
+        CudaStep {
+            group: inputs.group,
+            tables: up_u32(&p.tables),
+            table_start: up_u32(&p.table_start),
+            seq_of: up_u32(&meta.span_of),
+            positions: up_u32(&meta.positions),
+            tile_row0: opt(&p.tile_row0),
+            tile_rows: opt(&p.tile_rows),
+            decode_rows: opt(&p.decode_rows),
+            plan: p,
+            cos: up_f32(inputs.cos),
+            sin: up_f32(inputs.sin),
+            slots: self.upload(if slots.is_empty() {
+                &[0u64][..]
+            } else {
+                &slots
+            }),
+            rows: inputs.slots.len(),
+            extras: extra_rows.len(),
+            extra_rows: (!extra_rows.is_empty()).then(|| self.upload(&extra_rows)),
+            extra_slots: (!extra_slots.is_empty()).then(|| self.upload(&extra_slots)),
+        }
+    }
+
+    fn rope(&self, x: &mut CudaAct, heads: usize, head_dim: usize, step: &CudaStep) {
         if x.rows == 0 {
             return;
         }
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        let key: Vec<u32> = cos.iter().chain(sin).map(|v| v.to_bits()).collect();
-        if cache.rope.as_ref().is_none_or(|r| r.key != key) {
-            cache.rope = Some(RopeTables {
-                key,
-                cos: self.upload(cos),
-                sin: self.upload(sin),
-            });
-        }
-        let Some(t) = cache.rope.as_ref() else {
-            unreachable!("set above")
-        };
         let (c, h, d) = (x.cols as i32, heads as i32, head_dim as i32);
         let mut b = self.stream.launch_builder(self.f("rope"));
         b.arg(&mut x.buf)
             .arg(&c)
             .arg(&h)
             .arg(&d)
-            .arg(&t.cos)
-            .arg(&t.sin);
-        // SAFETY: matches rope.cu.
+            .arg(&step.cos)
+            .arg(&step.sin);
+        // SAFETY: matches rope.cu; the step's tables have a row per row of x.
         ok(unsafe { b.launch(Self::rows_config(x.rows, 256)) }, "rope");
     }
 
@@ -771,32 +783,20 @@ impl Backend for CudaBackend {
         ok(unsafe { b.launch(Self::flat_config(n)) }, "softcap");
     }
 
-    fn write_kv(&self, kv: &mut CudaKv, layer: usize, k: &CudaAct, v: &CudaAct, slots: &[usize]) {
-        if slots.is_empty() {
+    fn write_kv(&self, kv: &mut CudaKv, layer: usize, k: &CudaAct, v: &CudaAct, step: &CudaStep) {
+        if step.rows == 0 {
             return;
         }
-        assert_eq!(slots.len(), k.rows, "write_kv: one slot per row");
-        let rows = slots.len();
-        let slots: Vec<u64> = slots.iter().map(|&s| s as u64).collect();
-        let slots = self.upload(&slots);
-        let (h, d, bs) = (kv.kv_heads as i32, kv.head_dim as i32, kv.block_size as i32);
-        let range = layer * kv.layer_stride..(layer + 1) * kv.layer_stride;
-        let mut kc = kv.k.slice_mut(range.clone());
-        let mut vc = kv.v.slice_mut(range);
-        let mut b = self.stream.launch_builder(self.f("write_kv"));
-        b.arg(&k.buf)
-            .arg(&v.buf)
-            .arg(&slots)
-            .arg(&h)
-            .arg(&d)
-            .arg(&bs)
-            .arg(&mut kc)
-            .arg(&mut vc);
-        // SAFETY: matches kv.cu; slots lie inside the pool (the block manager's invariant).
-        ok(
-            unsafe { b.launch(Self::rows_config(rows, 256)) },
-            "write_kv",
-        );
+        assert_eq!(step.rows, k.rows, "write_kv: one slot per row");
+        self.write_rows(kv, layer, (&k.buf, &v.buf), &step.slots, step.rows);
+        if let (Some(rows), Some(slots)) = (&step.extra_rows, &step.extra_slots) {
+            // Copies of the rows, so the same bits land in both slots.
+            let (k2, v2) = (
+                self.gather_by(k, rows, step.extras),
+                self.gather_by(v, rows, step.extras),
+            );
+            self.write_rows(kv, layer, (&k2, &v2), slots, step.extras);
+        }
     }
 
     fn copy_blocks(&self, kv: &mut CudaKv, ops: &[CopyOp]) {
@@ -840,7 +840,7 @@ impl Backend for CudaBackend {
         kv: &CudaKv,
         layer: usize,
         q: &CudaAct,
-        meta: &AttentionMeta,
+        step: &CudaStep,
         p: AttentionParams,
     ) -> CudaAct {
         let mut out = self.zeros_f32(q.rows * q.cols);
@@ -852,8 +852,12 @@ impl Backend for CudaBackend {
             };
         }
         let group = p.num_heads / p.num_kv_heads;
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        let m = self.step_meta(&mut cache, meta, group);
+        // The plan's tiles are sized for the step's head group; the model's layers share it.
+        assert_eq!(
+            group, step.group,
+            "attention: the step was prepared for another head group"
+        );
+        let m = step;
         let range = layer * kv.layer_stride..(layer + 1) * kv.layer_stride;
         let (kc, vc) = (kv.k.slice(range.clone()), kv.v.slice(range));
         let (heads, kvh, hd, bs) = (
