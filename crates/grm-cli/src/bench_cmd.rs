@@ -70,6 +70,9 @@ pub struct EngineArgs {
     dtype: String,
     #[arg(long, env = "GRM_THREADS")]
     threads: Option<usize>,
+    /// Compute device: cpu, or cuda:N (where the build has the CUDA backend).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Prompt tokens (P) of the prefill and GRM measurements.
     #[arg(long, default_value_t = 512)]
     prompt_tokens: usize,
@@ -146,12 +149,12 @@ fn prompt(len: usize, vocab: usize, salt: usize) -> Vec<u32> {
         .collect()
 }
 
-fn sched(
-    model: Gemma2<CpuBackend>,
+fn sched<B: Backend>(
+    model: Gemma2<B>,
     blocks: usize,
     sharing: bool,
     batch_tokens: usize,
-) -> Result<Scheduler<CpuBackend>> {
+) -> Result<Scheduler<B>> {
     let cfg = SchedulerConfig {
         max_batch_tokens: batch_tokens,
         max_seqs: 512,
@@ -198,8 +201,38 @@ fn engine(a: EngineArgs) -> Result<()> {
             &tmp
         }
     };
-    let load =
-        || Gemma2::load(dir, CpuBackend).with_context(|| format!("loading {}", dir.display()));
+    match crate::serve_cmd::Device::parse(&a.device)? {
+        crate::serve_cmd::Device::Cpu => {
+            let load = || {
+                Gemma2::load(dir, CpuBackend).with_context(|| format!("loading {}", dir.display()))
+            };
+            bench_on(&a, dir, &load)
+        }
+        #[cfg(feature = "cuda")]
+        crate::serve_cmd::Device::Cuda(ordinal) => {
+            let load = || {
+                let backend = grm_engine::CudaBackend::new(grm_engine::CudaOptions {
+                    ordinal,
+                    memory_fraction: 0.9,
+                })
+                .with_context(|| format!("--device {}", a.device))?;
+                Gemma2::load(dir, backend).with_context(|| format!("loading {}", dir.display()))
+            };
+            bench_on(&a, dir, &load)
+        }
+        #[cfg(not(feature = "cuda"))]
+        crate::serve_cmd::Device::Cuda(_) => {
+            bail!("--device {}: this build has no CUDA backend", a.device)
+        }
+    }
+}
+
+/// The measurements, on the backend `load` builds.
+fn bench_on<B: Backend>(
+    a: &EngineArgs,
+    dir: &Path,
+    load: &dyn Fn() -> Result<Gemma2<B>>,
+) -> Result<()> {
     let m = load()?;
     let vocab = m.config.vocab_size;
     let mut report = json!({
@@ -341,12 +374,12 @@ fn engine(a: EngineArgs) -> Result<()> {
             }));
         }
         report["grm_workload"] = json!(rows);
-        report["grm_tree_workload"] = grm_tree_workload(&a, &load, vocab, kv_token_bytes)?;
+        report["grm_tree_workload"] = grm_tree_workload(a, load, vocab, kv_token_bytes)?;
         if let Some(peer) = &a.peer {
             if peer != "transformers" {
                 bail!("--peer {peer:?} is not known (known: transformers)");
             }
-            report["peer"] = peer_transformers(&a, dir)?;
+            report["peer"] = peer_transformers(a, dir)?;
         }
     }
 
@@ -374,6 +407,11 @@ fn peer_transformers(a: &EngineArgs, dir: &Path) -> Result<Value> {
         .args(["--gen-tokens", &a.gen_tokens.to_string()])
         .args(["--temperature", &a.temperature.to_string()])
         .args(["--threads", &threads.to_string()])
+        .args(if a.device.starts_with("cuda") {
+            ["--device", "cuda", "--dtype", "bfloat16"]
+        } else {
+            ["--device", "cpu", "--dtype", "float32"]
+        })
         .output()
         .with_context(|| {
             format!(
@@ -401,9 +439,9 @@ fn peer_transformers(a: &EngineArgs, dir: &Path) -> Result<Value> {
 /// tree, one request holds all the prompts; without, one request per distinct prompt (the
 /// cross-request prefix cache reuses only what an earlier one finished). Prompt tokens
 /// computed are set against the ideal: the distinct tokens of the prompts' prefix tree.
-fn grm_tree_workload(
+fn grm_tree_workload<B: Backend>(
     a: &EngineArgs,
-    load: &dyn Fn() -> Result<Gemma2<CpuBackend>>,
+    load: &dyn Fn() -> Result<Gemma2<B>>,
     vocab: usize,
     kv_token_bytes: usize,
 ) -> Result<Value> {
