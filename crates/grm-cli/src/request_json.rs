@@ -92,6 +92,7 @@ impl RequestJson {
                 max_new_tokens: s.max_new_tokens.unwrap_or(0),
                 seed: s.seed,
                 no_shuffle: s.no_shuffle,
+                adaptive: None,
             }),
             label: self.label.map(|l| pb::Label {
                 kind: Some(match l {

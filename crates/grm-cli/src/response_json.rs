@@ -46,8 +46,12 @@ pub fn to_json(r: &ScoreResponse) -> Value {
         "samples": samples,
         "seed": r.seed,
         "k_meta": r.k_meta,
+        "samples_used": r.samples_used,
         "model": r.model,
     });
+    if !r.meta_fallback.is_empty() {
+        v["meta_fallback"] = json!(r.meta_fallback);
+    }
     if let Some(c) = r.correct {
         v["correct"] = json!(c);
     }

@@ -36,6 +36,12 @@ pub struct ScoreArgs {
     /// Print the answer as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Adaptive k: stop sampling once the rule holds (exact or confident); --k is the ceiling.
+    #[arg(long)]
+    pub adaptive: Option<String>,
+    /// The confident rule's confidence, in (0, 1).
+    #[arg(long, default_value_t = 0.95)]
+    pub confidence: f32,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 600.0)]
     pub timeout_s: f64,
@@ -69,7 +75,15 @@ fn request(a: &ScoreArgs) -> Result<ScoreRequest> {
     s.temperature = a.temperature.or(s.temperature);
     s.seed = a.seed.or(s.seed);
     s.max_new_tokens = a.max_new_tokens.or(s.max_new_tokens);
-    r.to_proto()
+    let mut req = r.to_proto()?;
+    if let Some(rule) = &a.adaptive {
+        req.sampling.get_or_insert_with(Default::default).adaptive = Some(grm_proto::v1::Adaptive {
+            rule: rule.clone(),
+            confidence: a.confidence,
+            first_wave: 0,
+        });
+    }
+    Ok(req)
 }
 
 pub fn run(a: ScoreArgs) -> Result<()> {

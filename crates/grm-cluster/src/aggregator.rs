@@ -98,7 +98,8 @@ impl Aggregator {
             judgements.push(JJudgement {
                 text: j.text.clone(),
                 order,
-                meta_score: None,
+                // Known already (adaptive sampling scores each wave once): not scored again.
+                meta_score: j.meta_score.filter(|_| k_meta.is_some()),
             });
         }
         let mut meta_tokens = 0;
@@ -204,6 +205,7 @@ impl Aggregator {
             error: None,
             meta_fallback,
             group: None,
+            samples_used: k as u32,
         })
     }
 
@@ -220,7 +222,7 @@ impl Aggregator {
             .as_ref()
             .ok_or_else(|| Status::failed_precondition("no meta-RM worker"))?;
         let wanted: Vec<usize> = (0..js.len())
-            .filter(|&i| grm_judge::extract_scores(&js[i].text, n).is_ok())
+            .filter(|&i| js[i].meta_score.is_none() && grm_judge::extract_scores(&js[i].text, n).is_ok())
             .collect();
         let marked: Vec<grm_judge::Marked> = wanted
             .iter()

@@ -57,8 +57,8 @@ pub struct Generated {
 /// Everything generated for a request.
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
-    /// By sample index; all present.
-    pub judgements: Vec<Generated>,
+    /// By sample index; all present unless `on_judgement` stopped the generation.
+    pub judgements: Vec<Option<Generated>>,
     pub prompt_tokens: u64,
     pub cached_prompt_tokens: u64,
     /// From the start until a worker started computing the request (its first chunk left a
@@ -72,6 +72,8 @@ pub struct Outcome {
 
 struct State {
     judgements: Vec<Option<Generated>>,
+    /// Woken when `on_judgement` asks to stop.
+    stop: Arc<tokio::sync::Notify>,
     prompt_tokens: u64,
     cached: u64,
     first_start: Option<Instant>,
@@ -121,6 +123,9 @@ pub struct Work<'a> {
     pub sampling: Sampling,
     pub affinity: u64,
     pub deadline: Option<Instant>,
+    /// Called with each judgement as it arrives (its sample index); returning true stops the
+    /// generation: the chunks still running are cancelled and their blocks freed.
+    pub on_judgement: Option<&'a (dyn Fn(usize, &Generated) -> bool + Send + Sync)>,
 }
 
 /// Generates every sample of `work` on the pool's workers.
@@ -147,8 +152,10 @@ pub async fn generate(
         .collect();
     let slack = opts.policy.affinity_slack * max_new as usize;
     let placed = chunking::place(&sizes, &ranked, &loads, slack);
+    let stop = Arc::new(tokio::sync::Notify::new());
     let state = Arc::new(Mutex::new(State {
         judgements: vec![None; k],
+        stop: Arc::clone(&stop),
         prompt_tokens: 0,
         cached: 0,
         first_start: None,
@@ -164,7 +171,13 @@ pub async fn generate(
             opts,
         )
     });
-    let all = futures::future::try_join_all(runs);
+    let all = async {
+        tokio::select! {
+            r = futures::future::try_join_all(runs) => r.map(|_| ()),
+            // Dropping the chunks' futures cancels their calls: the workers free the blocks.
+            _ = stop.notified() => Ok(()),
+        }
+    };
     match work.deadline {
         Some(d) => tokio::time::timeout_at(d.into(), all).await.map_err(|_| {
             Status::deadline_exceeded(
@@ -174,8 +187,7 @@ pub async fn generate(
         None => all.await?,
     };
     let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
-    let judgements: Option<Vec<Generated>> = s.judgements.iter_mut().map(Option::take).collect();
-    let judgements = judgements.ok_or_else(|| Status::internal("a sample was lost"))?;
+    let judgements: Vec<Option<Generated>> = s.judgements.iter_mut().map(Option::take).collect();
     Ok(Outcome {
         judgements,
         prompt_tokens: s.prompt_tokens,
@@ -421,12 +433,16 @@ async fn attempt_chunk(
                 if samples.contains(&r.sample_index)
                     && s.judgements.get(i).is_some_and(Option::is_none)
                 {
-                    s.judgements[i] = Some(Generated {
+                    let g = Generated {
                         text: r.text,
                         generated_tokens: r.generated_tokens,
                         finish_reason: r.finish_reason,
                         worker: peer.addr.clone(),
-                    });
+                    };
+                    if work.on_judgement.is_some_and(|f| f(i, &g)) {
+                        s.stop.notify_one();
+                    }
+                    s.judgements[i] = Some(g);
                     let p = samples
                         .iter()
                         .position(|&x| x == r.sample_index)

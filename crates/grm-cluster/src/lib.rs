@@ -3,6 +3,7 @@
 //! validation, prompts, dispatch of chunks to workers with retries), `aggregator` (meta-RM
 //! scores and voting), membership from etcd or a static list, and the HTTP side.
 
+pub mod adaptive_sampling;
 pub mod aggregator;
 pub mod auth;
 pub mod chat_markup;

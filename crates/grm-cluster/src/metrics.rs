@@ -125,6 +125,9 @@ pub struct RouterMetrics {
     group_size: Histogram,
     group_wait: Histogram,
     groups_forwarded: AtomicU64,
+    /// Adaptive requests by whether they stopped before k, and the judgements they saved.
+    adaptive: Mutex<BTreeMap<&'static str, u64>>,
+    judgements_saved: AtomicU64,
 }
 
 const GROUP_SIZE_BOUNDS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
@@ -147,6 +150,8 @@ impl Default for RouterMetrics {
             group_size: Histogram::new(GROUP_SIZE_BOUNDS),
             group_wait: Histogram::new(LATENCY_BOUNDS),
             groups_forwarded: AtomicU64::default(),
+            adaptive: Mutex::default(),
+            judgements_saved: AtomicU64::default(),
         }
     }
 }
@@ -202,6 +207,19 @@ impl RouterMetrics {
             .unwrap_or_else(|e| e.into_inner())
             .entry(outcome)
             .or_default() += 1;
+    }
+
+    /// Counts an adaptive request that drew `used` of its `k` judgements.
+    pub fn adaptive(&self, k: usize, used: usize) {
+        let outcome = if used < k { "early" } else { "at_k" };
+        *self
+            .adaptive
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(outcome)
+            .or_default() += 1;
+        self.judgements_saved
+            .fetch_add(k.saturating_sub(used) as u64, Ordering::Relaxed);
     }
 
     /// Counts a member sent on to the router that owns its group.
@@ -339,6 +357,20 @@ impl RouterMetrics {
             "gauge",
             "Groups whose members are arriving now.",
             g.groups_forming as f64,
+        );
+        out.family(
+            "grm_adaptive_requests_total",
+            "counter",
+            "Adaptive-k requests, by whether sampling stopped before k (early) or ran to k (at_k).",
+        );
+        for (outcome, n) in self.adaptive.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            out.sample("grm_adaptive_requests_total", &[("stopped", outcome)], *n as f64);
+        }
+        out.single(
+            "grm_judgements_saved_total",
+            "counter",
+            "Judgements adaptive sampling did not draw (k minus those drawn).",
+            self.judgements_saved.load(Ordering::Relaxed) as f64,
         );
         out.single(
             "grm_group_members_forwarded_total",

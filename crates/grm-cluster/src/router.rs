@@ -68,7 +68,7 @@ impl Default for RouterOptions {
 pub(crate) struct Inner {
     pub(crate) template: Arc<Template>,
     pub(crate) grm: Arc<Pool>,
-    local: Aggregator,
+    pub(crate) local: Aggregator,
     aggregators: Option<Arc<Pool>>,
     pub(crate) opts: RouterOptions,
     pub(crate) inflight: Arc<Semaphore>,
@@ -342,20 +342,38 @@ impl Router {
             },
             affinity: chunking::affinity_key(&parts),
             deadline,
+            on_judgement: None,
         };
-        let out = dispatch::generate(&me.grm, work, &me.opts.dispatch).await?;
+        let (out, metas) = match v.adaptive {
+            None => {
+                let out = dispatch::generate(&me.grm, work, &me.opts.dispatch).await?;
+                if out.judgements.iter().any(Option::is_none) {
+                    return Err(Status::internal("a sample was lost"));
+                }
+                (out, vec![None; v.k])
+            }
+            Some((rule, first_wave)) => {
+                self.sample_adaptive(&v, &req, work, &orders, rule, first_wave)
+                    .await?
+            }
+        };
         let judgements = out
             .judgements
             .into_iter()
             .zip(orders)
+            .zip(metas)
             .enumerate()
-            .map(|(i, (g, order))| Judgement {
-                index: i as u32,
-                text: g.text,
-                order: order.into_iter().map(|o| o as u32).collect(),
-                generated_tokens: g.generated_tokens,
-                finish_reason: g.finish_reason,
-                worker: g.worker,
+            .filter_map(|(i, ((g, order), meta_score))| {
+                let g = g?;
+                Some(Judgement {
+                    index: i as u32,
+                    text: g.text,
+                    order: order.into_iter().map(|o| o as u32).collect(),
+                    generated_tokens: g.generated_tokens,
+                    finish_reason: g.finish_reason,
+                    worker: g.worker,
+                    meta_score,
+                })
             })
             .collect();
         let req_model = req.model.clone();
@@ -364,6 +382,10 @@ impl Router {
         let sampling = request.sampling.get_or_insert_with(Default::default);
         sampling.seed = Some(v.seed);
         sampling.k = v.k as u32;
+        if v.adaptive.is_some() && v.k_meta.is_none() && me.local.has_meta() {
+            // The meta RM keeps half of the ceiling k, whatever adaptive sampling drew.
+            sampling.k_meta = Some(grm_judge::default_k_meta(v.k) as u32);
+        }
         let agg = AggregateRequest {
             request: Some(request),
             judgements,
@@ -393,7 +415,7 @@ impl Router {
         Ok(resp)
     }
 
-    async fn aggregate(
+    pub(crate) async fn aggregate(
         &self,
         req: AggregateRequest,
         deadline: Option<Instant>,

@@ -47,6 +47,8 @@ pub struct Valid {
     pub return_samples: bool,
     /// Hinted sampling: the labelled best response, named in each prompt.
     pub hint_best: Option<usize>,
+    /// Adaptive k: the stopping rule and the first wave (0: the router's choice).
+    pub adaptive: Option<(grm_judge::adaptive::Rule, usize)>,
 }
 
 fn bad(msg: String) -> Status {
@@ -128,7 +130,7 @@ pub fn validate(req: &ScoreRequest, encoded_len: usize, limits: &Limits) -> Resu
     }
     let (input, label) = parse_input(req)?;
 
-    let s = req.sampling.unwrap_or_default();
+    let s = req.sampling.clone().unwrap_or_default();
     let k = if s.k == 0 && req.sampling.is_none() {
         1
     } else {
@@ -180,7 +182,38 @@ pub fn validate(req: &ScoreRequest, encoded_len: usize, limits: &Limits) -> Resu
                 .into(),
         )),
     };
+    let adaptive = match &s.adaptive {
+        None => None,
+        Some(a) => {
+            let rule = match a.rule.as_str() {
+                "exact" => grm_judge::adaptive::Rule::Exact,
+                "confident" => {
+                    let c = if a.confidence == 0.0 { 0.95 } else { f64::from(a.confidence) };
+                    if !(c > 0.0 && c < 1.0) {
+                        return Err(bad(format!(
+                            "sampling.adaptive.confidence is {}; allowed (0, 1)",
+                            a.confidence
+                        )));
+                    }
+                    grm_judge::adaptive::Rule::Confident { confidence: c }
+                }
+                other => {
+                    return Err(bad(format!(
+                        "sampling.adaptive.rule is {other:?}; allowed: exact, confident"
+                    )))
+                }
+            };
+            if a.first_wave as usize > k {
+                return Err(bad(format!(
+                    "sampling.adaptive.first_wave is {}; allowed 0..=k ({k})",
+                    a.first_wave
+                )));
+            }
+            Some((rule, a.first_wave as usize))
+        }
+    };
     Ok(Valid {
+        adaptive,
         hint_best,
         id: req.id.clone(),
         input,

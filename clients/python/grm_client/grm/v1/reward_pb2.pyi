@@ -15,7 +15,7 @@ class Message(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class Sampling(_message.Message):
-    __slots__ = ("k", "k_meta", "temperature", "top_p", "max_new_tokens", "seed", "no_shuffle")
+    __slots__ = ("k", "k_meta", "temperature", "top_p", "max_new_tokens", "seed", "no_shuffle", "adaptive")
     K_FIELD_NUMBER: _ClassVar[int]
     K_META_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,7 @@ class Sampling(_message.Message):
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     NO_SHUFFLE_FIELD_NUMBER: _ClassVar[int]
+    ADAPTIVE_FIELD_NUMBER: _ClassVar[int]
     k: int
     k_meta: int
     temperature: float
@@ -30,7 +31,18 @@ class Sampling(_message.Message):
     max_new_tokens: int
     seed: int
     no_shuffle: bool
-    def __init__(self, k: _Optional[int] = ..., k_meta: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., seed: _Optional[int] = ..., no_shuffle: bool = ...) -> None: ...
+    adaptive: Adaptive
+    def __init__(self, k: _Optional[int] = ..., k_meta: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., seed: _Optional[int] = ..., no_shuffle: bool = ..., adaptive: _Optional[_Union[Adaptive, _Mapping]] = ...) -> None: ...
+
+class Adaptive(_message.Message):
+    __slots__ = ("rule", "confidence", "first_wave")
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    FIRST_WAVE_FIELD_NUMBER: _ClassVar[int]
+    rule: str
+    confidence: float
+    first_wave: int
+    def __init__(self, rule: _Optional[str] = ..., confidence: _Optional[float] = ..., first_wave: _Optional[int] = ...) -> None: ...
 
 class Label(_message.Message):
     __slots__ = ("best", "rating", "correct")
@@ -161,7 +173,7 @@ class ScoreError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("id", "rewards", "best", "tie", "valid_samples", "invalid_samples", "correct", "samples", "usage", "timings", "seed", "k_meta", "model", "error", "meta_fallback", "group")
+    __slots__ = ("id", "rewards", "best", "tie", "valid_samples", "invalid_samples", "correct", "samples", "usage", "timings", "seed", "k_meta", "model", "error", "meta_fallback", "group", "samples_used")
     ID_FIELD_NUMBER: _ClassVar[int]
     REWARDS_FIELD_NUMBER: _ClassVar[int]
     BEST_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +190,7 @@ class ScoreResponse(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     META_FALLBACK_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_USED_FIELD_NUMBER: _ClassVar[int]
     id: str
     rewards: _containers.RepeatedCompositeFieldContainer[ResponseReward]
     best: int
@@ -194,7 +207,8 @@ class ScoreResponse(_message.Message):
     error: ScoreError
     meta_fallback: str
     group: GroupResult
-    def __init__(self, id: _Optional[str] = ..., rewards: _Optional[_Iterable[_Union[ResponseReward, _Mapping]]] = ..., best: _Optional[int] = ..., tie: bool = ..., valid_samples: _Optional[int] = ..., invalid_samples: _Optional[int] = ..., correct: bool = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., seed: _Optional[int] = ..., k_meta: _Optional[int] = ..., model: _Optional[str] = ..., error: _Optional[_Union[ScoreError, _Mapping]] = ..., meta_fallback: _Optional[str] = ..., group: _Optional[_Union[GroupResult, _Mapping]] = ...) -> None: ...
+    samples_used: int
+    def __init__(self, id: _Optional[str] = ..., rewards: _Optional[_Iterable[_Union[ResponseReward, _Mapping]]] = ..., best: _Optional[int] = ..., tie: bool = ..., valid_samples: _Optional[int] = ..., invalid_samples: _Optional[int] = ..., correct: bool = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., seed: _Optional[int] = ..., k_meta: _Optional[int] = ..., model: _Optional[str] = ..., error: _Optional[_Union[ScoreError, _Mapping]] = ..., meta_fallback: _Optional[str] = ..., group: _Optional[_Union[GroupResult, _Mapping]] = ..., samples_used: _Optional[int] = ...) -> None: ...
 
 class GroupResult(_message.Message):
     __slots__ = ("size", "responses", "members", "partial", "subgroups", "wait_ms", "mean_scores", "positions")
