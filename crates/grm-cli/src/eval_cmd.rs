@@ -58,6 +58,24 @@ pub struct EvalArgs {
     /// Only the first N items.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Adaptive rules to weigh beside fixed k (k_max is their ceiling): `exact`,
+    /// `confident:0.99`, ... (comma-separated). Each is run on the k_max judgements drawn, in
+    /// --draws random orders per item, as the router would sample them.
+    #[arg(long, value_delimiter = ',')]
+    pub adaptive: Vec<String>,
+    /// The adaptive rules' wave (with the meta RM, the rule is weighed at the end of each).
+    #[arg(long, default_value_t = 4)]
+    pub first_wave: usize,
+    /// Random orders per item in which the adaptive rules are run.
+    #[arg(long, default_value_t = 16)]
+    pub adaptive_draws: usize,
+    /// Read the judgements from a file an earlier run kept (--judgements) instead of drawing
+    /// them again.
+    #[arg(long)]
+    pub from_judgements: Option<PathBuf>,
+    /// Write the plot of accuracy against generated tokens per item here (SVG).
+    #[arg(long)]
+    pub plot_tokens: Option<PathBuf>,
     #[command(flatten)]
     pub scorer: ScorerFlags,
 }
@@ -184,8 +202,100 @@ pub fn drawn(r: &ScoreResponse) -> Drawn {
             _ => None,
         });
         d.meta.push(s.meta_score);
+        d.tokens.push(s.generated_tokens);
     }
     d
+}
+
+/// An adaptive rule as `--adaptive` names it.
+fn parse_rule(spec: &str) -> Result<(String, grm_judge::adaptive::Rule)> {
+    use grm_judge::adaptive::Rule;
+    match spec.split_once(':') {
+        None if spec == "exact" => Ok((spec.into(), Rule::Exact)),
+        None if spec == "confident" => Ok(("confident:0.99".into(), Rule::Confident { confidence: 0.99 })),
+        Some(("confident", c)) => match c.parse::<f64>() {
+            Ok(c) if c > 0.0 && c < 1.0 => Ok((spec.into(), Rule::Confident { confidence: c })),
+            _ => bail!("--adaptive {spec}: the confidence must lie in (0, 1)"),
+        },
+        _ => bail!("--adaptive {spec}: expected exact or confident:C"),
+    }
+}
+
+/// Fixed k and each adaptive rule: accuracy (or ROC-AUC), judgements and generated tokens per
+/// item, with and without the meta RM.
+pub fn adaptive_report(
+    items: &[(&Item, Drawn, Drawn)],
+    ks: &[usize],
+    rules: &[(String, grm_judge::adaptive::Rule)],
+    wave: usize,
+    draws: usize,
+) -> Value {
+    use grm_judge::eval::{adaptive_used, permutation, subset_rewards};
+    let single = items.iter().all(|(i, _, _)| i.best.is_none());
+    let has_meta = items.iter().all(|(_, d, _)| d.has_meta()) && !items.is_empty();
+    let n_items = items.len().max(1) as f64;
+    let tokens_per_judgement = {
+        let (t, c) = items.iter().fold((0u64, 0usize), |(t, c), (_, d, _)| {
+            (t + d.tokens.iter().map(|&x| u64::from(x)).sum::<u64>(), c + d.tokens.len())
+        });
+        t as f64 / c.max(1) as f64
+    };
+    let fixed: Vec<Value> = ks
+        .iter()
+        .map(|&k| json!({ "k": k, "tokens": tokens_per_judgement * k as f64 }))
+        .collect();
+    let mut out = Vec::new();
+    for (name, rule) in rules {
+        for meta in [false, true] {
+            if meta && !has_meta {
+                continue;
+            }
+            let (mut value, mut used_total, mut tokens_total) = (0.0, 0.0, 0.0);
+            let mut scores: Vec<Vec<f64>> = vec![Vec::new(); draws.max(1)];
+            for (it, d, _) in items {
+                let n = it.responses.len();
+                let k = d.k();
+                let k_meta = meta.then(|| grm_judge::default_k_meta(k));
+                let seed = seed_of(&it.id);
+                let (mut v, mut u, mut t) = (0.0, 0.0, 0.0);
+                for draw in 0..draws.max(1) {
+                    let order = permutation(k, seed, draw);
+                    let m = adaptive_used(d, n, *rule, k_meta, wave, &order, seed);
+                    let used = &order[..m];
+                    u += m as f64;
+                    t += used.iter().map(|&i| f64::from(d.tokens.get(i).copied().unwrap_or(0))).sum::<f64>();
+                    if single {
+                        scores[draw].push(item_mean_score(d, used, k_meta));
+                    } else {
+                        v += credit(&subset_rewards(d, used, n, k_meta), it.best.unwrap_or(0));
+                    }
+                }
+                let runs = draws.max(1) as f64;
+                value += v / runs;
+                used_total += u / runs;
+                tokens_total += t / runs;
+            }
+            if single {
+                let positive: Vec<bool> = items.iter().map(|(i, _, _)| i.correct == Some(true)).collect();
+                value = scores.iter().map(|s| roc_auc(s, &positive)).sum::<f64>() / scores.len() as f64;
+            } else {
+                value /= n_items;
+            }
+            out.push(json!({
+                "rule": name,
+                "meta_rm": meta,
+                "value": value,
+                "judgements": used_total / n_items,
+                "tokens": tokens_total / n_items,
+            }));
+        }
+    }
+    json!({
+        "tokens_per_judgement": tokens_per_judgement,
+        "fixed": fixed,
+        "rules": out,
+        "wave": wave,
+    })
 }
 
 /// Accuracy (or ROC-AUC) per method and k for a set of items.
@@ -326,6 +436,48 @@ pub fn run(a: EvalArgs) -> Result<()> {
             .copied()
             .filter(|&k| k >= 1 && k <= a.k_max as usize)
             .collect();
+    // A bad --adaptive is refused before anything is drawn.
+    for spec in &a.adaptive {
+        parse_rule(spec)?;
+    }
+    let answers: HashMap<String, Drawn> = match &a.from_judgements {
+        Some(p) => read_judgements(p)?,
+        None => draw(&a, &items)?
+            .iter()
+            .map(|(id, r)| (id.clone(), drawn(r)))
+            .collect(),
+    };
+    let answer = |id: String| {
+        answers
+            .get(&id)
+            .cloned()
+            .with_context(|| format!("no answer for {id}"))
+    };
+    eval_rows(&a, &items, &answer, &ks)
+}
+
+/// The judgements an earlier run kept (one ScoreResponse as JSON per line), by request id.
+fn read_judgements(path: &std::path::Path) -> Result<HashMap<String, Drawn>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let v: Value = serde_json::from_str(line)
+            .with_context(|| format!("{} line {}", path.display(), n + 1))?;
+        let mut d = Drawn::default();
+        for s in v["samples"].as_array().into_iter().flatten() {
+            d.ballots.push(s["scores"]["original"].as_array().map(|a| {
+                a.iter().map(|x| x.as_u64().unwrap_or(0) as u8).collect()
+            }));
+            d.meta.push(s["meta_score"].as_f64().map(|m| m as f32));
+            d.tokens.push(s["generated_tokens"].as_u64().unwrap_or(0) as u32);
+        }
+        out.insert(v["id"].as_str().unwrap_or_default().to_string(), d);
+    }
+    Ok(out)
+}
+
+/// Draws each item's k_max judgements and its greedy one, through the scorer.
+fn draw(a: &EvalArgs, items: &[Item]) -> Result<HashMap<String, ScoreResponse>> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -380,12 +532,16 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
         Ok::<_, anyhow::Error>(out)
     })?;
-    let answer = |id: String| {
-        answers
-            .get(&id)
-            .map(drawn)
-            .with_context(|| format!("no answer for {id}"))
-    };
+    Ok(answers)
+}
+
+/// The report, the summary and the plots, from each item's drawn judgements.
+fn eval_rows(
+    a: &EvalArgs,
+    items: &[Item],
+    answer: &dyn Fn(String) -> Result<Drawn>,
+    ks: &[usize],
+) -> Result<()> {
     let rows: Vec<(&Item, Drawn, Drawn)> = items
         .iter()
         .map(|it| {
@@ -403,10 +559,15 @@ pub fn run(a: EvalArgs) -> Result<()> {
             .or_default()
             .push((it, d.clone(), g.clone()));
     }
-    let overall = score_items(&rows, &ks, a.draws);
+    let rules: Vec<(String, grm_judge::adaptive::Rule)> =
+        a.adaptive.iter().map(|s| parse_rule(s)).collect::<Result<_>>()?;
+    let mut overall = score_items(&rows, ks, a.draws);
+    if !rules.is_empty() {
+        overall["adaptive"] = adaptive_report(&rows, ks, &rules, a.first_wave, a.adaptive_draws);
+    }
     let subsets: BTreeMap<&str, Value> = by_subset
         .iter()
-        .map(|(s, r)| (*s, score_items(r, &ks, a.draws)))
+        .map(|(s, r)| (*s, score_items(r, ks, a.draws)))
         .collect();
     let report = json!({
         "input": a.input.display().to_string(),
@@ -429,7 +590,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
         let series = |name: &str, color: &'static str, key: &str| Series {
             name: name.into(),
             color,
-            points: points(&overall[key]),
+            points: points(&overall[key])
+                .into_iter()
+                .map(|(k, v)| (k as f64, v))
+                .collect(),
+            line: true,
         };
         let mut list = vec![series("voting@k", "#1f6fb4", "voting")];
         if overall["meta_rm"].is_array() {
@@ -437,6 +602,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
         }
         let metric = overall["metric"].as_str().unwrap_or("accuracy");
         let chart = Chart {
+            x_label: "k (judgements sampled per item, log scale)".into(),
+            x_ticks: ks.iter().map(|&k| (k as f64, k.to_string())).collect(),
             title: format!(
                 "{} of {} items: {}",
                 if metric == "roc_auc" {
@@ -462,6 +629,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
         std::fs::write(p, chart.svg()).with_context(|| format!("writing {}", p.display()))?;
         eprintln!("plot: {}", p.display());
     }
+    if let (Some(p), true) = (&a.plot_tokens, overall["adaptive"].is_object()) {
+        std::fs::write(p, tokens_chart(&overall, rows.len(), &a.input).svg())
+            .with_context(|| format!("writing {}", p.display()))?;
+        eprintln!("plot: {}", p.display());
+    }
     Ok(())
 }
 
@@ -483,6 +655,16 @@ fn print_summary(o: &Value) {
         o["items"],
         o["greedy"].as_f64().unwrap_or(0.0) * 100.0
     );
+    for r in o["adaptive"]["rules"].as_array().into_iter().flatten() {
+        eprintln!(
+            "adaptive {}{}: {:.1}% with {:.1} judgements, {:.0} tokens per item",
+            r["rule"].as_str().unwrap_or(""),
+            if r["meta_rm"].as_bool() == Some(true) { " + meta-RM" } else { "" },
+            r["value"].as_f64().unwrap_or(0.0) * 100.0,
+            r["judgements"].as_f64().unwrap_or(0.0),
+            r["tokens"].as_f64().unwrap_or(0.0)
+        );
+    }
     for (name, key) in [("voting ", "voting"), ("meta-RM", "meta_rm")] {
         let p = points(&o[key]);
         if !p.is_empty() {
@@ -492,5 +674,51 @@ fn print_summary(o: &Value) {
                 .collect();
             eprintln!("{name}  {}", line.join("  "));
         }
+    }
+}
+
+/// Accuracy against generated tokens per item: fixed k as lines, adaptive rules as points.
+fn tokens_chart(o: &Value, items: usize, input: &std::path::Path) -> Chart {
+    let per = o["adaptive"]["tokens_per_judgement"].as_f64().unwrap_or(1.0);
+    let line = |name: &str, color: &'static str, key: &str| Series {
+        name: name.into(),
+        color,
+        points: points(&o[key]).into_iter().map(|(k, v)| (k as f64 * per, v)).collect(),
+        line: true,
+    };
+    let mut series = vec![line("voting@k", "#1f6fb4", "voting")];
+    if o["meta_rm"].is_array() {
+        series.push(line("meta-RM@k", "#e0701b", "meta_rm"));
+    }
+    let colors = ["#2ca02c", "#9467bd", "#d62728", "#8c564b", "#17becf", "#bcbd22", "#e377c2", "#7f7f7f"];
+    for (i, r) in o["adaptive"]["rules"].as_array().into_iter().flatten().enumerate() {
+        let name = format!(
+            "{}{}",
+            r["rule"].as_str().unwrap_or(""),
+            if r["meta_rm"].as_bool() == Some(true) { " + meta" } else { "" }
+        );
+        series.push(Series {
+            name,
+            color: colors[i % colors.len()],
+            points: vec![(r["tokens"].as_f64().unwrap_or(0.0), r["value"].as_f64().unwrap_or(0.0))],
+            line: false,
+        });
+    }
+    let metric = o["metric"].as_str().unwrap_or("accuracy");
+    let ticks = points(&o["voting"])
+        .into_iter()
+        .map(|(k, _)| (k as f64 * per, format!("{:.0}", k as f64 * per)))
+        .collect();
+    Chart {
+        title: format!(
+            "{} against tokens, {items} items: {}",
+            if metric == "roc_auc" { "ROC-AUC" } else { "Accuracy" },
+            input.file_name().map_or(String::new(), |f| f.to_string_lossy().into_owned())
+        ),
+        y_label: if metric == "roc_auc" { "ROC-AUC".into() } else { "accuracy".into() },
+        x_label: "generated tokens per item (log scale; fixed k at the ticks)".into(),
+        x_ticks: ticks,
+        series,
+        baseline: o["greedy"].as_f64().map(|g| ("greedy".to_string(), g)),
     }
 }

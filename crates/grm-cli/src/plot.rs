@@ -1,17 +1,24 @@
-//! A small SVG line chart: accuracy against k on a log2 axis, one line per method, a dashed
-//! line for greedy.
+//! A small SVG chart: accuracy against k (or tokens) on a log2 axis, one line per method,
+//! markers for single points (adaptive rules), a dashed line for greedy. Kept by hand: one
+//! kind of chart, written as SVG text in ~200 lines, with no font files or rasteriser to
+//! ship (plotting crates need a font backend to lay out their text).
 
 use std::fmt::Write;
 
 pub struct Series {
     pub name: String,
     pub color: &'static str,
-    pub points: Vec<(usize, f64)>,
+    pub points: Vec<(f64, f64)>,
+    /// Joined by a line (a method over k), or markers alone (a rule's single operating point).
+    pub line: bool,
 }
 
 pub struct Chart {
     pub title: String,
     pub y_label: String,
+    pub x_label: String,
+    /// Where the x axis is labelled, and with what.
+    pub x_ticks: Vec<(f64, String)>,
     pub series: Vec<Series>,
     /// A horizontal reference line (greedy), if any.
     pub baseline: Option<(String, f64)>,
@@ -28,13 +35,15 @@ impl Chart {
         let (w, h) = (760.0, 460.0);
         let (l, r, t, b) = (70.0, 190.0, 50.0, 60.0);
         let (pw, ph) = (w - l - r, h - t - b);
-        let ks: Vec<usize> = {
-            let mut v: Vec<usize> = self
+        let xs: Vec<f64> = {
+            let mut v: Vec<f64> = self
                 .series
                 .iter()
                 .flat_map(|s| s.points.iter().map(|p| p.0))
+                .chain(self.x_ticks.iter().map(|t| t.0))
+                .filter(|x| *x > 0.0)
                 .collect();
-            v.sort_unstable();
+            v.sort_by(f64::total_cmp);
             v.dedup();
             v
         };
@@ -53,12 +62,9 @@ impl Chart {
         // Round the range to tenths for readable ticks.
         y0 = (y0 * 20.0).floor() / 20.0;
         y1 = (y1 * 20.0).ceil() / 20.0;
-        let xmin = ks.first().map_or(1.0, |&k| (k as f64).log2());
-        let xmax = ks
-            .last()
-            .map_or(2.0, |&k| (k as f64).log2())
-            .max(xmin + 1.0);
-        let x = |k: usize| l + ((k as f64).log2() - xmin) / (xmax - xmin) * pw;
+        let xmin = xs.first().map_or(1.0, |&k| k.log2());
+        let xmax = xs.last().map_or(2.0, |&k| k.log2()).max(xmin + 1.0);
+        let x = |k: f64| l + (k.max(f64::MIN_POSITIVE).log2() - xmin) / (xmax - xmin) * pw;
         let y = |v: f64| t + (1.0 - (v - y0) / (y1 - y0)) * ph;
         let mut s = String::new();
         let _ = write!(
@@ -91,8 +97,8 @@ impl Chart {
                 v * 100.0
             );
         }
-        for &k in &ks {
-            let xx = x(k);
+        for (k, label) in &self.x_ticks {
+            let xx = x(*k);
             let _ = write!(
                 s,
                 r##"<line x1="{xx:.1}" y1="{t}" x2="{xx:.1}" y2="{:.1}" stroke="#f0f0f0"/>"##,
@@ -100,8 +106,9 @@ impl Chart {
             );
             let _ = write!(
                 s,
-                r##"<text x="{xx:.1}" y="{:.1}" font-size="12" text-anchor="middle" fill="#444">{k}</text>"##,
-                t + ph + 18.0
+                r##"<text x="{xx:.1}" y="{:.1}" font-size="12" text-anchor="middle" fill="#444">{}</text>"##,
+                t + ph + 18.0,
+                esc(label)
             );
         }
         let _ = write!(
@@ -110,9 +117,10 @@ impl Chart {
         );
         let _ = write!(
             s,
-            r##"<text x="{:.1}" y="{:.1}" font-size="13" text-anchor="middle" fill="#222">k (judgements sampled per item, log scale)</text>"##,
+            r##"<text x="{:.1}" y="{:.1}" font-size="13" text-anchor="middle" fill="#222">{}</text>"##,
             l + pw / 2.0,
-            h - 16.0
+            h - 16.0,
+            esc(&self.x_label)
         );
         let _ = write!(
             s,
@@ -150,16 +158,19 @@ impl Chart {
                 .iter()
                 .map(|&(k, v)| format!("{:.1},{:.1}", x(k), y(v)))
                 .collect();
-            let _ = write!(
-                s,
-                r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2.5"/>"#,
-                pts.join(" "),
-                se.color
-            );
+            if se.line {
+                let _ = write!(
+                    s,
+                    r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2.5"/>"#,
+                    pts.join(" "),
+                    se.color
+                );
+            }
+            let radius = if se.line { 4.0 } else { 6.5 };
             for &(k, v) in &se.points {
                 let _ = write!(
                     s,
-                    r#"<circle cx="{:.1}" cy="{:.1}" r="4" fill="{}"/>"#,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="{radius}" fill="{}"/>"#,
                     x(k),
                     y(v),
                     se.color
@@ -175,13 +186,22 @@ impl Chart {
                     v * 100.0
                 );
             }
-            let _ = write!(
-                s,
-                r#"<line x1="{:.1}" y1="{legend_y:.1}" x2="{:.1}" y2="{legend_y:.1}" stroke="{}" stroke-width="3"/>"#,
-                l + pw + 16.0,
-                l + pw + 44.0,
-                se.color
-            );
+            if se.line {
+                let _ = write!(
+                    s,
+                    r#"<line x1="{:.1}" y1="{legend_y:.1}" x2="{:.1}" y2="{legend_y:.1}" stroke="{}" stroke-width="3"/>"#,
+                    l + pw + 16.0,
+                    l + pw + 44.0,
+                    se.color
+                );
+            } else {
+                let _ = write!(
+                    s,
+                    r#"<circle cx="{:.1}" cy="{legend_y:.1}" r="6" fill="{}"/>"#,
+                    l + pw + 30.0,
+                    se.color
+                );
+            }
             let _ = write!(
                 s,
                 r##"<text x="{:.1}" y="{:.1}" font-size="13" fill="#333">{}</text>"##,

@@ -40,7 +40,7 @@ pub struct ScoreArgs {
     #[arg(long)]
     pub adaptive: Option<String>,
     /// The confident rule's confidence, in (0, 1).
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.99)]
     pub confidence: f32,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 600.0)]

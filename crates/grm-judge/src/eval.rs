@@ -10,6 +10,7 @@
 //! * For single responses with a correctness label, ROC-AUC of the mean score (Mann–Whitney,
 //!   ties counted one half); an item without any valid judgement scores the scale's midpoint.
 
+use crate::adaptive::{settled, Plan, Rule, Seen};
 use crate::meta::{default_k_meta, keep_top};
 use crate::rng::SplitMix64;
 use crate::vote::vote;
@@ -20,6 +21,8 @@ use crate::vote::vote;
 pub struct Drawn {
     pub ballots: Vec<Option<Vec<u8>>>,
     pub meta: Vec<Option<f32>>,
+    /// Tokens each judgement generated (empty when unknown).
+    pub tokens: Vec<u32>,
 }
 
 impl Drawn {
@@ -167,6 +170,7 @@ mod tests {
 
     fn drawn(ballots: &[Option<&[u8]>], meta: &[Option<f32>]) -> Drawn {
         Drawn {
+            tokens: Vec::new(),
             ballots: ballots.iter().map(|b| b.map(|b| b.to_vec())).collect(),
             meta: meta.to_vec(),
         }
@@ -233,4 +237,47 @@ mod tests {
         assert_eq!(item_mean_score(&d, &[0, 1, 2], None), 7.0);
         assert_eq!(item_mean_score(&d, &[1], None), 5.5);
     }
+}
+
+/// How many of an item's drawn judgements adaptive sampling would use, drawing them in
+/// `order` (a permutation of them) as the router does: without a meta RM the rule is weighed
+/// after every judgement, with one (`k_meta`) at the end of each wave of `wave`.
+pub fn adaptive_used(
+    d: &Drawn,
+    n: usize,
+    rule: Rule,
+    k_meta: Option<usize>,
+    wave: usize,
+    order: &[usize],
+    seed: u64,
+) -> usize {
+    let plan = Plan {
+        n,
+        k: order.len(),
+        k_meta,
+        seed,
+    };
+    let mut seen: Vec<Seen> = Vec::with_capacity(order.len());
+    for (m, &i) in order.iter().enumerate() {
+        seen.push(Seen {
+            ballot: d.ballots[i].clone(),
+            meta: d.meta.get(i).copied().flatten(),
+        });
+        let at_check = k_meta.is_none() || (m + 1) % wave.max(1) == 0;
+        if at_check && settled(rule, &seen, &plan) {
+            return m + 1;
+        }
+    }
+    order.len()
+}
+
+/// A random permutation of `0..k` for the `draw`-th run of an item (seeded).
+pub fn permutation(k: usize, seed: u64, draw: usize) -> Vec<usize> {
+    let mut g = SplitMix64::new(seed ^ (draw as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
+    let mut idx: Vec<usize> = (0..k).collect();
+    for i in (1..k).rev() {
+        let j = g.below(i as u64 + 1) as usize;
+        idx.swap(i, j);
+    }
+    idx
 }
