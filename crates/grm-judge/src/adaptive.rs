@@ -20,11 +20,11 @@
 //!   "best" to settle: the exact rule stops only at k.
 //! - **Confident**: the probability that the best response would still change, estimated by
 //!   drawing the remaining judgements from the ones seen (a Bayesian bootstrap: Dirichlet weights
-//!   over the judgements seen and one prior pseudo-judgement with uniformly random scores), is
+//!   over the judgements seen and [`PRIOR`] pseudo-judgements with uniformly random scores), is
 //!   at most 1 − confidence. For n = 1 (rating a single response, the RL case) it stops when the
 //!   final mean score is within ±0.25 of the current mean with that confidence (a normal
-//!   approximation): is then the mean of fewer judgements, its noise the
-//!   spread of the scores over √(judgements used) instead of over √k.
+//!   approximation): the reward a trainer gets is then the mean of fewer judgements, its noise
+//!   the spread of the scores over √(judgements used) instead of over √k.
 //!
 //! Nothing is decided before two judgements have voted (one judgement says nothing about how
 //! much judgements disagree).
