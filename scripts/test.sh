@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The RLHF trainers (OpenRLHF, TRL, verl) whose own code tests/trainers.rs drives.
+bash scripts/setup-trainers.sh
 # NVRTC from pip, for the kernel compile test (crates/grm-engine/tests/cuda.rs), which must
 # then run, not skip.
 nvrtc_dir=$(echo "$PWD"/.venv-test/lib/python3*/site-packages/nvidia/cu13/lib)

@@ -149,6 +149,14 @@ fn members_arriving_one_by_one_are_judged_as_one_group() {
         assert!(g.partial && g.size == 2, "{g:?}");
     }
 
+    // A lone member (verl's validation sends one sample per uid) is judged when its wait ends.
+    let mut lone = member("lone", "lone", 4, &["z good"]);
+    lone.group.as_mut().unwrap().wait_ms = 300;
+    let r = rt.block_on(send(addr.clone(), vec![lone])).pop().unwrap().unwrap();
+    let g = r.group.unwrap();
+    assert!(g.partial && g.size == 1 && g.members == 1, "{g:?}");
+    assert_eq!(r.rewards[0].mean_score, 8.0);
+
     // A member whose conversation differs from its group's is refused; the rest are judged.
     let mut stranger = member("s1", "mixed", 3, &["z good"]);
     stranger.conversation[0].content = "another question".into();

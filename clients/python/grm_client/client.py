@@ -2,12 +2,16 @@
 
 Indices are 0-based; scores are integers 1..10; `rewards[i]` is the sum of response i's
 scores over the judgements that voted, `mean_scores[i]` their mean.
+
+`group=` makes a request a member of a group (a GRPO group sent one sample, or one rank's
+share, per call): the router holds the members until the group is complete and judges them
+together; each member gets the rewards of its own responses and `ScoreResult.group`.
 """
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Optional, Sequence, Union
+from typing import Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import grpc
 
@@ -23,6 +27,39 @@ class ScoreError(Exception):
     def __init__(self, code: str, message: str, request_id: str = ""):
         super().__init__(f"{code}: {message}")
         self.code, self.message, self.request_id = code, message, request_id
+
+
+@dataclass
+class Group:
+    """Membership of a group (proto `Group`): `key` names it (1..256 bytes; a GRPO group's uid,
+    ...), `size` is how many responses the whole group will have over all its members
+    (2..64), `wait_ms` how long the router waits for the last members after the first
+    arrives (0: the router's default, 5000); past it the responses present are judged."""
+    key: str
+    size: int
+    wait_ms: int = 0
+
+
+GroupLike = Union[Group, Mapping]
+
+
+@dataclass
+class GroupResult:
+    """How a member's group was judged (proto `GroupResult`)."""
+    size: int  # distinct responses judged together
+    responses: int  # responses that arrived over all members (duplicates included)
+    members: int  # calls that were members
+    partial: bool  # the wait ended before `Group.size` responses arrived
+    subgroups: int  # sub-groups the distinct responses were judged in (1 unless > --max-responses)
+    wait_ms: float  # how long this member waited for the rest of its group
+    mean_scores: list  # mean score (1..10) of every distinct response, in the group's order
+    positions: list  # where this member's responses are in `mean_scores`
+
+    @classmethod
+    def from_proto(cls, g) -> "GroupResult":
+        return cls(size=g.size, responses=g.responses, members=g.members, partial=g.partial,
+                   subgroups=g.subgroups, wait_ms=g.wait_ms, mean_scores=list(g.mean_scores),
+                   positions=list(g.positions))
 
 
 @dataclass
@@ -51,6 +88,12 @@ class ScoreResult:
     raw: object = None
     # Set (and nothing else) when this request failed; see RewardClient.score_many.
     error: Optional[ScoreError] = None
+    # Judgements counted for each response (the same for all in plain voting).
+    response_votes: list = field(default_factory=list)
+    valid_samples: int = 0
+    invalid_samples: int = 0
+    # How the request's group was judged, when it was a member of one (`group=`); else None.
+    group: Optional[GroupResult] = None
 
     @property
     def ok(self) -> bool:
@@ -85,6 +128,10 @@ class ScoreResult:
             correct=r.correct if r.HasField("correct") else None,
             samples=samples,
             raw=r,
+            response_votes=[x.votes for x in r.rewards],
+            valid_samples=r.valid_samples,
+            invalid_samples=r.invalid_samples,
+            group=GroupResult.from_proto(r.group) if r.HasField("group") else None,
         )
 
 
@@ -101,11 +148,28 @@ def _conversation(query: Conversation):
     return [pb.Message(role=m["role"], content=m["content"]) for m in query]
 
 
+def _group(group: GroupLike) -> "pb.Group":
+    if isinstance(group, Group):
+        key, size, wait_ms = group.key, group.size, group.wait_ms
+    elif isinstance(group, Mapping):
+        unknown = set(group) - {"key", "size", "wait_ms"}
+        if unknown:
+            raise ValueError(f"group: unknown fields {sorted(unknown)} (expected key, size, wait_ms)")
+        key, size, wait_ms = group["key"], group["size"], group.get("wait_ms") or 0
+    else:
+        raise TypeError(f"group must be a Group or a dict with key, size, wait_ms; got {type(group).__name__}")
+    if not isinstance(key, str) or not 1 <= len(key.encode()) <= 256:
+        raise ValueError("group.key must be a string of 1..256 bytes")
+    return pb.Group(key=key, size=int(size), wait_ms=int(wait_ms))
+
+
 def build_request(query: Conversation, responses: Sequence[str], *, k: int = 1, k_meta: Optional[int] = None,
                   temperature: Optional[float] = None, top_p: Optional[float] = None, max_new_tokens: int = 0,
                   seed: Optional[int] = None, criteria: Sequence[str] = (), label: Optional[int] = None,
-                  return_samples: bool = False, id: str = "") -> "pb.ScoreRequest":
-    """A ScoreRequest. `label` is the index of the best response (n >= 2)."""
+                  return_samples: bool = False, id: str = "", model: str = "",
+                  group: Optional[GroupLike] = None) -> "pb.ScoreRequest":
+    """A ScoreRequest. `label` is the index of the best response (n >= 2). `group`: a `Group`
+    or a dict {"key", "size", "wait_ms"} making the request a member of that group."""
     sampling = pb.Sampling(k=k, max_new_tokens=max_new_tokens)
     if k_meta is not None:
         sampling.k_meta = k_meta
@@ -116,9 +180,11 @@ def build_request(query: Conversation, responses: Sequence[str], *, k: int = 1, 
     if seed is not None:
         sampling.seed = seed
     req = pb.ScoreRequest(id=id, conversation=_conversation(query), responses=list(responses),
-                          criteria=list(criteria), sampling=sampling, return_samples=return_samples)
+                          criteria=list(criteria), sampling=sampling, return_samples=return_samples, model=model)
     if label is not None:
         req.label.best = label
+    if group is not None:
+        req.group.CopyFrom(_group(group))
     return req
 
 
@@ -145,10 +211,14 @@ class RewardClient:
         self.timeout = timeout
         self.metadata = [("authorization", f"Bearer {token}")] if token else None
 
-    def score(self, query: Conversation, responses: Sequence[str], **kw) -> ScoreResult:
-        """Scores the responses to a query (a string, or a list of {"role", "content"})."""
+    def score(self, query: Conversation, responses: Sequence[str], *, timeout: Optional[float] = None,
+              **kw) -> ScoreResult:
+        """Scores the responses to a query (a string, or a list of {"role", "content"}).
+        `timeout`: seconds for this call (default: the client's); the router stops the
+        request's work when it passes (DEADLINE_EXCEEDED). `group=`: see `build_request`."""
         try:
-            r = self.stub.Score(build_request(query, responses, **kw), timeout=self.timeout, metadata=self.metadata)
+            r = self.stub.Score(build_request(query, responses, **kw), timeout=timeout or self.timeout,
+                                metadata=self.metadata)
         except grpc.RpcError as e:
             raise ScoreError(e.code().name, e.details()) from None
         return ScoreResult.from_proto(r)
@@ -163,6 +233,7 @@ class RewardClient:
         `timeout`: for the whole stream (default: the client's)."""
         sem = threading.Semaphore(window) if window else None
         stop = threading.Event()
+        bad: list = []  # an exception building a request (a malformed dict), raised after the answers
 
         def gen():
             for r in requests:
@@ -172,8 +243,13 @@ class RewardClient:
                             return
                 if stop.is_set():
                     return
-                r = dict(r)
-                yield build_request(r.pop("query"), r.pop("responses"), **r)
+                try:
+                    r = dict(r)
+                    req = build_request(r.pop("query"), r.pop("responses"), **r)
+                except Exception as e:  # noqa: BLE001 - re-raised in the caller's thread
+                    bad.append(e)
+                    return
+                yield req
 
         call = self.stub.ScoreStream(gen(), timeout=timeout or self.timeout, metadata=self.metadata)
         try:
@@ -189,6 +265,8 @@ class RewardClient:
         finally:
             stop.set()
             call.cancel()
+        if bad:
+            raise bad[0]
 
     def close(self):
         self.channel.close()
