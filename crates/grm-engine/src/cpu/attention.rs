@@ -6,10 +6,12 @@
 //!   s_j = (Σ_d q_d·k_jd, fused multiply-adds in order of d) · scale, then tanh(s_j/c)·c;
 //!   e_j = exp(s_j − max s); Σe in 8 lanes by (j − lo) mod 8, folded in the fixed order;
 //!   out_d = (Σ_j e_j·v_jd, in order of j) · (1/Σe).
-//! The AVX2 path computes the same operations in the same order as the portable one (scores
-//! with one key per lane), so both give the same bits, and each row is computed on its own:
-//! a token's output never depends on the rest of the batch.
+//! The AVX2 and AVX-512 paths compute the same operations in the same order as the portable
+//! one (scores with one key per lane, the sum of e in its 8 lanes, each output dimension in
+//! its own lane), so every path gives the same bits, and each row is computed on its own: a
+//! token's output never depends on the rest of the batch.
 
+use super::isa::Isa;
 use super::kv::CpuKv;
 use super::simd::{exp, fold8, tanh};
 use crate::backend::{AttentionMeta, AttentionParams};
@@ -23,6 +25,18 @@ pub fn attention(
     meta: &AttentionMeta,
     p: AttentionParams,
 ) -> Vec<f32> {
+    attention_on(Isa::current(), kv, layer, q, meta, p)
+}
+
+/// [`attention`] on a given path (the same bits on every one).
+pub fn attention_on(
+    isa: Isa,
+    kv: &CpuKv,
+    layer: usize,
+    q: &[f32],
+    meta: &AttentionMeta,
+    p: AttentionParams,
+) -> Vec<f32> {
     let row_len = p.num_heads * p.head_dim;
     let rows = meta.positions.len();
     assert_eq!(q.len(), rows * row_len, "attention: q shape");
@@ -30,8 +44,15 @@ pub fn attention(
     let work = |(t, o): (usize, &mut [f32])| {
         let qrow = &q[t * row_len..(t + 1) * row_len];
         #[cfg(target_arch = "x86_64")]
-        if super::simd::has_avx2() && kv.block_size % 8 == 0 && p.head_dim % 8 == 0 {
-            // SAFETY: the features were checked; shapes are multiples of 8 as the kernel needs.
+        if isa.avx512() && kv.block_size % 16 == 0 && p.head_dim % 16 == 0 {
+            // SAFETY: the path's features were checked when it was chosen; shapes are
+            // multiples of 16 as the kernel needs.
+            unsafe { avx512::attend_row(kv, layer, qrow, t, meta, p, o) };
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if isa.avx2() && kv.block_size % 8 == 0 && p.head_dim % 8 == 0 {
+            // SAFETY: as above, for multiples of 8.
             unsafe { avx2::attend_row(kv, layer, qrow, t, meta, p, o) };
             return;
         }
@@ -203,21 +224,118 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::*;
+    use crate::cpu::simd::{exp16, tanh16};
+    use std::arch::x86_64::*;
+
+    /// The AVX-512 row (block_size and head_dim multiples of 16): sixteen keys' scores per
+    /// vector, sixteen output dimensions per register; the order of the portable row.
+    ///
+    /// # Safety
+    /// AVX-512F/DQ, AVX2 and FMA must be available.
+    #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
+    pub unsafe fn attend_row(
+        kv: &CpuKv,
+        layer: usize,
+        q: &[f32],
+        t: usize,
+        meta: &AttentionMeta,
+        p: AttentionParams,
+        out: &mut [f32],
+    ) {
+        let (hd, bs) = (p.head_dim, meta.block_size);
+        let group = p.num_heads / p.num_kv_heads;
+        let blocks = &meta.spans[meta.span_of[t] as usize];
+        let (lo, pos) = key_range(meta, t, p.window);
+        let n = pos + 1 - lo;
+        let first_block = lo / bs;
+        let last_block = pos / bs;
+        let base = first_block * bs;
+        let mut s = vec![0f32; (last_block + 1 - first_block) * bs];
+        let keys = &kv.k[layer];
+        let values = &kv.v[layer];
+        let scale = _mm512_set1_ps(p.scale);
+        for h in 0..p.num_heads {
+            let g = h / group;
+            let qh = q.as_ptr().add(h * hd);
+            for (bi, b) in (first_block..=last_block).enumerate() {
+                let kb = keys.as_ptr().add(kv.head_base(blocks[b] as usize, g));
+                for chunk in (0..bs).step_by(16) {
+                    let mut acc = _mm512_setzero_ps();
+                    for d in 0..hd {
+                        acc = _mm512_fmadd_ps(
+                            _mm512_set1_ps(*qh.add(d)),
+                            _mm512_loadu_ps(kb.add(d * bs + chunk)),
+                            acc,
+                        );
+                    }
+                    let mut v = _mm512_mul_ps(acc, scale);
+                    if let Some(c) = p.softcap {
+                        let c = _mm512_set1_ps(c);
+                        v = _mm512_mul_ps(tanh16(_mm512_div_ps(v, c)), c);
+                    }
+                    _mm512_storeu_ps(s.as_mut_ptr().add(bi * bs + chunk), v);
+                }
+            }
+            let e = &mut s[lo - base..lo - base + n];
+            let max = e.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            // exp sixteen at a time; the sum in 8 lanes by index mod 8, in order.
+            let vmax = _mm512_set1_ps(max);
+            let mut lanes = _mm256_setzero_ps();
+            let full = n / 16 * 16;
+            for i in (0..full).step_by(16) {
+                let x = exp16(_mm512_sub_ps(_mm512_loadu_ps(e.as_ptr().add(i)), vmax));
+                _mm512_storeu_ps(e.as_mut_ptr().add(i), x);
+                lanes = _mm256_add_ps(lanes, _mm512_castps512_ps256(x));
+                lanes = _mm256_add_ps(lanes, _mm512_extractf32x8_ps(x, 1));
+            }
+            let mut tail = [0f32; 16];
+            for i in full..n {
+                e[i] = exp(e[i] - max);
+                tail[i - full] = e[i];
+            }
+            lanes = _mm256_add_ps(lanes, _mm256_loadu_ps(tail.as_ptr()));
+            lanes = _mm256_add_ps(lanes, _mm256_loadu_ps(tail.as_ptr().add(8)));
+            let mut l = [0f32; 8];
+            _mm256_storeu_ps(l.as_mut_ptr(), lanes);
+            let inv = _mm512_set1_ps(1.0 / fold8(&l));
+            // Values: out_d = Σ_j e_j·v_jd in order of j, sixteen dimensions per register.
+            let oh = out.as_mut_ptr().add(h * hd);
+            for d0 in (0..hd).step_by(128) {
+                let width = (hd - d0).min(128) / 16;
+                let mut acc = [_mm512_setzero_ps(); 8];
+                let mut j = lo;
+                for &w in e.iter() {
+                    let vrow = values
+                        .as_ptr()
+                        .add(kv.head_base(blocks[j / bs] as usize, g) + (j % bs) * hd + d0);
+                    let wv = _mm512_set1_ps(w);
+                    for (r, a) in acc.iter_mut().enumerate().take(width) {
+                        *a = _mm512_fmadd_ps(wv, _mm512_loadu_ps(vrow.add(16 * r)), *a);
+                    }
+                    j += 1;
+                }
+                for (r, a) in acc.iter().enumerate().take(width) {
+                    _mm512_storeu_ps(oh.add(d0 + 16 * r), _mm512_mul_ps(*a, inv));
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The AVX2 row equals the portable row bit for bit, across windows, softcaps, GQA and
-    /// rows that start mid-block.
+    /// Every path this CPU runs equals the portable row bit for bit, across windows, softcaps,
+    /// GQA, rows that start mid-block, and block sizes and head sizes that the vector paths
+    /// take (16) or leave to narrower code (8, 24).
     #[test]
-    fn vector_path_equals_portable_path() {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if !crate::cpu::simd::has_avx2() {
-                eprintln!("skipped: no AVX2 on this CPU");
-                return;
-            }
-            let (layers, blocks, bs, kvh, hd, heads) = (1, 12, 8, 2, 24, 6);
+    fn every_path_equals_the_portable_row() {
+        for (bs, hd) in [(8, 24), (16, 32), (16, 64)] {
+            let (layers, blocks, kvh, heads) = (1, 12, 2, 6);
             let mut kv = CpuKv::new(layers, blocks, bs, kvh, hd);
             let mut x = 1u32;
             let mut rnd = move || {
@@ -226,7 +344,8 @@ mod tests {
             };
             // A scrambled block table for one sequence of 80 positions.
             let table: Vec<u32> = vec![7, 2, 9, 0, 11, 5, 3, 8, 1, 10];
-            for pos in 0..80 {
+            let len = 80.min(table.len() * bs);
+            for pos in 0..len {
                 let k: Vec<f32> = (0..kvh * hd).map(|_| rnd() * 3.0).collect();
                 let v: Vec<f32> = (0..kvh * hd).map(|_| rnd()).collect();
                 kv.write(0, table[pos / bs] as usize * bs + pos % bs, &k, &v);
@@ -255,8 +374,7 @@ mod tests {
                     softcap,
                     window,
                 };
-                let fast = attention(&kv, 0, &q, &meta, p);
-                let mut slow = vec![0f32; fast.len()];
+                let mut slow = vec![0f32; positions.len() * heads * hd];
                 for (t, o) in slow.chunks_mut(heads * hd).enumerate() {
                     attend_row(
                         &kv,
@@ -268,11 +386,15 @@ mod tests {
                         o,
                     );
                 }
-                assert_eq!(
-                    fast.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                    slow.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                    "window {window:?} softcap {softcap:?}"
-                );
+                for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
+                    let fast = attention_on(isa, &kv, 0, &q, &meta, p);
+                    assert_eq!(
+                        fast.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        slow.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{} block {bs} head_dim {hd} window {window:?} softcap {softcap:?}",
+                        isa.name()
+                    );
+                }
             }
         }
     }

@@ -1,8 +1,9 @@
-//! The CPU backend: AVX2/FMA kernels where the machine has them, a portable path otherwise,
-//! both in the same order of operations. Weights are read in place from the memory-mapped
-//! files; rayon's pool supplies the threads.
+//! The CPU backend: kernels for the instruction set of the CPU they run on (AVX-512, AVX2/FMA,
+//! or portable code: [`isa`]), each batch-invariant. Weights are read in place from the
+//! memory-mapped files; rayon's pool supplies the threads.
 
 pub mod attention;
+pub mod isa;
 pub mod kv;
 pub mod matmul;
 pub mod ops;
@@ -12,6 +13,7 @@ use crate::backend::{AttentionParams, Backend, StepInputs};
 use crate::error::Result;
 use crate::kv::CopyOp;
 use crate::weights::Tensor;
+pub use isa::Isa;
 use matmul::WeightRef;
 
 /// Activations on the host, row-major.
@@ -50,8 +52,34 @@ impl CpuMatrix {
     }
 }
 
+/// The CPU backend. `CpuBackend` (the constant) runs this process's path, [`Isa::current`];
+/// [`CpuBackend::with_isa`] a given one.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct CpuBackend;
+pub struct CpuBackend {
+    isa: Option<Isa>,
+}
+
+/// The backend on this process's path: `Gemma2::load(dir, CpuBackend)`.
+#[allow(non_upper_case_globals)]
+pub const CpuBackend: CpuBackend = CpuBackend { isa: None };
+
+impl CpuBackend {
+    /// The backend on a given path, where this CPU can run it.
+    pub fn with_isa(isa: Isa) -> Result<Self> {
+        if !isa.available() {
+            return Err(crate::error::EngineError::Invalid(format!(
+                "this CPU cannot run the {} kernels",
+                isa.name()
+            )));
+        }
+        Ok(Self { isa: Some(isa) })
+    }
+
+    /// The path its kernels take.
+    pub fn isa(&self) -> Isa {
+        self.isa.unwrap_or_else(Isa::current)
+    }
+}
 
 impl Backend for CpuBackend {
     type Act = CpuAct;
@@ -61,12 +89,11 @@ impl Backend for CpuBackend {
     type Step<'a> = StepInputs<'a>;
 
     fn name(&self) -> String {
-        let isa = if simd::has_avx2() {
-            "avx2+fma"
-        } else {
-            "portable"
-        };
-        format!("cpu ({isa}, {} threads)", rayon::current_num_threads())
+        format!(
+            "cpu ({}, {} threads)",
+            self.isa().name(),
+            rayon::current_num_threads()
+        )
     }
 
     fn matrix(&self, t: &Tensor) -> Result<CpuMatrix> {
@@ -120,7 +147,7 @@ impl Backend for CpuBackend {
 
     fn linear(&self, x: &CpuAct, w: &CpuMatrix) -> CpuAct {
         let mut out = CpuAct::zeros(x.rows, w.rows);
-        matmul::linear(&x.data, x.rows, w.as_ref(), &mut out.data);
+        matmul::linear_on(self.isa(), &x.data, x.rows, w.as_ref(), &mut out.data);
         out
     }
 
@@ -144,12 +171,12 @@ impl Backend for CpuBackend {
 
     fn gelu_mul(&self, gate: &CpuAct, up: &CpuAct) -> CpuAct {
         let mut out = CpuAct::zeros(gate.rows, gate.cols);
-        ops::gelu_mul(&gate.data, &up.data, &mut out.data);
+        ops::gelu_mul_on(self.isa(), &gate.data, &up.data, &mut out.data);
         out
     }
 
     fn softcap(&self, x: &mut CpuAct, cap: f32) {
-        ops::softcap(&mut x.data, cap);
+        ops::softcap_on(self.isa(), &mut x.data, cap);
     }
 
     fn write_kv(
@@ -187,7 +214,7 @@ impl Backend for CpuBackend {
         CpuAct {
             rows: q.rows,
             cols: q.cols,
-            data: attention::attention(kv, layer, &q.data, step.meta, p),
+            data: attention::attention_on(self.isa(), kv, layer, &q.data, step.meta, p),
         }
     }
 

@@ -7,22 +7,15 @@
 //! a batch of 1 or of 200, in prefill or in decode. That is what lets prefix caching,
 //! preemption and continuous batching leave outputs unchanged.
 
+use super::isa::Isa;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-/// Whether the AVX2 + FMA + F16C path can run here (checked once, then cached by std).
+/// Whether this process's path ([`Isa::current`]) runs the AVX2 + FMA + F16C code (or
+/// better): false where the CPU lacks them or `GRM_CPU_ISA=portable`.
 #[inline]
 pub fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    Isa::current().avx2()
 }
 
 /// Defines a safe function that runs an `#[inline(always)]` implementation compiled for
@@ -53,6 +46,30 @@ pub(crate) use with_avx2;
 #[inline]
 pub fn fold8(l: &[f32; 8]) -> f32 {
     ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
+}
+
+/// The fixed fold of 16 lanes (the AVX-512 matrix products): lane i plus lane i+8, then
+/// [`fold8`].
+#[inline]
+pub fn fold16(l: &[f32; 16]) -> f32 {
+    let mut h = [0f32; 8];
+    for (i, v) in h.iter_mut().enumerate() {
+        *v = l[i] + l[i + 8];
+    }
+    fold8(&h)
+}
+
+/// [`fold16`] on a vector register.
+///
+/// # Safety
+/// The CPU must support AVX-512F and DQ.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
+#[inline]
+pub unsafe fn hsum16(v: __m512) -> f32 {
+    let lo = _mm512_castps512_ps256(v);
+    let hi = _mm512_extractf32x8_ps(v, 1);
+    hsum(_mm256_add_ps(lo, hi))
 }
 
 /// The same fold on a vector register.
@@ -267,6 +284,87 @@ mod v8 {
 #[cfg(target_arch = "x86_64")]
 pub use v8::{exp8, tanh8};
 
+#[cfg(target_arch = "x86_64")]
+mod v16 {
+    //! Sixteen-lane versions of [`super::exp`] and [`super::tanh`] for AVX-512: the same
+    //! operations in the same order, so every lane equals the scalar result bit for bit.
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> __m512 {
+        _mm512_set1_ps(x)
+    }
+
+    #[inline(always)]
+    unsafe fn pow2i(n: __m512i) -> __m512 {
+        let biased = _mm512_min_epi32(
+            _mm512_max_epi32(
+                _mm512_add_epi32(n, _mm512_set1_epi32(127)),
+                _mm512_setzero_si512(),
+            ),
+            _mm512_set1_epi32(255),
+        );
+        _mm512_castsi512_ps(_mm512_slli_epi32(biased, 23))
+    }
+
+    /// # Safety
+    /// AVX-512F must be available.
+    #[inline(always)]
+    pub unsafe fn exp16(x: __m512) -> __m512 {
+        let over = _mm512_cmp_ps_mask(x, splat(88.72), _CMP_GT_OQ);
+        let under = _mm512_cmp_ps_mask(x, splat(-103.97), _CMP_LT_OQ);
+        let n = _mm512_roundscale_ps(
+            _mm512_mul_ps(x, splat(std::f32::consts::LOG2_E)),
+            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+        );
+        let r = _mm512_fmadd_ps(
+            n,
+            splat(2.121_944_4e-4),
+            _mm512_fmadd_ps(n, splat(-0.693_359_4), x),
+        );
+        let mut p = splat(1.987_569_1e-4);
+        p = _mm512_fmadd_ps(p, r, splat(1.398_199_9e-3));
+        p = _mm512_fmadd_ps(p, r, splat(8.333_452e-3));
+        p = _mm512_fmadd_ps(p, r, splat(4.166_579_6e-2));
+        p = _mm512_fmadd_ps(p, r, splat(1.666_666_5e-1));
+        p = _mm512_fmadd_ps(p, r, splat(5e-1));
+        let er = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), splat(1.0));
+        let ni = _mm512_cvtps_epi32(n);
+        let half = _mm512_srai_epi32(_mm512_add_epi32(ni, _mm512_srli_epi32(ni, 31)), 1);
+        let res = _mm512_mul_ps(
+            _mm512_mul_ps(er, pow2i(half)),
+            pow2i(_mm512_sub_epi32(ni, half)),
+        );
+        let res = _mm512_mask_blend_ps(over, res, splat(f32::INFINITY));
+        _mm512_mask_blend_ps(under, res, _mm512_setzero_ps())
+    }
+
+    /// # Safety
+    /// AVX-512F and DQ must be available.
+    #[inline(always)]
+    pub unsafe fn tanh16(x: __m512) -> __m512 {
+        let sign = splat(-0.0);
+        let a = _mm512_andnot_ps(sign, x);
+        let z = _mm512_mul_ps(a, a);
+        let mut p = splat(-5.704_988_7e-3);
+        p = _mm512_fmadd_ps(p, z, splat(2.063_909e-2));
+        p = _mm512_fmadd_ps(p, z, splat(-5.373_971e-2));
+        p = _mm512_fmadd_ps(p, z, splat(1.333_144_2e-1));
+        p = _mm512_fmadd_ps(p, z, splat(-3.333_328e-1));
+        let small = _mm512_fmadd_ps(_mm512_mul_ps(p, z), a, a);
+        let e = exp16(_mm512_mul_ps(splat(2.0), a));
+        let mid = _mm512_sub_ps(
+            splat(1.0),
+            _mm512_div_ps(splat(2.0), _mm512_add_ps(e, splat(1.0))),
+        );
+        let t = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, splat(0.625), _CMP_LT_OQ), mid, small);
+        let t = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, splat(9.0), _CMP_GT_OQ), t, splat(1.0));
+        _mm512_or_ps(t, _mm512_and_ps(sign, x))
+    }
+}
+#[cfg(target_arch = "x86_64")]
+pub use v16::{exp16, tanh16};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,6 +450,35 @@ mod tests {
                 assert_eq!(t[i].to_bits(), tanh(c[i]).to_bits(), "tanh({})", c[i]);
             }
         }
+        if !Isa::Avx512.available() {
+            eprintln!("skipped the 16-lane forms: no AVX-512 on this CPU");
+            return;
+        }
+        #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
+        unsafe fn both16(c: &[f32]) -> ([f32; 16], [f32; 16]) {
+            let (mut e, mut t) = ([0f32; 16], [0f32; 16]);
+            let v = _mm512_loadu_ps(c.as_ptr());
+            _mm512_storeu_ps(e.as_mut_ptr(), exp16(v));
+            _mm512_storeu_ps(t.as_mut_ptr(), tanh16(v));
+            (e, t)
+        }
+        while xs.len() % 16 != 0 {
+            xs.push(-1.0);
+        }
+        for c in xs.chunks_exact(16) {
+            let (e, t) = unsafe { both16(c) };
+            for i in 0..16 {
+                assert_eq!(e[i].to_bits(), exp(c[i]).to_bits(), "exp16({})", c[i]);
+                assert_eq!(t[i].to_bits(), tanh(c[i]).to_bits(), "tanh16({})", c[i]);
+            }
+        }
+        // The 16-lane fold on a register equals fold16.
+        let l: [f32; 16] = std::array::from_fn(|i| (i as f32 * 1.37).sin() * 1e3);
+        #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
+        unsafe fn reg_fold(l: &[f32; 16]) -> f32 {
+            hsum16(_mm512_loadu_ps(l.as_ptr()))
+        }
+        assert_eq!(unsafe { reg_fold(&l) }.to_bits(), fold16(&l).to_bits());
     }
 
     #[test]
