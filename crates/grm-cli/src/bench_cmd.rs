@@ -12,6 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+mod llama;
+
+/// Timed windows of the decode measurement.
+const DECODE_REPS: usize = 3;
+
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// The engine alone: prefill, decode at several batch sizes, and the GRM workload (one
@@ -91,15 +96,20 @@ pub struct EngineArgs {
     /// Temperature of the GRM workload's samples.
     #[arg(long, default_value_t = 0.5)]
     temperature: f32,
-    /// Run the same GRM workload through a peer in the same run: `transformers`.
+    /// Run the same workloads through a peer in the same run: `transformers` (the GRM
+    /// workload), or `llama.cpp` (prefill, decode at batch 1 and the GRM workload shared and
+    /// separate, at the model's dtype: built from the PyPI sdist by bench/llama/setup.sh).
     #[arg(long)]
     peer: Option<String>,
     /// Python with torch and transformers for the peer (scripts/setup-python.sh makes one).
     #[arg(long, env = "GRM_PYTHON", default_value = ".venv-ref/bin/python")]
     python: PathBuf,
-    /// Skip parts: any of prefill, decode, grm.
+    /// Skip parts: any of roofline, prefill, decode, grm, tree.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
+    /// Repetitions of the GRM workload (the best is kept, as for the peer).
+    #[arg(long, default_value_t = 1)]
+    grm_reps: usize,
     /// Also write the JSON here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -201,7 +211,7 @@ fn engine(a: EngineArgs) -> Result<()> {
             &tmp
         }
     };
-    match crate::serve_cmd::Device::parse(&a.device)? {
+    let result = match crate::serve_cmd::Device::parse(&a.device)? {
         crate::serve_cmd::Device::Cpu => {
             let load = || {
                 Gemma2::load(dir, CpuBackend).with_context(|| format!("loading {}", dir.display()))
@@ -221,10 +231,16 @@ fn engine(a: EngineArgs) -> Result<()> {
             bench_on(&a, dir, &load)
         }
         #[cfg(not(feature = "cuda"))]
-        crate::serve_cmd::Device::Cuda(_) => {
-            bail!("--device {}: this build has no CUDA backend", a.device)
-        }
+        crate::serve_cmd::Device::Cuda(_) => Err(anyhow::anyhow!(
+            "--device {}: this build has no CUDA backend",
+            a.device
+        )),
+    };
+    // The random model (and the peer's conversions of it) is this run's alone.
+    if a.model.is_none() {
+        let _ = std::fs::remove_dir_all(dir);
     }
+    result
 }
 
 /// The measurements, on the backend `load` builds.
@@ -247,7 +263,27 @@ fn bench_on<B: Backend>(
         },
     });
     let kv_token_bytes = m.kv_bytes_per_token();
+    let cfg = m.config.clone();
+    let weight_bytes = m.weight_bytes();
     drop(m);
+    let on_cpu = a.device == "cpu";
+    if on_cpu {
+        let isa = grm_engine::cpu::Isa::current();
+        eprintln!(
+            "cpu path: {} (detected best: {}; features: {})",
+            isa.name(),
+            grm_engine::cpu::Isa::detect().name(),
+            grm_engine::cpu::isa::cpu_features().join(" ")
+        );
+        report["cpu"] = json!({
+            "isa": isa.name(),
+            "isa_detected": grm_engine::cpu::Isa::detect().name(),
+            "features": grm_engine::cpu::isa::cpu_features(),
+        });
+        if !a.skip.iter().any(|s| s == "roofline") {
+            report["roofline"] = roofline(isa);
+        }
+    }
 
     if !a.skip.iter().any(|s| s == "prefill") {
         let m = load()?;
@@ -261,9 +297,15 @@ fn bench_on<B: Backend>(
         }
         times.sort_by(f64::total_cmp);
         let best = times[0];
-        report["prefill"] = json!({ "tokens": a.prompt_tokens, "seconds": best, "tokens_per_s": a.prompt_tokens as f64 / best });
+        let flops = prefill_flops(&cfg, a.prompt_tokens);
+        let gflop_s = flops / best / 1e9;
+        report["prefill"] = json!({
+            "tokens": a.prompt_tokens, "seconds": best, "tokens_per_s": a.prompt_tokens as f64 / best,
+            "gflop": flops / 1e9, "gflop_per_s": gflop_s,
+            "of_peak": report["roofline"]["peak_gflop_per_s"].as_f64().map(|p| gflop_s / p),
+        });
         eprintln!(
-            "prefill: {} tokens in {best:.3} s ({:.0} tok/s)",
+            "prefill: {} tokens in {best:.3} s ({:.0} tok/s, {gflop_s:.1} GFLOP/s)",
             a.prompt_tokens,
             a.prompt_tokens as f64 / best
         );
@@ -273,11 +315,11 @@ fn bench_on<B: Backend>(
         let mut rows = Vec::new();
         for &b in &a.decode_batches {
             let ctx = 64;
-            let per = (ctx + a.decode_steps + 2).div_ceil(16) + 1;
+            let per = (ctx + DECODE_REPS * a.decode_steps + 2).div_ceil(16) + 1;
             let mut s = sched(load()?, per * b + 1, false, 4096)?;
             for i in 0..b {
                 let params = SamplingParams {
-                    max_new_tokens: a.decode_steps + 2,
+                    max_new_tokens: DECODE_REPS * a.decode_steps + 2,
                     ignore_stop: true,
                     ..Default::default()
                 };
@@ -294,19 +336,40 @@ fn bench_on<B: Backend>(
                 s.step();
             }
             s.step();
-            let t = Instant::now();
-            let before = s.counters().generated_tokens;
-            for _ in 0..a.decode_steps {
-                s.step();
+            // DECODE_REPS windows of decode_steps steps, the fastest kept (the peer's figures
+            // are its best repetition too): this machine's memory bandwidth wanders.
+            let (mut secs, mut tokens) = (f64::MAX, 0);
+            for _ in 0..DECODE_REPS {
+                let t = Instant::now();
+                let before = s.counters().generated_tokens;
+                for _ in 0..a.decode_steps {
+                    s.step();
+                }
+                let dt = t.elapsed().as_secs_f64();
+                if dt < secs {
+                    (secs, tokens) = (dt, s.counters().generated_tokens - before);
+                }
             }
-            let secs = t.elapsed().as_secs_f64();
-            let tokens = s.counters().generated_tokens - before;
             let tps = tokens as f64 / secs;
+            // Bytes read per step: every weight once (the tied embedding as the LM head), and
+            // each sequence's keys and values at the mean context of the timed steps.
+            let mean_ctx = ctx + 1 + DECODE_REPS * a.decode_steps / 2;
+            let bytes = weight_bytes as f64 + (b * mean_ctx * kv_token_bytes) as f64;
+            let step = secs / a.decode_steps as f64;
+            let gb_s = bytes / step / 1e9;
+            let of_read = report["roofline"]["read_gb_per_s"]
+                .as_f64()
+                .map(|r| gb_s / r);
             eprintln!(
-                "decode batch {b}: {tokens} tokens in {secs:.3} s ({tps:.1} tok/s, {:.1} ms/step)",
-                1e3 * secs / a.decode_steps as f64
+                "decode batch {b}: {tokens} tokens in {secs:.3} s ({tps:.1} tok/s, {:.1} ms/step, {:.1} MB read per step: {gb_s:.1} GB/s{})",
+                1e3 * step,
+                bytes / 1e6,
+                of_read.map(|f| format!(", {:.0}% of the read benchmark", 100.0 * f)).unwrap_or_default()
             );
-            rows.push(json!({ "batch": b, "tokens": tokens, "seconds": secs, "tokens_per_s": tps, "ms_per_step": 1e3 * secs / a.decode_steps as f64 }));
+            rows.push(json!({
+                "batch": b, "tokens": tokens, "seconds": secs, "tokens_per_s": tps, "ms_per_step": 1e3 * step,
+                "bytes_per_step": bytes, "gb_per_s": gb_s, "of_read_bandwidth": of_read,
+            }));
         }
         report["decode"] = json!(rows);
     }
@@ -314,73 +377,102 @@ fn bench_on<B: Backend>(
     if !a.skip.iter().any(|s| s == "grm") {
         let mut rows = Vec::new();
         for sharing in [true, false] {
-            let (p, k, g) = (a.prompt_tokens, a.samples, a.gen_tokens);
-            let blocks = k * ((p + g).div_ceil(16) + 1) + 1;
-            let mut s = sched(load()?, blocks, sharing, 512)?;
-            let prompt = prompt(p, vocab, 7);
-            let params = |i: usize| SamplingParams {
-                temperature: a.temperature,
-                seed: i as u64,
-                max_new_tokens: g,
-                ignore_stop: true,
-                ..Default::default()
-            };
-            let t = Instant::now();
-            if sharing {
-                s.submit(
-                    0,
-                    Work::Generate {
-                        prompt: prompt.clone(),
-                        samples: (0..k).map(params).collect(),
-                    },
-                )?;
-            } else {
-                for i in 0..k {
+            let mut best: Option<Value> = None;
+            for _ in 0..a.grm_reps.max(1) {
+                let (p, k, g) = (a.prompt_tokens, a.samples, a.gen_tokens);
+                let blocks = k * ((p + g).div_ceil(16) + 1) + 1;
+                let mut s = sched(load()?, blocks, sharing, 512)?;
+                let prompt = prompt(p, vocab, 7);
+                let params = |i: usize| SamplingParams {
+                    temperature: a.temperature,
+                    seed: i as u64,
+                    max_new_tokens: g,
+                    ignore_stop: true,
+                    ..Default::default()
+                };
+                let t = Instant::now();
+                if sharing {
                     s.submit(
-                        i as u64,
+                        0,
                         Work::Generate {
                             prompt: prompt.clone(),
-                            samples: vec![params(i)],
+                            samples: (0..k).map(params).collect(),
                         },
                     )?;
-                }
-            }
-            let mut first_token = None;
-            let mut done = 0;
-            while !s.is_idle() {
-                for (_, ev) in s.step() {
-                    if let Event::Sample { .. } = ev {
-                        done += 1;
+                } else {
+                    for i in 0..k {
+                        s.submit(
+                            i as u64,
+                            Work::Generate {
+                                prompt: prompt.clone(),
+                                samples: vec![params(i)],
+                            },
+                        )?;
                     }
                 }
-                if first_token.is_none() && s.counters().generated_tokens > 0 {
-                    first_token = Some(t.elapsed().as_secs_f64());
+                let mut first_token = None;
+                let mut done = 0;
+                while !s.is_idle() {
+                    for (_, ev) in s.step() {
+                        if let Event::Sample { .. } = ev {
+                            done += 1;
+                        }
+                    }
+                    if first_token.is_none() && s.counters().generated_tokens > 0 {
+                        first_token = Some(t.elapsed().as_secs_f64());
+                    }
                 }
-            }
-            let secs = t.elapsed().as_secs_f64();
-            let c = s.counters();
-            let generated = c.generated_tokens as f64;
-            let kv_bytes = c.peak_blocks_used * 16 * kv_token_bytes;
-            eprintln!(
+                let secs = t.elapsed().as_secs_f64();
+                let c = s.counters();
+                let generated = c.generated_tokens as f64;
+                let kv_bytes = c.peak_blocks_used * 16 * kv_token_bytes;
+                eprintln!(
                 "grm workload P={p} k={k} G={g} sharing={sharing}: {secs:.2} s, {:.1} generated tok/s, KV peak {:.1} MiB",
                 generated / secs,
                 kv_bytes as f64 / (1 << 20) as f64
             );
-            rows.push(json!({
-                "prefix_sharing": sharing, "prompt_tokens": p, "samples": k, "gen_tokens": g, "completed_samples": done,
-                "seconds_to_all_samples": secs, "seconds_to_first_token": first_token, "generated_tokens_per_s": generated / secs,
-                "prompt_tokens_computed": c.prompt_tokens_computed, "kv_peak_blocks": c.peak_blocks_used,
-                "kv_peak_bytes": kv_bytes,
-            }));
+                let row = json!({
+                    "prefix_sharing": sharing, "prompt_tokens": p, "samples": k, "gen_tokens": g, "completed_samples": done,
+                    "seconds_to_all_samples": secs, "seconds_to_first_token": first_token, "generated_tokens_per_s": generated / secs,
+                    "prompt_tokens_computed": c.prompt_tokens_computed, "kv_peak_blocks": c.peak_blocks_used,
+                    "kv_peak_bytes": kv_bytes,
+                });
+                let faster =
+                    |b: &Value| secs < b["seconds_to_all_samples"].as_f64().unwrap_or(f64::MAX);
+                if best.as_ref().is_none_or(faster) {
+                    best = Some(row);
+                }
+            }
+            rows.extend(best);
         }
         report["grm_workload"] = json!(rows);
-        report["grm_tree_workload"] = grm_tree_workload(a, load, vocab, kv_token_bytes)?;
-        if let Some(peer) = &a.peer {
-            if peer != "transformers" {
-                bail!("--peer {peer:?} is not known (known: transformers)");
-            }
-            report["peer"] = peer_transformers(a, dir)?;
+        if !a.skip.iter().any(|s| s == "tree") {
+            report["grm_tree_workload"] = grm_tree_workload(a, load, vocab, kv_token_bytes)?;
         }
+    }
+    match a.peer.as_deref() {
+        None => {}
+        Some("transformers") => report["peer"] = peer_transformers(a, dir)?,
+        Some("llama.cpp") => {
+            let dtype = match &a.model {
+                None => a.dtype.clone(),
+                Some(_) => model_dtype(dir)?,
+            };
+            let peer = llama::run(&llama::Workload {
+                model: dir,
+                dtype: &dtype,
+                threads: rayon::current_num_threads(),
+                prompt_tokens: a.prompt_tokens,
+                decode_context: 64,
+                decode_steps: a.decode_steps,
+                samples: a.samples,
+                gen_tokens: a.gen_tokens,
+                reps: a.grm_reps,
+            })?;
+            report["ratios_grm_over_llama_cpp"] = llama::ratios(&report, &peer);
+            report["peer"] = peer;
+        }
+        Some(p) => bail!("--peer {p:?} is not known (known: transformers, llama.cpp)"),
     }
 
     let text = serde_json::to_string_pretty(&report)?;
@@ -389,6 +481,66 @@ fn bench_on<B: Backend>(
         std::fs::write(out, text + "\n").with_context(|| format!("writing {}", out.display()))?;
     }
     Ok(())
+}
+
+/// The machine's roofline on the compute threads, measured now: read and copy bandwidth over
+/// 1 GiB buffers (far past the caches), and peak FMA throughput on the path in use.
+fn roofline(isa: grm_engine::cpu::Isa) -> Value {
+    use grm_engine::cpu::roofline::{copy_bandwidth, peak_flops, read_bandwidth};
+    let read = read_bandwidth(1 << 30, 5) / 1e9;
+    let copy = copy_bandwidth(1 << 29, 5) / 1e9;
+    let peak = peak_flops(isa) / 1e9;
+    eprintln!(
+        "roofline: read {read:.1} GB/s, copy {copy:.1} GB/s (read + write), peak {peak:.0} GFLOP/s ({}, {} threads)",
+        isa.name(),
+        rayon::current_num_threads()
+    );
+    json!({
+        "read_gb_per_s": read, "copy_gb_per_s": copy, "peak_gflop_per_s": peak,
+        "peak_isa": isa.name(), "threads": rayon::current_num_threads(),
+    })
+}
+
+/// FLOPs of a prefill of `p` tokens (an FMA counts two): the products of every layer for every
+/// token, attention over the keys each token sees (its window on sliding layers), and the LM
+/// head for the last token.
+fn prefill_flops(c: &grm_engine::ModelConfig, p: usize) -> f64 {
+    let (h, q, kv) = (
+        c.hidden_size,
+        c.num_heads * c.head_dim,
+        c.num_kv_heads * c.head_dim,
+    );
+    let per_token = h * (q + 2 * kv) + q * h + 3 * h * c.intermediate_size;
+    let mut flops = 2.0 * (p * per_token * c.num_layers) as f64;
+    for layer in 0..c.num_layers {
+        let keys: usize = (0..p)
+            .map(|t| c.window_of(layer).map_or(t + 1, |w| (t + 1).min(w)))
+            .sum();
+        flops += 4.0 * (keys * c.num_heads * c.head_dim) as f64;
+    }
+    flops + 2.0 * (c.vocab_size * h) as f64
+}
+
+/// The weights' dtype in a model directory (config.json's `dtype` or `torch_dtype`), as
+/// llama.cpp's converter names it.
+fn model_dtype(dir: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(dir.join("config.json"))
+        .with_context(|| format!("reading {}/config.json", dir.display()))?;
+    let v: Value = serde_json::from_str(&text)?;
+    let d = v["dtype"]
+        .as_str()
+        .or(v["torch_dtype"].as_str())
+        .unwrap_or("");
+    Ok(match d {
+        "float32" => "f32",
+        "bfloat16" => "bf16",
+        "float16" => "f16",
+        d => bail!(
+            "{}/config.json: dtype {d:?} is not one of float32, bfloat16, float16",
+            dir.display()
+        ),
+    }
+    .to_string())
 }
 
 /// The same GRM workload through HF transformers (torch, CPU), same weights, same threads.

@@ -5,7 +5,6 @@
 //! | `portable` | nothing | 8 lanes, fixed fold | the reference order |
 //! | `avx2` | AVX2, FMA, F16C | 8 lanes, fixed fold | = `portable` |
 //! | `avx512` | AVX-512 F/BW/VL/DQ | 16 lanes, fixed fold | differ from `avx2` in the last bits of products; = `portable` run with 16 lanes |
-//! | `avx512bf16` | `avx512` + AVX512_BF16 | bf16 weights: activations rounded to bf16, pairs by `vdpbf16ps` | differ again, for bf16 weights only |
 //!
 //! Every path is batch-invariant on its own: a row's result depends only on that row, in one
 //! fixed order of f32 operations. Attention, the norms and the element-wise operations give
@@ -14,9 +13,11 @@
 //! the portable code run in the same order (bit for bit) and with the transformers fixtures
 //! (`tests/reference.rs`, `tests/isa.rs`).
 //!
-//! `GRM_CPU_ISA=portable|avx2|avx512|avx512bf16` asks for a path; one this CPU cannot run is
-//! refused (with a warning, falling back to the best it can). VNNI (int8 dot products) has
-//! nothing to do here while weights are f32, bf16 or f16; it is reported, not used.
+//! `GRM_CPU_ISA=portable|avx2|avx512` asks for a path; one this CPU cannot run is refused (with
+//! a warning, falling back to the best it can). Not used, only reported: VNNI (int8 dot
+//! products: nothing to do while weights are f32, bf16 or f16) and AVX512_BF16 (`vdpbf16ps`
+//! multiplies bf16 by bf16, so activations would be rounded to bf16 first: another order and
+//! another precision, and no machine here to test it on).
 
 use std::sync::OnceLock;
 
@@ -26,18 +27,16 @@ pub enum Isa {
     Portable,
     Avx2,
     Avx512,
-    Avx512Bf16,
 }
 
 impl Isa {
-    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16];
+    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2, Isa::Avx512];
 
     pub fn name(self) -> &'static str {
         match self {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
-            Isa::Avx512Bf16 => "avx512bf16",
         }
     }
 
@@ -61,7 +60,6 @@ impl Isa {
                 Isa::Portable => true,
                 Isa::Avx2 => avx2,
                 Isa::Avx512 => avx512,
-                Isa::Avx512Bf16 => avx512 && is_x86_feature_detected!("avx512bf16"),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -98,7 +96,7 @@ impl Isa {
                     }
                     None => {
                         tracing::warn!(
-                            "GRM_CPU_ISA={s} is not one of portable, avx2, avx512, avx512bf16; using {}",
+                            "GRM_CPU_ISA={s} is not one of portable, avx2, avx512; using {}",
                             best.name()
                         );
                         best
@@ -113,7 +111,7 @@ impl Isa {
     pub fn lanes(self) -> usize {
         match self {
             Isa::Portable | Isa::Avx2 => 8,
-            Isa::Avx512 | Isa::Avx512Bf16 => 16,
+            Isa::Avx512 => 16,
         }
     }
 

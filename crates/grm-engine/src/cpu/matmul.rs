@@ -88,7 +88,7 @@ unsafe fn block(
 ) {
     #[cfg(target_arch = "x86_64")]
     match isa {
-        Isa::Avx512 | Isa::Avx512Bf16 => return avx512::block(x, m, w, n0, n1, out),
+        Isa::Avx512 => return avx512::block(x, m, w, n0, n1, out),
         Isa::Avx2 => return avx2::block(x, m, w, n0, n1, out),
         Isa::Portable => {}
     }
@@ -207,6 +207,7 @@ macro_rules! dispatch {
         match ($mr, $nr) {
             (1, 8) => $tile::<1, 8, $load>($($a),*),
             (2, 8) => $tile::<2, 8, $load>($($a),*),
+            (3, 8) => $tile::<3, 8, $load>($($a),*),
             (4, 4) => $tile::<4, 4, $load>($($a),*),
             (4, 3) => $tile::<4, 3, $load>($($a),*),
             (4, 2) => $tile::<4, 2, $load>($($a),*),
@@ -227,31 +228,30 @@ macro_rules! dispatch {
     };
 }
 
-/// Sweeps columns n0..n1 for all `m` rows with tiles of at most `mr_max` rows and `nr_max`
-/// weight rows (8 only where it is whole), weights widened in registers: `tile(mr, nr, x, w,
-/// out)` does one tile.
+/// Sweeps columns n0..n1 for rows i0..i1 with tiles of at most `mr_max` rows (`mr_wide` where
+/// a tile takes 8 weight rows) and `nr_max` weight rows (8 only where it is whole): `tile(mr,
+/// nr, i, j)` does one tile.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn sweep_direct(
-    m: usize,
-    w: WeightRef<'_>,
-    n0: usize,
-    n1: usize,
+#[allow(clippy::too_many_arguments)]
+unsafe fn sweep(
+    (i0, i1): (usize, usize),
+    (n0, n1): (usize, usize),
     nr_max: usize,
     mr_max: usize,
+    mr_wide: usize,
     mut tile: impl FnMut(usize, usize, usize, usize),
 ) {
     let mut j = n0;
     while j < n1 {
         let left = n1 - j;
         let nr = if nr_max >= 8 && left >= 8 { 8 } else { left.min(4).min(nr_max) };
-        let mut i = 0;
-        while i < m {
-            let mr = if nr == 8 { (m - i).min(2) } else { (m - i).min(mr_max) };
+        let mut i = i0;
+        while i < i1 {
+            let mr = (i1 - i).min(if nr == 8 { mr_wide } else { mr_max });
             tile(mr, nr, i, j);
             i += mr;
         }
-        let _ = w;
         j += nr;
     }
 }
@@ -277,7 +277,7 @@ mod avx2 {
         let (xp, sz) = (x.as_ptr(), w.dtype.size());
         if m <= DIRECT_ROWS {
             // Few rows: widen in registers, keeping loads and FMAs interleaved.
-            sweep_direct(m, w, n0, n1, NR, MR, |mr, nr, i, j| {
+            sweep((0, m), (n0, n1), NR, MR, MR, |mr, nr, i, j| {
                 let (xi, wj, o) = (xp.add(i * k), w.bytes.as_ptr().add(j * k * sz), out.add(i * n + j));
                 match w.dtype {
                     DType::F32 => dispatch!(tile, LoadF32, mr, nr, (xi, wj, k, o, n)),
@@ -378,8 +378,14 @@ mod avx512 {
     use super::*;
     use crate::cpu::simd::hsum16;
 
+    /// Rows per tile where a tile takes 8 weight rows (then 8·MR_WIDE accumulators), and
+    /// otherwise.
+    const MR_WIDE: usize = 3;
     const MR: usize = 4;
-    const NR: usize = 4;
+    /// Weight rows per panel.
+    const NR: usize = 8;
+    /// Bytes of `x` rows kept in L2 while the weight panels pass.
+    const X_BLOCK_BYTES: usize = 512 << 10;
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
     pub unsafe fn block(
@@ -393,7 +399,8 @@ mod avx512 {
         let (n, k) = (w.rows, w.cols);
         let (xp, sz) = (x.as_ptr(), w.dtype.size());
         if m <= DIRECT_ROWS {
-            sweep_direct(m, w, n0, n1, 8, MR, |mr, nr, i, j| {
+            // Few rows: widen in registers as the weights stream past.
+            sweep((0, m), (n0, n1), NR, MR, MR_WIDE, |mr, nr, i, j| {
                 let (xi, wj, o) = (xp.add(i * k), w.bytes.as_ptr().add(j * k * sz), out.add(i * n + j));
                 match w.dtype {
                     DType::F32 => dispatch!(tile, LoadF32, mr, nr, (xi, wj, k, o, n)),
@@ -403,29 +410,28 @@ mod avx512 {
             });
             return;
         }
-        let mb = ((X_BLOCK_BYTES / (4 * k.max(1))) / MR * MR).max(MR);
+        // Many rows: each panel of NR weight rows widened to f32 once per block of x rows.
+        let mb = ((X_BLOCK_BYTES / (4 * k.max(1))) / MR_WIDE * MR_WIDE).max(MR_WIDE);
         let mut panel = vec![0f32; NR * k];
         let mut i0 = 0;
         while i0 < m {
             let i1 = (i0 + mb).min(m);
-            let mut j = n0;
-            while j < n1 {
-                let nr = (n1 - j).min(NR);
-                let wp = w.bytes.as_ptr().add(j * k * sz);
+            let mut j0 = n0;
+            while j0 < n1 {
+                let j1 = (j0 + NR).min(n1);
+                let wp = w.bytes.as_ptr().add(j0 * k * sz);
                 let wf: *const u8 = match w.dtype {
                     DType::F32 => wp,
                     dt => {
-                        to_f32(wp, dt, nr * k, panel.as_mut_ptr());
+                        to_f32(wp, dt, (j1 - j0) * k, panel.as_mut_ptr());
                         panel.as_ptr() as *const u8
                     }
                 };
-                let mut i = i0;
-                while i < i1 {
-                    let mr = (i1 - i).min(MR);
-                    dispatch!(tile, LoadF32, mr, nr, (xp.add(i * k), wf, k, out.add(i * n + j), n));
-                    i += mr;
-                }
-                j += nr;
+                sweep((i0, i1), (j0, j1), NR, MR, MR_WIDE, |mr, nr, i, j| {
+                    let wj = wf.add((j - j0) * k * 4);
+                    dispatch!(tile, LoadF32, mr, nr, (xp.add(i * k), wj, k, out.add(i * n + j), n))
+                });
+                j0 = j1;
             }
             i0 = i1;
         }

@@ -7,6 +7,7 @@ pub mod isa;
 pub mod kv;
 pub mod matmul;
 pub mod ops;
+pub mod roofline;
 pub mod simd;
 
 use crate::backend::{AttentionParams, Backend, StepInputs};
