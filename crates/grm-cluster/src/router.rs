@@ -110,7 +110,8 @@ pub struct Router {
     pub(crate) inner: Arc<Inner>,
 }
 
-/// The deadline a gRPC client set (`grpc-timeout`), if any.
+/// The deadline a gRPC client set (`grpc-timeout`), if any. By hand: tonic honours the header
+/// for its own timeout but does not expose the parsed deadline.
 pub fn deadline_of(meta: &tonic::metadata::MetadataMap) -> Option<Instant> {
     let v = meta.get("grpc-timeout")?.to_str().ok()?;
     let (num, unit) = v.split_at(v.len().checked_sub(1)?);
