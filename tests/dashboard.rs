@@ -47,14 +47,7 @@ fn every_metric_the_dashboard_queries_is_exported() {
     let _serial = serial();
     let dir = scratch("dashboard");
     let w = static_worker(&dir, "1024", &["--metrics-listen", "127.0.0.1:0"]);
-    let m = grm(
-        &dir,
-        "meta",
-        &[
-            "worker", "--model", &fixture("tiny-judge-meta"), "--role", "meta-rm", "--listen",
-            "127.0.0.1:0", "--threads", "1", "--kv-blocks", "256", "--metrics-listen", "127.0.0.1:0",
-        ],
-    );
+    let m = meta_worker(&dir, &["--metrics-listen", "127.0.0.1:0"]);
     let a = grm(
         &dir,
         "aggregator",

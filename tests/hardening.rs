@@ -438,26 +438,11 @@ fn internal_services_need_the_cluster_token_and_a_forged_member_gets_no_work() {
     });
 
     // grm serve with a guarded public API: its in-process workers' ports are guarded too.
-    let serve = grm(
+    let meta_model = fixture("tiny-judge-meta");
+    let serve = serve_tiny(
         &dir,
         "serve",
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "",
-            "--model",
-            &fixture("tiny-judge"),
-            "--meta-model",
-            &fixture("tiny-judge-meta"),
-            "--template",
-            short_template_static(),
-            "--threads",
-            "1",
-            "--auth-token-file",
-            public.to_str().unwrap(),
-        ],
+        &["--meta-model", &meta_model, "--auth-token-file", public.to_str().unwrap()],
     );
     let internal: Vec<String> = serve.ready["internal"]
         .as_array()
@@ -480,23 +465,7 @@ fn a_dead_meta_rm_costs_the_filter_not_the_answer() {
     let _serial = serial();
     let dir = scratch("meta-dead");
     let w = static_worker(&dir, "1024", &[]);
-    let mut m = grm(
-        &dir,
-        "meta",
-        &[
-            "worker",
-            "--model",
-            &fixture("tiny-judge-meta"),
-            "--role",
-            "meta-rm",
-            "--listen",
-            "127.0.0.1:0",
-            "--threads",
-            "1",
-            "--kv-blocks",
-            "512",
-        ],
-    );
+    let mut m = meta_worker(&dir, &[]);
     let router = static_router(
         &dir,
         &w.grpc(),
