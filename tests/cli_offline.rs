@@ -85,28 +85,6 @@ fn write_parquet(path: &Path, rows: &[Value]) {
     w.close().unwrap();
 }
 
-/// `grm serve` of the tiny judge (gRPC only), with `extra` flags.
-fn serve_tiny(dir: &Path, name: &str, extra: &[&str]) -> Proc {
-    let (model, template) = (fixture("tiny-judge"), short_template());
-    let mut args = vec![
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        "",
-        "--model",
-        &model,
-        "--template",
-        &template,
-        "--threads",
-        "1",
-        "--kv-blocks",
-        "2048",
-    ];
-    args.extend_from_slice(extra);
-    grm(dir, name, &args)
-}
-
 fn read_lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap()

@@ -1361,6 +1361,23 @@ fn one_trace_per_request_across_router_workers_and_aggregator_and_its_metrics() 
         "{scrape}"
     );
 
+    // Asked for OpenMetrics, the latency histogram links the request to its trace (exemplar).
+    let metrics_addr = a.ready["metrics"].as_str().unwrap().to_string();
+    let mut conn = std::net::TcpStream::connect(&metrics_addr).unwrap();
+    std::io::Write::write_all(
+        &mut conn,
+        format!("GET /metrics HTTP/1.1\r\nHost: {metrics_addr}\r\nAccept: application/openmetrics-text; version=1.0.0\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut om = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut om).unwrap();
+    assert!(om.contains("application/openmetrics-text"), "{om}");
+    assert!(
+        om.lines().any(|l| l.starts_with("grm_aggregate_duration_seconds_bucket")
+            && l.contains(&format!("# {{trace_id=\"{client_trace}\"}}"))),
+        "no exemplar with the client's trace:\n{om}"
+    );
+
     // JSON logs: the router's line for the request carries its id and the trace id.
     drop(router);
     let log = std::fs::read_to_string(dir.join("router.log")).unwrap();

@@ -438,26 +438,11 @@ fn internal_services_need_the_cluster_token_and_a_forged_member_gets_no_work() {
     });
 
     // grm serve with a guarded public API: its in-process workers' ports are guarded too.
-    let serve = grm(
+    let meta_model = fixture("tiny-judge-meta");
+    let serve = serve_tiny(
         &dir,
         "serve",
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "",
-            "--model",
-            &fixture("tiny-judge"),
-            "--meta-model",
-            &fixture("tiny-judge-meta"),
-            "--template",
-            short_template_static(),
-            "--threads",
-            "1",
-            "--auth-token-file",
-            public.to_str().unwrap(),
-        ],
+        &["--meta-model", &meta_model, "--auth-token-file", public.to_str().unwrap()],
     );
     let internal: Vec<String> = serve.ready["internal"]
         .as_array()
@@ -480,23 +465,7 @@ fn a_dead_meta_rm_costs_the_filter_not_the_answer() {
     let _serial = serial();
     let dir = scratch("meta-dead");
     let w = static_worker(&dir, "1024", &[]);
-    let mut m = grm(
-        &dir,
-        "meta",
-        &[
-            "worker",
-            "--model",
-            &fixture("tiny-judge-meta"),
-            "--role",
-            "meta-rm",
-            "--listen",
-            "127.0.0.1:0",
-            "--threads",
-            "1",
-            "--kv-blocks",
-            "512",
-        ],
-    );
+    let mut m = meta_worker(&dir, &[]);
     let router = static_router(
         &dir,
         &w.grpc(),
@@ -881,4 +850,49 @@ fn two_routers_sharing_two_workers_keep_them_balanced() {
         on_w1.min(on_w2) * 4 >= per_worker.len(),
         "unbalanced: {on_w1} on w1, {on_w2} on w2"
     );
+}
+
+#[test]
+fn queue_time_is_the_time_spent_waiting_for_the_engine() {
+    let _serial = serial();
+    let dir = scratch("queue-ms");
+    // A 112M random model on one thread, one sequence at a time: a second request waits for
+    // the first to finish.
+    let model = small_model(&dir);
+    let w = grm(
+        &dir,
+        "w",
+        &[
+            "worker", "--model", &model, "--listen", "127.0.0.1:0", "--threads", "1",
+            "--kv-blocks", "512", "--max-seqs", "1",
+        ],
+    );
+    let router = static_router(&dir, &w.grpc(), "", &[]);
+    let rt = runtime();
+    let addr = router.grpc();
+    let (first, second) = rt.block_on(async move {
+        let c = RewardServiceClient::connect(format!("http://{addr}")).await.unwrap();
+        let long = |id: &str| {
+            let mut r = request(id, 1);
+            r.responses.truncate(1);
+            r.sampling.as_mut().unwrap().max_new_tokens = 48;
+            r
+        };
+        // The connections are made before anything is timed.
+        let mut warm = long("warm-up");
+        warm.sampling.as_mut().unwrap().max_new_tokens = 1;
+        c.clone().score(warm).await.unwrap();
+        let mut c1 = c.clone();
+        let a = tokio::spawn(async move { c1.score(long("first")).await.unwrap().into_inner() });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut c2 = c.clone();
+        let b = tokio::spawn(async move { c2.score(long("second")).await.unwrap().into_inner() });
+        (a.await.unwrap(), b.await.unwrap())
+    });
+    let (t1, t2) = (first.timings.unwrap(), second.timings.unwrap());
+    eprintln!("first: queue {} ms of {} ms; second: queue {} ms of {} ms", t1.queue_ms, t1.generate_ms, t2.queue_ms, t2.generate_ms);
+    // The first started at once: its queueing is a small part of its time (before, the field
+    // measured the time to the end of the prefill). The second waited for the first.
+    assert!(t1.queue_ms < t1.generate_ms / 4.0, "{t1:?}");
+    assert!(t2.queue_ms > t1.queue_ms + t1.generate_ms / 4.0, "{t2:?}");
 }

@@ -52,29 +52,10 @@ fn run_script(script: &str, args: &[&str]) -> Value {
 
 /// `grm serve` of the tiny judge, gRPC and HTTP.
 fn serve(dir: &std::path::Path) -> Proc {
-    let (model, template) = (fixture("tiny-judge"), short_template());
-    grm(
+    serve_tiny(
         dir,
         "serve",
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--model",
-            &model,
-            "--template",
-            &template,
-            "--threads",
-            "1",
-            "--kv-blocks",
-            "4096",
-            "--max-new-tokens",
-            "32",
-            "--group-wait-ms",
-            "3000",
-        ],
+        &["--http-listen", "127.0.0.1:0", "--max-new-tokens", "32", "--group-wait-ms", "3000"],
     )
 }
 

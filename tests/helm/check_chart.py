@@ -24,6 +24,7 @@ Run from anywhere: .venv-test/bin/python tests/helm/check_chart.py
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import ssl
@@ -801,6 +802,27 @@ def check_service_monitor(r: Rendered, v: dict) -> None:
     ok(f"ServiceMonitor: scrapes {', '.join(comps)} on ports {[e['port'] for e in sm['spec']['endpoints']]}")
 
 
+def check_grafana_dashboard(r: Rendered, v: dict) -> None:
+    """The dashboard ConfigMap: labelled for Grafana's sidecar, holding exactly the dashboard
+    deploy/grafana ships (both written by deploy/grafana/make_dashboard.py)."""
+    begin()
+    g = v["grafanaDashboard"]
+    maps = [c for c in r.kind("ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
+    if not g["enabled"]:
+        check(not maps, "no dashboard ConfigMap unless enabled")
+        return
+    if not check(len(maps) == 1, f"one dashboard ConfigMap (have {len(maps)})"):
+        return
+    cm = maps[0]
+    for k, val in g["labels"].items():
+        check(labels(cm).get(k) == val, f"dashboard ConfigMap label {k}={val}")
+    shipped = Path("deploy/grafana/grm-cluster.json").read_text()
+    data = cm.get("data", {}).get("grm-cluster.json", "")
+    check(json.loads(data) == json.loads(shipped), "the ConfigMap holds deploy/grafana/grm-cluster.json")
+    panels = [p for p in json.loads(data)["panels"] if p["type"] != "row"]
+    ok(f"Grafana dashboard ConfigMap with {len(panels)} panels, labelled {g['labels']}")
+
+
 def check_notes(r: Rendered, v: dict) -> None:
     begin()
     check(f"{RELEASE}-grm-cluster-router" in r.notes, "NOTES.txt names the router Service")
@@ -854,6 +876,7 @@ def run_values_file(chart: helm.Chart, path: str | None) -> None:
         lambda: check_guarded(r, merged),
         lambda: check_env(r, merged),
         lambda: check_service_monitor(r, merged),
+        lambda: check_grafana_dashboard(r, merged),
         lambda: check_notes(r, merged),
     ]
     for section in sections:

@@ -401,3 +401,48 @@ pub fn metric(scrape: &str, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// `grm serve` of the tiny judge (gRPC only unless `extra` gives --http-listen), with `extra`
+/// flags (later flags of the same name are not allowed: give what is not here).
+pub fn serve_tiny(dir: &Path, name: &str, extra: &[&str]) -> Proc {
+    let (model, template) = (fixture("tiny-judge"), short_template());
+    let has_http = extra.contains(&"--http-listen");
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--model",
+        &model,
+        "--template",
+        &template,
+        "--threads",
+        "1",
+        "--kv-blocks",
+        "2048",
+    ];
+    if !has_http {
+        args.extend(["--http-listen", ""]);
+    }
+    args.extend_from_slice(extra);
+    grm(dir, name, &args)
+}
+
+/// A meta-RM worker of the tiny judge's meta RM on one thread, outside etcd, with `extra` flags.
+pub fn meta_worker(dir: &Path, extra: &[&str]) -> Proc {
+    let model = fixture("tiny-judge-meta");
+    let mut args = vec![
+        "worker",
+        "--model",
+        &model,
+        "--role",
+        "meta-rm",
+        "--listen",
+        "127.0.0.1:0",
+        "--threads",
+        "1",
+        "--kv-blocks",
+        "512",
+    ];
+    args.extend_from_slice(extra);
+    grm(dir, "meta", &args)
+}

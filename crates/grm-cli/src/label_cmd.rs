@@ -5,7 +5,8 @@
 //! there (and cuts a line a kill left half-written); a line that cannot be read, or a request
 //! the cluster refuses, goes to the errors file with its line number and the run goes on; the
 //! first Ctrl-C stops taking new items and waits for those in flight, a second stops at once
-//! — between whole lines.
+//! — between whole lines. The retries are by hand: a refused item goes back into the open
+//! ScoreStream after its backoff, which a generic retry crate (wrapping one call) cannot do.
 
 use crate::progress::Progress;
 use crate::request_json::RequestJson;

@@ -1,5 +1,6 @@
 //! Progress on stderr: a bar redrawn in place on a terminal, a plain line every few seconds
-//! otherwise (logs, CI).
+//! otherwise (logs, CI). Kept by hand: indicatif draws nothing when stderr is not a terminal,
+//! and labeling jobs run where only their logs show how far they got.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};

@@ -39,9 +39,9 @@ impl Aggregator {
     }
 
     /// Its Prometheus scrape (`/metrics` on `grm aggregator --metrics-listen`).
-    pub fn render_metrics(&self) -> String {
+    pub fn scrape(&self, openmetrics: bool) -> crate::metrics::Scrape {
         let live = self.meta.as_ref().map_or(0, |p| p.peers().len());
-        self.metrics.render(live)
+        self.metrics.scrape(live, openmetrics)
     }
 
     pub fn meta_pool(&self) -> Option<&Arc<Pool>> {
@@ -298,12 +298,14 @@ impl AggregatorService for Aggregator {
             tracing::info_span!("grm.rpc.Aggregate", trace_id = tracing::field::Empty),
         );
         let start = Instant::now();
+        let trace_id = crate::trace_context::trace_id(&span);
         let r = Aggregator::aggregate(self, request.into_inner())
             .instrument(span)
             .await;
         self.metrics.record(
             r.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok),
             start.elapsed().as_secs_f64(),
+            trace_id,
         );
         let r = r?;
         tracing::info!(

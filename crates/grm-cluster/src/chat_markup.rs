@@ -1,4 +1,5 @@
-//! What trainers send over OpenRLHF's `/get_reward`: the policy's prompt and its response,
+//! Kept by hand: chat templates are Jinja that renders turns into text, and no library reads
+//! the text back into turns. What trainers send over OpenRLHF's `/get_reward`: the policy's prompt and its response,
 //! decoded with the policy's special tokens left in. The prompt is in the policy's chat
 //! markup (ChatML, Llama 3, Gemma, Mistral's [INST], or plain text); it is read back into the
 //! conversation's turns, and the response is the query past its prompt with the policy's end

@@ -4,7 +4,8 @@
 
 use crate::get_reward::RewardParams;
 use crate::http_server::json_error as error;
-use crate::metrics::{render_engine, Exposition};
+use crate::metrics::{encode, engine_registry, wants_openmetrics, Scrape};
+use axum::http::HeaderMap;
 use crate::router::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -50,12 +51,11 @@ pub fn app(
 pub fn engine_metrics_app(role: &'static str, engine: Engine) -> axum::Router {
     axum::Router::new().route(
         "/metrics",
-        get(move || {
+        get(move |headers: HeaderMap| {
             let engine = engine.clone();
             async move {
-                let mut out = Exposition::default();
-                render_engine(&mut out, &[(role, engine.stats())]);
-                prometheus_text(out.finish())
+                let r = engine_registry(vec![(role, engine.stats())]);
+                scraped(encode(&[&r], openmetrics(&headers)))
             }
         }),
     )
@@ -65,31 +65,33 @@ pub fn engine_metrics_app(role: &'static str, engine: Engine) -> axum::Router {
 pub fn aggregator_metrics_app(agg: crate::aggregator::Aggregator) -> axum::Router {
     axum::Router::new().route(
         "/metrics",
-        get(move || {
+        get(move |headers: HeaderMap| {
             let agg = agg.clone();
-            async move { prometheus_text(agg.render_metrics()) }
+            async move { scraped(agg.scrape(openmetrics(&headers))) }
         }),
     )
 }
 
-async fn router_metrics(State(s): State<AppState>) -> Response {
-    let engines: Vec<(&str, EngineStats)> = s
+async fn router_metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let engines: Vec<(&'static str, EngineStats)> = s
         .engines
         .iter()
         .map(|(role, e)| (*role, e.stats()))
         .collect();
-    prometheus_text(s.router.render_metrics(&engines))
+    scraped(s.router.scrape(engines, openmetrics(&headers)))
 }
 
-fn prometheus_text(body: String) -> Response {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
+/// Whether the scraper asked for OpenMetrics (content negotiation on `Accept`).
+fn openmetrics(headers: &HeaderMap) -> bool {
+    wants_openmetrics(
+        headers
+            .get(axum::http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok()),
     )
-        .into_response()
+}
+
+fn scraped(s: Scrape) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, s.content_type)], s.body).into_response()
 }
 
 async fn health(State(s): State<AppState>) -> Response {

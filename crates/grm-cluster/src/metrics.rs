@@ -1,102 +1,37 @@
-//! Prometheus metrics in the text exposition format (version 0.0.4), written here rather than
-//! through a metrics crate: the families are few and fixed, and each node renders them from
-//! state it already keeps (the router's counters below, an engine's `EngineStats`).
+//! Prometheus metrics through the Prometheus project's own Rust client (`prometheus-client`):
+//! the router's and the aggregator's counters and histograms are registered once; an engine's
+//! state is read at each scrape by a collector. A scrape answers OpenMetrics, with exemplars
+//! (the trace id of a request on the latency histograms), to a scraper that asks for it
+//! (`Accept: application/openmetrics-text`), and Prometheus text 0.0.4 otherwise.
 //!
 //! Names follow Prometheus conventions: the `grm_` prefix, base units in the name
-//! (`_seconds`, `_tokens`), `_total` on counters.
+//! (`_seconds`, `_tokens`), `_total` on counters (added by the client: counters are
+//! registered without it).
 
 use grm_engine::EngineStats;
 use grm_proto::v1::{sample, ScoreResponse};
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
-/// The text of one scrape.
-#[derive(Default)]
-pub struct Exposition(String);
+/// A metric's labels.
+type Labels = Vec<(String, String)>;
 
-impl Exposition {
-    /// Starts a family: its help text and type (`counter`, `gauge`, `histogram`).
-    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    }
-
-    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.0.push_str(name);
-        if !labels.is_empty() {
-            self.0.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.0.push(',');
-                }
-                let v = v
-                    .replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', "\\n");
-                let _ = write!(self.0, "{k}=\"{v}\"");
-            }
-            self.0.push('}');
-        }
-        let _ = writeln!(self.0, " {value}");
-    }
-
-    /// A family of one unlabelled sample.
-    pub fn single(&mut self, name: &str, kind: &str, help: &str, value: f64) {
-        self.family(name, kind, help);
-        self.sample(name, &[], value);
-    }
-
-    pub fn finish(self) -> String {
-        self.0
-    }
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
-/// A histogram with fixed upper bounds.
-pub struct Histogram {
-    bounds: &'static [f64],
-    /// Observations at or below each bound (not cumulative; summed when rendered).
-    counts: Vec<AtomicU64>,
-    /// Sum of the observations, as f64 bits.
-    sum: Mutex<f64>,
-    count: AtomicU64,
-}
-
-impl Histogram {
-    pub fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            sum: Mutex::new(0.0),
-            count: AtomicU64::new(0),
-        }
-    }
-
-    pub fn observe(&self, v: f64) {
-        if let Some(i) = self.bounds.iter().position(|&b| v <= b) {
-            self.counts[i].fetch_add(1, Ordering::Relaxed);
-        }
-        *self.sum.lock().unwrap_or_else(|e| e.into_inner()) += v;
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut Exposition, name: &str, help: &str) {
-        out.family(name, "histogram", help);
-        let mut cumulative = 0;
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            cumulative += c.load(Ordering::Relaxed);
-            out.sample(
-                &format!("{name}_bucket"),
-                &[("le", &b.to_string())],
-                cumulative as f64,
-            );
-        }
-        let count = self.count.load(Ordering::Relaxed) as f64;
-        out.sample(&format!("{name}_bucket"), &[("le", "+Inf")], count);
-        let sum = *self.sum.lock().unwrap_or_else(|e| e.into_inner());
-        out.sample(&format!("{name}_sum"), &[], sum);
-        out.sample(&format!("{name}_count"), &[], count);
-    }
+/// The trace id of a request as an exemplar's labels.
+fn exemplar(trace_id: Option<String>) -> Option<Labels> {
+    trace_id.map(|id| vec![("trace_id".to_string(), id)])
 }
 
 const LATENCY_BOUNDS: &[f64] = &[
@@ -104,59 +39,46 @@ const LATENCY_BOUNDS: &[f64] = &[
 ];
 /// The reward margin of the best response over the runner-up, per vote, in score points.
 const MARGIN_BOUNDS: &[f64] = &[0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0];
-
-/// What a router counts of the requests it scores.
-pub struct RouterMetrics {
-    /// Scored requests by gRPC status code name ("OK", "INVALID_ARGUMENT", ...).
-    requests: Mutex<BTreeMap<String, u64>>,
-    duration: Histogram,
-    prompt_tokens: AtomicU64,
-    cached_prompt_tokens: AtomicU64,
-    generated_tokens: AtomicU64,
-    voted: AtomicU64,
-    invalid: AtomicU64,
-    /// Invalid judgements by reason, where the answer carried its samples.
-    invalid_by_reason: Mutex<BTreeMap<String, u64>>,
-    meta_filtered: AtomicU64,
-    meta_fallbacks: AtomicU64,
-    margin: Histogram,
-    /// Groups judged or refused, by outcome (complete, partial, refused).
-    groups: Mutex<BTreeMap<&'static str, u64>>,
-    group_size: Histogram,
-    group_wait: Histogram,
-    groups_forwarded: AtomicU64,
-    /// Adaptive requests by whether they stopped before k, and the judgements they saved.
-    adaptive: Mutex<BTreeMap<&'static str, u64>>,
-    judgements_saved: AtomicU64,
-}
-
 const GROUP_SIZE_BOUNDS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 
-impl Default for RouterMetrics {
-    fn default() -> Self {
-        Self {
-            requests: Mutex::default(),
-            duration: Histogram::new(LATENCY_BOUNDS),
-            prompt_tokens: AtomicU64::default(),
-            cached_prompt_tokens: AtomicU64::default(),
-            generated_tokens: AtomicU64::default(),
-            voted: AtomicU64::default(),
-            invalid: AtomicU64::default(),
-            invalid_by_reason: Mutex::default(),
-            meta_filtered: AtomicU64::default(),
-            meta_fallbacks: AtomicU64::default(),
-            margin: Histogram::new(MARGIN_BOUNDS),
-            groups: Mutex::default(),
-            group_size: Histogram::new(GROUP_SIZE_BOUNDS),
-            group_wait: Histogram::new(LATENCY_BOUNDS),
-            groups_forwarded: AtomicU64::default(),
-            adaptive: Mutex::default(),
-            judgements_saved: AtomicU64::default(),
+/// One scrape's answer.
+pub struct Scrape {
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+/// Whether a scraper's `Accept` header asks for OpenMetrics.
+pub fn wants_openmetrics(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| a.contains("application/openmetrics-text"))
+}
+
+/// Encodes registries as one scrape, in the format asked for.
+pub fn encode(registries: &[&Registry], openmetrics: bool) -> Scrape {
+    let mut body = String::new();
+    for r in registries {
+        let done = if openmetrics {
+            prometheus_client::encoding::text::encode_registry(&mut body, r)
+        } else {
+            prometheus_client::encoding::prometheus_text::encode(&mut body, r)
+        };
+        // Writing to a String cannot fail.
+        let _ = done;
+    }
+    if openmetrics {
+        let _ = prometheus_client::encoding::text::encode_eof(&mut body);
+        Scrape {
+            content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            body,
+        }
+    } else {
+        Scrape {
+            content_type: prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            body,
         }
     }
 }
 
-/// The live state a router adds to its counters when scraped.
+/// The live state a router sets before it is scraped.
 pub struct RouterGauges {
     pub in_flight: usize,
     /// Live members as the router sees them: (GRM workers, meta-RM workers, aggregators).
@@ -165,20 +87,115 @@ pub struct RouterGauges {
     pub groups_forming: usize,
 }
 
+/// What a router counts of the requests it scores.
+pub struct RouterMetrics {
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    duration: HistogramWithExemplars<Labels>,
+    in_flight: Gauge,
+    prompt_tokens: Counter,
+    cached_prompt_tokens: Counter,
+    generated_tokens: Counter,
+    voted: Counter,
+    invalid: Counter,
+    invalid_by_reason: Family<Labels, Counter>,
+    meta_filtered: Counter,
+    meta_fallbacks: Counter,
+    margin: Histogram,
+    workers_live: Family<Labels, Gauge>,
+    groups: Family<Labels, Counter>,
+    group_size: Histogram,
+    group_wait: Histogram,
+    groups_forming: Gauge,
+    groups_forwarded: Counter,
+    adaptive: Family<Labels, Counter>,
+    judgements_saved: Counter,
+}
+
+impl Default for RouterMetrics {
+    fn default() -> Self {
+        let m = Self {
+            registry: Registry::default(),
+            requests: Family::default(),
+            duration: HistogramWithExemplars::new(LATENCY_BOUNDS.iter().copied()),
+            in_flight: Gauge::default(),
+            prompt_tokens: Counter::default(),
+            cached_prompt_tokens: Counter::default(),
+            generated_tokens: Counter::default(),
+            voted: Counter::default(),
+            invalid: Counter::default(),
+            invalid_by_reason: Family::default(),
+            meta_filtered: Counter::default(),
+            meta_fallbacks: Counter::default(),
+            margin: Histogram::new(MARGIN_BOUNDS.iter().copied()),
+            workers_live: Family::default(),
+            groups: Family::default(),
+            group_size: Histogram::new(GROUP_SIZE_BOUNDS.iter().copied()),
+            group_wait: Histogram::new(LATENCY_BOUNDS.iter().copied()),
+            groups_forming: Gauge::default(),
+            groups_forwarded: Counter::default(),
+            adaptive: Family::default(),
+            judgements_saved: Counter::default(),
+        };
+        let mut m = m;
+        let r = &mut m.registry;
+        r.register("grm_score_requests", "Scoring requests answered (Score, each ScoreStream item, /get_reward batches), by gRPC status code.", m.requests.clone());
+        r.register("grm_score_request_duration_seconds", "Time to answer a scoring request, from validation to the vote (exemplars: the request's trace id).", m.duration.clone());
+        r.register("grm_score_requests_in_flight", "Scoring requests being served now (the router's queue; bounded by --max-inflight).", m.in_flight.clone());
+        r.register("grm_prompt_tokens", "Prompt tokens of the judgements generated (cached ones included).", m.prompt_tokens.clone());
+        r.register("grm_cached_prompt_tokens", "Prompt tokens served from shared or cached KV blocks.", m.cached_prompt_tokens.clone());
+        r.register("grm_generated_tokens", "Tokens generated in judgements.", m.generated_tokens.clone());
+        r.register("grm_judgements_voted", "Judgements whose scores were counted in a vote.", m.voted.clone());
+        r.register("grm_judgements_invalid", "Judgements that cast no vote (no well-formed scores).", m.invalid.clone());
+        r.register("grm_judgements_invalid_by_reason", "Invalid judgements by reason (counted where samples are returned).", m.invalid_by_reason.clone());
+        r.register("grm_judgements_meta_filtered", "Valid judgements the meta RM left out of the vote (counted where samples are returned).", m.meta_filtered.clone());
+        r.register("grm_meta_fallbacks", "Requests answered by plain voting because the meta RM could not score their judgements.", m.meta_fallbacks.clone());
+        r.register("grm_vote_margin", "Reward of the best response minus the runner-up's, per vote, in score points.", m.margin.clone());
+        r.register("grm_workers_live", "Live members by role, as this router sees them.", m.workers_live.clone());
+        r.register("grm_groups", "Groups of members (trainers' one-sample calls) judged together, by outcome: complete, partial (the wait ended first), refused (--max-groups).", m.groups.clone());
+        r.register("grm_group_size", "Distinct responses judged together per group.", m.group_size.clone());
+        r.register("grm_group_wait_seconds", "From a group's first member to its judgement.", m.group_wait.clone());
+        r.register("grm_groups_forming", "Groups whose members are arriving now.", m.groups_forming.clone());
+        r.register("grm_group_members_forwarded", "Group members sent on to the router that owns their group.", m.groups_forwarded.clone());
+        r.register("grm_adaptive_requests", "Adaptive-k requests, by whether sampling stopped before k (early) or ran to k (at_k).", m.adaptive.clone());
+        r.register("grm_judgements_saved", "Judgements adaptive sampling did not draw (k minus those drawn).", m.judgements_saved.clone());
+        m
+    }
+}
+
 impl RouterMetrics {
-    /// Counts one scored request: its outcome (`Ok` answer or the status code) and duration.
-    pub fn record(&self, outcome: Result<&ScoreResponse, tonic::Code>, seconds: f64) {
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Sets the live gauges, before a scrape.
+    pub fn set_gauges(&self, g: &RouterGauges) {
+        self.in_flight.set(g.in_flight as i64);
+        self.groups_forming.set(g.groups_forming as i64);
+        let (grm, meta, agg) = g.members;
+        for (role, n) in [("grm", grm), ("meta-rm", meta), ("aggregator", agg)] {
+            self.workers_live
+                .get_or_create(&labels(&[("role", role)]))
+                .set(n as i64);
+        }
+    }
+
+    /// Counts one scored request: its outcome (`Ok` answer or the status code), its duration
+    /// and, when the request is traced, its trace id as the duration's exemplar.
+    pub fn record(
+        &self,
+        outcome: Result<&ScoreResponse, tonic::Code>,
+        seconds: f64,
+        trace_id: Option<String>,
+    ) {
         let code = match outcome {
             Ok(_) => tonic::Code::Ok,
             Err(c) => c,
         };
-        *self
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(code_name(code))
-            .or_default() += 1;
-        self.duration.observe(seconds);
+        self.requests
+            .get_or_create(&labels(&[("code", &code_name(code))]))
+            .inc();
+        self.duration.observe(seconds, exemplar(trace_id), None);
         let Ok(r) = outcome else { return };
         // A group member's tokens and judgements are its group's, counted once when the
         // group was judged (record_group_usage).
@@ -193,71 +210,58 @@ impl RouterMetrics {
     }
 
     /// Counts a group that was judged: its outcome, distinct responses and the wait.
-    pub fn group_judged(&self, outcome: &'static str, size: usize, waited: std::time::Duration) {
+    pub fn group_judged(&self, outcome: &str, size: usize, waited: std::time::Duration) {
         self.group_outcome(outcome);
         self.group_size.observe(size as f64);
         self.group_wait.observe(waited.as_secs_f64());
     }
 
     /// Counts a group outcome (complete, partial, refused).
-    pub fn group_outcome(&self, outcome: &'static str) {
-        *self
-            .groups
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(outcome)
-            .or_default() += 1;
+    pub fn group_outcome(&self, outcome: &str) {
+        self.groups
+            .get_or_create(&labels(&[("outcome", outcome)]))
+            .inc();
+    }
+
+    /// Counts a member sent on to the router that owns its group.
+    pub fn group_forwarded(&self) {
+        self.groups_forwarded.inc();
     }
 
     /// Counts an adaptive request that drew `used` of its `k` judgements.
     pub fn adaptive(&self, k: usize, used: usize) {
         let outcome = if used < k { "early" } else { "at_k" };
-        *self
-            .adaptive
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(outcome)
-            .or_default() += 1;
+        self.adaptive
+            .get_or_create(&labels(&[("stopped", outcome)]))
+            .inc();
         self.judgements_saved
-            .fetch_add(k.saturating_sub(used) as u64, Ordering::Relaxed);
-    }
-
-    /// Counts a member sent on to the router that owns its group.
-    pub fn group_forwarded(&self) {
-        self.groups_forwarded.fetch_add(1, Ordering::Relaxed);
+            .inc_by(k.saturating_sub(used) as u64);
     }
 
     fn record_judged(&self, r: &ScoreResponse) {
         if let Some(u) = &r.usage {
-            self.prompt_tokens
-                .fetch_add(u.prompt_tokens, Ordering::Relaxed);
-            self.cached_prompt_tokens
-                .fetch_add(u.cached_prompt_tokens, Ordering::Relaxed);
-            self.generated_tokens
-                .fetch_add(u.generated_tokens, Ordering::Relaxed);
+            self.prompt_tokens.inc_by(u.prompt_tokens);
+            self.cached_prompt_tokens.inc_by(u.cached_prompt_tokens);
+            self.generated_tokens.inc_by(u.generated_tokens);
         }
-        self.voted
-            .fetch_add(u64::from(r.valid_samples), Ordering::Relaxed);
-        self.invalid
-            .fetch_add(u64::from(r.invalid_samples), Ordering::Relaxed);
+        self.voted.inc_by(u64::from(r.valid_samples));
+        self.invalid.inc_by(u64::from(r.invalid_samples));
         if !r.meta_fallback.is_empty() {
-            self.meta_fallbacks.fetch_add(1, Ordering::Relaxed);
+            self.meta_fallbacks.inc();
         }
-        let mut by_reason = self
-            .invalid_by_reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
         let mut filtered = 0;
         for s in &r.samples {
             match &s.outcome {
                 Some(sample::Outcome::Invalid(i)) => {
-                    *by_reason.entry(i.code.clone()).or_default() += 1
+                    self.invalid_by_reason
+                        .get_or_create(&labels(&[("reason", &i.code)]))
+                        .inc();
                 }
                 Some(sample::Outcome::Scores(_)) if !s.kept => filtered += 1,
                 _ => {}
             }
         }
-        self.meta_filtered.fetch_add(filtered, Ordering::Relaxed);
+        self.meta_filtered.inc_by(filtered);
         if r.valid_samples > 0 && r.rewards.len() >= 2 {
             let mut rewards: Vec<f64> = r.rewards.iter().map(|x| f64::from(x.reward)).collect();
             rewards.sort_by(|a, b| b.total_cmp(a));
@@ -265,205 +269,76 @@ impl RouterMetrics {
             self.margin.observe((rewards[0] - rewards[1]) / per_vote);
         }
     }
-
-    pub fn render(&self, out: &mut Exposition, g: &RouterGauges) {
-        out.family(
-            "grm_score_requests_total",
-            "counter",
-            "Scoring requests answered (Score, each ScoreStream item, /get_reward batches), by gRPC status code.",
-        );
-        for (code, n) in self
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            out.sample("grm_score_requests_total", &[("code", code)], *n as f64);
-        }
-        self.duration.render(
-            out,
-            "grm_score_request_duration_seconds",
-            "Time to answer a scoring request, from validation to the vote.",
-        );
-        out.single(
-            "grm_score_requests_in_flight",
-            "gauge",
-            "Scoring requests being served now (the router's queue; bounded by --max-inflight).",
-            g.in_flight as f64,
-        );
-        let counters = [
-            ("grm_prompt_tokens_total", "Prompt tokens of the judgements generated (cached ones included).", &self.prompt_tokens),
-            ("grm_cached_prompt_tokens_total", "Prompt tokens served from shared or cached KV blocks.", &self.cached_prompt_tokens),
-            ("grm_generated_tokens_total", "Tokens generated in judgements.", &self.generated_tokens),
-            ("grm_judgements_voted_total", "Judgements whose scores were counted in a vote.", &self.voted),
-            ("grm_judgements_invalid_total", "Judgements that cast no vote (no well-formed scores).", &self.invalid),
-            ("grm_judgements_meta_filtered_total", "Valid judgements the meta RM left out of the vote (counted where samples are returned).", &self.meta_filtered),
-            ("grm_meta_fallbacks_total", "Requests answered by plain voting because the meta RM could not score their judgements.", &self.meta_fallbacks),
-        ];
-        for (name, help, v) in counters {
-            out.single(name, "counter", help, v.load(Ordering::Relaxed) as f64);
-        }
-        out.family(
-            "grm_judgements_invalid_by_reason_total",
-            "counter",
-            "Invalid judgements by reason (counted where samples are returned).",
-        );
-        for (reason, n) in self
-            .invalid_by_reason
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            out.sample(
-                "grm_judgements_invalid_by_reason_total",
-                &[("reason", reason)],
-                *n as f64,
-            );
-        }
-        self.margin.render(
-            out,
-            "grm_vote_margin",
-            "Reward of the best response minus the runner-up's, per vote, in score points.",
-        );
-        out.family(
-            "grm_workers_live",
-            "gauge",
-            "Live members by role, as this router sees them.",
-        );
-        let (grm, meta, agg) = g.members;
-        for (role, n) in [("grm", grm), ("meta-rm", meta), ("aggregator", agg)] {
-            out.sample("grm_workers_live", &[("role", role)], n as f64);
-        }
-        out.family(
-            "grm_groups_total",
-            "counter",
-            "Groups of members (trainers' one-sample calls) judged together, by outcome: complete, partial (the wait ended first), refused (--max-groups).",
-        );
-        for (outcome, n) in self.groups.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            out.sample("grm_groups_total", &[("outcome", outcome)], *n as f64);
-        }
-        self.group_size.render(
-            out,
-            "grm_group_size",
-            "Distinct responses judged together per group.",
-        );
-        self.group_wait.render(
-            out,
-            "grm_group_wait_seconds",
-            "From a group's first member to its judgement.",
-        );
-        out.single(
-            "grm_groups_forming",
-            "gauge",
-            "Groups whose members are arriving now.",
-            g.groups_forming as f64,
-        );
-        out.family(
-            "grm_adaptive_requests_total",
-            "counter",
-            "Adaptive-k requests, by whether sampling stopped before k (early) or ran to k (at_k).",
-        );
-        for (outcome, n) in self.adaptive.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            out.sample("grm_adaptive_requests_total", &[("stopped", outcome)], *n as f64);
-        }
-        out.single(
-            "grm_judgements_saved_total",
-            "counter",
-            "Judgements adaptive sampling did not draw (k minus those drawn).",
-            self.judgements_saved.load(Ordering::Relaxed) as f64,
-        );
-        out.single(
-            "grm_group_members_forwarded_total",
-            "counter",
-            "Group members sent on to the router that owns their group.",
-            self.groups_forwarded.load(Ordering::Relaxed) as f64,
-        );
-    }
 }
 
-/// An engine's state and counters, labelled with the worker's role (`grm`, `meta-rm`).
-pub fn render_engine(out: &mut Exposition, engines: &[(&str, EngineStats)]) {
-    let kv = |s: &EngineStats| {
-        [
-            ("total", s.kv.blocks_total),
-            ("used", s.kv.blocks_used),
-            ("shared", s.kv.blocks_shared),
-            ("cached", s.kv.blocks_cached),
-            ("free", s.kv.blocks_free),
-        ]
-    };
-    out.family("grm_kv_blocks", "gauge", "KV cache blocks by state (shared: referenced by more than one sequence; cached: in the prefix cache).");
-    for (role, s) in engines {
-        for (state, n) in kv(s) {
-            out.sample(
+/// Engines' state and counters, read at each scrape, labelled with the worker's role (`grm`,
+/// `meta-rm`).
+#[derive(Debug)]
+pub struct EngineCollector {
+    pub engines: Vec<(&'static str, EngineStats)>,
+}
+
+/// The registry of engines' metrics for one scrape.
+pub fn engine_registry(engines: Vec<(&'static str, EngineStats)>) -> Registry {
+    let mut r = Registry::default();
+    r.register_collector(Box::new(EngineCollector { engines }));
+    r
+}
+
+impl Collector for EngineCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        {
+            let gauge = ConstGauge::new(0i64);
+            let mut family = encoder.encode_descriptor(
                 "grm_kv_blocks",
-                &[("role", role), ("state", state)],
-                n as f64,
-            );
+                "KV cache blocks by state (shared: referenced by more than one sequence; cached: in the prefix cache).",
+                None,
+                gauge.metric_type(),
+            )?;
+            for (role, s) in &self.engines {
+                for (state, n) in [
+                    ("total", s.kv.blocks_total),
+                    ("used", s.kv.blocks_used),
+                    ("shared", s.kv.blocks_shared),
+                    ("cached", s.kv.blocks_cached),
+                    ("free", s.kv.blocks_free),
+                ] {
+                    let l = labels(&[("role", role), ("state", state)]);
+                    ConstGauge::new(n as i64).encode(family.encode_family(&l)?)?;
+                }
+            }
         }
-    }
-    type Get = fn(&EngineStats) -> f64;
-    let families: [(&str, &str, &str, Get); 9] = [
-        (
-            "grm_running_sequences",
-            "gauge",
-            "Sequences in the running batch.",
-            |s| s.scheduler.running as f64,
-        ),
-        (
-            "grm_waiting_sequences",
-            "gauge",
-            "Sequences waiting for admission.",
-            |s| s.scheduler.waiting as f64,
-        ),
-        (
-            "grm_queued_prompt_tokens",
-            "gauge",
-            "Prompt tokens the queued and running work still has to compute.",
-            |s| s.scheduler.queued_tokens as f64,
-        ),
-        (
-            "grm_engine_steps_total",
-            "counter",
-            "Engine steps (one batched forward pass each).",
-            |s| s.scheduler.steps as f64,
-        ),
-        (
-            "grm_engine_prompt_tokens_computed_total",
-            "counter",
-            "Prompt tokens computed (not served from cache).",
-            |s| s.scheduler.prompt_tokens_computed as f64,
-        ),
-        (
-            "grm_engine_generated_tokens_total",
-            "counter",
-            "Tokens generated.",
-            |s| s.scheduler.generated_tokens as f64,
-        ),
-        (
-            "grm_engine_preemptions_total",
-            "counter",
-            "Sequences preempted for lack of KV blocks (recomputed later).",
-            |s| s.scheduler.preemptions as f64,
-        ),
-        (
-            "grm_prefix_cache_lookups_total",
-            "counter",
-            "Prompt blocks looked up in the prefix cache.",
-            |s| s.kv.prefix_lookups as f64,
-        ),
-        (
-            "grm_prefix_cache_hits_total",
-            "counter",
-            "Prompt blocks found in the prefix cache.",
-            |s| s.kv.prefix_hits as f64,
-        ),
-    ];
-    for (name, kind, help, get) in families {
-        out.family(name, kind, help);
-        for (role, s) in engines {
-            out.sample(name, &[("role", role)], get(s));
+        type Get = fn(&EngineStats) -> u64;
+        let gauges: [(&str, &str, Get); 3] = [
+            ("grm_running_sequences", "Sequences in the running batch.", |s| s.scheduler.running as u64),
+            ("grm_waiting_sequences", "Sequences waiting for admission.", |s| s.scheduler.waiting as u64),
+            ("grm_queued_prompt_tokens", "Prompt tokens the queued and running work still has to compute.", |s| s.scheduler.queued_tokens as u64),
+        ];
+        for (name, help, get) in gauges {
+            let mut family =
+                encoder.encode_descriptor(name, help, None, ConstGauge::new(0i64).metric_type())?;
+            for (role, s) in &self.engines {
+                ConstGauge::new(get(s) as i64)
+                    .encode(family.encode_family(&labels(&[("role", role)]))?)?;
+            }
         }
+        let counters: [(&str, &str, Get); 6] = [
+            ("grm_engine_steps", "Engine steps (one batched forward pass each).", |s| s.scheduler.steps),
+            ("grm_engine_prompt_tokens_computed", "Prompt tokens computed (not served from cache).", |s| s.scheduler.prompt_tokens_computed),
+            ("grm_engine_generated_tokens", "Tokens generated.", |s| s.scheduler.generated_tokens),
+            ("grm_engine_preemptions", "Sequences preempted for lack of KV blocks (recomputed later).", |s| s.scheduler.preemptions),
+            ("grm_prefix_cache_lookups", "Prompt blocks looked up in the prefix cache.", |s| s.kv.prefix_lookups),
+            ("grm_prefix_cache_hits", "Prompt blocks found in the prefix cache.", |s| s.kv.prefix_hits),
+        ];
+        for (name, help, get) in counters {
+            let mut family =
+                encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+            for (role, s) in &self.engines {
+                ConstCounter::new(get(s))
+                    .encode(family.encode_family(&labels(&[("role", role)]))?)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -494,120 +369,68 @@ pub fn code_name(c: tonic::Code) -> String {
 
 /// What an aggregator counts: the Aggregate calls it answers, and its meta-RM calls.
 pub struct AggregatorMetrics {
-    /// Aggregate calls by gRPC status code name.
-    requests: Mutex<BTreeMap<String, u64>>,
-    duration: Histogram,
-    /// Meta-RM calls by outcome ("ok", "retried", "failed").
-    meta_calls: Mutex<BTreeMap<&'static str, u64>>,
-    meta_texts: AtomicU64,
-    /// Requests voted without the meta RM because it could not score them.
-    meta_fallbacks: AtomicU64,
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    duration: HistogramWithExemplars<Labels>,
+    meta_calls: Family<Labels, Counter>,
+    meta_texts: Counter,
+    meta_fallbacks: Counter,
+    workers_live: Family<Labels, Gauge>,
 }
 
 impl Default for AggregatorMetrics {
     fn default() -> Self {
-        Self {
-            requests: Mutex::default(),
-            duration: Histogram::new(LATENCY_BOUNDS),
-            meta_calls: Mutex::default(),
-            meta_texts: AtomicU64::default(),
-            meta_fallbacks: AtomicU64::default(),
-        }
+        let mut m = Self {
+            registry: Registry::default(),
+            requests: Family::default(),
+            duration: HistogramWithExemplars::new(LATENCY_BOUNDS.iter().copied()),
+            meta_calls: Family::default(),
+            meta_texts: Counter::default(),
+            meta_fallbacks: Counter::default(),
+            workers_live: Family::default(),
+        };
+        let r = &mut m.registry;
+        r.register("grm_aggregate_requests", "Aggregate calls answered, by gRPC status code.", m.requests.clone());
+        r.register("grm_aggregate_duration_seconds", "Time to aggregate one request (meta-RM scoring, filtering, voting; exemplars: the request's trace id).", m.duration.clone());
+        r.register("grm_meta_rm_calls", "Calls to meta-RM workers, by outcome (ok, retried, failed).", m.meta_calls.clone());
+        r.register("grm_meta_rm_scored_judgements", "Judgements scored by the meta RM.", m.meta_texts.clone());
+        r.register("grm_aggregate_meta_fallbacks", "Requests voted over every valid judgement because the meta RM could not score them.", m.meta_fallbacks.clone());
+        r.register("grm_workers_live", "Live members by role, as this node sees them.", m.workers_live.clone());
+        m
     }
 }
 
 impl AggregatorMetrics {
     /// Counts one Aggregate call.
-    pub fn record(&self, code: tonic::Code, seconds: f64) {
-        *self
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(code_name(code))
-            .or_default() += 1;
-        self.duration.observe(seconds);
+    pub fn record(&self, code: tonic::Code, seconds: f64, trace_id: Option<String>) {
+        self.requests
+            .get_or_create(&labels(&[("code", &code_name(code))]))
+            .inc();
+        self.duration.observe(seconds, exemplar(trace_id), None);
     }
 
     /// Counts one meta-RM call of `texts` judgements: "ok", "retried" (failed, sent to another
     /// worker) or "failed" (given up, or refused).
-    pub fn meta_call(&self, outcome: &'static str, texts: usize) {
-        *self
-            .meta_calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(outcome)
-            .or_default() += 1;
+    pub fn meta_call(&self, outcome: &str, texts: usize) {
+        self.meta_calls
+            .get_or_create(&labels(&[("outcome", outcome)]))
+            .inc();
         if outcome == "ok" {
-            self.meta_texts.fetch_add(texts as u64, Ordering::Relaxed);
+            self.meta_texts.inc_by(texts as u64);
         }
     }
 
     /// Counts one request voted without the meta RM, which failed.
     pub fn meta_fallback(&self) {
-        self.meta_fallbacks.fetch_add(1, Ordering::Relaxed);
+        self.meta_fallbacks.inc();
     }
 
     /// The scrape; `meta_workers`: live meta-RM workers as the aggregator sees them.
-    pub fn render(&self, meta_workers: usize) -> String {
-        let mut out = Exposition::default();
-        out.family(
-            "grm_aggregate_requests_total",
-            "counter",
-            "Aggregate calls answered, by gRPC status code.",
-        );
-        for (code, n) in self
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            out.sample("grm_aggregate_requests_total", &[("code", code)], *n as f64);
-        }
-        self.duration.render(
-            &mut out,
-            "grm_aggregate_duration_seconds",
-            "Time to aggregate one request (meta-RM scoring, filtering, voting).",
-        );
-        out.family(
-            "grm_meta_rm_calls_total",
-            "counter",
-            "Calls to meta-RM workers, by outcome (ok, retried, failed).",
-        );
-        for (outcome, n) in self
-            .meta_calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-        {
-            out.sample(
-                "grm_meta_rm_calls_total",
-                &[("outcome", outcome)],
-                *n as f64,
-            );
-        }
-        out.single(
-            "grm_meta_rm_scored_judgements_total",
-            "counter",
-            "Judgements scored by the meta RM.",
-            self.meta_texts.load(Ordering::Relaxed) as f64,
-        );
-        out.single(
-            "grm_aggregate_meta_fallbacks_total",
-            "counter",
-            "Requests voted over every valid judgement because the meta RM could not score them.",
-            self.meta_fallbacks.load(Ordering::Relaxed) as f64,
-        );
-        out.family(
-            "grm_workers_live",
-            "gauge",
-            "Live members by role, as this node sees them.",
-        );
-        out.sample(
-            "grm_workers_live",
-            &[("role", "meta-rm")],
-            meta_workers as f64,
-        );
-        out.finish()
+    pub fn scrape(&self, meta_workers: usize, openmetrics: bool) -> Scrape {
+        self.workers_live
+            .get_or_create(&labels(&[("role", "meta-rm")]))
+            .set(meta_workers as i64);
+        encode(&[&self.registry], openmetrics)
     }
 }
 
@@ -616,25 +439,53 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histograms_render_cumulative_buckets_sum_and_count() {
-        let h = Histogram::new(&[1.0, 2.0]);
-        for v in [0.5, 1.5, 1.5, 7.0] {
-            h.observe(v);
+    fn both_formats_carry_the_same_series_and_openmetrics_the_exemplars() {
+        let m = RouterMetrics::default();
+        let ok = ScoreResponse::default();
+        m.record(Ok(&ok), 0.3, Some("4bf92f3577b34da6a3ce929d0e0e4736".into()));
+        m.record(Err(tonic::Code::InvalidArgument), 0.001, None);
+        m.set_gauges(&RouterGauges {
+            in_flight: 2,
+            members: (3, 1, 0),
+            groups_forming: 0,
+        });
+        let text = encode(&[m.registry()], false);
+        assert_eq!(text.content_type, "text/plain; version=0.0.4; charset=utf-8");
+        for series in [
+            "grm_score_requests_total{code=\"OK\"} 1",
+            "grm_score_requests_total{code=\"INVALID_ARGUMENT\"} 1",
+            "grm_score_request_duration_seconds_bucket{le=\"0.5\"} 2",
+            "grm_score_request_duration_seconds_count 2",
+            "grm_score_requests_in_flight 2",
+            "grm_workers_live{role=\"grm\"} 3",
+        ] {
+            assert!(text.body.lines().any(|l| l == series), "{series} in\n{}", text.body);
         }
-        let mut out = Exposition::default();
-        h.render(&mut out, "x_seconds", "x");
-        assert_eq!(
-            out.finish(),
-            "# HELP x_seconds x\n# TYPE x_seconds histogram\n\
-             x_seconds_bucket{le=\"1\"} 1\nx_seconds_bucket{le=\"2\"} 3\n\
-             x_seconds_bucket{le=\"+Inf\"} 4\nx_seconds_sum 10.5\nx_seconds_count 4\n"
+        assert!(!text.body.contains("trace_id"), "no exemplars in Prometheus text");
+        let om = encode(&[m.registry()], true);
+        assert!(om.content_type.starts_with("application/openmetrics-text"));
+        assert!(om.body.ends_with("# EOF\n"));
+        let bucket = om
+            .body
+            .lines()
+            .find(|l| l.starts_with("grm_score_request_duration_seconds_bucket{le=\"0.5\"}"))
+            .unwrap();
+        assert!(
+            bucket.contains("# {trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"} 0.3"),
+            "{bucket}"
         );
+        assert!(wants_openmetrics(Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5")));
+        assert!(!wants_openmetrics(Some("text/plain")) && !wants_openmetrics(None));
     }
 
     #[test]
-    fn label_values_are_escaped() {
-        let mut out = Exposition::default();
-        out.sample("m", &[("a", "q\"b\\c\nd")], 1.0);
-        assert_eq!(out.finish(), "m{a=\"q\\\"b\\\\c\\nd\"} 1\n");
+    fn engines_are_read_at_scrape_time() {
+        let mut s = EngineStats::default();
+        s.kv.blocks_total = 64;
+        s.scheduler.generated_tokens = 7;
+        let r = engine_registry(vec![("grm", s)]);
+        let text = encode(&[&r], false).body;
+        assert!(text.contains("grm_kv_blocks{role=\"grm\",state=\"total\"} 64"), "{text}");
+        assert!(text.contains("grm_engine_generated_tokens_total{role=\"grm\"} 7"), "{text}");
     }
 }

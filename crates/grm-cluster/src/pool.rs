@@ -43,6 +43,15 @@ impl Peer {
         *self.reported.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), work));
     }
 
+    /// Work of this process's that the member has finished: the last report (which counted
+    /// it) is lowered by as much, so that a report taken just before does not make an idle
+    /// member look busy until the next one.
+    fn finished(&self, work: usize) {
+        if let Some((_, w)) = self.reported.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            *w = w.saturating_sub(work);
+        }
+    }
+
     /// Counts `n` units of work on this peer until the guard drops.
     pub fn hold(self: &Arc<Self>, n: usize) -> LoadGuard {
         self.inflight.fetch_add(n, Ordering::Relaxed);
@@ -73,6 +82,7 @@ impl LoadGuard {
     pub fn release(&mut self, n: usize) {
         let n = n.min(self.n);
         self.peer.inflight.fetch_sub(n, Ordering::Relaxed);
+        self.peer.finished(n);
         self.n -= n;
     }
 }
@@ -80,6 +90,7 @@ impl LoadGuard {
 impl Drop for LoadGuard {
     fn drop(&mut self) {
         self.peer.inflight.fetch_sub(self.n, Ordering::Relaxed);
+        self.peer.finished(self.n);
     }
 }
 

@@ -8,7 +8,7 @@ use crate::aggregator::{self, Aggregator};
 use crate::auth::BearerToken;
 use crate::chunking;
 use crate::dispatch::{self, DispatchOptions, Sampling};
-use crate::metrics::{render_engine, Exposition, RouterGauges, RouterMetrics};
+use crate::metrics::{RouterGauges, RouterMetrics, Scrape};
 use crate::pool::{Pool, MAX_MESSAGE_BYTES};
 use crate::trace_context;
 use crate::group::{Barrier, GroupLimits};
@@ -110,7 +110,8 @@ pub struct Router {
     pub(crate) inner: Arc<Inner>,
 }
 
-/// The deadline a gRPC client set (`grpc-timeout`), if any.
+/// The deadline a gRPC client set (`grpc-timeout`), if any. By hand: tonic honours the header
+/// for its own timeout but does not expose the parsed deadline.
 pub fn deadline_of(meta: &tonic::metadata::MetadataMap) -> Option<Instant> {
     let v = meta.get("grpc-timeout")?.to_str().ok()?;
     let (num, unit) = v.split_at(v.len().checked_sub(1)?);
@@ -193,19 +194,19 @@ impl Router {
 
     /// The router's metrics, and those of `engines` (the in-process workers of `grm serve`),
     /// in Prometheus' text format.
-    pub fn render_metrics(&self, engines: &[(&str, grm_engine::EngineStats)]) -> String {
+    pub fn scrape(
+        &self,
+        engines: Vec<(&'static str, grm_engine::EngineStats)>,
+        openmetrics: bool,
+    ) -> Scrape {
         let me = &self.inner;
-        let mut out = Exposition::default();
-        let gauges = RouterGauges {
+        me.metrics.set_gauges(&RouterGauges {
             in_flight: me.opts.max_inflight.max(1) - me.inflight.available_permits(),
             members: self.members_seen(),
             groups_forming: me.barrier.forming(),
-        };
-        me.metrics.render(&mut out, &gauges);
-        if !engines.is_empty() {
-            render_engine(&mut out, engines);
-        }
-        out.finish()
+        });
+        let engines = crate::metrics::engine_registry(engines);
+        crate::metrics::encode(&[me.metrics.registry(), &engines], openmetrics)
     }
 
     /// Scores one request end to end, and counts it in the metrics.
@@ -223,6 +224,7 @@ impl Router {
             trace_id = tracing::field::Empty
         );
         trace_context::record_trace_id(&span);
+        let trace_id = trace_context::trace_id(&span);
         let r = self
             .score_counted(req, encoded_len, deadline, caller)
             .instrument(span)
@@ -230,7 +232,7 @@ impl Router {
         let outcome = r.as_ref().map_err(Status::code);
         self.inner
             .metrics
-            .record(outcome, start.elapsed().as_secs_f64());
+            .record(outcome, start.elapsed().as_secs_f64(), trace_id);
         r
     }
 

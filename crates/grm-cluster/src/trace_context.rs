@@ -57,6 +57,12 @@ pub fn continue_from(meta: &MetadataMap, span: Span) -> Span {
 }
 
 /// Records the span's trace id (when traces are on) in its `trace_id` field.
+/// The trace id of `span`, when it is traced.
+pub fn trace_id(span: &Span) -> Option<String> {
+    let id = span.context().span().span_context().trace_id();
+    (id != opentelemetry::trace::TraceId::INVALID).then(|| id.to_string())
+}
+
 pub fn record_trace_id(span: &Span) {
     let id = span.context().span().span_context().trace_id();
     if id != opentelemetry::trace::TraceId::INVALID {

@@ -359,19 +359,23 @@ impl WorkerService for Worker {
             async move {
                 // Until the engine reports the chunk's first event, it waits in the queue.
                 let mut queued = true;
+                let progress = |queued: bool| {
+                    Ok(GenerateEvent {
+                        event: Some(generate_event::Event::Progress(Progress {
+                            queued,
+                            engine_steps: engine.stats().scheduler.steps,
+                            queued_tokens: pending.load(Ordering::SeqCst) as u64,
+                            work_tokens: work.load(Ordering::SeqCst) as u64,
+                        })),
+                    })
+                };
                 loop {
                     let ev = tokio::select! {
                         ev = sub.next() => ev,
                         // The caller went away: dropping the submission cancels the chunk.
                         _ = tx.closed() => break,
                         _ = tick.tick() => {
-                            let progress = generate_event::Event::Progress(Progress {
-                                queued,
-                                engine_steps: engine.stats().scheduler.steps,
-                                queued_tokens: pending.load(Ordering::SeqCst) as u64,
-                                work_tokens: work.load(Ordering::SeqCst) as u64,
-                            });
-                            if tx.send(Ok(GenerateEvent { event: Some(progress) })).await.is_err() {
+                            if tx.send(progress(queued)).await.is_err() {
                                 break;
                             }
                             continue;
@@ -379,13 +383,7 @@ impl WorkerService for Worker {
                     };
                     if queued && ev.is_some() {
                         queued = false;
-                        let progress = generate_event::Event::Progress(Progress {
-                            queued,
-                            engine_steps: engine.stats().scheduler.steps,
-                            queued_tokens: pending.load(Ordering::SeqCst) as u64,
-                            work_tokens: work.load(Ordering::SeqCst) as u64,
-                        });
-                        if tx.send(Ok(GenerateEvent { event: Some(progress) })).await.is_err() {
+                        if tx.send(progress(queued)).await.is_err() {
                             break;
                         }
                     }
