@@ -2,9 +2,10 @@
 candidate responses carrying realistic mistakes, and the rule that judges them.
 
 Everything is seeded: the same seed gives the same items. Verifiable: each question has one
-right answer; a response is right iff its final answer equals it. Items have n = 1, 2 or 4
+right answer; a response is right iff its final answer equals it. Items have n = 1 to 8
 responses; for n >= 2 exactly one response is right (the labelled best), for n = 1 the label
-is whether it is right (and its rule score, the paper's ground-truth rating).
+is whether it is right (and its rule score, the paper's ground-truth rating). Past n = 6 the wrong
+responses repeat mistake kinds with other numbers or wordings (all texts distinct).
 """
 import random
 
@@ -75,15 +76,50 @@ def item(rng, n, idx):
     if n == 1:
         kind = rng.choice(["correct", "bare"]) if rng.random() < 0.5 else rng.choice(MISTAKES)
         kinds = [kind]
-    else:
+    elif n - 1 <= len(MISTAKES):
         kinds = [rng.choice(["correct", "correct", "bare"])] + rng.sample(MISTAKES, n - 1)
         rng.shuffle(kinds)
+    else:
+        return item_many(rng, n, idx, q, op, a, b, c)
     responses, finals = [], []
     for k in kinds:
         t, f = response(rng, k, op, a, b, c)
         # Distinct mistakes may collide on one final answer; the rule scores the kind anyway.
         responses.append(t)
         finals.append(f)
+    return finish(idx, q, op, a, b, c, kinds, responses, finals)
+
+
+def item_many(rng, n, idx, q, op, a, b, c):
+    """An item with more wrong responses than there are mistake kinds (n >= 7): every kind once,
+    then kinds drawn again, each new response redrawn until its text is new (a kind that has
+    no new text left, e.g. the one wrong operation, is drawn no more)."""
+    right = rng.choice(["correct", "correct", "bare"])
+    t, f = response(rng, right, op, a, b, c)
+    kinds, responses, finals = [right], [t], [f]
+    wanted = MISTAKES[:] + [rng.choice(MISTAKES) for _ in range(n - 1 - len(MISTAKES))]
+    pool = MISTAKES[:]
+    for k in wanted:
+        while True:
+            for _ in range(30):
+                t, f = response(rng, k, op, a, b, c)
+                if t not in responses:
+                    break
+            else:
+                if k in pool:
+                    pool.remove(k)
+                k = rng.choice(pool)
+                continue
+            break
+        kinds.append(k)
+        responses.append(t)
+        finals.append(f)
+    perm = list(range(n))
+    rng.shuffle(perm)
+    return finish(idx, q, op, a, b, c, [kinds[i] for i in perm], [responses[i] for i in perm], [finals[i] for i in perm])
+
+
+def finish(idx, q, op, a, b, c, kinds, responses, finals):
     it = {
         "id": f"{idx}",
         "query": q,
@@ -92,7 +128,7 @@ def item(rng, n, idx):
         "finals": finals,
         "op": op, "a": a, "b": b, "answer": c,
     }
-    if n >= 2:
+    if len(kinds) >= 2:
         it["label"] = {"best": next(i for i, k in enumerate(kinds) if k in ("correct", "bare"))}
     else:
         it["label"] = {"rating": SCORES[kinds[0]]}
@@ -100,11 +136,19 @@ def item(rng, n, idx):
     return it
 
 
-def split(seed, n_items, prefix):
+# How many responses an item has: the shipped test split keeps the original mix (so its
+# figures stay comparable); training splits take every n up to 8, the GRPO group size trainers
+# send by default, and the odd sizes too: the router judges identical responses once, so a
+# group of 4 with a repeated answer arrives as n = 3 (a quarter of the RLHF demo's groups).
+SIZES = ([1, 2, 4], [2, 5, 3])
+SIZES_8 = ([1, 2, 3, 4, 5, 6, 7, 8], [2, 5, 2, 3, 1, 1, 1, 2])
+
+
+def split(seed, n_items, prefix, sizes=SIZES):
     rng = random.Random(seed)
     out = []
     for i in range(n_items):
-        n = rng.choices([1, 2, 4], weights=[2, 5, 3])[0]
+        n = rng.choices(sizes[0], weights=sizes[1])[0]
         out.append(item(rng, n, f"{prefix}-{i}"))
     return out
 

@@ -19,14 +19,17 @@ def main():
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--grm", default=None)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--no-eight", action="store_true", help="items of 1, 2, 4 responses only (the first recipe)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    grm_dir = a.grm or path("grm-rft", "x")[:-2]
-    items = domain.split(51, a.items, "meta")
+    grm_dir = a.grm or path("grm-rl", "x")[:-2]
+    items = domain.split(51, a.items, "meta", sizes=domain.SIZES if a.no_eight else domain.SIZES_8)
     write_jsonl(path("data", "meta-items.jsonl"), [domain.request(it) for it in items])
     r = grm("spct", "meta-data", "--input", path("data", "meta-items.jsonl"), "--output", path("data", "meta.jsonl"), "--k", a.k,
-            "--model", grm_dir, "--temperature", a.temperature, "--max-new-tokens", 96, "--concurrency", 64, "--kv-blocks", 20000)
+            "--model", grm_dir, "--temperature", a.temperature, "--max-new-tokens", a.max_new_tokens, "--concurrency", 64,
+            "--kv-blocks", 20000, "--max-batch-tokens", 2048, "--threads", a.threads)
     print("meta-data:", r.stderr.strip().splitlines()[-1], flush=True)
     rows = read_jsonl(path("data", "meta.jsonl"))
     pos = sum(r["label"] for r in rows)

@@ -50,10 +50,14 @@ def collate(examples, idx):
     return x, y, m
 
 
-def train(model, examples, epochs, lr, batch_tokens, seed, label, time_budget=None):
-    rng = random.Random(seed)
+def train(model, examples, epochs, lr, batch_tokens, seed, label, time_budget=None, max_steps=None):
+    """AdamW with warm-up and a cosine decay over the plan (`max_steps` cuts the plan, and the
+    schedule with it, so a run is the same on any machine; `time_budget`, seconds, only stops
+    it early as a safety net)."""
     torch.manual_seed(seed)
     plan = [b for e in range(epochs) for b in batches(examples, batch_tokens, random.Random(seed + e))]
+    if max_steps:
+        plan = plan[:max_steps]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     warm = max(1, len(plan) // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / len(plan)))))
@@ -128,7 +132,9 @@ def main():
     ap.add_argument("--pretrain-items", type=int, default=4000)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--pretrain-epochs", type=int, default=4)
-    ap.add_argument("--time-budget", type=float, default=None, help="seconds for stage 1")
+    ap.add_argument("--time-budget", type=float, default=None, help="seconds for stage 1 (a safety net)")
+    ap.add_argument("--max-steps", type=int, default=None, help="SFT steps (cuts the plan and its schedule)")
+    ap.add_argument("--no-eight", action="store_true", help="items of 1, 2, 4 responses only (the first recipe)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -137,10 +143,12 @@ def main():
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
     pre = pretrain_examples(tok, a.pretrain_items, seed=11)
     train(model, pre, epochs=a.pretrain_epochs, lr=2e-3, batch_tokens=4096, seed=1, label="pretrain")
-    items = domain.split(21, a.train_items, "train")
+    save(model, path("tokenizer", "tokenizer.json"), path("base", "x")[:-2])
+    items = domain.split(21, a.train_items, "train", sizes=domain.SIZES if a.no_eight else domain.SIZES_8)
     write_jsonl(path("data", "train.jsonl"), items)
     sft = sft_examples(tok, items, seed=2)
-    train(model, sft, epochs=a.epochs, lr=1.5e-3, batch_tokens=2048, seed=3, label="sft", time_budget=a.time_budget)
+    train(model, sft, epochs=a.epochs, lr=1.5e-3, batch_tokens=2048, seed=3, label="sft", time_budget=a.time_budget,
+          max_steps=a.max_steps)
     save(model, path("tokenizer", "tokenizer.json"), path("grm-sft", "x")[:-2])
     print("saved", path("grm-sft"), flush=True)
 

@@ -1,5 +1,10 @@
 """Ships the trained models (bf16, as HuggingFace directories) to models/, writes the held-out
-test split, and evaluates the shipped models with `grm eval` (greedy, voting@k, meta-RM@k)."""
+test splits, and evaluates the shipped models with `grm eval` (greedy, voting@k, meta-RM@k).
+
+    python training/ship.py                      # ship out/grm-rl and out/meta-rm, evaluate them
+    python training/ship.py --eval-only DIR --tag rft   # evaluate another GRM (bf16 copy of DIR)
+                                                 # with the shipped meta RM: models/eval/compare/
+"""
 import argparse
 import json
 import os
@@ -26,7 +31,7 @@ def ship(src, dst, cls):
         os.remove(gc)
 
 
-def test_split(n=400):
+def test_split(n=400, n8=100):
     items = domain.split(99, n, "test")
     bon = [{"id": it["id"], "query": it["query"], "responses": it["responses"], "best": it["label"]["best"], "subset": f"n={len(it['responses'])}"}
            for it in items if len(it["responses"]) >= 2]
@@ -35,19 +40,38 @@ def test_split(n=400):
     os.makedirs(os.path.join(MODELS, "eval"), exist_ok=True)
     write_jsonl(os.path.join(MODELS, "eval", "test-best-of-n.jsonl"), bon)
     write_jsonl(os.path.join(MODELS, "eval", "test-single.jsonl"), single)
-    return len(bon), len(single)
+    # Eight responses per item (the GRPO group size trainers send by default), one right.
+    eight = [{"id": it["id"], "query": it["query"], "responses": it["responses"], "best": it["label"]["best"], "subset": "n=8"}
+             for it in domain.split(98, n8, "test8", sizes=([8], [1]))]
+    write_jsonl(os.path.join(MODELS, "eval", "test-best-of-8.jsonl"), eight)
+    return len(bon), len(single), len(eight)
 
 
-def evaluate(k_max=32):
+SPLITS = [("best-of-n", "accuracy-best-of-n.svg"), ("single", "roc-auc-single.svg"), ("best-of-8", "accuracy-best-of-8.svg")]
+
+
+def evaluate(grm_dir=None, meta_dir=None, out_dir=None, suffix="", k_max=32, threads=None):
     ev = os.path.join(MODELS, "eval")
-    common = ["--model", os.path.join(MODELS, "grm"), "--meta-model", os.path.join(MODELS, "meta-rm"), "--k-max", k_max,
-              "--ks", "1,2,4,8,16,32", "--max-new-tokens", 96, "--concurrency", 64, "--kv-blocks", 30000, "--max-batch-tokens", 2048]
-    grm("eval", "--input", os.path.join(ev, "test-best-of-n.jsonl"), "--out", os.path.join(ev, "report-best-of-n.json"),
-        "--plot", os.path.join(ev, "accuracy-best-of-n.svg"), *common)
-    grm("eval", "--input", os.path.join(ev, "test-single.jsonl"), "--out", os.path.join(ev, "report-single.json"),
-        "--plot", os.path.join(ev, "roc-auc-single.svg"), *common)
-    for name in ["best-of-n", "single"]:
-        r = json.load(open(os.path.join(ev, f"report-{name}.json")))
+    out_dir = out_dir or ev
+    os.makedirs(out_dir, exist_ok=True)
+    common = ["--model", grm_dir or os.path.join(MODELS, "grm"), "--meta-model", meta_dir or os.path.join(MODELS, "meta-rm"),
+              "--k-max", k_max, "--ks", "1,2,4,8,16,32", "--max-new-tokens", 128, "--concurrency", 64, "--kv-blocks", 30000,
+              "--max-batch-tokens", 2048]
+    if threads:
+        common += ["--threads", threads]
+    for name, plot in SPLITS:
+        grm("eval", "--input", os.path.join(ev, f"test-{name}.jsonl"), "--out", os.path.join(out_dir, f"report-{name}{suffix}.json"),
+            "--plot", os.path.join(out_dir, plot.replace(".svg", f"{suffix}.svg")),
+            "--judgements", path("eval", f"judgements-{name}{suffix}.jsonl"), *common)
+    if not suffix:
+        # Adaptive k (the README's table): the rules run on the judgements just drawn.
+        for name in ("best-of-n", "single"):
+            grm("eval", "--input", os.path.join(ev, f"test-{name}.jsonl"), "--from-judgements",
+                path("eval", f"judgements-{name}.jsonl"), "--adaptive", "exact,confident:0.9,confident:0.95,confident:0.99",
+                "--out", os.path.join(out_dir, f"report-adaptive-{name}.json"),
+                "--plot-tokens", os.path.join(out_dir, f"tokens-{name}.svg"), *common)
+    for name, _ in SPLITS:
+        r = json.load(open(os.path.join(out_dir, f"report-{name}{suffix}.json")))
         o = r["overall"]
         print(name, o["metric"], "greedy", round(o["greedy"], 3), "parse", round(o["greedy_parse_rate"], 3),
               "voting", [(p["k"], round(p["value"], 3)) for p in o["voting"]],
@@ -56,16 +80,25 @@ def evaluate(k_max=32):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--grm", default=path("grm-rft", "x")[:-2])
+    ap.add_argument("--grm", default=path("grm-rl", "x")[:-2])
     ap.add_argument("--meta", default=path("meta-rm", "x")[:-2])
     ap.add_argument("--no-eval", action="store_true")
+    ap.add_argument("--eval-only", default=None, help="evaluate this GRM (shipped as bf16 to out/) against the shipped meta RM")
+    ap.add_argument("--tag", default="rft")
+    ap.add_argument("--threads", type=int, default=None)
     a = ap.parse_args()
     from transformers import Gemma2ForCausalLM, Gemma2ForSequenceClassification
+    if a.eval_only:
+        # The same bf16 rounding as the shipped model, so the comparison is like for like.
+        dst = path(f"{a.tag}-bf16", "x")[:-2]
+        ship(a.eval_only, dst, Gemma2ForCausalLM)
+        evaluate(dst, out_dir=os.path.join(MODELS, "eval", "compare"), suffix=f"-{a.tag}", threads=a.threads)
+        return
     ship(a.grm, os.path.join(MODELS, "grm"), Gemma2ForCausalLM)
     ship(a.meta, os.path.join(MODELS, "meta-rm"), Gemma2ForSequenceClassification)
     print("test split:", test_split(), flush=True)
     if not a.no_eval:
-        evaluate()
+        evaluate(threads=a.threads)
 
 
 if __name__ == "__main__":
