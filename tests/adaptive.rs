@@ -38,13 +38,18 @@ fn adaptive_sampling_stops_early_keeps_the_best_and_frees_everything() {
     let dir = scratch("adaptive");
     let w = static_worker(&dir, "4096", &[]);
     let router = static_router(&dir, &w.grpc(), "127.0.0.1:0", &["--chunk-samples", "2"]);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let addr = router.grpc();
     let pair = ["it is so good", "it is so bad"];
     let score = |r: ScoreRequest| -> ScoreResponse {
         let addr = addr.clone();
         rt.block_on(async move {
-            let mut c = RewardServiceClient::connect(format!("http://{addr}")).await.unwrap();
+            let mut c = RewardServiceClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
             c.score(r).await.unwrap().into_inner()
         })
     };
@@ -53,7 +58,11 @@ fn adaptive_sampling_stops_early_keeps_the_best_and_frees_everything() {
     // Exact: the judge gives 8 and 3, a gap of 5 per judgement against 9 for each one to
     // come, so the best is settled after 21 of 32; waves of 4 stop at the first wave past it.
     let exact = score(request("exact", 32, &pair, Some(("exact", 0.0))));
-    assert!(exact.samples_used < 32 && exact.samples_used >= 21, "{}", exact.samples_used);
+    assert!(
+        exact.samples_used < 32 && exact.samples_used >= 21,
+        "{}",
+        exact.samples_used
+    );
     assert_eq!(exact.best, fixed.best);
     assert_eq!(exact.rewards[0].votes, exact.valid_samples);
     // Confident: agreeing judgements settle it after a wave or two.
@@ -62,26 +71,47 @@ fn adaptive_sampling_stops_early_keeps_the_best_and_frees_everything() {
     assert_eq!(confident.best, fixed.best);
     // n = 1 (rating): the exact rule runs to k; the confident one stops on the mean's spread.
     let one = ["it is so good"];
-    assert_eq!(score(request("r1", 16, &one, Some(("exact", 0.0)))).samples_used, 16);
+    assert_eq!(
+        score(request("r1", 16, &one, Some(("exact", 0.0)))).samples_used,
+        16
+    );
     let r = score(request("r2", 16, &one, Some(("confident", 0.9))));
-    assert!(r.samples_used < 16 && r.rewards[0].mean_score == 8.0, "{r:?}");
+    assert!(
+        r.samples_used < 16 && r.rewards[0].mean_score == 8.0,
+        "{r:?}"
+    );
     // Bad settings are refused by name.
     let e = rt
         .block_on(async {
-            let mut c = RewardServiceClient::connect(format!("http://{}", router.grpc())).await.unwrap();
-            c.score(request("bad", 8, &pair, Some(("maybe", 0.0)))).await
+            let mut c = RewardServiceClient::connect(format!("http://{}", router.grpc()))
+                .await
+                .unwrap();
+            c.score(request("bad", 8, &pair, Some(("maybe", 0.0))))
+                .await
         })
         .unwrap_err();
     assert!(e.message().contains("sampling.adaptive.rule"), "{e:?}");
 
     let (_, scrape) = http(&router.http(), "GET", "/metrics", b"");
-    assert!(metric(&scrape, "grm_judgements_saved_total") >= 20.0, "{scrape}");
-    assert!(metric(&scrape, "grm_adaptive_requests_total{stopped=\"early\"}") >= 3.0, "{scrape}");
+    assert!(
+        metric(&scrape, "grm_judgements_saved_total") >= 20.0,
+        "{scrape}"
+    );
+    assert!(
+        metric(&scrape, "grm_adaptive_requests_total{stopped=\"early\"}") >= 3.0,
+        "{scrape}"
+    );
     // Nothing is left running or holding blocks on the worker.
     let status = rt.block_on(async {
-        let mut c = WorkerServiceClient::connect(format!("http://{}", w.grpc())).await.unwrap();
+        let mut c = WorkerServiceClient::connect(format!("http://{}", w.grpc()))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
         c.status(StatusRequest {}).await.unwrap().into_inner()
     });
-    assert_eq!((status.running, status.waiting, status.blocks_used), (0, 0, 0), "{status:?}");
+    assert_eq!(
+        (status.running, status.waiting, status.blocks_used),
+        (0, 0, 0),
+        "{status:?}"
+    );
 }

@@ -513,9 +513,17 @@ fn bad_requests_are_refused_by_field_and_overload_is_shed() {
     // A message over --max-request-bytes is refused before it is read, naming the limit.
     let mut r = base.clone();
     r.responses[0] = "x".repeat(150_000);
-    let s = rt.block_on(send_all(&addr, vec![r])).pop().unwrap().expect_err("too large");
+    let s = rt
+        .block_on(send_all(&addr, vec![r]))
+        .pop()
+        .unwrap()
+        .expect_err("too large");
     assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
-    assert!(s.message().contains("the limit is 100000 bytes (--max-request-bytes)"), "{s:?}");
+    assert!(
+        s.message()
+            .contains("the limit is 100000 bytes (--max-request-bytes)"),
+        "{s:?}"
+    );
     // Text that spells a special token is never refused: it is read as plain text, several
     // tokens long, not as the one token (which would end the judging prompt).
     let mut plain = base.clone();
@@ -527,7 +535,14 @@ fn bad_requests_are_refused_by_field_and_overload_is_shed() {
     let got = rt.block_on(send_all(&addr, vec![plain, spelled]));
     let tokens: Vec<u64> = got
         .iter()
-        .map(|a| a.as_ref().expect("scored, not refused").usage.as_ref().unwrap().prompt_tokens)
+        .map(|a| {
+            a.as_ref()
+                .expect("scored, not refused")
+                .usage
+                .as_ref()
+                .unwrap()
+                .prompt_tokens
+        })
         .collect();
     assert!(
         tokens[1] > tokens[0] + 2,
@@ -1373,8 +1388,9 @@ fn one_trace_per_request_across_router_workers_and_aggregator_and_its_metrics() 
     std::io::Read::read_to_string(&mut conn, &mut om).unwrap();
     assert!(om.contains("application/openmetrics-text"), "{om}");
     assert!(
-        om.lines().any(|l| l.starts_with("grm_aggregate_duration_seconds_bucket")
-            && l.contains(&format!("# {{trace_id=\"{client_trace}\"}}"))),
+        om.lines()
+            .any(|l| l.starts_with("grm_aggregate_duration_seconds_bucket")
+                && l.contains(&format!("# {{trace_id=\"{client_trace}\"}}"))),
         "no exemplar with the client's trace:\n{om}"
     );
 

@@ -30,7 +30,8 @@ fn queried(expr: &str) -> Vec<String> {
     let mut i = 0;
     while let Some(at) = expr[i..].find("grm_") {
         let start = i + at;
-        let boundary = start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let boundary =
+            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
         let end = expr[start..]
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .map_or(expr.len(), |e| start + e);
@@ -52,8 +53,15 @@ fn every_metric_the_dashboard_queries_is_exported() {
         &dir,
         "aggregator",
         &[
-            "aggregator", "--listen", "127.0.0.1:0", "--template", short_template_static(),
-            "--meta-workers", &m.grpc(), "--metrics-listen", "127.0.0.1:0",
+            "aggregator",
+            "--listen",
+            "127.0.0.1:0",
+            "--template",
+            short_template_static(),
+            "--meta-workers",
+            &m.grpc(),
+            "--metrics-listen",
+            "127.0.0.1:0",
         ],
     );
     let router = static_router(
@@ -72,11 +80,33 @@ fn every_metric_the_dashboard_queries_is_exported() {
     assert_eq!(code, 200, "{body}");
     // Judgements cut short (invalid, by reason), sampled adaptively.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_grm"))
-        .args(["score", "--addr", &router.grpc(), "--query", "the answer is", "--response", "so good"])
-        .args(["--response", "so bad", "--k", "4", "--max-new-tokens", "3", "--adaptive", "exact", "--json"])
+        .args([
+            "score",
+            "--addr",
+            &router.grpc(),
+            "--query",
+            "the answer is",
+            "--response",
+            "so good",
+        ])
+        .args([
+            "--response",
+            "so bad",
+            "--k",
+            "4",
+            "--max-new-tokens",
+            "3",
+            "--adaptive",
+            "exact",
+            "--json",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut exported = BTreeSet::new();
     for addr in [
         router.http(),
@@ -97,7 +127,11 @@ fn every_metric_the_dashboard_queries_is_exported() {
         for target in panel["targets"].as_array().into_iter().flatten() {
             let expr = target["expr"].as_str().unwrap();
             let found = queried(expr);
-            assert!(!found.is_empty(), "panel {:?} queries no grm_ metric: {expr}", panel["title"]);
+            assert!(
+                !found.is_empty(),
+                "panel {:?} queries no grm_ metric: {expr}",
+                panel["title"]
+            );
             for name in found {
                 assert!(
                     exported.contains(&name),
@@ -110,6 +144,11 @@ fn every_metric_the_dashboard_queries_is_exported() {
     }
     assert!(checked >= 20, "{checked} metric references checked");
     // The chart ships the same dashboard.
-    let chart = std::fs::read_to_string(repo().join("helm/grm-cluster/dashboards/grm-cluster.json")).unwrap();
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&chart).unwrap(), dashboard);
+    let chart =
+        std::fs::read_to_string(repo().join("helm/grm-cluster/dashboards/grm-cluster.json"))
+            .unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&chart).unwrap(),
+        dashboard
+    );
 }

@@ -38,12 +38,17 @@ fn member(id: &str, key: &str, size: u32, responses: &[&str]) -> ScoreRequest {
 }
 
 /// Sends the members concurrently, each to the router `to[i % to.len()]`; answers in order.
-async fn send(to: Vec<String>, members: Vec<ScoreRequest>) -> Vec<Result<ScoreResponse, tonic::Status>> {
+async fn send(
+    to: Vec<String>,
+    members: Vec<ScoreRequest>,
+) -> Vec<Result<ScoreResponse, tonic::Status>> {
     let mut tasks = Vec::new();
     for (i, m) in members.into_iter().enumerate() {
         let addr = to[i % to.len()].clone();
         tasks.push(tokio::spawn(async move {
-            let mut c = RewardServiceClient::connect(format!("http://{addr}")).await.unwrap();
+            let mut c = RewardServiceClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
             let mut r = tonic::Request::new(m);
             r.set_timeout(Duration::from_secs(120));
             c.score(r).await.map(|r| r.into_inner())
@@ -85,7 +90,11 @@ fn members_arriving_one_by_one_are_judged_as_one_group() {
     for (r, t) in a.iter().zip(texts) {
         let r = r.as_ref().expect("answered");
         let g = r.group.as_ref().expect("a group result");
-        assert_eq!((g.size, g.members, g.responses, g.partial), (4, 4, 4, false), "{g:?}");
+        assert_eq!(
+            (g.size, g.members, g.responses, g.partial),
+            (4, 4, 4, false),
+            "{g:?}"
+        );
         assert_eq!(r.rewards.len(), 1);
         let want = if t.ends_with("good") { 8.0 } else { 3.0 };
         assert_eq!(means(r), vec![want], "{t}");
@@ -114,13 +123,23 @@ fn members_arriving_one_by_one_are_judged_as_one_group() {
         let id = format!("m{i}");
         let (x, y) = (by_id(&b, &id), by_id(&c, &id));
         assert_eq!(means(&x), means(&y));
-        assert_eq!(x.group.as_ref().unwrap().mean_scores, y.group.as_ref().unwrap().mean_scores);
+        assert_eq!(
+            x.group.as_ref().unwrap().mean_scores,
+            y.group.as_ref().unwrap().mean_scores
+        );
         assert_eq!(x.seed, y.seed);
     }
 
     // Identical responses (common in RL) are judged once; each caller still gets its reward.
     let dup: Vec<ScoreRequest> = (0..4)
-        .map(|i| member(&format!("d{i}"), "dup", 4, &[if i < 3 { "same good" } else { "bad" }]))
+        .map(|i| {
+            member(
+                &format!("d{i}"),
+                "dup",
+                4,
+                &[if i < 3 { "same good" } else { "bad" }],
+            )
+        })
         .collect();
     for r in rt.block_on(send(addr.clone(), dup)) {
         let r = r.unwrap();
@@ -143,7 +162,13 @@ fn members_arriving_one_by_one_are_judged_as_one_group() {
     }
 
     // A group that never completes is judged when its wait ends, and says so.
-    let part = rt.block_on(send(addr.clone(), vec![member("p0", "part", 4, &["x good"]), member("p1", "part", 4, &["y bad"])]));
+    let part = rt.block_on(send(
+        addr.clone(),
+        vec![
+            member("p0", "part", 4, &["x good"]),
+            member("p1", "part", 4, &["y bad"]),
+        ],
+    ));
     for r in part {
         let g = r.unwrap().group.unwrap();
         assert!(g.partial && g.size == 2, "{g:?}");
@@ -152,7 +177,11 @@ fn members_arriving_one_by_one_are_judged_as_one_group() {
     // A lone member (verl's validation sends one sample per uid) is judged when its wait ends.
     let mut lone = member("lone", "lone", 4, &["z good"]);
     lone.group.as_mut().unwrap().wait_ms = 300;
-    let r = rt.block_on(send(addr.clone(), vec![lone])).pop().unwrap().unwrap();
+    let r = rt
+        .block_on(send(addr.clone(), vec![lone]))
+        .pop()
+        .unwrap()
+        .unwrap();
     let g = r.group.unwrap();
     assert!(g.partial && g.size == 1 && g.members == 1, "{g:?}");
     assert_eq!(r.rewards[0].mean_score, 8.0);
@@ -162,10 +191,16 @@ fn members_arriving_one_by_one_are_judged_as_one_group() {
     stranger.conversation[0].content = "another question".into();
     let mixed = rt.block_on(async {
         // The group's first member, then (once it waits) the stranger.
-        let first = tokio::spawn(send(addr.clone(), vec![member("s0", "mixed", 3, &["q good", "r bad"])]));
+        let first = tokio::spawn(send(
+            addr.clone(),
+            vec![member("s0", "mixed", 3, &["q good", "r bad"])],
+        ));
         tokio::time::sleep(Duration::from_millis(300)).await;
         let stranger = send(addr.clone(), vec![stranger]).await;
-        (first.await.unwrap().pop().unwrap(), stranger.into_iter().next().unwrap())
+        (
+            first.await.unwrap().pop().unwrap(),
+            stranger.into_iter().next().unwrap(),
+        )
     });
     assert!(mixed.0.is_ok(), "{:?}", mixed.0);
     let s = mixed.1.as_ref().expect_err("a stranger");
@@ -174,15 +209,36 @@ fn members_arriving_one_by_one_are_judged_as_one_group() {
 
     // Bad group fields are refused by name.
     let mut bad = member("b", "", 4, &["x"]);
-    let e = rt.block_on(send(addr.clone(), vec![bad.clone()])).pop().unwrap().unwrap_err();
+    let e = rt
+        .block_on(send(addr.clone(), vec![bad.clone()]))
+        .pop()
+        .unwrap()
+        .unwrap_err();
     assert!(e.message().contains("group.key"), "{e:?}");
-    bad.group = Some(Group { key: "k".into(), size: 1000, wait_ms: 0 });
-    let e = rt.block_on(send(addr.clone(), vec![bad])).pop().unwrap().unwrap_err();
-    assert!(e.message().contains("group.size is 1000; allowed 2..=64"), "{e:?}");
+    bad.group = Some(Group {
+        key: "k".into(),
+        size: 1000,
+        wait_ms: 0,
+    });
+    let e = rt
+        .block_on(send(addr.clone(), vec![bad]))
+        .pop()
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        e.message().contains("group.size is 1000; allowed 2..=64"),
+        "{e:?}"
+    );
 
     let (_, scrape) = http(&router.http(), "GET", "/metrics", b"");
-    assert!(metric(&scrape, "grm_groups_total{outcome=\"complete\"}") >= 5.0, "{scrape}");
-    assert!(metric(&scrape, "grm_groups_total{outcome=\"partial\"}") >= 1.0, "{scrape}");
+    assert!(
+        metric(&scrape, "grm_groups_total{outcome=\"complete\"}") >= 5.0,
+        "{scrape}"
+    );
+    assert!(
+        metric(&scrape, "grm_groups_total{outcome=\"partial\"}") >= 1.0,
+        "{scrape}"
+    );
     assert!(metric(&scrape, "grm_group_size_count") >= 6.0, "{scrape}");
 }
 
@@ -234,33 +290,55 @@ fn a_groups_members_reaching_different_routers_are_judged_together() {
             )
         })
         .collect();
-    wait_for(Duration::from_secs(20), "every router to see the worker", || {
-        routers.iter().all(|r| {
-            let (code, body) = http(&r.http(), "GET", "/health", b"");
-            code == 200 && body.contains("\"grm_workers\":1")
-        })
-    });
+    wait_for(
+        Duration::from_secs(20),
+        "every router to see the worker",
+        || {
+            routers.iter().all(|r| {
+                let (code, body) = http(&r.http(), "GET", "/health", b"");
+                code == 200 && body.contains("\"grm_workers\":1")
+            })
+        },
+    );
     // The routers see each other (registered as routers) before groups are spread over them.
     std::thread::sleep(Duration::from_secs(2));
     let addrs: Vec<String> = routers.iter().map(Proc::grpc).collect();
     let rt = runtime();
     for g in 0..4 {
         let ms: Vec<ScoreRequest> = (0..6)
-            .map(|i| member(&format!("g{g}m{i}"), &format!("group-{g}"), 6, &[if i % 2 == 0 { "x good" } else { "y bad" }]))
+            .map(|i| {
+                member(
+                    &format!("g{g}m{i}"),
+                    &format!("group-{g}"),
+                    6,
+                    &[if i % 2 == 0 { "x good" } else { "y bad" }],
+                )
+            })
             .collect();
         // Member i goes to router i % 3: every group reaches all three routers.
         for r in rt.block_on(send(addrs.clone(), ms)) {
             let r = r.expect("answered");
             let grp = r.group.as_ref().unwrap();
-            assert_eq!(grp.members, 6, "one group of six members, not one per router: {grp:?}");
+            assert_eq!(
+                grp.members, 6,
+                "one group of six members, not one per router: {grp:?}"
+            );
             assert!(!grp.partial);
         }
     }
     let forwarded: f64 = routers
         .iter()
-        .map(|r| metric(&http(&r.http(), "GET", "/metrics", b"").1, "grm_group_members_forwarded_total"))
+        .map(|r| {
+            metric(
+                &http(&r.http(), "GET", "/metrics", b"").1,
+                "grm_group_members_forwarded_total",
+            )
+        })
         .sum();
-    assert!(forwarded >= 16.0, "members forwarded to their group's router: {forwarded}");
+    assert!(
+        forwarded >= 16.0,
+        "members forwarded to their group's router: {forwarded}"
+    );
 }
 
 #[test]
@@ -279,7 +357,12 @@ fn get_reward_groups_one_sample_calls_and_reads_the_policys_chat_markup() {
             "prompts": [prompt],
             "labels": [""],
         });
-        let (code, text) = http(&h, "POST", &format!("/get_reward?{params}"), body.to_string().as_bytes());
+        let (code, text) = http(
+            &h,
+            "POST",
+            &format!("/get_reward?{params}"),
+            body.to_string().as_bytes(),
+        );
         assert_eq!(code, 200, "{text}");
         serde_json::from_str::<serde_json::Value>(&text).unwrap()
     };
@@ -309,13 +392,24 @@ fn get_reward_groups_one_sample_calls_and_reads_the_policys_chat_markup() {
             "query": [format!("{prompt}{response}"), format!("{prompt}so bad")],
             "prompts": [prompt, prompt],
         });
-        let (code, text) = http(&h, "POST", "/get_reward?k=4&seed=11&scores=mean", body.to_string().as_bytes());
+        let (code, text) = http(
+            &h,
+            "POST",
+            "/get_reward?k=4&seed=11&scores=mean",
+            body.to_string().as_bytes(),
+        );
         assert_eq!(code, 200, "{text}");
         serde_json::from_str::<serde_json::Value>(&text).unwrap()
     };
     let plain = one("the answer is", "so good");
     let templated = one(gemma, "so good<end_of_turn><eos>");
-    assert_eq!(plain["scores"], templated["scores"], "{plain} vs {templated}");
+    assert_eq!(
+        plain["scores"], templated["scores"],
+        "{plain} vs {templated}"
+    );
     assert_eq!(plain["extra_logs"], templated["extra_logs"]);
-    assert!(plain["scores"][0].as_f64().unwrap() > 1.0, "scores=mean: the 1..10 mean");
+    assert!(
+        plain["scores"][0].as_f64().unwrap() > 1.0,
+        "scores=mean: the 1..10 mean"
+    );
 }

@@ -40,11 +40,17 @@ fn grpcurl_1_8_lists_describes_and_calls_score_through_reflection() {
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     ] {
-        assert!(list.lines().any(|l| l.trim() == service), "{service} not in:\n{list}");
+        assert!(
+            list.lines().any(|l| l.trim() == service),
+            "{service} not in:\n{list}"
+        );
     }
 
     let (ok, desc) = grpcurl(&["-plaintext", &addr, "describe", "grm.v1.RewardService"]);
-    assert!(ok && desc.contains("rpc Score ( .grm.v1.ScoreRequest )"), "{desc}");
+    assert!(
+        ok && desc.contains("rpc Score ( .grm.v1.ScoreRequest )"),
+        "{desc}"
+    );
 
     let body = r#"{"conversation": [{"role": "user", "content": "the answer is"}],
                    "responses": ["it is so good", "it is so bad"],
@@ -57,7 +63,8 @@ fn grpcurl_1_8_lists_describes_and_calls_score_through_reflection() {
         "grm.v1.RewardService/Score",
     ]);
     assert!(ok, "grpcurl Score: {out}");
-    let resp: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let resp: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     let rewards = resp["rewards"].as_array().expect("rewards");
     assert_eq!(rewards.len(), 2, "{out}");
     // The tiny judge gives a response ending in "good" 8 and one ending in "bad" 3.
@@ -72,7 +79,10 @@ fn grpcurl_1_8_lists_describes_and_calls_score_through_reflection() {
         &addr,
         "grm.v1.RewardService/Score",
     ]);
-    assert!(!ok && out.contains("InvalidArgument") && out.contains("responses"), "{out}");
+    assert!(
+        !ok && out.contains("InvalidArgument") && out.contains("responses"),
+        "{out}"
+    );
 
     let (ok, out) = grpcurl(&["-plaintext", &addr, "grpc.health.v1.Health/Check"]);
     assert!(ok && out.contains("SERVING"), "{out}");

@@ -100,10 +100,7 @@ fn an_idle_score_stream_does_not_hold_up_a_graceful_stop_and_duplicate_ids_are_r
     });
     let mut got = Vec::new();
     for _ in 0..2 {
-        let r = rt
-            .block_on(answers.message())
-            .unwrap()
-            .expect("an answer");
+        let r = rt.block_on(answers.message()).unwrap().expect("an answer");
         got.push(r);
     }
     let refused: Vec<_> = got.iter().filter(|r| r.error.is_some()).collect();
@@ -111,16 +108,21 @@ fn an_idle_score_stream_does_not_hold_up_a_graceful_stop_and_duplicate_ids_are_r
     let e = refused[0].error.as_ref().unwrap();
     assert_eq!(e.code, tonic::Code::InvalidArgument as i32);
     assert!(e.message.contains("already in flight"), "{}", e.message);
-    assert!(got.iter().any(|r| r.error.is_none() && r.rewards.len() == 2));
+    assert!(got
+        .iter()
+        .any(|r| r.error.is_none() && r.rewards.len() == 2));
 
     // The stream stays open and silent; a SIGTERM must still stop the router promptly.
     router.term();
     let code = router.wait_exit(Duration::from_secs(20));
-    assert_eq!(code, Some(0), "the router did not stop with an idle stream open");
+    assert_eq!(
+        code,
+        Some(0),
+        "the router did not stop with an idle stream open"
+    );
     // The client sees its stream end cleanly.
-    let end = rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(5), answers.message()).await
-    });
+    let end = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(5), answers.message()).await });
     assert!(matches!(end, Ok(Ok(None)) | Ok(Err(_))), "{end:?}");
     drop(tx);
 }
@@ -197,16 +199,25 @@ fn slow_and_half_open_http_clients_neither_hold_the_listener_nor_its_memory() {
         b"GET /health HTTP/1.1\r\nHost: x\r\n",
         Duration::from_secs(30),
     );
-    assert!(took < Duration::from_secs(15), "partial headers held {took:?}: {out}");
+    assert!(
+        took < Duration::from_secs(15),
+        "partial headers held {took:?}: {out}"
+    );
     let (out, took) = exchange(&http_addr, b"", Duration::from_secs(30));
-    assert!(took < Duration::from_secs(15), "an idle connection held {took:?}: {out}");
+    assert!(
+        took < Duration::from_secs(15),
+        "an idle connection held {took:?}: {out}"
+    );
     let (out, _) = exchange(
         &http_addr,
         b"POST /get_reward HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{",
         Duration::from_secs(30),
     );
     assert!(out.starts_with("HTTP/1.1 408"), "{out}");
-    assert!(out.contains("application/json") && out.contains("\"error\""), "{out}");
+    assert!(
+        out.contains("application/json") && out.contains("\"error\""),
+        "{out}"
+    );
 
     // Every error of /get_reward is JSON: a body over the limit, a bad query string.
     let (out, _) = exchange(
@@ -215,16 +226,24 @@ fn slow_and_half_open_http_clients_neither_hold_the_listener_nor_its_memory() {
         Duration::from_secs(30),
     );
     assert!(out.starts_with("HTTP/1.1 413"), "{out}");
-    assert!(out.contains("\"error\"") && out.contains("--http-max-body-mib"), "{out}");
+    assert!(
+        out.contains("\"error\"") && out.contains("--http-max-body-mib"),
+        "{out}"
+    );
     let (code, body) = http(&http_addr, "POST", "/get_reward?k=lots", b"{}");
     assert_eq!(code, 400);
     let v: serde_json::Value = serde_json::from_str(&body).expect("a JSON error");
-    assert!(v["error"].as_str().unwrap().contains("query string"), "{body}");
+    assert!(
+        v["error"].as_str().unwrap().contains("query string"),
+        "{body}"
+    );
 
     // The memory those connections took comes back.
-    wait_for(Duration::from_secs(20), "the router's memory to come back", || {
-        rss_mib(pid) <= before + 24
-    });
+    wait_for(
+        Duration::from_secs(20),
+        "the router's memory to come back",
+        || rss_mib(pid) <= before + 24,
+    );
 }
 
 #[test]
@@ -235,7 +254,10 @@ fn messages_that_are_not_protobuf_or_far_too_large_are_the_callers_error() {
     let router = static_router(&dir, &w.grpc(), "", &[]);
     let out = python_client("bad_messages.py", &[&router.grpc()]);
     assert_eq!(out["not_utf8"][0], "INVALID_ARGUMENT", "{out}");
-    assert!(out["not_utf8"][1].as_str().unwrap().contains("UTF-8"), "{out}");
+    assert!(
+        out["not_utf8"][1].as_str().unwrap().contains("UTF-8"),
+        "{out}"
+    );
     assert_eq!(out["corrupt"][0], "INVALID_ARGUMENT", "{out}");
     assert_eq!(out["too_large"][0], "RESOURCE_EXHAUSTED", "{out}");
     assert!(
@@ -251,10 +273,21 @@ fn messages_that_are_not_protobuf_or_far_too_large_are_the_callers_error() {
 fn small_model(dir: &std::path::Path) -> String {
     let model = dir.join("small-100m");
     let init = std::process::Command::new(env!("CARGO_BIN_EXE_grm"))
-        .args(["model", "init", "--shape", "small-100m", "--out", model.to_str().unwrap()])
+        .args([
+            "model",
+            "init",
+            "--shape",
+            "small-100m",
+            "--out",
+            model.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     model.display().to_string()
 }
 
@@ -313,13 +346,24 @@ fn internal_services_need_the_cluster_token_and_a_forged_member_gets_no_work() {
     // A router that guards its public API but would call its members without credentials
     // refuses to start, naming what to give.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_grm"))
-        .args(["router", "--listen", "127.0.0.1:0", "--http-listen", "", "--etcd", &url])
+        .args([
+            "router",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "",
+            "--etcd",
+            &url,
+        ])
         .args(["--auth-token-file", public.to_str().unwrap()])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--cluster-token-file") && err.contains("mutual TLS"), "{err}");
+    assert!(
+        err.contains("--cluster-token-file") && err.contains("mutual TLS"),
+        "{err}"
+    );
 
     let w = etcd_worker(&dir, "w", "tiny-judge", &url, &["--cluster-token-file", ct]);
     let m = etcd_worker(
@@ -348,7 +392,13 @@ fn internal_services_need_the_cluster_token_and_a_forged_member_gets_no_work() {
     );
     // The forger: a worker that answers anyone, written into the (plaintext) etcd without
     // the cluster token, so its registration is unsigned.
-    let fake = etcd_worker(&dir, "fake", "tiny-judge", &url, &["--metrics-listen", "127.0.0.1:0"]);
+    let fake = etcd_worker(
+        &dir,
+        "fake",
+        "tiny-judge",
+        &url,
+        &["--metrics-listen", "127.0.0.1:0"],
+    );
     let router = grm(
         &dir,
         "router",
@@ -373,15 +423,20 @@ fn internal_services_need_the_cluster_token_and_a_forged_member_gets_no_work() {
         ],
     );
     wait_for(Duration::from_secs(20), "the signed members", || {
-        health_field(&router, "grm_workers") == 1 && health_field(&router, "meta_workers") == 1
+        health_field(&router, "grm_workers") == 1
+            && health_field(&router, "meta_workers") == 1
             && health_field(&router, "aggregators") == 1
     });
-    assert!(router.log_text().contains("not signed with the cluster token"));
+    assert!(router
+        .log_text()
+        .contains("not signed with the cluster token"));
 
     let rt = runtime();
     let addr = router.grpc();
     let answers = rt.block_on(async {
-        let mut c = RewardServiceClient::connect(format!("http://{addr}")).await.unwrap();
+        let mut c = RewardServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
         let mut out = Vec::new();
         for i in 0..6 {
             let mut r = request(&format!("r{i}"), 4);
@@ -400,7 +455,12 @@ fn internal_services_need_the_cluster_token_and_a_forged_member_gets_no_work() {
         }
         assert_eq!(a.k_meta, 2, "the signed meta RM filtered");
     }
-    let (_, scrape) = http(fake.ready["metrics"].as_str().unwrap(), "GET", "/metrics", b"");
+    let (_, scrape) = http(
+        fake.ready["metrics"].as_str().unwrap(),
+        "GET",
+        "/metrics",
+        b"",
+    );
     assert!(
         metric(&scrape, "grm_engine_generated_tokens_total{role=\"grm\"}") == 0.0,
         "the forged member {fake_addr} generated tokens:\n{scrape}"
@@ -408,7 +468,9 @@ fn internal_services_need_the_cluster_token_and_a_forged_member_gets_no_work() {
 
     // Every internal service refuses a caller without the cluster token, and serves one with it.
     rt.block_on(async {
-        let mut wc = WorkerServiceClient::connect(format!("http://{}", w.grpc())).await.unwrap();
+        let mut wc = WorkerServiceClient::connect(format!("http://{}", w.grpc()))
+            .await
+            .unwrap();
         let gen = GenerateRequest {
             prompt: "<bos>hello".into(),
             sample_indices: vec![0],
@@ -420,17 +482,30 @@ fn internal_services_need_the_cluster_token_and_a_forged_member_gets_no_work() {
         assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
         let mut wrong = tonic::Request::new(gen);
         bearer(&mut wrong, "public-1");
-        let s = wc.generate(wrong).await.expect_err("the public token is not the cluster's");
+        let s = wc
+            .generate(wrong)
+            .await
+            .expect_err("the public token is not the cluster's");
         assert_eq!(s.code(), tonic::Code::Unauthenticated);
-        let mut mc = WorkerServiceClient::connect(format!("http://{}", m.grpc())).await.unwrap();
-        let texts = ScoreTextsRequest { texts: vec!["<bos>x".into()], ..Default::default() };
+        let mut mc = WorkerServiceClient::connect(format!("http://{}", m.grpc()))
+            .await
+            .unwrap();
+        let texts = ScoreTextsRequest {
+            texts: vec!["<bos>x".into()],
+            ..Default::default()
+        };
         let s = mc.score_texts(texts.clone()).await.expect_err("no token");
         assert_eq!(s.code(), tonic::Code::Unauthenticated);
         let mut ok = tonic::Request::new(texts);
         bearer(&mut ok, "cluster-2");
         mc.score_texts(ok).await.expect("with the cluster token");
-        let mut ac = AggregatorServiceClient::connect(format!("http://{}", a.grpc())).await.unwrap();
-        let s = ac.aggregate(AggregateRequest::default()).await.expect_err("no token");
+        let mut ac = AggregatorServiceClient::connect(format!("http://{}", a.grpc()))
+            .await
+            .unwrap();
+        let s = ac
+            .aggregate(AggregateRequest::default())
+            .await
+            .expect_err("no token");
         assert_eq!(s.code(), tonic::Code::Unauthenticated);
         let mut st = tonic::Request::new(StatusRequest {});
         bearer(&mut st, "cluster-2");
@@ -442,7 +517,12 @@ fn internal_services_need_the_cluster_token_and_a_forged_member_gets_no_work() {
     let serve = serve_tiny(
         &dir,
         "serve",
-        &["--meta-model", &meta_model, "--auth-token-file", public.to_str().unwrap()],
+        &[
+            "--meta-model",
+            &meta_model,
+            "--auth-token-file",
+            public.to_str().unwrap(),
+        ],
     );
     let internal: Vec<String> = serve.ready["internal"]
         .as_array()
@@ -453,7 +533,9 @@ fn internal_services_need_the_cluster_token_and_a_forged_member_gets_no_work() {
     assert_eq!(internal.len(), 2);
     rt.block_on(async {
         for addr in &internal {
-            let mut c = WorkerServiceClient::connect(format!("http://{addr}")).await.unwrap();
+            let mut c = WorkerServiceClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
             let s = c.status(StatusRequest {}).await.expect_err("no token");
             assert_eq!(s.code(), tonic::Code::Unauthenticated, "{addr}");
         }
@@ -478,7 +560,9 @@ fn a_dead_meta_rm_costs_the_filter_not_the_answer() {
         let addr = addr.clone();
         let r = request(id, 4);
         rt.block_on(async move {
-            let mut c = RewardServiceClient::connect(format!("http://{addr}")).await.unwrap();
+            let mut c = RewardServiceClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
             c.score(r).await.map(|r| r.into_inner())
         })
     };
@@ -490,7 +574,11 @@ fn a_dead_meta_rm_costs_the_filter_not_the_answer() {
     for i in 0..3 {
         let r = score(&format!("dead-{i}")).expect("the judgements are voted without the meta RM");
         assert_eq!(r.k_meta, 0, "{r:?}");
-        assert!(r.meta_fallback.contains("meta RM could not score"), "{}", r.meta_fallback);
+        assert!(
+            r.meta_fallback.contains("meta RM could not score"),
+            "{}",
+            r.meta_fallback
+        );
         assert_eq!(r.rewards[0].votes, r.valid_samples);
         assert!(r.valid_samples >= 1);
         assert_eq!(r.best, Some(0), "the judgements still vote: \"good\" wins");
@@ -527,7 +615,9 @@ fn a_slow_worker_sending_progress_is_never_declared_stalled() {
     let start = Instant::now();
     let r = rt
         .block_on(async move {
-            let mut c = RewardServiceClient::connect(format!("http://{addr}")).await.unwrap();
+            let mut c = RewardServiceClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
             let mut r = request("slow", 1);
             r.sampling.as_mut().unwrap().max_new_tokens = 1200;
             c.score(r).await.map(|r| r.into_inner())
@@ -559,7 +649,9 @@ fn a_silent_worker_is_replaced_in_time_for_the_deadline() {
     let rt = runtime();
     let addr = router.grpc();
     let answers = rt.block_on(async move {
-        let c = RewardServiceClient::connect(format!("http://{addr}")).await.unwrap();
+        let c = RewardServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
         let tasks: Vec<_> = (0..8)
             .map(|i| {
                 let mut c = c.clone();
@@ -584,7 +676,9 @@ fn a_silent_worker_is_replaced_in_time_for_the_deadline() {
         libc::kill(w1.pid(), libc::SIGCONT);
     }
     for a in &answers {
-        let a = a.as_ref().expect("answered by the other worker before the deadline");
+        let a = a
+            .as_ref()
+            .expect("answered by the other worker before the deadline");
         assert!(a.samples.iter().all(|s| s.worker == w2.grpc()));
     }
     let log = router.log_text();
@@ -605,14 +699,25 @@ fn the_etcd_watch_holds_for_a_minute() {
     let router = grm(
         &dir,
         "router",
-        &["router", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--etcd", &url],
+        &[
+            "router",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--etcd",
+            &url,
+        ],
     );
     wait_for(Duration::from_secs(20), "the first worker", || {
         health_field(&router, "grm_workers") == 1
     });
     std::thread::sleep(Duration::from_secs(62));
     let log = router.log_text();
-    assert!(!log.contains("etcd watch lost"), "the watch dropped:\n{log}");
+    assert!(
+        !log.contains("etcd watch lost"),
+        "the watch dropped:\n{log}"
+    );
     // And it still sees changes.
     let _w2 = etcd_worker(&dir, "w2", "tiny-judge", &url, &[]);
     wait_for(Duration::from_secs(10), "the second worker", || {
@@ -632,7 +737,9 @@ fn a_kv_pool_too_small_sends_the_chunk_to_a_larger_one_first() {
     let rt = runtime();
     let addr = router.grpc();
     let answers = rt.block_on(async {
-        let mut c = RewardServiceClient::connect(format!("http://{addr}")).await.unwrap();
+        let mut c = RewardServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
         let mut out = Vec::new();
         for i in 0..6 {
             let mut r = request(&format!("k{i}"), 2);
@@ -651,12 +758,17 @@ fn a_kv_pool_too_small_sends_the_chunk_to_a_larger_one_first() {
     let addr = only_small.grpc();
     let s = rt
         .block_on(async {
-            let mut c = RewardServiceClient::connect(format!("http://{addr}")).await.unwrap();
+            let mut c = RewardServiceClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
             c.score(request("too-big", 1)).await
         })
         .expect_err("no pool fits");
     assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
-    assert!(s.message().contains("more KV cache than any GRM worker"), "{s:?}");
+    assert!(
+        s.message().contains("more KV cache than any GRM worker"),
+        "{s:?}"
+    );
 }
 
 #[test]
@@ -671,7 +783,9 @@ fn a_burst_of_calls_is_admitted_against_the_queue_as_it_is_now() {
     let rt = runtime();
     let addr = w.grpc();
     let results = rt.block_on(async move {
-        let c = WorkerServiceClient::connect(format!("http://{addr}")).await.unwrap();
+        let c = WorkerServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
         let prompt = format!("<bos>{}", "the answer is so good ".repeat(20));
         let calls: Vec<_> = (0..16)
             .map(|i| {
@@ -700,7 +814,10 @@ fn a_burst_of_calls_is_admitted_against_the_queue_as_it_is_now() {
         .filter(|r| matches!(r, Err(s) if s.code() == tonic::Code::ResourceExhausted))
         .count();
     assert!(results.iter().any(|r| r.is_ok()), "{results:?}");
-    assert!(refused > 0, "a burst all passed the queue limit: {results:?}");
+    assert!(
+        refused > 0,
+        "a burst all passed the queue limit: {results:?}"
+    );
     let e = results.iter().find_map(|r| r.as_ref().err()).unwrap();
     assert!(e.message().contains("--max-queued-tokens"), "{e:?}");
 }
@@ -714,7 +831,9 @@ fn models_are_named_and_kv_defaults_are_modest() {
     let rt = runtime();
     let addr = router.grpc();
     let (wrong, right) = rt.block_on(async move {
-        let mut c = RewardServiceClient::connect(format!("http://{addr}")).await.unwrap();
+        let mut c = RewardServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
         let mut r = request("gpt", 1);
         r.model = "gpt-9".into();
         let wrong = c.score(r).await;
@@ -725,14 +844,25 @@ fn models_are_named_and_kv_defaults_are_modest() {
     let s = wrong.expect_err("an unknown model, with no --model-name on the router");
     assert_eq!(s.code(), tonic::Code::NotFound, "{s:?}");
     assert!(s.message().contains("tiny-judge"), "{s:?}");
-    assert_eq!(right.expect("its own name").into_inner().model, "tiny-judge");
+    assert_eq!(
+        right.expect("its own name").into_inner().model,
+        "tiny-judge"
+    );
 
     // A worker left to its defaults takes a KV pool of at most 64 full contexts, not a
     // quarter of the machine, and says so.
     let plain = grm(
         &dir,
         "plain",
-        &["worker", "--model", &fixture("tiny-judge"), "--listen", "127.0.0.1:0", "--threads", "1"],
+        &[
+            "worker",
+            "--model",
+            &fixture("tiny-judge"),
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+        ],
     );
     let blocks = plain.ready["kv_blocks"].as_u64().unwrap();
     // tiny-judge: a context of 512 tokens, blocks of 16.
@@ -822,7 +952,9 @@ fn two_routers_sharing_two_workers_keep_them_balanced() {
             .map(|r| {
                 let addr = r.grpc();
                 tokio::spawn(async move {
-                    let mut c = RewardServiceClient::connect(format!("http://{addr}")).await.unwrap();
+                    let mut c = RewardServiceClient::connect(format!("http://{addr}"))
+                        .await
+                        .unwrap();
                     let mut workers = Vec::new();
                     for i in 0..10 {
                         // One sample, one chunk: on its own, a router places it on the
@@ -863,15 +995,26 @@ fn queue_time_is_the_time_spent_waiting_for_the_engine() {
         &dir,
         "w",
         &[
-            "worker", "--model", &model, "--listen", "127.0.0.1:0", "--threads", "1",
-            "--kv-blocks", "512", "--max-seqs", "1",
+            "worker",
+            "--model",
+            &model,
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+            "--kv-blocks",
+            "512",
+            "--max-seqs",
+            "1",
         ],
     );
     let router = static_router(&dir, &w.grpc(), "", &[]);
     let rt = runtime();
     let addr = router.grpc();
     let (first, second) = rt.block_on(async move {
-        let c = RewardServiceClient::connect(format!("http://{addr}")).await.unwrap();
+        let c = RewardServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
         let long = |id: &str| {
             let mut r = request(id, 1);
             r.responses.truncate(1);
@@ -890,7 +1033,10 @@ fn queue_time_is_the_time_spent_waiting_for_the_engine() {
         (a.await.unwrap(), b.await.unwrap())
     });
     let (t1, t2) = (first.timings.unwrap(), second.timings.unwrap());
-    eprintln!("first: queue {} ms of {} ms; second: queue {} ms of {} ms", t1.queue_ms, t1.generate_ms, t2.queue_ms, t2.generate_ms);
+    eprintln!(
+        "first: queue {} ms of {} ms; second: queue {} ms of {} ms",
+        t1.queue_ms, t1.generate_ms, t2.queue_ms, t2.generate_ms
+    );
     // The first started at once: its queueing is a small part of its time (before, the field
     // measured the time to the end of the prefill). The second waited for the first.
     assert!(t1.queue_ms < t1.generate_ms / 4.0, "{t1:?}");

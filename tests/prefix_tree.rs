@@ -20,10 +20,20 @@ fn grm_json(args: &[&str], stdin: &str) -> Value {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "grm {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&out.stdout).into()))
+    assert!(
+        out.status.success(),
+        "grm {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&out.stdout).into()))
 }
 
 /// The distinct tokens of the request's k prompts: the nodes of their trie, from the prompts
@@ -33,7 +43,17 @@ fn trie_nodes(request: &str, k: usize) -> usize {
     let model = fixture("tiny-judge");
     let mut nodes: HashSet<Vec<u64>> = HashSet::new();
     for s in 0..k {
-        let text = grm_json(&["judge", "prompt", "--template", &template, "--sample", &s.to_string()], request);
+        let text = grm_json(
+            &[
+                "judge",
+                "prompt",
+                "--template",
+                &template,
+                "--sample",
+                &s.to_string(),
+            ],
+            request,
+        );
         let text = text.as_str().expect("the prompt's text").to_string();
         let ids: Vec<u64> = grm_json(&["model", "tokenize", "--model", &model], &text)["tokens"]
             .as_array()
@@ -50,7 +70,12 @@ fn trie_nodes(request: &str, k: usize) -> usize {
 
 fn score(addr: &str, request: &str) -> Value {
     let v: Value = serde_json::from_str(request).unwrap();
-    let mut args = vec!["score".to_string(), "--addr".into(), addr.into(), "--json".into()];
+    let mut args = vec![
+        "score".to_string(),
+        "--addr".into(),
+        addr.into(),
+        "--json".into(),
+    ];
     args.push("--query".into());
     args.push(v["query"].as_str().unwrap().into());
     for r in v["responses"].as_array().unwrap() {
@@ -76,12 +101,21 @@ fn computed(worker_metrics: &str) -> f64 {
 fn a_requests_prompts_are_computed_as_one_tree() {
     let _serial = serial();
     let dir = scratch("prefix-tree");
-    let w = static_worker(&dir, "4096", &["--metrics-listen", "127.0.0.1:0", "--no-prefix-cache"]);
+    let w = static_worker(
+        &dir,
+        "4096",
+        &["--metrics-listen", "127.0.0.1:0", "--no-prefix-cache"],
+    );
     let metrics = w.ready["metrics"].as_str().unwrap().to_string();
     // One chunk per request (the tree), and one per sample (the tree's prompts one by one).
     let tree = static_router(&dir, &w.grpc(), "", &["--chunk-samples", "64"]);
     let single = static_router(&dir, &w.grpc(), "", &["--chunk-samples", "1"]);
-    let responses = ["it is so good", "it is so bad", "the answer is good", "not bad"];
+    let responses = [
+        "it is so good",
+        "it is so bad",
+        "the answer is good",
+        "not bad",
+    ];
     // n = 1..4, block-aligned and unaligned branch points alike (the responses' lengths vary).
     for (n, k) in [(1usize, 4usize), (2, 8), (3, 16), (4, 32)] {
         let request = serde_json::json!({
@@ -95,15 +129,34 @@ fn a_requests_prompts_are_computed_as_one_tree() {
         let a = score(&tree.grpc(), &request);
         let on_worker = computed(&metrics) - before;
         let usage = &a["usage"];
-        let in_usage = usage["prompt_tokens"].as_u64().unwrap() - usage["cached_prompt_tokens"].as_u64().unwrap_or(0);
-        assert_eq!(on_worker as usize, ideal, "n = {n}, k = {k}: computed on the worker vs the trie");
-        assert_eq!(in_usage as usize, ideal, "n = {n}, k = {k}: computed per the answer's usage");
+        let in_usage = usage["prompt_tokens"].as_u64().unwrap()
+            - usage["cached_prompt_tokens"].as_u64().unwrap_or(0);
+        assert_eq!(
+            on_worker as usize, ideal,
+            "n = {n}, k = {k}: computed on the worker vs the trie"
+        );
+        assert_eq!(
+            in_usage as usize, ideal,
+            "n = {n}, k = {k}: computed per the answer's usage"
+        );
         // The same samples sent one by one judge the same.
         let b = score(&single.grpc(), &request);
         let texts = |v: &Value| -> Vec<String> {
-            v["samples"].as_array().unwrap().iter().map(|s| s["text"].as_str().unwrap().to_string()).collect()
+            v["samples"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["text"].as_str().unwrap().to_string())
+                .collect()
         };
-        assert_eq!(texts(&a), texts(&b), "n = {n}: the judgements changed with sharing");
-        assert!(computed(&metrics) - before > 1.5 * on_worker, "sent one by one, the prompts cost more");
+        assert_eq!(
+            texts(&a),
+            texts(&b),
+            "n = {n}: the judgements changed with sharing"
+        );
+        assert!(
+            computed(&metrics) - before > 1.5 * on_worker,
+            "sent one by one, the prompts cost more"
+        );
     }
 }

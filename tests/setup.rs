@@ -23,7 +23,10 @@ fn setup_check(env: &[(&str, &str)]) -> (bool, String) {
 #[test]
 fn setup_check_passes_here_and_names_what_is_missing() {
     let (ok, err) = setup_check(&[]);
-    assert!(ok, "scripts/setup.sh --check failed on the machine the tests run on:\n{err}");
+    assert!(
+        ok,
+        "scripts/setup.sh --check failed on the machine the tests run on:\n{err}"
+    );
 
     // protoc looks for the well-known types beside itself (../include); a copy elsewhere has
     // none, exactly like a machine where libprotobuf-dev is absent.
@@ -38,7 +41,10 @@ fn setup_check_passes_here_and_names_what_is_missing() {
     let bare = dir.join("bin/protoc");
     std::fs::copy(&protoc, &bare).unwrap();
     let (ok, err) = setup_check(&[("PROTOC", bare.to_str().unwrap())]);
-    assert!(!ok, "a protoc without the well-known types passed the check");
+    assert!(
+        !ok,
+        "a protoc without the well-known types passed the check"
+    );
     assert!(
         err.contains("descriptor.proto") && err.contains("libprotobuf-dev"),
         "{err}"

@@ -27,7 +27,10 @@ fn trainers_python() -> String {
             String::from_utf8_lossy(&out.stderr)
         );
     });
-    repo().join(".venv-trainers/bin/python").display().to_string()
+    repo()
+        .join(".venv-trainers/bin/python")
+        .display()
+        .to_string()
 }
 
 fn run_script(script: &str, args: &[&str]) -> Value {
@@ -46,7 +49,11 @@ fn run_script(script: &str, args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or_default();
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_default();
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{script}: {e}: {stdout}"))
 }
 
@@ -55,13 +62,26 @@ fn serve(dir: &std::path::Path) -> Proc {
     serve_tiny(
         dir,
         "serve",
-        &["--http-listen", "127.0.0.1:0", "--max-new-tokens", "32", "--group-wait-ms", "3000"],
+        &[
+            "--http-listen",
+            "127.0.0.1:0",
+            "--max-new-tokens",
+            "32",
+            "--group-wait-ms",
+            "3000",
+        ],
     )
 }
 
 fn none_waiting(what: &str, v: &Value) {
-    let waiting = v["waiting_on_server"].as_array().cloned().unwrap_or_default();
-    assert!(waiting.is_empty(), "{what}: assertions left waiting: {waiting:?}");
+    let waiting = v["waiting_on_server"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        waiting.is_empty(),
+        "{what}: assertions left waiting: {waiting:?}"
+    );
     assert!(v["checks"].as_u64().unwrap_or(0) > 0, "{what}: {v}");
 }
 
@@ -77,10 +97,17 @@ fn openrlhf_posts_one_sample_per_call_and_gets_groups_judged() {
     let samples = v["samples"].as_array().unwrap();
     assert_eq!(samples.len(), 8, "{v}");
     for s in samples {
-        assert_eq!(s["extra_logs"]["grm/group_size"], serde_json::json!([4]), "{s}");
+        assert_eq!(
+            s["extra_logs"]["grm/group_size"],
+            serde_json::json!([4]),
+            "{s}"
+        );
     }
     let (_, scrape) = http(&s.http(), "GET", "/metrics", b"");
-    assert!(metric(&scrape, "grm_groups_total{outcome=\"complete\"}") >= 2.0, "{scrape}");
+    assert!(
+        metric(&scrape, "grm_groups_total{outcome=\"complete\"}") >= 2.0,
+        "{scrape}"
+    );
 }
 
 #[test]

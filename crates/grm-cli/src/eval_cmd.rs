@@ -212,7 +212,10 @@ fn parse_rule(spec: &str) -> Result<(String, grm_judge::adaptive::Rule)> {
     use grm_judge::adaptive::Rule;
     match spec.split_once(':') {
         None if spec == "exact" => Ok((spec.into(), Rule::Exact)),
-        None if spec == "confident" => Ok(("confident:0.99".into(), Rule::Confident { confidence: 0.99 })),
+        None if spec == "confident" => Ok((
+            "confident:0.99".into(),
+            Rule::Confident { confidence: 0.99 },
+        )),
         Some(("confident", c)) => match c.parse::<f64>() {
             Ok(c) if c > 0.0 && c < 1.0 => Ok((spec.into(), Rule::Confident { confidence: c })),
             _ => bail!("--adaptive {spec}: the confidence must lie in (0, 1)"),
@@ -236,7 +239,10 @@ pub fn adaptive_report(
     let n_items = items.len().max(1) as f64;
     let tokens_per_judgement = {
         let (t, c) = items.iter().fold((0u64, 0usize), |(t, c), (_, d, _)| {
-            (t + d.tokens.iter().map(|&x| u64::from(x)).sum::<u64>(), c + d.tokens.len())
+            (
+                t + d.tokens.iter().map(|&x| u64::from(x)).sum::<u64>(),
+                c + d.tokens.len(),
+            )
         });
         t as f64 / c.max(1) as f64
     };
@@ -263,7 +269,10 @@ pub fn adaptive_report(
                     let m = adaptive_used(d, n, *rule, k_meta, wave, &order, seed);
                     let used = &order[..m];
                     u += m as f64;
-                    t += used.iter().map(|&i| f64::from(d.tokens.get(i).copied().unwrap_or(0))).sum::<f64>();
+                    t += used
+                        .iter()
+                        .map(|&i| f64::from(d.tokens.get(i).copied().unwrap_or(0)))
+                        .sum::<f64>();
                     if single {
                         scores[draw].push(item_mean_score(d, used, k_meta));
                     } else {
@@ -276,8 +285,12 @@ pub fn adaptive_report(
                 tokens_total += t / runs;
             }
             if single {
-                let positive: Vec<bool> = items.iter().map(|(i, _, _)| i.correct == Some(true)).collect();
-                value = scores.iter().map(|s| roc_auc(s, &positive)).sum::<f64>() / scores.len() as f64;
+                let positive: Vec<bool> = items
+                    .iter()
+                    .map(|(i, _, _)| i.correct == Some(true))
+                    .collect();
+                value =
+                    scores.iter().map(|s| roc_auc(s, &positive)).sum::<f64>() / scores.len() as f64;
             } else {
                 value /= n_items;
             }
@@ -458,18 +471,22 @@ pub fn run(a: EvalArgs) -> Result<()> {
 
 /// The judgements an earlier run kept (one ScoreResponse as JSON per line), by request id.
 fn read_judgements(path: &std::path::Path) -> Result<HashMap<String, Drawn>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = HashMap::new();
     for (n, line) in text.lines().enumerate() {
         let v: Value = serde_json::from_str(line)
             .with_context(|| format!("{} line {}", path.display(), n + 1))?;
         let mut d = Drawn::default();
         for s in v["samples"].as_array().into_iter().flatten() {
-            d.ballots.push(s["scores"]["original"].as_array().map(|a| {
-                a.iter().map(|x| x.as_u64().unwrap_or(0) as u8).collect()
-            }));
+            d.ballots.push(
+                s["scores"]["original"]
+                    .as_array()
+                    .map(|a| a.iter().map(|x| x.as_u64().unwrap_or(0) as u8).collect()),
+            );
             d.meta.push(s["meta_score"].as_f64().map(|m| m as f32));
-            d.tokens.push(s["generated_tokens"].as_u64().unwrap_or(0) as u32);
+            d.tokens
+                .push(s["generated_tokens"].as_u64().unwrap_or(0) as u32);
         }
         out.insert(v["id"].as_str().unwrap_or_default().to_string(), d);
     }
@@ -559,8 +576,11 @@ fn eval_rows(
             .or_default()
             .push((it, d.clone(), g.clone()));
     }
-    let rules: Vec<(String, grm_judge::adaptive::Rule)> =
-        a.adaptive.iter().map(|s| parse_rule(s)).collect::<Result<_>>()?;
+    let rules: Vec<(String, grm_judge::adaptive::Rule)> = a
+        .adaptive
+        .iter()
+        .map(|s| parse_rule(s))
+        .collect::<Result<_>>()?;
     let mut overall = score_items(&rows, ks, a.draws);
     if !rules.is_empty() {
         overall["adaptive"] = adaptive_report(&rows, ks, &rules, a.first_wave, a.adaptive_draws);
@@ -659,7 +679,11 @@ fn print_summary(o: &Value) {
         eprintln!(
             "adaptive {}{}: {:.1}% with {:.1} judgements, {:.0} tokens per item",
             r["rule"].as_str().unwrap_or(""),
-            if r["meta_rm"].as_bool() == Some(true) { " + meta-RM" } else { "" },
+            if r["meta_rm"].as_bool() == Some(true) {
+                " + meta-RM"
+            } else {
+                ""
+            },
             r["value"].as_f64().unwrap_or(0.0) * 100.0,
             r["judgements"].as_f64().unwrap_or(0.0),
             r["tokens"].as_f64().unwrap_or(0.0)
@@ -679,28 +703,47 @@ fn print_summary(o: &Value) {
 
 /// Accuracy against generated tokens per item: fixed k as lines, adaptive rules as points.
 fn tokens_chart(o: &Value, items: usize, input: &std::path::Path) -> Chart {
-    let per = o["adaptive"]["tokens_per_judgement"].as_f64().unwrap_or(1.0);
+    let per = o["adaptive"]["tokens_per_judgement"]
+        .as_f64()
+        .unwrap_or(1.0);
     let line = |name: &str, color: &'static str, key: &str| Series {
         name: name.into(),
         color,
-        points: points(&o[key]).into_iter().map(|(k, v)| (k as f64 * per, v)).collect(),
+        points: points(&o[key])
+            .into_iter()
+            .map(|(k, v)| (k as f64 * per, v))
+            .collect(),
         line: true,
     };
     let mut series = vec![line("voting@k", "#1f6fb4", "voting")];
     if o["meta_rm"].is_array() {
         series.push(line("meta-RM@k", "#e0701b", "meta_rm"));
     }
-    let colors = ["#2ca02c", "#9467bd", "#d62728", "#8c564b", "#17becf", "#bcbd22", "#e377c2", "#7f7f7f"];
-    for (i, r) in o["adaptive"]["rules"].as_array().into_iter().flatten().enumerate() {
+    let colors = [
+        "#2ca02c", "#9467bd", "#d62728", "#8c564b", "#17becf", "#bcbd22", "#e377c2", "#7f7f7f",
+    ];
+    for (i, r) in o["adaptive"]["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         let name = format!(
             "{}{}",
             r["rule"].as_str().unwrap_or(""),
-            if r["meta_rm"].as_bool() == Some(true) { " + meta" } else { "" }
+            if r["meta_rm"].as_bool() == Some(true) {
+                " + meta"
+            } else {
+                ""
+            }
         );
         series.push(Series {
             name,
             color: colors[i % colors.len()],
-            points: vec![(r["tokens"].as_f64().unwrap_or(0.0), r["value"].as_f64().unwrap_or(0.0))],
+            points: vec![(
+                r["tokens"].as_f64().unwrap_or(0.0),
+                r["value"].as_f64().unwrap_or(0.0),
+            )],
             line: false,
         });
     }
@@ -712,10 +755,20 @@ fn tokens_chart(o: &Value, items: usize, input: &std::path::Path) -> Chart {
     Chart {
         title: format!(
             "{} against tokens, {items} items: {}",
-            if metric == "roc_auc" { "ROC-AUC" } else { "Accuracy" },
-            input.file_name().map_or(String::new(), |f| f.to_string_lossy().into_owned())
+            if metric == "roc_auc" {
+                "ROC-AUC"
+            } else {
+                "Accuracy"
+            },
+            input
+                .file_name()
+                .map_or(String::new(), |f| f.to_string_lossy().into_owned())
         ),
-        y_label: if metric == "roc_auc" { "ROC-AUC".into() } else { "accuracy".into() },
+        y_label: if metric == "roc_auc" {
+            "ROC-AUC".into()
+        } else {
+            "accuracy".into()
+        },
         x_label: "generated tokens per item (log scale; fixed k at the ticks)".into(),
         x_ticks: ticks,
         series,

@@ -77,11 +77,12 @@ fn request(a: &ScoreArgs) -> Result<ScoreRequest> {
     s.max_new_tokens = a.max_new_tokens.or(s.max_new_tokens);
     let mut req = r.to_proto()?;
     if let Some(rule) = &a.adaptive {
-        req.sampling.get_or_insert_with(Default::default).adaptive = Some(grm_proto::v1::Adaptive {
-            rule: rule.clone(),
-            confidence: a.confidence,
-            first_wave: 0,
-        });
+        req.sampling.get_or_insert_with(Default::default).adaptive =
+            Some(grm_proto::v1::Adaptive {
+                rule: rule.clone(),
+                confidence: a.confidence,
+                first_wave: 0,
+            });
     }
     Ok(req)
 }

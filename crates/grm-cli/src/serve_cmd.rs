@@ -10,10 +10,10 @@ use grm_cluster::chunking::ChunkPolicy;
 use grm_cluster::dispatch::DispatchOptions;
 use grm_cluster::etcd;
 use grm_cluster::http::{self, HttpOptions};
+use grm_cluster::http_server::{serve_http, HttpLimits};
 use grm_cluster::members::{self, Member, Members, Role};
 use grm_cluster::pool::Pool;
 use grm_cluster::router::{Router, RouterOptions};
-use grm_cluster::http_server::{serve_http, HttpLimits};
 use grm_cluster::server::{bind, serve_grpc, termination, Services};
 use grm_cluster::tls::{Tls, TlsFiles};
 use grm_cluster::validation::Limits;
@@ -205,9 +205,8 @@ impl EngineFlags {
         if model.backend().kv_memory_budget().is_some() {
             return None;
         }
-        let contexts = DEFAULT_KV_CONTEXTS
-            * model.config.max_position_embeddings
-            * model.kv_bytes_per_token();
+        let contexts =
+            DEFAULT_KV_CONTEXTS * model.config.max_position_embeddings * model.kv_bytes_per_token();
         let quarter = grm_engine::engine::available_memory().map_or(1 << 30, |m| m / 4);
         Some(part(contexts.min(quarter)).max(1 << 20))
     }
@@ -793,10 +792,24 @@ async fn run_router(
         None => None,
     };
     let template = Arc::new(crate::judge_cmd::load_template(flags.template.as_ref())?);
-    let grm = Pool::with_tls(Role::Grm, members.clone(), tls.client.clone(), token.clone());
-    let meta = Pool::with_tls(Role::MetaRm, members.clone(), tls.client.clone(), token.clone());
-    let aggregators =
-        Pool::with_tls(Role::Aggregator, members.clone(), tls.client.clone(), token.clone());
+    let grm = Pool::with_tls(
+        Role::Grm,
+        members.clone(),
+        tls.client.clone(),
+        token.clone(),
+    );
+    let meta = Pool::with_tls(
+        Role::MetaRm,
+        members.clone(),
+        tls.client.clone(),
+        token.clone(),
+    );
+    let aggregators = Pool::with_tls(
+        Role::Aggregator,
+        members.clone(),
+        tls.client.clone(),
+        token.clone(),
+    );
     let routers = registered
         .is_some()
         .then(|| Pool::with_tls(Role::Router, members, tls.client, token));
@@ -963,7 +976,11 @@ pub async fn local_router(
     ] {
         let Some(dir) = dir else { continue };
         let (e, t) = engine.start(dir, share)?;
-        workers.push(Worker::new(e, t, worker_options(model_name(dir, None), role)));
+        workers.push(Worker::new(
+            e,
+            t,
+            worker_options(model_name(dir, None), role),
+        ));
     }
     let token = BearerToken::random();
     // Nobody stops these: they live as long as the command.

@@ -41,7 +41,12 @@ impl Router {
         let (n, k) = (v.input.responses.len(), v.k);
         let meta = me.local.has_meta();
         let k_meta = meta.then(|| v.k_meta.unwrap_or_else(|| grm_judge::default_k_meta(k)));
-        let mut plan = Plan { n, k, k_meta, seed: v.seed };
+        let mut plan = Plan {
+            n,
+            k,
+            k_meta,
+            seed: v.seed,
+        };
         // Enough to keep every worker busy with a full chunk, at least 4.
         let wave = match first_wave {
             0 => (me.grm.peers().len().max(1) * me.opts.dispatch.policy.max_samples).max(4),
@@ -70,7 +75,8 @@ impl Router {
                     })
                 })
                 .collect();
-            let prompts: Vec<dispatch::Prompt> = used.iter().map(|&p| work.prompts[p].clone()).collect();
+            let prompts: Vec<dispatch::Prompt> =
+                used.iter().map(|&p| work.prompts[p].clone()).collect();
             let seeds = work.seeds[from..to].to_vec();
             // Without a meta RM, weigh each judgement as it arrives.
             let weigh = |local: usize, g: &Generated| -> bool {
@@ -101,7 +107,10 @@ impl Router {
                 total.judgements[from + local] = g;
             }
             if plan.k_meta.is_some() {
-                if let Err(why) = self.meta_score_wave(v, req, &total, orders, &mut metas).await {
+                if let Err(why) = self
+                    .meta_score_wave(v, req, &total, orders, &mut metas)
+                    .await
+                {
                     // The meta RM cannot score: go on (and answer) with plain voting.
                     tracing::warn!(request = v.id, error = %why, "meta-RM scoring failed during adaptive sampling; plain voting");
                     plan.k_meta = None;

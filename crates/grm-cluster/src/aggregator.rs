@@ -222,11 +222,16 @@ impl Aggregator {
             .as_ref()
             .ok_or_else(|| Status::failed_precondition("no meta-RM worker"))?;
         let wanted: Vec<usize> = (0..js.len())
-            .filter(|&i| js[i].meta_score.is_none() && grm_judge::extract_scores(&js[i].text, n).is_ok())
+            .filter(|&i| {
+                js[i].meta_score.is_none() && grm_judge::extract_scores(&js[i].text, n).is_ok()
+            })
             .collect();
         let marked: Vec<grm_judge::Marked> = wanted
             .iter()
-            .map(|&i| self.template.meta_input_marked(input, &js[i].order, &js[i].text))
+            .map(|&i| {
+                self.template
+                    .meta_input_marked(input, &js[i].order, &js[i].text)
+            })
             .collect();
         let mut tokens = 0;
         let calls = marked.chunks(self.meta_batch).zip(wanted.chunks(self.meta_batch)).map(|(batch, idx)| {

@@ -177,21 +177,36 @@ mod tests {
         let chatml = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n";
         let llama3 = "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nWhat is 2+2?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n";
         let mistral = "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nWhat is 2+2? [/INST]";
-        for (p, f) in [(chatml, Format::ChatMl), (llama3, Format::Llama3), (mistral, Format::Mistral)] {
+        for (p, f) in [
+            (chatml, Format::ChatMl),
+            (llama3, Format::Llama3),
+            (mistral, Format::Mistral),
+        ] {
             assert_eq!(format_of(p), f);
             assert_eq!(roles(&conversation(p)), want, "{f:?}");
         }
         let gemma = "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n<start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n";
         assert_eq!(
             roles(&conversation(gemma)),
-            vec![("user", "Hi"), ("assistant", "Hello!"), ("user", "What is 2+2?")]
+            vec![
+                ("user", "Hi"),
+                ("assistant", "Hello!"),
+                ("user", "What is 2+2?")
+            ]
         );
         let multi = "<s>[INST] Hi [/INST] Hello!</s>[INST] What is 2+2? [/INST]";
         assert_eq!(
             roles(&conversation(multi)),
-            vec![("user", "Hi"), ("assistant", "Hello!"), ("user", "What is 2+2?")]
+            vec![
+                ("user", "Hi"),
+                ("assistant", "Hello!"),
+                ("user", "What is 2+2?")
+            ]
         );
-        assert_eq!(roles(&conversation("What is 2+2?")), vec![("user", "What is 2+2?")]);
+        assert_eq!(
+            roles(&conversation("What is 2+2?")),
+            vec![("user", "What is 2+2?")]
+        );
     }
 
     #[test]
@@ -200,7 +215,10 @@ mod tests {
         let q = format!("{p}4<end_of_turn><eos>");
         assert_eq!(response_of(&q, p), Some("4"));
         let p = "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n";
-        assert_eq!(response_of(&format!("{p}The answer is 4.<|im_end|>\n"), p), Some("The answer is 4."));
+        assert_eq!(
+            response_of(&format!("{p}The answer is 4.<|im_end|>\n"), p),
+            Some("The answer is 4.")
+        );
         // A prompt cut from the left: found from the policy's turn.
         let cut = "<|im_start|>assistant\nfour<|im_end|><|endoftext|>";
         assert_eq!(response_of(cut, p), Some("four"));

@@ -50,11 +50,18 @@ pub struct Chunk {
 
 /// Orders samples by their prompts' text (`prompts[prompt_of[s]]` is sample s's) and cuts
 /// them into chunks of at most `max_samples`.
-pub fn chunks<T: AsRef<str>>(prompts: &[T], prompt_of: &[usize], policy: ChunkPolicy) -> Vec<Chunk> {
+pub fn chunks<T: AsRef<str>>(
+    prompts: &[T],
+    prompt_of: &[usize],
+    policy: ChunkPolicy,
+) -> Vec<Chunk> {
     let mut order: Vec<u32> = (0..prompt_of.len() as u32).collect();
     order.sort_by(|&a, &b| {
         let (pa, pb) = (prompt_of[a as usize], prompt_of[b as usize]);
-        prompts[pa].as_ref().cmp(prompts[pb].as_ref()).then(a.cmp(&b))
+        prompts[pa]
+            .as_ref()
+            .cmp(prompts[pb].as_ref())
+            .then(a.cmp(&b))
     });
     order
         .chunks(policy.max_samples.max(1))
@@ -83,7 +90,10 @@ pub fn distinct_bytes<T: AsRef<str>>(texts: &[T]) -> usize {
     let mut total = 0;
     for (i, t) in sorted.iter().enumerate() {
         let shared = i.checked_sub(1).map_or(0, |j| {
-            t.bytes().zip(sorted[j].bytes()).take_while(|(a, b)| a == b).count()
+            t.bytes()
+                .zip(sorted[j].bytes())
+                .take_while(|(a, b)| a == b)
+                .count()
         });
         total += t.len() - shared;
     }
@@ -177,7 +187,10 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(distinct_bytes(&prompts), "header A then 1".len() + 1 + "B".len());
+        assert_eq!(
+            distinct_bytes(&prompts),
+            "header A then 1".len() + 1 + "B".len()
+        );
     }
 
     #[test]

@@ -235,9 +235,11 @@ async fn run_chunk(
             samples = remaining.len(),
             attempt
         );
-        match attempt_chunk(pool, &peer, work, &remaining, bytes, &state, &mut guard, opts)
-            .instrument(span)
-            .await
+        match attempt_chunk(
+            pool, &peer, work, &remaining, bytes, &state, &mut guard, opts,
+        )
+        .instrument(span)
+        .await
         {
             Ok(()) => only_too_large = false,
             Err(Failure::Fatal(s)) => return Err(s),
@@ -352,7 +354,11 @@ async fn attempt_chunk(
             at as u32
         })
         .collect();
-    let client_text = |p: &Prompt| Some(grm_proto::v1::ClientText { bounds: p.client.clone() });
+    let client_text = |p: &Prompt| {
+        Some(grm_proto::v1::ClientText {
+            bounds: p.client.clone(),
+        })
+    };
     let mut req = GenerateRequest {
         request_id: work.request_id.to_string(),
         sample_indices: samples.to_vec(),

@@ -35,7 +35,10 @@ pub fn inbound_status(s: Status) -> Status {
                 [found, limit, ..] => format!(
                     "the request is {found} bytes; the limit is {limit} bytes (--max-request-bytes)"
                 ),
-                _ => format!("the request is too large (--max-request-bytes): {}", s.message()),
+                _ => format!(
+                    "the request is too large (--max-request-bytes): {}",
+                    s.message()
+                ),
             };
             Status::resource_exhausted(msg)
         }
@@ -54,7 +57,11 @@ impl<S: NamedService> NamedService for PublicErrors<S> {
 
 impl<S, B> tonic::codegen::Service<http::Request<B>> for PublicErrors<S>
 where
-    S: tonic::codegen::Service<http::Request<B>, Response = http::Response<Body>, Error = Infallible>,
+    S: tonic::codegen::Service<
+        http::Request<B>,
+        Response = http::Response<Body>,
+        Error = Infallible,
+    >,
     S::Future: Send + 'static,
 {
     type Response = http::Response<Body>;

@@ -149,8 +149,9 @@ pub async fn get_reward(
             Some(r) => responses.push(r.to_string()),
             None => {
                 return bad(format!(
-                    "query[{i}] does not start with prompts[{i}], nor holds the policy's turn after it"
-                ))
+                    "query[{i}] does not start with prompts[{i}], \
+                     nor holds the policy's turn after it"
+                ));
             }
         }
     }

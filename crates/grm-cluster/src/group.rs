@@ -80,7 +80,10 @@ pub struct Barrier {
 }
 
 /// Checks a member's `group` field against the limits; returns (key, size, wait).
-pub fn check(req: &ScoreRequest, limits: &GroupLimits) -> Result<(String, usize, Duration), Status> {
+pub fn check(
+    req: &ScoreRequest,
+    limits: &GroupLimits,
+) -> Result<(String, usize, Duration), Status> {
     let Some(g) = &req.group else {
         return Err(Status::internal("not a group member"));
     };
@@ -301,8 +304,14 @@ mod tests {
         let b = Barrier::default();
         let l = GroupLimits::default();
         let w = Duration::from_secs(1);
-        assert!(matches!(b.join("g", 4, w, member("a", &["x"]), &l), Ok(Joined::First(_, 0))));
-        assert!(matches!(b.join("g", 4, w, member("b", &["y", "z"]), &l), Ok(Joined::Waiting)));
+        assert!(matches!(
+            b.join("g", 4, w, member("a", &["x"]), &l),
+            Ok(Joined::First(_, 0))
+        ));
+        assert!(matches!(
+            b.join("g", 4, w, member("b", &["y", "z"]), &l),
+            Ok(Joined::Waiting)
+        ));
         match b.join("g", 4, w, member("c", &["x"]), &l) {
             Ok(Joined::Complete(f)) => {
                 assert_eq!(f.members.len(), 3);
@@ -313,7 +322,10 @@ mod tests {
         }
         assert_eq!(b.forming(), 0);
         // A stale wait does not take a new group of the same key.
-        assert!(matches!(b.join("g", 4, w, member("d", &["q"]), &l), Ok(Joined::First(_, 1))));
+        assert!(matches!(
+            b.join("g", 4, w, member("d", &["q"]), &l),
+            Ok(Joined::First(_, 1))
+        ));
         assert!(b.expire("g", 0).is_none());
         let f = b.expire("g", 1).expect("its own wait");
         assert!(f.partial);

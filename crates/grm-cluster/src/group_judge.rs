@@ -51,7 +51,10 @@ impl Router {
             arrived: Instant::now(),
             answer: tx,
         };
-        match me.barrier.join(&key, expected, wait, member, &me.opts.groups) {
+        match me
+            .barrier
+            .join(&key, expected, wait, member, &me.opts.groups)
+        {
             Err((_, s)) => {
                 me.metrics.group_outcome("refused");
                 return Err(s);
@@ -120,7 +123,10 @@ impl Router {
             r.metadata_mut().insert("authorization", v);
         }
         if let Some(d) = deadline {
-            r.set_timeout(d.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
+            r.set_timeout(
+                d.saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1)),
+            );
         }
         client.score(r).await.map(tonic::Response::into_inner)
     }
@@ -135,7 +141,10 @@ impl Router {
             partial,
         } = formed;
         // Members whose callers went away are left out.
-        let members: Vec<Member> = members.into_iter().filter(|m| !m.answer.is_closed()).collect();
+        let members: Vec<Member> = members
+            .into_iter()
+            .filter(|m| !m.answer.is_closed())
+            .collect();
         let Some(first) = members.first().map(|m| m.req.clone()) else {
             return;
         };
@@ -153,8 +162,11 @@ impl Router {
         let responses: usize = members.iter().map(|m| m.req.responses.len()).sum();
         let now = Instant::now();
         let waited = members.first().map_or(Duration::ZERO, |m| now - m.arrived);
-        me.metrics
-            .group_judged(if partial { "partial" } else { "complete" }, texts.len(), waited);
+        me.metrics.group_judged(
+            if partial { "partial" } else { "complete" },
+            texts.len(),
+            waited,
+        );
         let deadline = members.iter().map(|m| m.deadline).max().flatten();
         let sampling = first.sampling.clone().unwrap_or_default();
         let seed = sampling

@@ -5,11 +5,11 @@
 use crate::get_reward::RewardParams;
 use crate::http_server::json_error as error;
 use crate::metrics::{encode, engine_registry, wants_openmetrics, Scrape};
-use axum::http::HeaderMap;
 use crate::router::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -113,7 +113,12 @@ async fn get_reward(
 ) -> Response {
     let p = match params {
         Ok(Query(p)) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("query string: {}", e.body_text())),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("query string: {}", e.body_text()),
+            )
+        }
     };
     let authorization = headers
         .get(axum::http::header::AUTHORIZATION)

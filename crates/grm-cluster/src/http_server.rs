@@ -333,7 +333,10 @@ async fn read_body(
         let mut stream = body.into_data_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {
-                json_error(StatusCode::BAD_REQUEST, format!("reading the request body: {e}"))
+                json_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the request body: {e}"),
+                )
             })?;
             if buf.len() + chunk.len() > limits.max_body_bytes {
                 return Err(too_large());
@@ -357,7 +360,8 @@ async fn read_body(
                 b.fetch_add(1, Ordering::SeqCst);
             }
             let _guard = BusyGuard(busy);
-            next.run(Request::from_parts(parts, Body::from(bytes))).await
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
         }
     }
 }

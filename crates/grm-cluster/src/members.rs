@@ -39,7 +39,9 @@ impl std::str::FromStr for Role {
             "meta-rm" => Ok(Role::MetaRm),
             "aggregator" => Ok(Role::Aggregator),
             "router" => Ok(Role::Router),
-            _ => Err(format!("role {s:?} is not one of grm, meta-rm, aggregator, router")),
+            _ => Err(format!(
+                "role {s:?} is not one of grm, meta-rm, aggregator, router"
+            )),
         }
     }
 }

@@ -141,24 +141,84 @@ impl Default for RouterMetrics {
         let r = &mut m.registry;
         r.register("grm_score_requests", "Scoring requests answered (Score, each ScoreStream item, /get_reward batches), by gRPC status code.", m.requests.clone());
         r.register("grm_score_request_duration_seconds", "Time to answer a scoring request, from validation to the vote (exemplars: the request's trace id).", m.duration.clone());
-        r.register("grm_score_requests_in_flight", "Scoring requests being served now (the router's queue; bounded by --max-inflight).", m.in_flight.clone());
-        r.register("grm_prompt_tokens", "Prompt tokens of the judgements generated (cached ones included).", m.prompt_tokens.clone());
-        r.register("grm_cached_prompt_tokens", "Prompt tokens served from shared or cached KV blocks.", m.cached_prompt_tokens.clone());
-        r.register("grm_generated_tokens", "Tokens generated in judgements.", m.generated_tokens.clone());
-        r.register("grm_judgements_voted", "Judgements whose scores were counted in a vote.", m.voted.clone());
-        r.register("grm_judgements_invalid", "Judgements that cast no vote (no well-formed scores).", m.invalid.clone());
-        r.register("grm_judgements_invalid_by_reason", "Invalid judgements by reason (counted where samples are returned).", m.invalid_by_reason.clone());
+        r.register(
+            "grm_score_requests_in_flight",
+            "Scoring requests being served now (the router's queue; bounded by --max-inflight).",
+            m.in_flight.clone(),
+        );
+        r.register(
+            "grm_prompt_tokens",
+            "Prompt tokens of the judgements generated (cached ones included).",
+            m.prompt_tokens.clone(),
+        );
+        r.register(
+            "grm_cached_prompt_tokens",
+            "Prompt tokens served from shared or cached KV blocks.",
+            m.cached_prompt_tokens.clone(),
+        );
+        r.register(
+            "grm_generated_tokens",
+            "Tokens generated in judgements.",
+            m.generated_tokens.clone(),
+        );
+        r.register(
+            "grm_judgements_voted",
+            "Judgements whose scores were counted in a vote.",
+            m.voted.clone(),
+        );
+        r.register(
+            "grm_judgements_invalid",
+            "Judgements that cast no vote (no well-formed scores).",
+            m.invalid.clone(),
+        );
+        r.register(
+            "grm_judgements_invalid_by_reason",
+            "Invalid judgements by reason (counted where samples are returned).",
+            m.invalid_by_reason.clone(),
+        );
         r.register("grm_judgements_meta_filtered", "Valid judgements the meta RM left out of the vote (counted where samples are returned).", m.meta_filtered.clone());
         r.register("grm_meta_fallbacks", "Requests answered by plain voting because the meta RM could not score their judgements.", m.meta_fallbacks.clone());
-        r.register("grm_vote_margin", "Reward of the best response minus the runner-up's, per vote, in score points.", m.margin.clone());
-        r.register("grm_workers_live", "Live members by role, as this router sees them.", m.workers_live.clone());
+        r.register(
+            "grm_vote_margin",
+            "Reward of the best response minus the runner-up's, per vote, in score points.",
+            m.margin.clone(),
+        );
+        r.register(
+            "grm_workers_live",
+            "Live members by role, as this router sees them.",
+            m.workers_live.clone(),
+        );
         r.register("grm_groups", "Groups of members (trainers' one-sample calls) judged together, by outcome: complete, partial (the wait ended first), refused (--max-groups).", m.groups.clone());
-        r.register("grm_group_size", "Distinct responses judged together per group.", m.group_size.clone());
-        r.register("grm_group_wait_seconds", "From a group's first member to its judgement.", m.group_wait.clone());
-        r.register("grm_groups_forming", "Groups whose members are arriving now.", m.groups_forming.clone());
-        r.register("grm_group_members_forwarded", "Group members sent on to the router that owns their group.", m.groups_forwarded.clone());
-        r.register("grm_adaptive_requests", "Adaptive-k requests, by whether sampling stopped before k (early) or ran to k (at_k).", m.adaptive.clone());
-        r.register("grm_judgements_saved", "Judgements adaptive sampling did not draw (k minus those drawn).", m.judgements_saved.clone());
+        r.register(
+            "grm_group_size",
+            "Distinct responses judged together per group.",
+            m.group_size.clone(),
+        );
+        r.register(
+            "grm_group_wait_seconds",
+            "From a group's first member to its judgement.",
+            m.group_wait.clone(),
+        );
+        r.register(
+            "grm_groups_forming",
+            "Groups whose members are arriving now.",
+            m.groups_forming.clone(),
+        );
+        r.register(
+            "grm_group_members_forwarded",
+            "Group members sent on to the router that owns their group.",
+            m.groups_forwarded.clone(),
+        );
+        r.register(
+            "grm_adaptive_requests",
+            "Adaptive-k requests, by whether sampling stopped before k (early) or ran to k (at_k).",
+            m.adaptive.clone(),
+        );
+        r.register(
+            "grm_judgements_saved",
+            "Judgements adaptive sampling did not draw (k minus those drawn).",
+            m.judgements_saved.clone(),
+        );
         m
     }
 }
@@ -234,8 +294,7 @@ impl RouterMetrics {
         self.adaptive
             .get_or_create(&labels(&[("stopped", outcome)]))
             .inc();
-        self.judgements_saved
-            .inc_by(k.saturating_sub(used) as u64);
+        self.judgements_saved.inc_by(k.saturating_sub(used) as u64);
     }
 
     fn record_judged(&self, r: &ScoreResponse) {
@@ -310,9 +369,21 @@ impl Collector for EngineCollector {
         }
         type Get = fn(&EngineStats) -> u64;
         let gauges: [(&str, &str, Get); 3] = [
-            ("grm_running_sequences", "Sequences in the running batch.", |s| s.scheduler.running as u64),
-            ("grm_waiting_sequences", "Sequences waiting for admission.", |s| s.scheduler.waiting as u64),
-            ("grm_queued_prompt_tokens", "Prompt tokens the queued and running work still has to compute.", |s| s.scheduler.queued_tokens as u64),
+            (
+                "grm_running_sequences",
+                "Sequences in the running batch.",
+                |s| s.scheduler.running as u64,
+            ),
+            (
+                "grm_waiting_sequences",
+                "Sequences waiting for admission.",
+                |s| s.scheduler.waiting as u64,
+            ),
+            (
+                "grm_queued_prompt_tokens",
+                "Prompt tokens the queued and running work still has to compute.",
+                |s| s.scheduler.queued_tokens as u64,
+            ),
         ];
         for (name, help, get) in gauges {
             let mut family =
@@ -323,16 +394,42 @@ impl Collector for EngineCollector {
             }
         }
         let counters: [(&str, &str, Get); 6] = [
-            ("grm_engine_steps", "Engine steps (one batched forward pass each).", |s| s.scheduler.steps),
-            ("grm_engine_prompt_tokens_computed", "Prompt tokens computed (not served from cache).", |s| s.scheduler.prompt_tokens_computed),
-            ("grm_engine_generated_tokens", "Tokens generated.", |s| s.scheduler.generated_tokens),
-            ("grm_engine_preemptions", "Sequences preempted for lack of KV blocks (recomputed later).", |s| s.scheduler.preemptions),
-            ("grm_prefix_cache_lookups", "Prompt blocks looked up in the prefix cache.", |s| s.kv.prefix_lookups),
-            ("grm_prefix_cache_hits", "Prompt blocks found in the prefix cache.", |s| s.kv.prefix_hits),
+            (
+                "grm_engine_steps",
+                "Engine steps (one batched forward pass each).",
+                |s| s.scheduler.steps,
+            ),
+            (
+                "grm_engine_prompt_tokens_computed",
+                "Prompt tokens computed (not served from cache).",
+                |s| s.scheduler.prompt_tokens_computed,
+            ),
+            ("grm_engine_generated_tokens", "Tokens generated.", |s| {
+                s.scheduler.generated_tokens
+            }),
+            (
+                "grm_engine_preemptions",
+                "Sequences preempted for lack of KV blocks (recomputed later).",
+                |s| s.scheduler.preemptions,
+            ),
+            (
+                "grm_prefix_cache_lookups",
+                "Prompt blocks looked up in the prefix cache.",
+                |s| s.kv.prefix_lookups,
+            ),
+            (
+                "grm_prefix_cache_hits",
+                "Prompt blocks found in the prefix cache.",
+                |s| s.kv.prefix_hits,
+            ),
         ];
         for (name, help, get) in counters {
-            let mut family =
-                encoder.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
             for (role, s) in &self.engines {
                 ConstCounter::new(get(s))
                     .encode(family.encode_family(&labels(&[("role", role)]))?)?;
@@ -390,12 +487,32 @@ impl Default for AggregatorMetrics {
             workers_live: Family::default(),
         };
         let r = &mut m.registry;
-        r.register("grm_aggregate_requests", "Aggregate calls answered, by gRPC status code.", m.requests.clone());
+        r.register(
+            "grm_aggregate_requests",
+            "Aggregate calls answered, by gRPC status code.",
+            m.requests.clone(),
+        );
         r.register("grm_aggregate_duration_seconds", "Time to aggregate one request (meta-RM scoring, filtering, voting; exemplars: the request's trace id).", m.duration.clone());
-        r.register("grm_meta_rm_calls", "Calls to meta-RM workers, by outcome (ok, retried, failed).", m.meta_calls.clone());
-        r.register("grm_meta_rm_scored_judgements", "Judgements scored by the meta RM.", m.meta_texts.clone());
-        r.register("grm_aggregate_meta_fallbacks", "Requests voted over every valid judgement because the meta RM could not score them.", m.meta_fallbacks.clone());
-        r.register("grm_workers_live", "Live members by role, as this node sees them.", m.workers_live.clone());
+        r.register(
+            "grm_meta_rm_calls",
+            "Calls to meta-RM workers, by outcome (ok, retried, failed).",
+            m.meta_calls.clone(),
+        );
+        r.register(
+            "grm_meta_rm_scored_judgements",
+            "Judgements scored by the meta RM.",
+            m.meta_texts.clone(),
+        );
+        r.register(
+            "grm_aggregate_meta_fallbacks",
+            "Requests voted over every valid judgement because the meta RM could not score them.",
+            m.meta_fallbacks.clone(),
+        );
+        r.register(
+            "grm_workers_live",
+            "Live members by role, as this node sees them.",
+            m.workers_live.clone(),
+        );
         m
     }
 }
@@ -442,7 +559,11 @@ mod tests {
     fn both_formats_carry_the_same_series_and_openmetrics_the_exemplars() {
         let m = RouterMetrics::default();
         let ok = ScoreResponse::default();
-        m.record(Ok(&ok), 0.3, Some("4bf92f3577b34da6a3ce929d0e0e4736".into()));
+        m.record(
+            Ok(&ok),
+            0.3,
+            Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+        );
         m.record(Err(tonic::Code::InvalidArgument), 0.001, None);
         m.set_gauges(&RouterGauges {
             in_flight: 2,
@@ -450,7 +571,10 @@ mod tests {
             groups_forming: 0,
         });
         let text = encode(&[m.registry()], false);
-        assert_eq!(text.content_type, "text/plain; version=0.0.4; charset=utf-8");
+        assert_eq!(
+            text.content_type,
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
         for series in [
             "grm_score_requests_total{code=\"OK\"} 1",
             "grm_score_requests_total{code=\"INVALID_ARGUMENT\"} 1",
@@ -459,9 +583,16 @@ mod tests {
             "grm_score_requests_in_flight 2",
             "grm_workers_live{role=\"grm\"} 3",
         ] {
-            assert!(text.body.lines().any(|l| l == series), "{series} in\n{}", text.body);
+            assert!(
+                text.body.lines().any(|l| l == series),
+                "{series} in\n{}",
+                text.body
+            );
         }
-        assert!(!text.body.contains("trace_id"), "no exemplars in Prometheus text");
+        assert!(
+            !text.body.contains("trace_id"),
+            "no exemplars in Prometheus text"
+        );
         let om = encode(&[m.registry()], true);
         assert!(om.content_type.starts_with("application/openmetrics-text"));
         assert!(om.body.ends_with("# EOF\n"));
@@ -474,7 +605,9 @@ mod tests {
             bucket.contains("# {trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"} 0.3"),
             "{bucket}"
         );
-        assert!(wants_openmetrics(Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5")));
+        assert!(wants_openmetrics(Some(
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
+        )));
         assert!(!wants_openmetrics(Some("text/plain")) && !wants_openmetrics(None));
     }
 
@@ -485,7 +618,13 @@ mod tests {
         s.scheduler.generated_tokens = 7;
         let r = engine_registry(vec![("grm", s)]);
         let text = encode(&[&r], false).body;
-        assert!(text.contains("grm_kv_blocks{role=\"grm\",state=\"total\"} 64"), "{text}");
-        assert!(text.contains("grm_engine_generated_tokens_total{role=\"grm\"} 7"), "{text}");
+        assert!(
+            text.contains("grm_kv_blocks{role=\"grm\",state=\"total\"} 64"),
+            "{text}"
+        );
+        assert!(
+            text.contains("grm_engine_generated_tokens_total{role=\"grm\"} 7"),
+            "{text}"
+        );
     }
 }

@@ -47,7 +47,12 @@ impl Peer {
     /// it) is lowered by as much, so that a report taken just before does not make an idle
     /// member look busy until the next one.
     fn finished(&self, work: usize) {
-        if let Some((_, w)) = self.reported.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+        if let Some((_, w)) = self
+            .reported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
             *w = w.saturating_sub(work);
         }
     }
@@ -222,8 +227,9 @@ impl Pool {
         for p in self.peers() {
             let known = p.model.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let name = if known.is_empty() && !p.is_down() {
-                let mut client =
-                    grm_proto::v1::worker_service_client::WorkerServiceClient::new(p.channel.clone());
+                let mut client = grm_proto::v1::worker_service_client::WorkerServiceClient::new(
+                    p.channel.clone(),
+                );
                 let mut req = tonic::Request::new(grm_proto::v1::StatusRequest {});
                 self.authorize(&mut req);
                 match tokio::time::timeout(timeout, client.status(req)).await {
@@ -262,7 +268,8 @@ impl Pool {
                         p.channel.clone(),
                     );
                     async move {
-                        if let Ok(Ok(s)) = tokio::time::timeout(interval, client.status(req)).await {
+                        if let Ok(Ok(s)) = tokio::time::timeout(interval, client.status(req)).await
+                        {
                             p.report(s.into_inner().work_tokens as usize);
                         }
                     }

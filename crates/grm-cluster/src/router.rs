@@ -8,10 +8,10 @@ use crate::aggregator::{self, Aggregator};
 use crate::auth::BearerToken;
 use crate::chunking;
 use crate::dispatch::{self, DispatchOptions, Sampling};
+use crate::group::{Barrier, GroupLimits};
 use crate::metrics::{RouterGauges, RouterMetrics, Scrape};
 use crate::pool::{Pool, MAX_MESSAGE_BYTES};
 use crate::trace_context;
-use crate::group::{Barrier, GroupLimits};
 use crate::validation::{validate, Limits};
 use grm_judge::rng::{derive, Stream};
 use grm_judge::{PromptOptions, Template};
@@ -314,7 +314,11 @@ impl Router {
             let p = me.template.sample_prompt(&v.input, s, popts);
             let idx = *seen.entry(p.text.clone()).or_insert_with(|| {
                 prompts.push(dispatch::Prompt {
-                    client: p.client.iter().flat_map(|r| [r.start as u32, r.end as u32]).collect(),
+                    client: p
+                        .client
+                        .iter()
+                        .flat_map(|r| [r.start as u32, r.end as u32])
+                        .collect(),
                     text: p.text,
                 });
                 prompts.len() - 1
@@ -522,9 +526,7 @@ impl RewardService for Router {
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel::<Result<ScoreResponse, Status>>(64);
         let queue = read_ahead(inbound, self.inner.stopping.subscribe());
-        tokio::spawn(
-            stream_requests(self.clone(), queue, tx, deadline, caller).instrument(span),
-        );
+        tokio::spawn(stream_requests(self.clone(), queue, tx, deadline, caller).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

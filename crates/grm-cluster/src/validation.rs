@@ -188,7 +188,11 @@ pub fn validate(req: &ScoreRequest, encoded_len: usize, limits: &Limits) -> Resu
             let rule = match a.rule.as_str() {
                 "exact" => grm_judge::adaptive::Rule::Exact,
                 "confident" => {
-                    let c = if a.confidence == 0.0 { 0.99 } else { f64::from(a.confidence) };
+                    let c = if a.confidence == 0.0 {
+                        0.99
+                    } else {
+                        f64::from(a.confidence)
+                    };
                     if !(c > 0.0 && c < 1.0) {
                         return Err(bad(format!(
                             "sampling.adaptive.confidence is {}; allowed (0, 1)",

@@ -6,8 +6,8 @@ use crate::members::Role;
 use grm_engine::{Engine, EngineError, Event, FinishReason, SamplingParams, Tokenizer, Work};
 use grm_proto::v1::worker_service_server::WorkerService;
 use grm_proto::v1::{
-    generate_event, GenerateEvent, GenerateRequest, Prefilled, Progress, SampleResult, ScoreTextsRequest,
-    ScoreTextsResponse, StatusRequest, WorkerStatus,
+    generate_event, GenerateEvent, GenerateRequest, Prefilled, Progress, SampleResult,
+    ScoreTextsRequest, ScoreTextsResponse, StatusRequest, WorkerStatus,
 };
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -37,9 +37,12 @@ pub fn distinct_tokens(prompts: &[Vec<u32>]) -> usize {
     sorted.dedup();
     let mut total = 0;
     for (i, p) in sorted.iter().enumerate() {
-        let shared = i
-            .checked_sub(1)
-            .map_or(0, |j| p.iter().zip(sorted[j].iter()).take_while(|(a, b)| a == b).count());
+        let shared = i.checked_sub(1).map_or(0, |j| {
+            p.iter()
+                .zip(sorted[j].iter())
+                .take_while(|(a, b)| a == b)
+                .count()
+        });
         total += p.len() - shared;
     }
     total
@@ -115,8 +118,10 @@ pub fn engine_status(e: EngineError) -> Status {
         // Another worker may have a larger pool: the caller tries one before giving up.
         e @ EngineError::KvTooSmall { .. } => {
             let mut s = Status::resource_exhausted(e.to_string());
-            s.metadata_mut()
-                .insert(KV_TOO_SMALL.0, tonic::metadata::MetadataValue::from_static(KV_TOO_SMALL.1));
+            s.metadata_mut().insert(
+                KV_TOO_SMALL.0,
+                tonic::metadata::MetadataValue::from_static(KV_TOO_SMALL.1),
+            );
             s
         }
         e @ (EngineError::TokenOutOfVocab { .. }
@@ -413,15 +418,15 @@ impl WorkerService for Worker {
                             (Ok(text), Some(&index)) => {
                                 share.done(max_new);
                                 Ok(generate_event::Event::Sample(SampleResult {
-                                sample_index: index,
-                                text,
-                                generated_tokens: tokens.len() as u32,
-                                finish_reason: match finish {
-                                    FinishReason::Stop => "stop",
-                                    FinishReason::Length => "length",
-                                }
-                                .into(),
-                            }))
+                                    sample_index: index,
+                                    text,
+                                    generated_tokens: tokens.len() as u32,
+                                    finish_reason: match finish {
+                                        FinishReason::Stop => "stop",
+                                        FinishReason::Length => "length",
+                                    }
+                                    .into(),
+                                }))
                             }
                             (Err(e), _) => Err(Status::internal(e.to_string())),
                             (_, None) => Err(Status::internal(format!(
@@ -503,9 +508,15 @@ impl WorkerService for Worker {
                     } = ev
                     {
                         // A head without an output is an engine bug: fail, never score NaN.
-                        let v = values.first().copied().filter(|v| v.is_finite()).ok_or_else(|| {
-                            Status::internal(format!("the meta RM's head gave {values:?} for a text"))
-                        })?;
+                        let v = values
+                            .first()
+                            .copied()
+                            .filter(|v| v.is_finite())
+                            .ok_or_else(|| {
+                                Status::internal(format!(
+                                    "the meta RM's head gave {values:?} for a text"
+                                ))
+                            })?;
                         out.scores.push(v);
                         out.tokens += prompt_tokens as u64;
                         out.cached_tokens += cached as u64;

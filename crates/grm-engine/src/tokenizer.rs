@@ -62,7 +62,11 @@ impl Tokenizer {
             let mut at = region.start;
             while at < region.end {
                 let here = &text[at..region.end];
-                match self.specials.iter().find(|(s, _)| here.starts_with(s.as_str())) {
+                match self
+                    .specials
+                    .iter()
+                    .find(|(s, _)| here.starts_with(s.as_str()))
+                {
                     Some((s, id)) => {
                         self.encode_plain(&text[gap_start..at], &mut ids)?;
                         ids.push(*id);
@@ -109,7 +113,12 @@ impl Tokenizer {
         for pair in bounds.chunks(2) {
             let (s, e) = (pair[0] as usize, pair[1] as usize);
             let after_last = out.last().map_or(0, |r| r.end);
-            if s > e || e > text.len() || s < after_last || !text.is_char_boundary(s) || !text.is_char_boundary(e) {
+            if s > e
+                || e > text.len()
+                || s < after_last
+                || !text.is_char_boundary(s)
+                || !text.is_char_boundary(e)
+            {
                 return Err(EngineError::Invalid(format!(
                     "client text range {s}..{e} does not fit the text ({} bytes, ranges sorted and on character boundaries)",
                     text.len()

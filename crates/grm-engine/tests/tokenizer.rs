@@ -63,7 +63,10 @@ fn special_tokens_a_client_wrote_are_plain_text() {
             .iter()
             .filter_map(|s| t.token_id(s))
             .collect();
-        assert!(!marked.iter().any(|i| eos_unk.contains(i)), "a client's special token was read as one");
+        assert!(
+            !marked.iter().any(|i| eos_unk.contains(i)),
+            "a client's special token was read as one"
+        );
         let bos = t.token_id("<bos>").unwrap();
         assert_eq!(marked.iter().filter(|&&i| i == bos).count(), 1);
         // The unmarked encoding reads them all as tokens: what used to happen.
@@ -72,8 +75,13 @@ fn special_tokens_a_client_wrote_are_plain_text() {
         // The client's part is exactly its text read with special tokens off, and the ids
         // decode back to what the client wrote.
         let head = t.encode_marked(PREFIX, &[], false).unwrap();
-        let client_ids = &marked[head.len()..marked.len() - t.encode_marked(SUFFIX, &[], false).unwrap().len()];
-        assert_eq!(client_ids, t.encode_marked(client, &[0, client.len() as u32], false).unwrap());
+        let client_ids =
+            &marked[head.len()..marked.len() - t.encode_marked(SUFFIX, &[], false).unwrap().len()];
+        assert_eq!(
+            client_ids,
+            t.encode_marked(client, &[0, client.len() as u32], false)
+                .unwrap()
+        );
     }
 }
 

@@ -37,7 +37,9 @@ use crate::rng::SplitMix64;
 pub enum Rule {
     Exact,
     /// `confidence` in (0, 1).
-    Confident { confidence: f64 },
+    Confident {
+        confidence: f64,
+    },
 }
 
 /// One judgement seen so far: its scores mapped back to the original responses (None when it
@@ -87,13 +89,28 @@ pub fn settled(rule: Rule, seen: &[Seen], plan: &Plan) -> bool {
 /// The judgements that vote, in the order in which they would give way to new ones (the
 /// last first): by meta score when the meta RM filters, else as they came.
 fn voting_order<'a>(seen: &'a [Seen], plan: &Plan) -> Vec<&'a [u8]> {
-    let mut valid: Vec<(usize, &Seen)> = seen.iter().enumerate().filter(|(_, s)| s.ballot.is_some()).collect();
+    let mut valid: Vec<(usize, &Seen)> = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.ballot.is_some())
+        .collect();
     if plan.k_meta.is_some() {
         // keep_top's order: meta score descending (NaN last), then index.
-        let key = |s: &Seen| s.meta.map_or(f32::NEG_INFINITY, |m| if m.is_nan() { f32::NEG_INFINITY } else { m });
+        let key = |s: &Seen| {
+            s.meta.map_or(f32::NEG_INFINITY, |m| {
+                if m.is_nan() {
+                    f32::NEG_INFINITY
+                } else {
+                    m
+                }
+            })
+        };
         valid.sort_by(|a, b| key(b.1).total_cmp(&key(a.1)).then(a.0.cmp(&b.0)));
     }
-    valid.into_iter().filter_map(|(_, s)| s.ballot.as_deref()).collect()
+    valid
+        .into_iter()
+        .filter_map(|(_, s)| s.ballot.as_deref())
+        .collect()
 }
 
 fn exact(seen: &[Seen], plan: &Plan, remaining: usize) -> bool {
@@ -181,9 +198,12 @@ fn pick(rng: &mut SplitMix64, weights: &[f64]) -> usize {
 fn confident_best(seen: &[Seen], plan: &Plan, remaining: usize, confidence: f64) -> bool {
     let now: Vec<(Option<&[u8]>, Option<f32>)> =
         seen.iter().map(|s| (s.ballot.as_deref(), s.meta)).collect();
-    let Some(best) = leader(&now, plan) else { return false };
+    let Some(best) = leader(&now, plan) else {
+        return false;
+    };
     let metas: Vec<f32> = seen.iter().filter_map(|s| s.meta).collect();
-    let mut rng = SplitMix64::new(plan.seed ^ (seen.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut rng =
+        SplitMix64::new(plan.seed ^ (seen.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let allowed = ((1.0 - confidence) * DRAWS as f64).floor() as usize;
     let mut changed = 0;
     let mut prior = vec![0u8; plan.n];
@@ -229,10 +249,35 @@ fn confident_best(seen: &[Seen], plan: &Plan, remaining: usize, confidence: f64)
 /// the inverse normal CDF, good to 1e-9 relative error).
 fn z_of(confidence: f64) -> f64 {
     let p = 1.0 - (1.0 - confidence) / 2.0;
-    let a = [-3.969683028665376e1, 2.209460984245205e2, -2.759285104469687e2, 1.383577518672690e2, -3.066479806614716e1, 2.506628277459239];
-    let b = [-5.447609879822406e1, 1.615858368580409e2, -1.556989798598866e2, 6.680131188771972e1, -1.328068155288572e1];
-    let c = [-7.784894002430293e-3, -3.223964580411365e-1, -2.400758277161838, -2.549732539343734, 4.374664141464968, 2.938163982698783];
-    let d = [7.784695709041462e-3, 3.224671290700398e-1, 2.445134137142996, 3.754408661907416];
+    let a = [
+        -3.969683028665376e1,
+        2.209460984245205e2,
+        -2.759285104469687e2,
+        1.383577518672690e2,
+        -3.066479806614716e1,
+        2.506628277459239,
+    ];
+    let b = [
+        -5.447609879822406e1,
+        1.615858368580409e2,
+        -1.556989798598866e2,
+        6.680131188771972e1,
+        -1.328068155288572e1,
+    ];
+    let c = [
+        -7.784894002430293e-3,
+        -3.223964580411365e-1,
+        -2.400758277161838,
+        -2.549732539343734,
+        4.374664141464968,
+        2.938163982698783,
+    ];
+    let d = [
+        7.784695709041462e-3,
+        3.224671290700398e-1,
+        2.445134137142996,
+        3.754408661907416,
+    ];
     let p_high = 1.0 - 0.02425;
     if p > p_high {
         let q = (-2.0 * (1.0 - p).ln()).sqrt();
@@ -282,7 +327,12 @@ mod tests {
     }
 
     fn plan(n: usize, k: usize, k_meta: Option<usize>) -> Plan {
-        Plan { n, k, k_meta, seed: 7 }
+        Plan {
+            n,
+            k,
+            k_meta,
+            seed: 7,
+        }
     }
 
     #[test]
@@ -297,10 +347,20 @@ mod tests {
         // Gap 22 ≤ 27: the rest could still turn it.
         assert!(!settled(Rule::Exact, &close, &p));
         // n = 1: nothing to settle before k.
-        assert!(!settled(Rule::Exact, &[v(&[9]), v(&[9])], &plan(1, 4, None)));
+        assert!(!settled(
+            Rule::Exact,
+            &[v(&[9]), v(&[9])],
+            &plan(1, 4, None)
+        ));
         assert!(settled(Rule::Exact, &[v(&[9]), v(&[9])], &plan(1, 2, None)));
         // Too few votes.
-        let one = [v(&[10, 1]), Seen { ballot: None, meta: None }];
+        let one = [
+            v(&[10, 1]),
+            Seen {
+                ballot: None,
+                meta: None,
+            },
+        ];
         assert!(!settled(Rule::Exact, &one, &plan(2, 3, None)));
     }
 
@@ -308,8 +368,16 @@ mod tests {
     fn with_a_meta_rm_new_judgements_can_push_out_the_kept_ones() {
         // k = 6, k_meta = 3: three strong votes for response 0 with high meta scores, one weak
         // judgement against it with a low one.
-        let s = |b: &[u8], m: f32| Seen { ballot: Some(b.to_vec()), meta: Some(m) };
-        let seen = vec![s(&[10, 1], 0.9), s(&[10, 1], 0.8), s(&[10, 1], 0.7), s(&[1, 10], 0.1)];
+        let s = |b: &[u8], m: f32| Seen {
+            ballot: Some(b.to_vec()),
+            meta: Some(m),
+        };
+        let seen = vec![
+            s(&[10, 1], 0.9),
+            s(&[10, 1], 0.8),
+            s(&[10, 1], 0.7),
+            s(&[1, 10], 0.1),
+        ];
         // Two to come; they may enter the top 3 and push out two of the three: then one kept
         // vote (gap 9) against two new ones (9 · 2 = 18): not settled.
         assert!(!settled(Rule::Exact, &seen, &plan(2, 6, Some(3))));
@@ -325,7 +393,9 @@ mod tests {
         let agree: Vec<Seen> = (0..6).map(|_| v(&[9, 2])).collect();
         let conf = Rule::Confident { confidence: 0.95 };
         assert!(settled(conf, &agree, &plan(2, 32, None)));
-        let split: Vec<Seen> = (0..6).map(|i| if i % 2 == 0 { v(&[9, 2]) } else { v(&[2, 9]) }).collect();
+        let split: Vec<Seen> = (0..6)
+            .map(|i| if i % 2 == 0 { v(&[9, 2]) } else { v(&[2, 9]) })
+            .collect();
         assert!(!settled(conf, &split, &plan(2, 32, None)));
         // n = 1: agreeing ratings settle, scattered ones do not.
         let steady: Vec<Seen> = (0..8).map(|_| v(&[7])).collect();
@@ -348,7 +418,11 @@ mod tests {
                         (0..n)
                             .map(|i| {
                                 let s = 1 + rng.below(10) as u8;
-                                if i == favourite { (s + lean).min(10) } else { s }
+                                if i == favourite {
+                                    (s + lean).min(10)
+                                } else {
+                                    s
+                                }
                             })
                             .collect()
                     }),
@@ -364,10 +438,20 @@ mod tests {
     /// whether it was a tie.
     fn final_best(seen: &[Seen], n: usize, k_meta: Option<usize>) -> (Option<usize>, bool) {
         let kept = match k_meta {
-            Some(m) => keep_top(&seen.iter().map(|s| s.ballot.as_ref().and(s.meta)).collect::<Vec<_>>(), m),
+            Some(m) => keep_top(
+                &seen
+                    .iter()
+                    .map(|s| s.ballot.as_ref().and(s.meta))
+                    .collect::<Vec<_>>(),
+                m,
+            ),
             None => seen.iter().map(|s| s.ballot.is_some()).collect(),
         };
-        let ballots = seen.iter().zip(kept).filter(|(_, k)| *k).filter_map(|(s, _)| s.ballot.as_deref());
+        let ballots = seen
+            .iter()
+            .zip(kept)
+            .filter(|(_, k)| *k)
+            .filter_map(|(s, _)| s.ballot.as_deref());
         let v = crate::vote::vote(ballots, n, 3).unwrap();
         (v.best, v.tie)
     }
@@ -379,13 +463,21 @@ mod tests {
         let (mut stopped, mut total) = (0, 0);
         for _ in 0..500 {
             let (n, k, k_meta, seen) = streams().new_tree(&mut runner).unwrap().current();
-            let p = Plan { n, k, k_meta, seed: 1 };
+            let p = Plan {
+                n,
+                k,
+                k_meta,
+                seed: 1,
+            };
             total += 1;
             if (1..k).any(|m| settled(Rule::Exact, &seen[..m], &p)) {
                 stopped += 1;
             }
         }
-        assert!(stopped * 5 > total, "stopped early in {stopped} of {total} streams");
+        assert!(
+            stopped * 5 > total,
+            "stopped early in {stopped} of {total} streams"
+        );
     }
 
     proptest! {

@@ -1,8 +1,8 @@
 //! Building the text each sample sees: the template filled with the conversation, the
 //! criteria and the responses in that sample's order, wrapped in the chat template.
 
-use crate::shuffle::{identity, sample_order, shown_position, Order};
 use crate::marked::Marked;
+use crate::shuffle::{identity, sample_order, shown_position, Order};
 use crate::template::{render, render_marked, Template};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -187,7 +187,10 @@ impl Template {
                 };
                 render_marked(
                     &self.criterion,
-                    &[("index", &Marked::trusted(&(i + 1).to_string())), ("criterion", &text)],
+                    &[
+                        ("index", &Marked::trusted(&(i + 1).to_string())),
+                        ("criterion", &text),
+                    ],
                 )
             })
             .collect();
@@ -224,7 +227,10 @@ impl Template {
             &self.prompt,
             &[
                 ("criteria", &self.criteria_marked(&input.criteria)),
-                ("conversation", &self.conversation_marked(&input.conversation)),
+                (
+                    "conversation",
+                    &self.conversation_marked(&input.conversation),
+                ),
                 ("responses", &self.responses_marked(&input.responses, order)),
                 (
                     "scores_format",
@@ -289,11 +295,19 @@ impl Template {
 
     /// [`Template::meta_input`] with the ranges not written by the template: the client's text
     /// and the judgement (the model wrote it, from the client's text).
-    pub fn meta_input_marked(&self, input: &JudgeInput, order: &[usize], judgement: &str) -> Marked {
+    pub fn meta_input_marked(
+        &self,
+        input: &JudgeInput,
+        order: &[usize],
+        judgement: &str,
+    ) -> Marked {
         render_marked(
             &self.meta,
             &[
-                ("conversation", &self.conversation_marked(&input.conversation)),
+                (
+                    "conversation",
+                    &self.conversation_marked(&input.conversation),
+                ),
                 ("responses", &self.responses_marked(&input.responses, order)),
                 ("judgement", &Marked::client(judgement)),
             ],
@@ -413,12 +427,17 @@ mod tests {
         // Every client string lies inside a client range, and no template control token does.
         let inside = |needle: &str| {
             let at = p.text.find(needle).unwrap();
-            p.client.iter().any(|r| r.start <= at && at + needle.len() <= r.end)
+            p.client
+                .iter()
+                .any(|r| r.start <= at && at + needle.len() <= r.end)
         };
         assert!(inside(&i.responses[1]));
         assert!(inside("<bos>hi"));
         assert!(inside("be <eos> brief"));
-        assert!(!p.client.iter().any(|r| r.start == 0), "the template's <bos> is its own");
+        assert!(
+            !p.client.iter().any(|r| r.start == 0),
+            "the template's <bos> is its own"
+        );
         let tail = p.text.rfind("<start_of_turn>model").unwrap();
         assert!(!p.client.iter().any(|r| r.start <= tail && tail < r.end));
         // The default criteria are the template's; response numbers too.

@@ -55,7 +55,11 @@ pub fn linear_on(isa: Isa, x: &[f32], m: usize, w: WeightRef<'_>, out: &mut [f32
     assert_eq!(x.len(), m * k, "linear: x is not m × k");
     assert_eq!(out.len(), m * n, "linear: out is not m × n");
     assert_eq!(w.bytes.len(), n * k * w.dtype.size(), "linear: weight size");
-    assert!(isa.available(), "linear: this CPU cannot run {}", isa.name());
+    assert!(
+        isa.available(),
+        "linear: this CPU cannot run {}",
+        isa.name()
+    );
     let ptr = OutPtr(out.as_mut_ptr());
     let task = |t: usize| {
         let n0 = t * TASK_ROWS;
@@ -245,7 +249,11 @@ unsafe fn sweep(
     let mut j = n0;
     while j < n1 {
         let left = n1 - j;
-        let nr = if nr_max >= 8 && left >= 8 { 8 } else { left.min(4).min(nr_max) };
+        let nr = if nr_max >= 8 && left >= 8 {
+            8
+        } else {
+            left.min(4).min(nr_max)
+        };
         let mut i = i0;
         while i < i1 {
             let mr = (i1 - i).min(if nr == 8 { mr_wide } else { mr_max });
@@ -278,7 +286,11 @@ mod avx2 {
         if m <= DIRECT_ROWS {
             // Few rows: widen in registers, keeping loads and FMAs interleaved.
             sweep((0, m), (n0, n1), NR, MR, MR, |mr, nr, i, j| {
-                let (xi, wj, o) = (xp.add(i * k), w.bytes.as_ptr().add(j * k * sz), out.add(i * n + j));
+                let (xi, wj, o) = (
+                    xp.add(i * k),
+                    w.bytes.as_ptr().add(j * k * sz),
+                    out.add(i * n + j),
+                );
                 match w.dtype {
                     DType::F32 => dispatch!(tile, LoadF32, mr, nr, (xi, wj, k, o, n)),
                     DType::BF16 => dispatch!(tile, LoadBf16, mr, nr, (xi, wj, k, o, n)),
@@ -306,7 +318,13 @@ mod avx2 {
                 let mut i = i0;
                 while i < i1 {
                     let mr = (i1 - i).min(MR);
-                    dispatch!(tile, LoadF32, mr, nr, (xp.add(i * k), wf, k, out.add(i * n + j), n));
+                    dispatch!(
+                        tile,
+                        LoadF32,
+                        mr,
+                        nr,
+                        (xp.add(i * k), wf, k, out.add(i * n + j), n)
+                    );
                     i += mr;
                 }
                 j += nr;
@@ -401,7 +419,11 @@ mod avx512 {
         if m <= DIRECT_ROWS {
             // Few rows: widen in registers as the weights stream past.
             sweep((0, m), (n0, n1), NR, MR, MR_WIDE, |mr, nr, i, j| {
-                let (xi, wj, o) = (xp.add(i * k), w.bytes.as_ptr().add(j * k * sz), out.add(i * n + j));
+                let (xi, wj, o) = (
+                    xp.add(i * k),
+                    w.bytes.as_ptr().add(j * k * sz),
+                    out.add(i * n + j),
+                );
                 match w.dtype {
                     DType::F32 => dispatch!(tile, LoadF32, mr, nr, (xi, wj, k, o, n)),
                     DType::BF16 => dispatch!(tile, LoadBf16, mr, nr, (xi, wj, k, o, n)),
@@ -429,7 +451,13 @@ mod avx512 {
                 };
                 sweep((i0, i1), (j0, j1), NR, MR, MR_WIDE, |mr, nr, i, j| {
                     let wj = wf.add((j - j0) * k * 4);
-                    dispatch!(tile, LoadF32, mr, nr, (xp.add(i * k), wj, k, out.add(i * n + j), n))
+                    dispatch!(
+                        tile,
+                        LoadF32,
+                        mr,
+                        nr,
+                        (xp.add(i * k), wj, k, out.add(i * n + j), n)
+                    )
                 });
                 j0 = j1;
             }
@@ -545,8 +573,7 @@ mod tests {
                         for j in 0..n {
                             let want: f64 = (0..k)
                                 .map(|p| {
-                                    f64::from(x[i * k + p])
-                                        * f64::from(element(&wb, dt, j * k + p))
+                                    f64::from(x[i * k + p]) * f64::from(element(&wb, dt, j * k + p))
                                 })
                                 .sum();
                             let got = f64::from(out[i * n + j]);
@@ -572,7 +599,11 @@ mod tests {
                             portable_block::<8>(&x, m, w, 0, n, slow.as_mut_ptr())
                         }
                     }
-                    assert_eq!(bits(&out), bits(&slow), "{tag}: differs from the portable code");
+                    assert_eq!(
+                        bits(&out),
+                        bits(&slow),
+                        "{tag}: differs from the portable code"
+                    );
                 }
             }
         }
