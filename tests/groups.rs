@@ -413,3 +413,39 @@ fn get_reward_groups_one_sample_calls_and_reads_the_policys_chat_markup() {
         "scores=mean: the 1..10 mean"
     );
 }
+
+#[test]
+fn the_python_asyncio_client_scores_streams_and_joins_groups() {
+    // grm_client.aio (and the blocking client's group=) against a live grm serve: a score, a
+    // ScoreStream with one malformed request among good ones, a refusal, and two members of a
+    // group of 4 from each client, judged together.
+    let _serial = serial();
+    let dir = scratch("aio");
+    let s = serve_tiny(&dir, "serve", &[]);
+    let v = python_client("aio_check.py", &[&s.grpc()]);
+    assert_eq!(v["best"], 1, "{v}");
+    let ids: Vec<String> = (0..6).map(|i| format!("s{i}")).collect();
+    assert_eq!(v["stream_ids"], serde_json::json!(ids), "{v}");
+    assert!(
+        v["stream_best"].as_array().unwrap().iter().all(|b| b == 0),
+        "{v}"
+    );
+    assert_eq!(v["stream_errors"]["bad"], "INVALID_ARGUMENT", "{v}");
+    assert_eq!(v["refused"][0], "INVALID_ARGUMENT", "{v}");
+    for way in ["group_members", "group_blocking"] {
+        let members = v[way].as_array().unwrap();
+        assert_eq!(members.len(), 2, "{way}: {v}");
+        for m in members {
+            let g = &m["group"];
+            assert_eq!(
+                (&g["members"], &g["responses"], &g["partial"]),
+                (
+                    &serde_json::json!(2),
+                    &serde_json::json!(4),
+                    &serde_json::json!(false)
+                ),
+                "{way}: {v}"
+            );
+        }
+    }
+}

@@ -101,14 +101,7 @@ async def main(url):
     return samples, wall
 
 
-CHECKS, WAITING = [], []
-
-
-def check(name, cond, detail=""):
-    if not cond:
-        print(json.dumps({"failed": name, "detail": detail}, default=str), file=sys.stderr)
-        raise AssertionError(f"{name}: {detail}")
-    CHECKS.append(name)
+from checks import CHECKS, WAITING, check  # noqa: E402
 
 
 def verify(samples, query):

@@ -12,12 +12,7 @@ from grm_client.grm.v1 import reward_pb2 as pb
 from grm_client.trl import AsyncGRMReward, GRMReward, completion_text, plan_members, prompt_conversation
 from grm_client.verl import load_settings
 
-CHECKS = []
-
-
-def check(name, cond, detail=""):
-    assert cond, f"{name}: {detail}"
-    CHECKS.append(name)
+from checks import CHECKS, check  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- fakes

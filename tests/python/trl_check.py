@@ -45,14 +45,7 @@ CHAT_TEMPLATE = (
 )
 NUM_GENERATIONS = 4
 STEPS = 2
-CHECKS, WAITING = [], []
-
-
-def check(name, cond, detail=""):
-    if not cond:
-        print(json.dumps({"failed": name, "detail": detail}, default=str), file=sys.stderr)
-        raise AssertionError(f"{name}: {detail}")
-    CHECKS.append(name)
+from checks import CHECKS, WAITING, check  # noqa: E402
 
 
 def build_tokenizer(out_dir):

@@ -45,14 +45,7 @@ from verl.experimental.reward_loop.reward_loop import RewardLoopWorker  # noqa: 
 from verl.utils.ray_utils import get_event_loop  # noqa: E402
 
 N = 4
-CHECKS, WAITING = [], []
-
-
-def check(name, cond, detail=""):
-    if not cond:
-        print(json.dumps({"failed": name, "detail": detail}, default=str), file=sys.stderr)
-        raise AssertionError(f"{name}: {detail}")
-    CHECKS.append(name)
+from checks import CHECKS, WAITING, check  # noqa: E402
 
 
 def build_tokenizer(out_dir):

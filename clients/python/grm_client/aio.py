@@ -16,7 +16,7 @@ from typing import AsyncIterable, AsyncIterator, Iterable, Optional, Sequence, U
 import grpc
 import grpc.aio
 
-from .client import Conversation, ScoreError, ScoreResult, _code_name, build_request
+from .client import Conversation, ScoreError, ScoreResult, build_request, request_of
 from .grm.v1 import reward_pb2_grpc as pb_grpc
 
 _OPTIONS = [
@@ -80,8 +80,7 @@ class AsyncRewardClient:
                 if sem is not None:
                     await sem.acquire()
                 try:
-                    r = dict(r)
-                    req = build_request(r.pop("query"), r.pop("responses"), **r)
+                    req = request_of(r)
                 except Exception as e:  # noqa: BLE001 - re-raised in the caller's task
                     bad.append(e)
                     return
@@ -92,10 +91,7 @@ class AsyncRewardClient:
             async for r in call:
                 if sem is not None:
                     sem.release()
-                if r.HasField("error"):
-                    yield ScoreResult.failed(r.id, ScoreError(_code_name(r.error.code), r.error.message, r.id))
-                else:
-                    yield ScoreResult.from_proto(r)
+                yield ScoreResult.from_stream(r)
         except grpc.aio.AioRpcError as e:
             raise ScoreError(e.code().name, e.details()) from None
         finally:

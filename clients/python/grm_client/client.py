@@ -105,6 +105,13 @@ class ScoreResult:
                    correct=None, error=error)
 
     @classmethod
+    def from_stream(cls, r) -> "ScoreResult":
+        """One ScoreStream answer: its per-request error, or its result."""
+        if r.HasField("error"):
+            return cls.failed(r.id, ScoreError(_code_name(r.error.code), r.error.message, r.id))
+        return cls.from_proto(r)
+
+    @classmethod
     def from_proto(cls, r) -> "ScoreResult":
         samples = []
         for s in r.samples:
@@ -188,6 +195,13 @@ def build_request(query: Conversation, responses: Sequence[str], *, k: int = 1, 
     return req
 
 
+def request_of(item: dict):
+    """A ScoreRequest from one of `score_many`'s dicts (`query`, `responses` and
+    `build_request`'s keywords)."""
+    item = dict(item)
+    return build_request(item.pop("query"), item.pop("responses"), **item)
+
+
 class RewardClient:
     """A connection to a GRM Cluster router (host:port)."""
 
@@ -244,8 +258,7 @@ class RewardClient:
                 if stop.is_set():
                     return
                 try:
-                    r = dict(r)
-                    req = build_request(r.pop("query"), r.pop("responses"), **r)
+                    req = request_of(r)
                 except Exception as e:  # noqa: BLE001 - re-raised in the caller's thread
                     bad.append(e)
                     return
@@ -256,10 +269,7 @@ class RewardClient:
             for r in call:
                 if sem is not None:
                     sem.release()
-                if r.HasField("error"):
-                    yield ScoreResult.failed(r.id, ScoreError(_code_name(r.error.code), r.error.message, r.id))
-                else:
-                    yield ScoreResult.from_proto(r)
+                yield ScoreResult.from_stream(r)
         except grpc.RpcError as e:
             raise ScoreError(e.code().name, e.details()) from None
         finally:
