@@ -159,6 +159,18 @@ fn prompt(len: usize, vocab: usize, salt: usize) -> Vec<u32> {
         .collect()
 }
 
+/// Sample `i` of the GRM workload: `g` tokens at `temperature`, its own seed, never stopping
+/// early (so every run generates the same tokens' worth of work).
+fn grm_sample(temperature: f32, g: usize, i: usize) -> SamplingParams {
+    SamplingParams {
+        temperature,
+        seed: i as u64,
+        max_new_tokens: g,
+        ignore_stop: true,
+        ..Default::default()
+    }
+}
+
 fn sched<B: Backend>(
     model: Gemma2<B>,
     blocks: usize,
@@ -383,13 +395,7 @@ fn bench_on<B: Backend>(
                 let blocks = k * ((p + g).div_ceil(16) + 1) + 1;
                 let mut s = sched(load()?, blocks, sharing, 512)?;
                 let prompt = prompt(p, vocab, 7);
-                let params = |i: usize| SamplingParams {
-                    temperature: a.temperature,
-                    seed: i as u64,
-                    max_new_tokens: g,
-                    ignore_stop: true,
-                    ..Default::default()
-                };
+                let params = |i: usize| grm_sample(a.temperature, g, i);
                 let t = Instant::now();
                 if sharing {
                     s.submit(
@@ -616,13 +622,7 @@ fn grm_tree_workload<B: Backend>(
         for tree in [true, false] {
             let blocks = (k + w.prompts.len()) * ((p + g).div_ceil(16) + 1) + 1;
             let mut s = sched(load()?, blocks, true, 512)?;
-            let params = |i: usize| SamplingParams {
-                temperature: a.temperature,
-                seed: i as u64,
-                max_new_tokens: g,
-                ignore_stop: true,
-                ..Default::default()
-            };
+            let params = |i: usize| grm_sample(a.temperature, g, i);
             let t = Instant::now();
             if tree {
                 let samples = (0..k).map(|i| (w.sample_prompt[i], params(i))).collect();

@@ -333,9 +333,9 @@ mod avx2 {
         }
     }
 
-    /// Widens `count` bf16/f16 values to f32.
+    /// Widens `count` bf16/f16 values to f32 (exact, so the AVX-512 path uses it too).
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn to_f32(src: *const u8, dt: DType, count: usize, dst: *mut f32) {
+    pub(super) unsafe fn to_f32(src: *const u8, dt: DType, count: usize, dst: *mut f32) {
         let body = count / 8 * 8;
         let mut i = 0;
         while i < body {
@@ -445,7 +445,7 @@ mod avx512 {
                 let wf: *const u8 = match w.dtype {
                     DType::F32 => wp,
                     dt => {
-                        to_f32(wp, dt, (j1 - j0) * k, panel.as_mut_ptr());
+                        super::avx2::to_f32(wp, dt, (j1 - j0) * k, panel.as_mut_ptr());
                         panel.as_ptr() as *const u8
                     }
                 };
@@ -462,27 +462,6 @@ mod avx512 {
                 j0 = j1;
             }
             i0 = i1;
-        }
-    }
-
-    /// Widens `count` bf16/f16 values to f32.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
-    unsafe fn to_f32(src: *const u8, dt: DType, count: usize, dst: *mut f32) {
-        let body = count / 16 * 16;
-        let mut i = 0;
-        while i < body {
-            let v = match dt {
-                DType::BF16 => LoadBf16::load16(src.add(2 * i)),
-                _ => LoadF16::load16(src.add(2 * i)),
-            };
-            _mm512_storeu_ps(dst.add(i), v);
-            i += 16;
-        }
-        for i in body..count {
-            *dst.add(i) = match dt {
-                DType::BF16 => LoadBf16::one(src.add(2 * i)),
-                _ => LoadF16::one(src.add(2 * i)),
-            };
         }
     }
 
