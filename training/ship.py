@@ -81,7 +81,7 @@ def evaluate(grm_dir=None, meta_dir=None, out_dir=None, suffix="", k_max=32, thr
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--grm", default=path("grm-rl", "x")[:-2])
-    ap.add_argument("--meta", default=path("meta-rm", "x")[:-2])
+    ap.add_argument("--meta", default=path("meta-rm", "x")[:-2], help="'' keeps the shipped meta RM")
     ap.add_argument("--no-eval", action="store_true")
     ap.add_argument("--eval-only", default=None, help="evaluate this GRM (shipped as bf16 to out/) against the shipped meta RM")
     ap.add_argument("--tag", default="rft")
@@ -95,7 +95,8 @@ def main():
         evaluate(dst, out_dir=os.path.join(MODELS, "eval", "compare"), suffix=f"-{a.tag}", threads=a.threads)
         return
     ship(a.grm, os.path.join(MODELS, "grm"), Gemma2ForCausalLM)
-    ship(a.meta, os.path.join(MODELS, "meta-rm"), Gemma2ForSequenceClassification)
+    if a.meta:
+        ship(a.meta, os.path.join(MODELS, "meta-rm"), Gemma2ForSequenceClassification)
     print("test split:", test_split(), flush=True)
     if not a.no_eval:
         evaluate(threads=a.threads)
