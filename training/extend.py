@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import domain  # noqa: E402
-from common import END_OF_TURN, encode, grm, path, read_jsonl, write_jsonl  # noqa: E402
-from sft import save, sft_examples, train  # noqa: E402
+from common import grm, path, read_jsonl, write_jsonl  # noqa: E402
+from sft import pair_examples, save, sft_examples, train  # noqa: E402
 
-OLD = ([1, 2, 4], [2, 5, 3])
+OLD = domain.SIZES  # the counts the shipped GRM was trained on
 NEW = ([3, 5, 6, 7, 8], [2, 1, 1, 1, 2])
 
 
@@ -37,16 +37,7 @@ def own_correct(model_dir, items, name, n_rft, threads, tok):
             "--n-rft", n_rft, "--model", model_dir, "--temperature", 1.0, "--max-new-tokens", 128, "--concurrency", 64,
             "--kv-blocks", 20000, "--max-batch-tokens", 2048, "--threads", threads)
     print(f"{name}:", r.stderr.strip().splitlines()[-1], flush=True)
-    return pairs_of(read_jsonl(path("data", f"{name}.jsonl")), tok)
-
-
-def pairs_of(pairs, tok):
-    out = []
-    for p in pairs:
-        pi = encode(tok, p["prompt"])
-        ci = encode(tok, p["completion"].removesuffix("<end_of_turn>")) + [END_OF_TURN]
-        out.append((pi + ci, [-100] * len(pi) + ci))
-    return out
+    return pair_examples(tok, read_jsonl(path("data", f"{name}.jsonl")))
 
 
 def main():

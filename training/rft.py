@@ -12,8 +12,8 @@ import torch
 
 sys.path.insert(0, __import__("os").path.dirname(__file__))
 import domain  # noqa: E402
-from common import END_OF_TURN, encode, grm, load_tokenizer, path, read_jsonl, write_jsonl  # noqa: E402
-from sft import save, sft_examples, train  # noqa: E402
+from common import grm, load_tokenizer, path, read_jsonl, write_jsonl  # noqa: E402
+from sft import pair_examples, save, sft_examples, train  # noqa: E402
 
 
 def main():
@@ -40,12 +40,7 @@ def main():
     print("rft hinted:", r.stderr.strip().splitlines()[-1], flush=True)
 
     tok = load_tokenizer()
-    pairs = read_jsonl(path("data", "rft.jsonl")) + read_jsonl(path("data", "rft-hinted.jsonl"))
-    examples = []
-    for p in pairs:
-        pi = encode(tok, p["prompt"])
-        ci = encode(tok, p["completion"].removesuffix("<end_of_turn>")) + [END_OF_TURN]
-        examples.append((pi + ci, [-100] * len(pi) + ci))
+    examples = pair_examples(tok, read_jsonl(path("data", "rft.jsonl")) + read_jsonl(path("data", "rft-hinted.jsonl")))
     # Replay rule-made judgements so the format and the easy items are not forgotten.
     replay = sft_examples(tok, domain.split(41, max(500, int(len(examples) * a.replay)), "replay", sizes=sizes), seed=5)
     print(f"rft: {len(examples)} own correct judgements + {len(replay)} replayed", flush=True)

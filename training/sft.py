@@ -119,6 +119,16 @@ def sft_examples(tok, items, seed, samples_per_item=1):
     return out
 
 
+def pair_examples(tok, pairs):
+    """(ids, labels) of `grm spct rft` (prompt, completion) pairs: loss on the completion only."""
+    out = []
+    for p in pairs:
+        pi = encode(tok, p["prompt"])
+        ci = encode(tok, p["completion"].removesuffix("<end_of_turn>")) + [END_OF_TURN]
+        out.append((pi + ci, [-100] * len(pi) + ci))
+    return out
+
+
 def save(model, tok_path, out_dir, dtype=torch.float32):
     import shutil
     model.to(dtype).save_pretrained(out_dir, safe_serialization=True)
