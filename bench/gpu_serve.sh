@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # `grm serve --device cuda:0` on a random-weight model of gemma-2-2b's shapes answers `grm score`
-# (k = 8 judgements), then 16 requests at once; prints the answers' usage and timings.
+# (k = 8 judgements), then 16 requests at once; prints the answers' usage and timings. Then
+# `grm bench cluster --device cuda:0`: a router and one GPU worker under a fixed load.
 #   bash bench/gpu_serve.sh OUT_DIR [GRM]
 set -uo pipefail
 out=${1:?an output directory}
 grm=${2:-target/release/grm}
 mkdir -p "$out"
-model=/tmp/grm-gemma-2-2b
+model=${GRM_MODELS:-/dev/shm}/grm-gemma-2-2b
 [ -d "$model" ] || "$grm" model init --shape gemma-2-2b --out "$model" >/dev/null
 "$grm" serve --device cuda:0 --model "$model" --listen 127.0.0.1:0 --http-listen "" \
   --max-new-tokens 128 > "$out/serve.ready" 2> "$out/serve.log" &
@@ -22,8 +23,10 @@ score() {
 }
 score 1 | tee "$out/score.json"
 start=$(date +%s.%N)
-for i in $(seq 2 17); do score "$i" > "$out/score-$i.json" & done
-wait
+clients=()
+for i in $(seq 2 17); do score "$i" > "$out/score-$i.json" & clients+=($!); done
+# The clients only: a bare `wait` would wait for the server too.
+wait "${clients[@]}"
 end=$(date +%s.%N)
 python3 - "$out" "$start" "$end" <<'PY'
 import json, glob, sys
@@ -34,3 +37,10 @@ print(json.dumps({"requests": len(rows), "seconds": end - start, "generated_toke
                   "generated_tokens_per_s": gen / (end - start)}))
 PY
 grep -iE "error|panic" "$out/serve.log" | head -5
+kill $server 2>/dev/null
+wait $server 2>/dev/null
+timeout 200 "$grm" bench cluster --device cuda:0 --model "$model" --workers 1 --requests 64 \
+  --concurrency 16 --k 8 --responses 2 --max-new-tokens 128 --out "$out/cluster.json" \
+  > /dev/null 2> "$out/cluster.log"
+echo "bench cluster: exit $?"
+grep -vE '^\s*$' "$out/cluster.log" | tail -n 5

@@ -3,7 +3,8 @@
 
 One prompt of P tokens, k sampled continuations of exactly G tokens (num_return_sequences=k,
 which expands the prompt k times, as transformers does), on the same model directory and the
-same number of threads. Prints one JSON object.
+same number of threads, for each k of --samples (the model loaded once). Prints one JSON
+object, a run per k.
 """
 import argparse
 import json
@@ -17,7 +18,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
     ap.add_argument("--prompt-tokens", type=int, default=512)
-    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--samples", default="8", help="k, or several: 8,32")
     ap.add_argument("--gen-tokens", type=int, default=128)
     ap.add_argument("--temperature", type=float, default=0.5)
     ap.add_argument("--threads", type=int, default=2)
@@ -33,19 +34,26 @@ def main():
     # The same prompt as grm bench engine: BOS, then a spread of ordinary ids.
     ids = [2] + [6 + (i * 7919 + 7 * 104729) % (vocab - 6) for i in range(1, a.prompt_tokens)]
     x = torch.tensor([ids], device=a.device)
-    kw = dict(do_sample=a.temperature > 0, temperature=a.temperature if a.temperature > 0 else None,
-              top_p=1.0, top_k=0, num_return_sequences=a.samples, max_new_tokens=a.gen_tokens,
-              min_new_tokens=a.gen_tokens, pad_token_id=0)
-    with torch.no_grad():
-        model.generate(x, **dict(kw, max_new_tokens=2, min_new_tokens=2))  # warm-up
+    runs = []
+    for k in [int(s) for s in a.samples.split(",")]:
+        kw = dict(do_sample=a.temperature > 0, temperature=a.temperature if a.temperature > 0 else None,
+                  top_p=1.0, top_k=0, num_return_sequences=k, max_new_tokens=a.gen_tokens,
+                  min_new_tokens=a.gen_tokens, pad_token_id=0)
+        with torch.no_grad():
+            model.generate(x, **dict(kw, max_new_tokens=2, min_new_tokens=2))  # warm-up
+            if a.device != "cpu":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            t = time.perf_counter()
+            out = model.generate(x, **kw)
+            if a.device != "cpu":
+                torch.cuda.synchronize()
+            secs = time.perf_counter() - t
+        generated = (out.shape[1] - len(ids)) * out.shape[0]
+        run = {"samples": k, "seconds_to_all_samples": secs, "generated_tokens_per_s": generated / secs}
         if a.device != "cpu":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        out = model.generate(x, **kw)
-        if a.device != "cpu":
-            torch.cuda.synchronize()
-        secs = time.perf_counter() - t
-    generated = (out.shape[1] - len(ids)) * out.shape[0]
+            run["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
+        runs.append(run)
     print(json.dumps({
         "peer": "transformers",
         "transformers": __import__("transformers").__version__,
@@ -53,10 +61,8 @@ def main():
         "dtype": a.dtype,
         "threads": a.threads,
         "prompt_tokens": a.prompt_tokens,
-        "samples": a.samples,
         "gen_tokens": a.gen_tokens,
-        "seconds_to_all_samples": secs,
-        "generated_tokens_per_s": generated / secs,
+        "runs": runs,
     }))
 
 

@@ -101,7 +101,7 @@ pub fn run(a: ClusterArgs) -> Result<()> {
         let mut procs = Vec::new();
         let mut addrs = Vec::new();
         for _ in 0..w {
-            let (p, ready) = start(&[
+            let mut args: Vec<String> = vec![
                 "worker".into(),
                 "--model".into(),
                 model.display().to_string(),
@@ -111,7 +111,17 @@ pub fn run(a: ClusterArgs) -> Result<()> {
                 threads.to_string(),
                 "--kv-blocks".into(),
                 a.kv_blocks.to_string(),
-            ])?;
+                "--device".into(),
+                a.device.clone(),
+            ];
+            if a.device != "cpu" {
+                // Workers on one GPU split its memory.
+                args.extend([
+                    "--gpu-memory-fraction".into(),
+                    format!("{:.3}", 0.9 / w as f64),
+                ]);
+            }
+            let (p, ready) = start(&args)?;
             addrs.push(ready["grpc"].as_str().unwrap_or_default().to_string());
             procs.push(p);
         }
@@ -192,6 +202,7 @@ pub fn run(a: ClusterArgs) -> Result<()> {
         "machine": machine(),
         "model": model.display().to_string(),
         "template": a.template.as_ref().map(|t| t.display().to_string()),
+        "device": a.device,
         "workload": { "requests": a.requests, "concurrency": a.concurrency, "k": a.k, "responses": a.responses, "max_new_tokens": a.max_new_tokens },
         "runs": rows,
     });

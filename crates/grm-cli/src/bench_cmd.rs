@@ -56,6 +56,9 @@ pub struct ClusterArgs {
     /// KV blocks per worker.
     #[arg(long, default_value_t = 4096)]
     pub kv_blocks: usize,
+    /// Workers' compute device: cpu, or cuda:N (several workers then share the GPU's memory).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Also write the JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -81,9 +84,9 @@ pub struct EngineArgs {
     /// Prompt tokens (P) of the prefill and GRM measurements.
     #[arg(long, default_value_t = 512)]
     prompt_tokens: usize,
-    /// Samples (k) of the GRM workload.
-    #[arg(long, default_value_t = 8)]
-    samples: usize,
+    /// Samples (k) of the GRM workload: one count, or several (`8,32`), each measured.
+    #[arg(long, value_delimiter = ',', default_value = "8")]
+    samples: Vec<usize>,
     /// Tokens generated per sample (G) in the GRM workload.
     #[arg(long, default_value_t = 128)]
     gen_tokens: usize,
@@ -93,6 +96,9 @@ pub struct EngineArgs {
     /// Decode steps timed per batch size.
     #[arg(long, default_value_t = 32)]
     decode_steps: usize,
+    /// Context (prompt tokens) of each sequence in the decode measurement.
+    #[arg(long, default_value_t = 64)]
+    decode_context: usize,
     /// Temperature of the GRM workload's samples.
     #[arg(long, default_value_t = 0.5)]
     temperature: f32,
@@ -228,19 +234,36 @@ fn engine(a: EngineArgs) -> Result<()> {
             let load = || {
                 Gemma2::load(dir, CpuBackend).with_context(|| format!("loading {}", dir.display()))
             };
-            bench_on(&a, dir, &load)
+            bench_on(&a, dir, &load, None)
         }
         #[cfg(feature = "cuda")]
         crate::serve_cmd::Device::Cuda(ordinal) => {
+            let options = grm_engine::CudaOptions {
+                ordinal,
+                memory_fraction: 0.9,
+            };
+            let roofline = if a.skip.iter().any(|s| s == "roofline") {
+                None
+            } else {
+                let r = grm_engine::CudaBackend::new(options)
+                    .with_context(|| format!("--device {}", a.device))?
+                    .roofline()?;
+                eprintln!(
+                    "roofline: copy {:.0} GB/s (read + write), bf16 product {:.0} TFLOP/s ({}³)",
+                    r.copy_gb_per_s, r.bf16_tflop_per_s, r.gemm_n
+                );
+                Some(json!({
+                    "copy_gb_per_s": r.copy_gb_per_s, "copy_bytes": r.copy_bytes,
+                    "bf16_tflop_per_s": r.bf16_tflop_per_s, "peak_gflop_per_s": r.bf16_tflop_per_s * 1e3,
+                    "gemm_n": r.gemm_n,
+                }))
+            };
             let load = || {
-                let backend = grm_engine::CudaBackend::new(grm_engine::CudaOptions {
-                    ordinal,
-                    memory_fraction: 0.9,
-                })
-                .with_context(|| format!("--device {}", a.device))?;
+                let backend = grm_engine::CudaBackend::new(options)
+                    .with_context(|| format!("--device {}", a.device))?;
                 Gemma2::load(dir, backend).with_context(|| format!("loading {}", dir.display()))
             };
-            bench_on(&a, dir, &load)
+            bench_on(&a, dir, &load, roofline)
         }
         #[cfg(not(feature = "cuda"))]
         crate::serve_cmd::Device::Cuda(_) => Err(anyhow::anyhow!(
@@ -255,13 +278,39 @@ fn engine(a: EngineArgs) -> Result<()> {
     result
 }
 
-/// The measurements, on the backend `load` builds.
+/// The model, loaded once and handed from one measurement's scheduler to the next (a 27B
+/// model's 54 GB are uploaded once per run).
+struct ModelSlot<'a, B: Backend> {
+    model: std::cell::RefCell<Option<Gemma2<B>>>,
+    load: &'a dyn Fn() -> Result<Gemma2<B>>,
+}
+
+impl<B: Backend> ModelSlot<'_, B> {
+    fn take(&self) -> Result<Gemma2<B>> {
+        match self.model.borrow_mut().take() {
+            Some(m) => Ok(m),
+            None => (self.load)(),
+        }
+    }
+
+    fn put(&self, m: Gemma2<B>) {
+        *self.model.borrow_mut() = Some(m);
+    }
+}
+
+/// The measurements, on the backend `load` builds; `gpu_roofline`, the device's bounds
+/// measured beforehand.
 fn bench_on<B: Backend>(
     a: &EngineArgs,
     dir: &Path,
     load: &dyn Fn() -> Result<Gemma2<B>>,
+    gpu_roofline: Option<Value>,
 ) -> Result<()> {
-    let m = load()?;
+    let slot = ModelSlot {
+        model: std::cell::RefCell::new(None),
+        load,
+    };
+    let m = slot.take()?;
     let vocab = m.config.vocab_size;
     let mut report = json!({
         "machine": machine(),
@@ -277,8 +326,11 @@ fn bench_on<B: Backend>(
     let kv_token_bytes = m.kv_bytes_per_token();
     let cfg = m.config.clone();
     let weight_bytes = m.weight_bytes();
-    drop(m);
+    slot.put(m);
     let on_cpu = a.device == "cpu";
+    if let Some(r) = gpu_roofline {
+        report["roofline"] = r;
+    }
     if on_cpu {
         let isa = grm_engine::cpu::Isa::current();
         eprintln!(
@@ -298,7 +350,8 @@ fn bench_on<B: Backend>(
     }
 
     if !a.skip.iter().any(|s| s == "prefill") {
-        let m = load()?;
+        let m = slot.take()?;
+        profile_section(&mut report, None);
         let p = prompt(a.prompt_tokens, vocab, 1);
         m.run_once(&p[..16.min(p.len())], false)?; // warm-up
         let mut times = Vec::new();
@@ -307,6 +360,8 @@ fn bench_on<B: Backend>(
             m.run_once(&p, false)?;
             times.push(t.elapsed().as_secs_f64());
         }
+        slot.put(m);
+        profile_section(&mut report, Some("prefill".into()));
         times.sort_by(f64::total_cmp);
         let best = times[0];
         let flops = prefill_flops(&cfg, a.prompt_tokens);
@@ -317,18 +372,22 @@ fn bench_on<B: Backend>(
             "of_peak": report["roofline"]["peak_gflop_per_s"].as_f64().map(|p| gflop_s / p),
         });
         eprintln!(
-            "prefill: {} tokens in {best:.3} s ({:.0} tok/s, {gflop_s:.1} GFLOP/s)",
+            "prefill: {} tokens in {best:.3} s ({:.0} tok/s, {gflop_s:.1} GFLOP/s{})",
             a.prompt_tokens,
-            a.prompt_tokens as f64 / best
+            a.prompt_tokens as f64 / best,
+            report["prefill"]["of_peak"]
+                .as_f64()
+                .map(|f| format!(", {:.1}% of the measured peak", 100.0 * f))
+                .unwrap_or_default()
         );
     }
 
     if !a.skip.iter().any(|s| s == "decode") {
         let mut rows = Vec::new();
         for &b in &a.decode_batches {
-            let ctx = 64;
+            let ctx = a.decode_context;
             let per = (ctx + DECODE_REPS * a.decode_steps + 2).div_ceil(16) + 1;
-            let mut s = sched(load()?, per * b + 1, false, 4096)?;
+            let mut s = sched(slot.take()?, per * b + 1, false, 4096)?;
             for i in 0..b {
                 let params = SamplingParams {
                     max_new_tokens: DECODE_REPS * a.decode_steps + 2,
@@ -348,6 +407,7 @@ fn bench_on<B: Backend>(
                 s.step();
             }
             s.step();
+            profile_section(&mut report, None);
             // DECODE_REPS windows of decode_steps steps, the fastest kept (the peer's figures
             // are its best repetition too): this machine's memory bandwidth wanders.
             let (mut secs, mut tokens) = (f64::MAX, 0);
@@ -362,6 +422,8 @@ fn bench_on<B: Backend>(
                     (secs, tokens) = (dt, s.counters().generated_tokens - before);
                 }
             }
+            slot.put(s.into_model());
+            profile_section(&mut report, Some(format!("decode_batch_{b}")));
             let tps = tokens as f64 / secs;
             // Bytes read per step: every weight once (the tied embedding as the LM head), and
             // each sequence's keys and values at the mean context of the timed steps.
@@ -369,18 +431,24 @@ fn bench_on<B: Backend>(
             let bytes = weight_bytes as f64 + (b * mean_ctx * kv_token_bytes) as f64;
             let step = secs / a.decode_steps as f64;
             let gb_s = bytes / step / 1e9;
+            // The CPU against its read benchmark; a GPU against its device copy.
             let of_read = report["roofline"]["read_gb_per_s"]
                 .as_f64()
                 .map(|r| gb_s / r);
+            let of_copy = (!on_cpu)
+                .then(|| report["roofline"]["copy_gb_per_s"].as_f64())
+                .flatten()
+                .map(|c| gb_s / c);
             eprintln!(
-                "decode batch {b}: {tokens} tokens in {secs:.3} s ({tps:.1} tok/s, {:.1} ms/step, {:.1} MB read per step: {gb_s:.1} GB/s{})",
+                "decode batch {b} (context {ctx}): {tokens} tokens in {secs:.3} s ({tps:.1} tok/s, {:.2} ms/step, {:.1} MB read per step: {gb_s:.1} GB/s{}{})",
                 1e3 * step,
                 bytes / 1e6,
-                of_read.map(|f| format!(", {:.0}% of the read benchmark", 100.0 * f)).unwrap_or_default()
+                of_read.map(|f| format!(", {:.0}% of the read benchmark", 100.0 * f)).unwrap_or_default(),
+                of_copy.map(|f| format!(", {:.0}% of the device copy", 100.0 * f)).unwrap_or_default()
             );
             rows.push(json!({
-                "batch": b, "tokens": tokens, "seconds": secs, "tokens_per_s": tps, "ms_per_step": 1e3 * step,
-                "bytes_per_step": bytes, "gb_per_s": gb_s, "of_read_bandwidth": of_read,
+                "batch": b, "context": ctx, "tokens": tokens, "seconds": secs, "tokens_per_s": tps, "ms_per_step": 1e3 * step,
+                "bytes_per_step": bytes, "gb_per_s": gb_s, "of_read_bandwidth": of_read, "of_copy_bandwidth": of_copy,
             }));
         }
         report["decode"] = json!(rows);
@@ -388,12 +456,13 @@ fn bench_on<B: Backend>(
 
     if !a.skip.iter().any(|s| s == "grm") {
         let mut rows = Vec::new();
-        for sharing in [true, false] {
+        for (&k, sharing) in a.samples.iter().flat_map(|k| [(k, true), (k, false)]) {
             let mut best: Option<Value> = None;
             for _ in 0..a.grm_reps.max(1) {
-                let (p, k, g) = (a.prompt_tokens, a.samples, a.gen_tokens);
+                let (p, g) = (a.prompt_tokens, a.gen_tokens);
                 let blocks = k * ((p + g).div_ceil(16) + 1) + 1;
-                let mut s = sched(load()?, blocks, sharing, 512)?;
+                let mut s = sched(slot.take()?, blocks, sharing, 512)?;
+                profile_section(&mut report, None);
                 let prompt = prompt(p, vocab, 7);
                 let params = |i: usize| grm_sample(a.temperature, g, i);
                 let t = Instant::now();
@@ -430,18 +499,27 @@ fn bench_on<B: Backend>(
                 }
                 let secs = t.elapsed().as_secs_f64();
                 let c = s.counters();
+                slot.put(s.into_model());
+                profile_section(&mut report, Some(format!("grm_k{k}_shared_{sharing}")));
                 let generated = c.generated_tokens as f64;
                 let kv_bytes = c.peak_blocks_used * 16 * kv_token_bytes;
+                // The least KV the workload can hold: the prompt once and each sample's tokens
+                // when shared (P + kG), k whole sequences when not (k(P + G)).
+                let ideal_tokens = if sharing { p + k * g } else { k * (p + g) };
+                let ideal_bytes = ideal_tokens * kv_token_bytes;
                 eprintln!(
-                "grm workload P={p} k={k} G={g} sharing={sharing}: {secs:.2} s, {:.1} generated tok/s, KV peak {:.1} MiB",
+                "grm workload P={p} k={k} G={g} sharing={sharing}: {secs:.2} s, {:.1} generated tok/s, KV peak {:.1} MiB ({:.3} of the ideal {:.1} MiB)",
                 generated / secs,
-                kv_bytes as f64 / (1 << 20) as f64
+                kv_bytes as f64 / (1 << 20) as f64,
+                kv_bytes as f64 / ideal_bytes as f64,
+                ideal_bytes as f64 / (1 << 20) as f64
             );
                 let row = json!({
                     "prefix_sharing": sharing, "prompt_tokens": p, "samples": k, "gen_tokens": g, "completed_samples": done,
                     "seconds_to_all_samples": secs, "seconds_to_first_token": first_token, "generated_tokens_per_s": generated / secs,
                     "prompt_tokens_computed": c.prompt_tokens_computed, "kv_peak_blocks": c.peak_blocks_used,
-                    "kv_peak_bytes": kv_bytes,
+                    "kv_peak_bytes": kv_bytes, "kv_ideal_bytes": ideal_bytes,
+                    "kv_peak_over_ideal": kv_bytes as f64 / ideal_bytes as f64,
                 });
                 let faster =
                     |b: &Value| secs < b["seconds_to_all_samples"].as_f64().unwrap_or(f64::MAX);
@@ -453,7 +531,7 @@ fn bench_on<B: Backend>(
         }
         report["grm_workload"] = json!(rows);
         if !a.skip.iter().any(|s| s == "tree") {
-            report["grm_tree_workload"] = grm_tree_workload(a, load, vocab, kv_token_bytes)?;
+            report["grm_tree_workload"] = grm_tree_workload(a, &slot, vocab, kv_token_bytes)?;
         }
     }
     match a.peer.as_deref() {
@@ -471,7 +549,7 @@ fn bench_on<B: Backend>(
                 prompt_tokens: a.prompt_tokens,
                 decode_context: 64,
                 decode_steps: a.decode_steps,
-                samples: a.samples,
+                samples: a.samples.first().copied().unwrap_or(8),
                 gen_tokens: a.gen_tokens,
                 reps: a.grm_reps,
             })?;
@@ -487,6 +565,37 @@ fn bench_on<B: Backend>(
         std::fs::write(out, text + "\n").with_context(|| format!("writing {}", out.display()))?;
     }
     Ok(())
+}
+
+/// With `GRM_CUDA_PROFILE=1` (see `grm_engine::cuda::profile`): the time by operation since the
+/// last call, on stderr and under the report's "profile" as `name`; `None` only starts anew.
+fn profile_section(report: &mut Value, name: Option<String>) {
+    #[cfg(feature = "cuda")]
+    {
+        use grm_engine::cuda::profile;
+        if !profile::enabled() {
+            return;
+        }
+        let rows = profile::report();
+        profile::reset();
+        let Some(name) = name else { return };
+        let total: f64 = rows.iter().map(|r| r.1).sum();
+        eprintln!("profile of {name}: {:.1} ms by operation", total * 1e3);
+        for (op, secs, n) in rows.iter().take(16) {
+            eprintln!(
+                "  {op:<24} {:>9.2} ms {:>5.1}% {n:>8} calls",
+                secs * 1e3,
+                100.0 * secs / total.max(1e-12)
+            );
+        }
+        let by_op: Vec<Value> = rows
+            .iter()
+            .map(|(op, secs, n)| json!({ "op": op, "seconds": secs, "calls": n }))
+            .collect();
+        report["profile"][name] = json!(by_op);
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = (report, name);
 }
 
 /// The machine's roofline on the compute threads, measured now: read and copy bandwidth over
@@ -551,6 +660,12 @@ fn model_dtype(dir: &Path) -> Result<String> {
 
 /// The same GRM workload through HF transformers (torch, CPU), same weights, same threads.
 fn peer_transformers(a: &EngineArgs, dir: &Path) -> Result<Value> {
+    let samples = a
+        .samples
+        .iter()
+        .map(|k| k.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/peer_transformers.py");
     let threads = a.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -561,7 +676,7 @@ fn peer_transformers(a: &EngineArgs, dir: &Path) -> Result<Value> {
         .arg(&script)
         .args(["--model", &dir.display().to_string()])
         .args(["--prompt-tokens", &a.prompt_tokens.to_string()])
-        .args(["--samples", &a.samples.to_string()])
+        .args(["--samples", &samples])
         .args(["--gen-tokens", &a.gen_tokens.to_string()])
         .args(["--temperature", &a.temperature.to_string()])
         .args(["--threads", &threads.to_string()])
@@ -585,10 +700,14 @@ fn peer_transformers(a: &EngineArgs, dir: &Path) -> Result<Value> {
     }
     let v: Value =
         serde_json::from_slice(&out.stdout).context("the transformers peer printed no JSON")?;
-    eprintln!(
-        "transformers: {:.1} generated tok/s",
-        v["generated_tokens_per_s"].as_f64().unwrap_or(0.0)
-    );
+    for run in v["runs"].as_array().into_iter().flatten() {
+        eprintln!(
+            "transformers k={}: {:.2} s, {:.1} generated tok/s",
+            run["samples"],
+            run["seconds_to_all_samples"].as_f64().unwrap_or(0.0),
+            run["generated_tokens_per_s"].as_f64().unwrap_or(0.0)
+        );
+    }
     Ok(v)
 }
 
@@ -599,15 +718,15 @@ fn peer_transformers(a: &EngineArgs, dir: &Path) -> Result<Value> {
 /// computed are set against the ideal: the distinct tokens of the prompts' prefix tree.
 fn grm_tree_workload<B: Backend>(
     a: &EngineArgs,
-    load: &dyn Fn() -> Result<Gemma2<B>>,
+    slot: &ModelSlot<'_, B>,
     vocab: usize,
     kv_token_bytes: usize,
 ) -> Result<Value> {
     use grm_engine::scheduler::prompt_tree::unique_tokens;
     use grm_engine::workload::{grm_prompts, GrmShape};
-    let (p, k, g) = (a.prompt_tokens, a.samples, a.gen_tokens);
+    let (p, g) = (a.prompt_tokens, a.gen_tokens);
     let mut rows = Vec::new();
-    for n in [2usize, 4] {
+    for (&k, n) in a.samples.iter().flat_map(|k| [(k, 2usize), (k, 4)]) {
         let (footer, per_response) = (p / 16, p / (6 * n));
         let shape = GrmShape {
             header: p - footer - n * per_response,
@@ -621,7 +740,7 @@ fn grm_tree_workload<B: Backend>(
         let ideal = unique_tokens(&w.prompts.iter().map(|p| &p[..]).collect::<Vec<_>>());
         for tree in [true, false] {
             let blocks = (k + w.prompts.len()) * ((p + g).div_ceil(16) + 1) + 1;
-            let mut s = sched(load()?, blocks, true, 512)?;
+            let mut s = sched(slot.take()?, blocks, true, 512)?;
             let params = |i: usize| grm_sample(a.temperature, g, i);
             let t = Instant::now();
             if tree {
@@ -648,6 +767,7 @@ fn grm_tree_workload<B: Backend>(
             }
             let secs = t.elapsed().as_secs_f64();
             let c = s.counters();
+            slot.put(s.into_model());
             let kv_bytes = c.peak_blocks_used * 16 * kv_token_bytes;
             eprintln!(
                 "grm workload n={n} P={p} k={k} G={g} tree={tree}: {} distinct prompts, {} prompt tokens computed (ideal {ideal}), {secs:.2} s, KV peak {:.1} MiB",

@@ -109,6 +109,11 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// `x · wᵀ`.
     fn linear(&self, x: &Self::Act, w: &Self::Matrix) -> Self::Act;
+    /// `x · wᵀ` for several weights of one input (a layer's q, k and v; its gate and up), so a
+    /// backend can prepare `x` once.
+    fn linears<const N: usize>(&self, x: &Self::Act, ws: [&Self::Matrix; N]) -> [Self::Act; N] {
+        ws.map(|w| self.linear(x, w))
+    }
     /// Prepares, once per forward step, what every layer of the step reuses: positions,
     /// block tables, RoPE rows, slots.
     fn prepare_step<'a>(&'a self, inputs: StepInputs<'a>) -> Self::Step<'a>;

@@ -279,9 +279,7 @@ impl<B: Backend> Gemma2<B> {
             None => b.rms_norm(&x, &self.final_norm, eps),
         };
         for (i, l) in self.layers.iter().enumerate() {
-            let mut q = b.linear(&hn, &l.q);
-            let mut k = b.linear(&hn, &l.k);
-            let v = b.linear(&hn, &l.v);
+            let [mut q, mut k, v] = b.linears(&hn, [&l.q, &l.k, &l.v]);
             b.rope(&mut q, c.num_heads, c.head_dim, &step);
             b.rope(&mut k, c.num_kv_heads, c.head_dim, &step);
             b.write_kv(kv, i, &k, &v, &step);
@@ -289,8 +287,7 @@ impl<B: Backend> Gemma2<B> {
             let o = b.linear(&a, &l.o);
             hn = b.add_rms_norm_then_norm(&mut x, &o, &l.post_attn_norm, &l.pre_ff_norm, eps);
 
-            let g = b.linear(&hn, &l.gate);
-            let u = b.linear(&hn, &l.up);
+            let [g, u] = b.linears(&hn, [&l.gate, &l.up]);
             let m = b.gelu_mul(&g, &u);
             let d = b.linear(&m, &l.down);
             match self.layers.get(i + 1) {

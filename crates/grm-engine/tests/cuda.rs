@@ -442,6 +442,117 @@ fn paged_attention_kv_writes_and_block_copies_match_the_cpu() {
     }
 }
 
+/// Contexts past one decode split (256 keys) and prompt chunks over many key blocks: the split
+/// decode kernel and its merge (rows of 1 to 1,100 keys in one step, so some splits of the short
+/// rows see no key), and the prefill tiles, against the CPU, with and without a window shorter
+/// than the context and the softcap; head groups of 1, 2 and 16 (past the kernel's 4 heads
+/// scored at once), block sizes of 8, 12, 16 and 32 (lanes over keys and dimensions).
+#[test]
+fn long_contexts_split_decode_and_prefill_tiles_match_the_cpu() {
+    let Some(b) = gpu() else { return };
+    let mut r = Rnd(11);
+    for (heads, kv_heads, hd, bs) in [
+        (8, 4, 256, 16),
+        (32, 16, 128, 32),
+        (32, 2, 64, 8),
+        (4, 4, 40, 12),
+    ] {
+        let width = kv_heads * hd;
+        // Decode rows at positions 0, 255, 256 and 1099, then a 300-row chunk at 700..999.
+        let decode_pos = [0usize, 255, 256, 1099];
+        let (chunk0, chunk_len) = (700usize, 300usize);
+        let lens: Vec<usize> = decode_pos
+            .iter()
+            .map(|&p| p + 1)
+            .chain([chunk0 + chunk_len])
+            .collect();
+        let need: Vec<usize> = lens.iter().map(|l| l.div_ceil(bs)).collect();
+        let blocks = need.iter().sum::<usize>() + 3;
+        // Each sequence's blocks, scattered over the pool.
+        let mut order: Vec<u32> = (0..blocks as u32).collect();
+        for i in (1..order.len()).rev() {
+            let j = ((r.next(1.0) + 1.0) * 0.5 * (i + 1) as f32) as usize;
+            order.swap(i, j.min(i));
+        }
+        let mut spans = Vec::new();
+        let mut at = 0;
+        for &n in &need {
+            spans.push(order[at..at + n].to_vec());
+            at += n;
+        }
+        let mut gkv = b.new_kv(1, blocks, bs, kv_heads, hd).unwrap();
+        let mut ckv = CpuKv::new(1, blocks, bs, kv_heads, hd);
+        let slots: Vec<usize> = (0..blocks * bs).collect();
+        let k = r.vec(slots.len() * width, 2.0);
+        let v = r.vec(slots.len() * width, 2.0);
+        let step = b.prepare_step(StepInputs {
+            meta: &AttentionMeta::default(),
+            slots: &slots,
+            extra_slots: &[],
+            cos: &[],
+            sin: &[],
+            group: 1,
+        });
+        b.write_kv(
+            &mut gkv,
+            0,
+            &b.act_from_host(slots.len(), width, &k),
+            &b.act_from_host(slots.len(), width, &v),
+            &step,
+        );
+        let round = |x: &[f32]| x.iter().map(|&v| bf16_round(v)).collect::<Vec<_>>();
+        for &s in &slots {
+            let row = s * width..(s + 1) * width;
+            ckv.write(0, s, &round(&k[row.clone()]), &round(&v[row]));
+        }
+        let mut positions: Vec<u32> = decode_pos.iter().map(|&p| p as u32).collect();
+        let mut span_of: Vec<u32> = (0..decode_pos.len() as u32).collect();
+        for p in chunk0..chunk0 + chunk_len {
+            positions.push(p as u32);
+            span_of.push(decode_pos.len() as u32);
+        }
+        let meta = AttentionMeta {
+            positions,
+            span_of,
+            spans,
+            block_size: bs,
+        };
+        let step = b.prepare_step(StepInputs {
+            meta: &meta,
+            slots: &[],
+            extra_slots: &[],
+            cos: &[],
+            sin: &[],
+            group: heads / kv_heads,
+        });
+        let rows = meta.positions.len();
+        let q = r.vec(rows * heads * hd, 2.0);
+        let gq = b.act_from_host(rows, heads * hd, &q);
+        for (window, softcap) in [
+            (None, Some(50.0)),
+            (Some(300), None),
+            (Some(4096), Some(50.0)),
+        ] {
+            let p = AttentionParams {
+                num_heads: heads,
+                num_kv_heads: kv_heads,
+                head_dim: hd,
+                scale: (hd as f32).powf(-0.5),
+                softcap,
+                window,
+            };
+            let want = attention::attention(&ckv, 0, &q, &meta, p);
+            let got = host(&b, &b.attention(&gkv, 0, &gq, &step, p));
+            assert_close(
+                &format!("long attention {heads}h/{kv_heads}kv/{hd}d/bs{bs} window {window:?} cap {softcap:?}"),
+                &got,
+                &want,
+                5e-5,
+            );
+        }
+    }
+}
+
 #[test]
 fn sampling_on_the_gpu_matches_its_cpu_reference() {
     let Some(b) = gpu() else { return };

@@ -58,7 +58,7 @@ pub const FILES: &[KernelFile] = &[
     KernelFile {
         name: "attention.cu",
         source: include_str!("../../../../kernels/attention.cu"),
-        kernels: &["attn_prefill", "attn_decode"],
+        kernels: &["attn_prefill", "attn_decode", "attn_decode_merge"],
     },
     KernelFile {
         name: "sample.cu",

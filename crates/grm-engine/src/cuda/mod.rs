@@ -9,6 +9,8 @@
 
 pub mod kernels;
 pub mod plan;
+pub mod profile;
+pub mod roofline;
 
 use crate::backend::{AttentionParams, Backend, StepInputs};
 use crate::device_sampler::RowSampling;
@@ -49,7 +51,10 @@ fn cuda_err(what: impl std::fmt::Display) -> EngineError {
 /// errors (see the module comment).
 fn ok<T, E: std::fmt::Debug>(r: std::result::Result<T, E>, what: &str) -> T {
     match r {
-        Ok(v) => v,
+        Ok(v) => {
+            profile::mark(what);
+            v
+        }
         Err(e) => panic!("CUDA {what} failed: {e:?}"),
     }
 }
@@ -115,6 +120,14 @@ pub struct CudaBackend {
     max_shared: usize,
 }
 
+/// The device's stream-ordered memory pool, where every buffer of this backend comes from.
+fn default_pool(ctx: &CudaContext) -> Option<drv_sys::CUmemoryPool> {
+    let mut pool: drv_sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: a valid device handle and out-pointer.
+    let r = unsafe { drv_sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) };
+    (r == drv_sys::CUresult::CUDA_SUCCESS).then_some(pool)
+}
+
 /// Whether a CUDA driver can be opened in this process.
 pub fn driver_present() -> bool {
     // SAFETY: only tries to open the library.
@@ -159,6 +172,21 @@ impl CudaBackend {
         }
         let ctx = CudaContext::new(opts.ordinal)
             .map_err(|e| cuda_err(format!("cannot open cuda:{}: {e:?}", opts.ordinal)))?;
+        profile::init_from_env();
+        // Activations come from the device's stream-ordered pool. Its default release threshold
+        // (0) hands freed memory back to the driver at every synchronisation, so each decode
+        // step would map its few hundred buffers afresh; kept, an allocation is a sub-allocation.
+        if let Some(pool) = default_pool(&ctx) {
+            let mut keep = u64::MAX;
+            // SAFETY: a valid pool and a pointer to a u64, as the attribute takes.
+            let _ = unsafe {
+                drv_sys::cuMemPoolSetAttribute(
+                    pool,
+                    drv_sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                    &mut keep as *mut u64 as *mut std::ffi::c_void,
+                )
+            };
+        }
         // One stream does all the work, so the per-buffer events cudarc keeps for ordering
         // across streams are pure cost.
         // SAFETY: no other stream touches these buffers.
@@ -245,12 +273,37 @@ impl CudaBackend {
         }
     }
 
+    /// The device's copy bandwidth and bf16 product rate, measured now (see [`roofline`]).
+    pub fn roofline(&self) -> Result<roofline::GpuRoofline> {
+        let r = roofline::measure(self);
+        self.release_free_memory();
+        r
+    }
+
+    /// Hands the pool's free memory back to the driver (it keeps freed buffers for reuse), so
+    /// that what `memory()` reports as free is free to another allocation or process.
+    pub fn release_free_memory(&self) {
+        let _ = self.stream.synchronize();
+        if let Some(pool) = default_pool(&self.ctx) {
+            // SAFETY: a valid pool; nothing in flight holds its free memory (synchronised).
+            let _ = unsafe { drv_sys::cuMemPoolTrimTo(pool, 0) };
+        }
+    }
+
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }
 
     fn zeros_f32(&self, n: usize) -> CudaSlice<f32> {
         ok(self.stream.alloc_zeros::<f32>(n.max(1)), "alloc")
+    }
+
+    /// An output buffer that the kernel about to run writes in full: no memset launched (a
+    /// decode step makes a few hundred of these).
+    fn out_f32(&self, n: usize) -> CudaSlice<f32> {
+        // SAFETY: every caller launches a kernel (or cuBLAS with beta = 0) that writes all
+        // n elements before anything reads them; f32 has no invalid bit patterns.
+        ok(unsafe { self.stream.alloc::<f32>(n.max(1)) }, "alloc")
     }
 
     fn upload<T: cudarc::driver::DeviceRepr>(&self, host: &[T]) -> CudaSlice<T> {
@@ -321,7 +374,7 @@ impl CudaBackend {
         eps: f32,
     ) -> CudaAct {
         let (rows, cols) = (x.rows, x.cols);
-        let mut out = self.zeros_f32(rows * cols);
+        let mut out = self.out_f32(rows * cols);
         if rows == 0 {
             return CudaAct {
                 rows,
@@ -352,11 +405,38 @@ impl CudaBackend {
         }
     }
 
+    /// `x` as cuBLAS multiplies it by a weight of `dtype`: itself for f32 (`None`), else a
+    /// 16-bit copy (bf16 or f16 in, f32 accumulate: the activations take the weights' type).
+    fn gemm_input(&self, x: &CudaAct, dtype: DType) -> Option<CudaSlice<u16>> {
+        let kname = match dtype {
+            DType::F32 => return None,
+            DType::BF16 => "cast_f32_bf16",
+            DType::F16 => "cast_f32_f16",
+        };
+        let n = x.rows * x.cols;
+        // SAFETY: the cast below writes all n elements.
+        let mut h = ok(unsafe { self.stream.alloc::<u16>(n.max(1)) }, "alloc");
+        if n > 0 {
+            let n64 = n as u64;
+            let mut b = self.stream.launch_builder(self.f(kname));
+            b.arg(&x.buf).arg(&mut h).arg(&n64);
+            // SAFETY: matches elementwise.cu's casts.
+            ok(unsafe { b.launch(Self::flat_config(n)) }, kname);
+        }
+        Some(h)
+    }
+
     /// cuBLAS: `x · wᵀ` with w [out × in] row-major (column-major [in × out], transposed).
     fn gemm(&self, x: &CudaAct, w: &CudaMatrix) -> CudaAct {
+        let half = self.gemm_input(x, w.dtype);
+        self.gemm_with(x, half.as_ref(), w)
+    }
+
+    /// [`Self::gemm`] with `x` already in the weight's type (`half`, from [`Self::gemm_input`]).
+    fn gemm_with(&self, x: &CudaAct, half: Option<&CudaSlice<u16>>, w: &CudaMatrix) -> CudaAct {
         let (rows, k, n_out) = (x.rows, x.cols, w.rows);
         assert_eq!(k, w.cols, "gemm: x has {k} columns, the weight {}", w.cols);
-        let mut out = self.zeros_f32(rows * n_out);
+        let mut out = self.out_f32(rows * n_out);
         if rows == 0 {
             return CudaAct {
                 rows,
@@ -366,38 +446,24 @@ impl CudaBackend {
         }
         use blas_sys::cudaDataType::{CUDA_R_16BF, CUDA_R_16F, CUDA_R_32F};
         let (alpha, beta) = (1.0f32, 0.0f32);
-        let half_x;
-        let (x_ptr, x_type, _x_guard) = match w.dtype {
-            DType::F32 => {
-                let (p, g) = x.buf.device_ptr(&self.stream);
-                (p, CUDA_R_32F, Some(g))
-            }
-            DType::BF16 | DType::F16 => {
-                // bf16 (or f16) in, f32 accumulate: the activations take the weights' type.
-                let n = rows * k;
-                let mut h = ok(self.stream.alloc_zeros::<u16>(n), "alloc");
-                let kname = if w.dtype == DType::BF16 {
-                    "cast_f32_bf16"
+        let (x_ptr, x_type, _x_guard) = match (w.dtype, half) {
+            (DType::BF16, Some(h)) | (DType::F16, Some(h)) => {
+                let (p, g) = h.device_ptr(&self.stream);
+                let t = if w.dtype == DType::BF16 {
+                    CUDA_R_16BF
                 } else {
-                    "cast_f32_f16"
+                    CUDA_R_16F
                 };
-                let n64 = n as u64;
-                let mut b = self.stream.launch_builder(self.f(kname));
-                b.arg(&x.buf).arg(&mut h).arg(&n64);
-                // SAFETY: matches elementwise.cu's casts.
-                ok(unsafe { b.launch(Self::flat_config(n)) }, kname);
-                half_x = h;
-                let (p, g) = half_x.device_ptr(&self.stream);
-                (
-                    p,
-                    if w.dtype == DType::BF16 {
-                        CUDA_R_16BF
-                    } else {
-                        CUDA_R_16F
-                    },
-                    Some(g),
-                )
+                (p, t, g)
             }
+            (DType::F32, None) => {
+                let (p, g) = x.buf.device_ptr(&self.stream);
+                (p, CUDA_R_32F, g)
+            }
+            (d, h) => panic!(
+                "gemm: a {d:?} weight with {} input",
+                if h.is_some() { "a 16-bit" } else { "an f32" }
+            ),
         };
         let (w_ptr, _wg) = w.bytes.device_ptr(&self.stream);
         let (o_ptr, _og) = out.device_ptr_mut(&self.stream);
@@ -465,7 +531,7 @@ impl CudaBackend {
 
     /// The given rows of `x`, by a device list of row indices.
     fn gather_by(&self, x: &CudaAct, idx: &CudaSlice<u32>, rows: usize) -> CudaSlice<f32> {
-        let mut out = self.zeros_f32(rows * x.cols);
+        let mut out = self.out_f32(rows * x.cols);
         let c = x.cols as i32;
         let mut b = self.stream.launch_builder(self.f("gather_rows"));
         b.arg(&x.buf).arg(idx).arg(&c).arg(&mut out);
@@ -534,7 +600,9 @@ impl Backend for CudaBackend {
 
     fn kv_memory_budget(&self) -> Option<usize> {
         // What the fraction allows beyond what is in use now (the weights are loaded), less a
-        // reserve of 5% of the device for activations and cuBLAS's workspace.
+        // reserve of 5% of the device for activations and cuBLAS's workspace. Buffers the pool
+        // keeps for reuse count as free.
+        self.release_free_memory();
         let (free, total) = self.memory().ok()?;
         let allowed = (total as f64 * f64::from(self.memory_fraction)) as usize;
         let used = total - free;
@@ -569,8 +637,9 @@ impl Backend for CudaBackend {
         kv_heads: usize,
         head_dim: usize,
     ) -> Result<CudaKv> {
-        // The prefill kernel holds one block of keys and values in shared memory.
-        let tile = 2 * block_size * head_dim * 4;
+        // The prefill kernel holds one block of keys and values, and a tile's queries, in
+        // shared memory.
+        let tile = prefill_shared_bytes(block_size, head_dim);
         if tile > self.max_shared {
             return Err(cuda_err(format!(
                 "--block-size {block_size} with head_dim {head_dim} needs {tile} bytes of shared memory per attention block; this GPU allows {}: lower --block-size",
@@ -602,7 +671,7 @@ impl Backend for CudaBackend {
 
     fn embed(&self, table: &CudaMatrix, tokens: &[u32], scale: f32) -> CudaAct {
         let (rows, cols) = (tokens.len(), table.cols);
-        let mut out = self.zeros_f32(rows * cols);
+        let mut out = self.out_f32(rows * cols);
         if rows > 0 {
             let toks = self.upload(tokens);
             let (dtype, c) = (dtype_code(table.dtype), cols as i32);
@@ -627,7 +696,7 @@ impl Backend for CudaBackend {
     }
 
     fn rms_norm(&self, x: &CudaAct, w: &CudaSlice<f32>, eps: f32) -> CudaAct {
-        let mut out = self.zeros_f32(x.rows * x.cols);
+        let mut out = self.out_f32(x.rows * x.cols);
         if x.rows > 0 {
             let c = x.cols as i32;
             let mut b = self.stream.launch_builder(self.f("rms_norm"));
@@ -674,12 +743,22 @@ impl Backend for CudaBackend {
         self.fused_norms(residual, x, w_post, w_next, eps)
     }
 
+    fn linears<const N: usize>(&self, x: &CudaAct, ws: [&CudaMatrix; N]) -> [CudaAct; N] {
+        let dtype = ws.first().map(|w| w.dtype);
+        if ws.iter().any(|w| w.rows <= 8 || Some(w.dtype) != dtype) {
+            return ws.map(|w| self.linear(x, w));
+        }
+        // One cast of x serves every product.
+        let half = dtype.and_then(|d| self.gemm_input(x, d));
+        ws.map(|w| self.gemm_with(x, half.as_ref(), w))
+    }
+
     fn linear(&self, x: &CudaAct, w: &CudaMatrix) -> CudaAct {
         if w.rows > 8 {
             return self.gemm(x, w);
         }
         // The scalar head of a reward model: a reduction per (row, label).
-        let mut out = self.zeros_f32(x.rows * w.rows);
+        let mut out = self.out_f32(x.rows * w.rows);
         if x.rows > 0 {
             let (dtype, c, l) = (dtype_code(w.dtype), x.cols as i32, w.rows as i32);
             let mut b = self.stream.launch_builder(self.f("score_head"));
@@ -756,7 +835,7 @@ impl Backend for CudaBackend {
 
     fn gelu_mul(&self, gate: &CudaAct, up: &CudaAct) -> CudaAct {
         let n = gate.rows * gate.cols;
-        let mut out = self.zeros_f32(n);
+        let mut out = self.out_f32(n);
         if n > 0 {
             let n64 = n as u64;
             let mut b = self.stream.launch_builder(self.f("gelu_mul"));
@@ -843,7 +922,7 @@ impl Backend for CudaBackend {
         step: &CudaStep,
         p: AttentionParams,
     ) -> CudaAct {
-        let mut out = self.zeros_f32(q.rows * q.cols);
+        let mut out = self.out_f32(q.rows * q.cols);
         if q.rows == 0 {
             return CudaAct {
                 rows: q.rows,
@@ -868,21 +947,25 @@ impl Backend for CudaBackend {
         );
         let cap = p.softcap.unwrap_or(0.0);
         let window = p.window.map_or(0, |w| w as i32);
-        // Both kernels take the same arguments but for their rows (prefill: the tiles' first
-        // rows and counts; decode: the rows).
-        let mut launch = |name: &'static str, cfg: LaunchConfig, rows: &[&CudaSlice<u32>]| {
-            let mut b = self.stream.launch_builder(self.f(name));
+        if let (Some(r0), Some(n)) = (&m.tile_row0, &m.tile_rows) {
+            let bytes = prefill_shared_bytes(kv.block_size, p.head_dim);
+            self.dynamic_shared(self.f("attn_prefill"), bytes);
+            let cfg = LaunchConfig {
+                grid_dim: (m.plan.tile_row0.len() as u32, p.num_kv_heads as u32, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: bytes as u32,
+            };
+            let mut b = self.stream.launch_builder(self.f("attn_prefill"));
             b.arg(&q.buf)
                 .arg(&kc)
                 .arg(&vc)
                 .arg(&m.tables)
                 .arg(&m.table_start)
                 .arg(&m.seq_of)
-                .arg(&m.positions);
-            for r in rows {
-                b.arg(*r);
-            }
-            b.arg(&heads)
+                .arg(&m.positions)
+                .arg(r0)
+                .arg(n)
+                .arg(&heads)
                 .arg(&kvh)
                 .arg(&hd)
                 .arg(&bs)
@@ -890,29 +973,71 @@ impl Backend for CudaBackend {
                 .arg(&cap)
                 .arg(&window)
                 .arg(&mut out);
-            // SAFETY: matches attention.cu; the plan keeps prefill tiles within PREFILL_PAIRS.
-            ok(unsafe { b.launch(cfg) }, name);
-        };
-        if let (Some(r0), Some(n)) = (&m.tile_row0, &m.tile_rows) {
-            let bytes = 2 * kv.block_size * p.head_dim * 4;
-            self.dynamic_shared(self.f("attn_prefill"), bytes);
-            let cfg = LaunchConfig {
-                grid_dim: (m.plan.tile_row0.len() as u32, p.num_kv_heads as u32, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: bytes as u32,
-            };
-            launch("attn_prefill", cfg, &[r0, n]);
+            // SAFETY: matches attention.cu's attn_prefill; the plan keeps tiles within
+            // PREFILL_PAIRS.
+            ok(unsafe { b.launch(cfg) }, "attn_prefill");
         }
         if let Some(rows) = &m.decode_rows {
-            let warps = 4usize;
-            let bytes = (group * p.head_dim * (1 + warps) + 2 * warps * group) * 4;
+            let nrows = m.plan.decode_rows.len();
+            let splits = plan::decode_splits(m.plan.decode_max_pos, p.window);
+            // Each split's unnormalised output, max and sum, for the merge (one split writes
+            // the output itself and these go unused).
+            let partials = if splits > 1 {
+                nrows * p.num_heads * splits
+            } else {
+                1
+            };
+            let mut part_o = self.out_f32(partials * p.head_dim);
+            let mut part_ml = self.out_f32(partials * 2);
+            let bytes = decode_shared_bytes(group, p.head_dim);
             self.dynamic_shared(self.f("attn_decode"), bytes);
             let cfg = LaunchConfig {
-                grid_dim: (m.plan.decode_rows.len() as u32, p.num_kv_heads as u32, 1),
-                block_dim: (32 * warps as u32, 1, 1),
+                grid_dim: (nrows as u32, p.num_kv_heads as u32, splits as u32),
+                block_dim: (128, 1, 1),
                 shared_mem_bytes: bytes as u32,
             };
-            launch("attn_decode", cfg, &[rows]);
+            {
+                let mut b = self.stream.launch_builder(self.f("attn_decode"));
+                b.arg(&q.buf)
+                    .arg(&kc)
+                    .arg(&vc)
+                    .arg(&m.tables)
+                    .arg(&m.table_start)
+                    .arg(&m.seq_of)
+                    .arg(&m.positions)
+                    .arg(rows)
+                    .arg(&heads)
+                    .arg(&kvh)
+                    .arg(&hd)
+                    .arg(&bs)
+                    .arg(&p.scale)
+                    .arg(&cap)
+                    .arg(&window)
+                    .arg(&mut out)
+                    .arg(&mut part_o)
+                    .arg(&mut part_ml);
+                // SAFETY: matches attention.cu's attn_decode; the partial buffers hold
+                // rows × heads × splits entries, the grid's.
+                ok(unsafe { b.launch(cfg) }, "attn_decode");
+            }
+            if splits > 1 {
+                let s = splits as i32;
+                let mut b = self.stream.launch_builder(self.f("attn_decode_merge"));
+                b.arg(&part_o)
+                    .arg(&part_ml)
+                    .arg(rows)
+                    .arg(&heads)
+                    .arg(&hd)
+                    .arg(&s)
+                    .arg(&mut out);
+                let cfg = LaunchConfig {
+                    grid_dim: (nrows as u32, p.num_heads as u32, 1),
+                    block_dim: (128, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: matches attention.cu's attn_decode_merge.
+                ok(unsafe { b.launch(cfg) }, "attn_decode_merge");
+            }
         }
         CudaAct {
             rows: q.rows,
@@ -922,7 +1047,7 @@ impl Backend for CudaBackend {
     }
 
     fn gather_rows(&self, x: &CudaAct, rows: &[usize]) -> CudaAct {
-        let mut out = self.zeros_f32(rows.len() * x.cols);
+        let mut out = self.out_f32(rows.len() * x.cols);
         if !rows.is_empty() {
             let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
             let idx = self.upload(&idx);
@@ -963,6 +1088,18 @@ impl Backend for CudaBackend {
         data.truncate(n);
         (x.rows, x.cols, data)
     }
+}
+
+/// Dynamic shared memory of attn_prefill: a block of keys (rows padded by one) and values, and
+/// the tile's queries, in f32.
+fn prefill_shared_bytes(block_size: usize, head_dim: usize) -> usize {
+    (head_dim * (block_size + 1) + block_size * head_dim + plan::PREFILL_PAIRS * head_dim) * 4
+}
+
+/// Dynamic shared memory of attn_decode: each key's block base (u64), the group's queries,
+/// its scores for one split, and a max and sum per head.
+fn decode_shared_bytes(group: usize, head_dim: usize) -> usize {
+    plan::DECODE_SPLIT_KEYS * 8 + (group * head_dim + group * plan::DECODE_SPLIT_KEYS + 64) * 4
 }
 
 fn dtype_code(d: DType) -> i32 {

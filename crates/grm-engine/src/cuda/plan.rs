@@ -8,6 +8,16 @@ use crate::backend::AttentionMeta;
 /// Most (query row, head) pairs one prefill block holds: 8 warps × 4 pairs (attention.cu).
 pub const PREFILL_PAIRS: usize = 32;
 
+/// Keys per split of the decode kernel (attention.cu: SPLIT_KEYS).
+pub const DECODE_SPLIT_KEYS: usize = 256;
+
+/// Splits of the decode kernel for a step whose latest decode position is `max_pos`: enough
+/// for the longest row's keys (its window on sliding layers).
+pub fn decode_splits(max_pos: usize, window: Option<usize>) -> usize {
+    let keys = window.map_or(max_pos + 1, |w| (max_pos + 1).min(w));
+    keys.div_ceil(DECODE_SPLIT_KEYS).max(1)
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AttentionPlan {
     /// Block tables of every sequence, one after another.
@@ -19,6 +29,8 @@ pub struct AttentionPlan {
     pub tile_rows: Vec<u32>,
     /// Rows for the decode kernel.
     pub decode_rows: Vec<u32>,
+    /// The latest position among the decode rows (0 without any).
+    pub decode_max_pos: usize,
 }
 
 /// Plans a step for `group` query heads per KV head.
@@ -42,6 +54,7 @@ pub fn plan(meta: &AttentionMeta, group: usize) -> AttentionPlan {
         }
         if end - r == 1 {
             p.decode_rows.push(r as u32);
+            p.decode_max_pos = p.decode_max_pos.max(meta.positions[r] as usize);
         } else {
             let mut t = r;
             while t < end {
@@ -81,6 +94,7 @@ mod tests {
         assert_eq!(p.tile_row0, vec![0, 16, 32, 42]);
         assert_eq!(p.tile_rows, vec![16, 16, 8, 3]);
         assert_eq!(p.decode_rows, vec![40, 41]);
+        assert_eq!(p.decode_max_pos, 17);
         // Every row is covered exactly once.
         let mut covered = [0; 45];
         for (&r0, &n) in p.tile_row0.iter().zip(&p.tile_rows) {
@@ -94,5 +108,27 @@ mod tests {
         assert!(covered.iter().all(|&c| c == 1));
         // A group of 32 heads: one row per tile.
         assert_eq!(plan(&meta, 32).tile_rows.iter().max(), Some(&1));
+    }
+
+    #[test]
+    fn the_kernels_split_size_is_the_plans() {
+        let src = super::super::kernels::FILES
+            .iter()
+            .find(|f| f.name == "attention.cu")
+            .map(|f| f.source)
+            .unwrap_or_default();
+        assert!(src.contains(&format!("#define SPLIT_KEYS {DECODE_SPLIT_KEYS} ")));
+        assert!(src.contains(&format!("#define PAIRS_PER_WARP {} ", PREFILL_PAIRS / 8)));
+    }
+
+    #[test]
+    fn decode_splits_cover_the_longest_rows_keys() {
+        assert_eq!(decode_splits(0, None), 1);
+        assert_eq!(decode_splits(255, None), 1);
+        assert_eq!(decode_splits(256, None), 2);
+        assert_eq!(decode_splits(4000, None), 16);
+        // A sliding layer sees its window at most.
+        assert_eq!(decode_splits(4000, Some(512)), 2);
+        assert_eq!(decode_splits(100, Some(4096)), 1);
     }
 }

@@ -243,6 +243,12 @@ impl<B: Backend> Scheduler<B> {
         &self.model
     }
 
+    /// The model back, its KV cache freed: the next scheduler reuses the loaded weights (a
+    /// benchmark of a 27B model loads them once, not once per measurement).
+    pub fn into_model(self) -> Gemma2<B> {
+        self.model
+    }
+
     pub fn kv_stats(&self) -> KvStats {
         self.blocks.stats()
     }
