@@ -403,41 +403,66 @@ fn paged_attention_kv_writes_and_block_copies_match_the_cpu() {
             spans: vec![vec![3, 7, 1], vec![3, 7, 9], alone.clone(), alone.clone()],
             block_size: bs,
         };
-        let step = b.prepare_step(StepInputs {
-            meta: &meta,
-            slots: &[],
-            extra_slots: &[],
-            cos: &[],
-            sin: &[],
-            group: heads / kv_heads,
-        });
-        let rows = meta.positions.len();
-        let q = r.vec(rows * heads * hd, 2.0);
-        let gq = b.act_from_host(rows, heads * hd, &q);
-        for (window, softcap) in [
-            (None, Some(50.0)),
-            (Some(bs + 3), Some(50.0)),
-            (Some(5), None),
-            (None, None),
-        ] {
-            let p = AttentionParams {
-                num_heads: heads,
-                num_kv_heads: kv_heads,
-                head_dim: hd,
-                scale: (hd as f32).powf(-0.5),
-                softcap,
-                window,
-            };
-            for layer in 0..layers {
-                let want = attention::attention(&ckv, layer, &q, &meta, p);
-                let got = host(&b, &b.attention(&gkv, layer, &gq, &step, p));
-                assert_close(
-                    &format!("attention {heads}h/{kv_heads}kv/{hd}d/bs{bs} window {window:?} cap {softcap:?} layer {layer}"),
-                    &got,
-                    &want,
-                    2e-5,
-                );
-            }
+        attention_matches_cpu(
+            &b,
+            (&gkv, &ckv, layers),
+            &meta,
+            (heads, kv_heads, hd),
+            &[
+                (None, Some(50.0)),
+                (Some(bs + 3), Some(50.0)),
+                (Some(5), None),
+                (None, None),
+            ],
+            &mut r,
+            2e-5,
+        );
+    }
+}
+
+/// The GPU's attention for one step of `meta` against the CPU's, on random queries, for every
+/// (window, softcap) of `cases` on every layer of the caches.
+fn attention_matches_cpu(
+    b: &CudaBackend,
+    (gkv, ckv, layers): (&grm_engine::cuda::CudaKv, &CpuKv, usize),
+    meta: &AttentionMeta,
+    (heads, kv_heads, hd): (usize, usize, usize),
+    cases: &[(Option<usize>, Option<f32>)],
+    r: &mut Rnd,
+    tol: f32,
+) {
+    let step = b.prepare_step(StepInputs {
+        meta,
+        slots: &[],
+        extra_slots: &[],
+        cos: &[],
+        sin: &[],
+        group: heads / kv_heads,
+    });
+    let rows = meta.positions.len();
+    let q = r.vec(rows * heads * hd, 2.0);
+    let gq = b.act_from_host(rows, heads * hd, &q);
+    for &(window, softcap) in cases {
+        let p = AttentionParams {
+            num_heads: heads,
+            num_kv_heads: kv_heads,
+            head_dim: hd,
+            scale: (hd as f32).powf(-0.5),
+            softcap,
+            window,
+        };
+        for layer in 0..layers {
+            let want = attention::attention(ckv, layer, &q, meta, p);
+            let got = host(b, &b.attention(gkv, layer, &gq, &step, p));
+            assert_close(
+                &format!(
+                    "attention {heads}h/{kv_heads}kv/{hd}d/bs{} rows {rows} window {window:?} cap {softcap:?} layer {layer}",
+                    meta.block_size
+                ),
+                &got,
+                &want,
+                tol,
+            );
         }
     }
 }
@@ -517,39 +542,19 @@ fn long_contexts_split_decode_and_prefill_tiles_match_the_cpu() {
             spans,
             block_size: bs,
         };
-        let step = b.prepare_step(StepInputs {
-            meta: &meta,
-            slots: &[],
-            extra_slots: &[],
-            cos: &[],
-            sin: &[],
-            group: heads / kv_heads,
-        });
-        let rows = meta.positions.len();
-        let q = r.vec(rows * heads * hd, 2.0);
-        let gq = b.act_from_host(rows, heads * hd, &q);
-        for (window, softcap) in [
-            (None, Some(50.0)),
-            (Some(300), None),
-            (Some(4096), Some(50.0)),
-        ] {
-            let p = AttentionParams {
-                num_heads: heads,
-                num_kv_heads: kv_heads,
-                head_dim: hd,
-                scale: (hd as f32).powf(-0.5),
-                softcap,
-                window,
-            };
-            let want = attention::attention(&ckv, 0, &q, &meta, p);
-            let got = host(&b, &b.attention(&gkv, 0, &gq, &step, p));
-            assert_close(
-                &format!("long attention {heads}h/{kv_heads}kv/{hd}d/bs{bs} window {window:?} cap {softcap:?}"),
-                &got,
-                &want,
-                5e-5,
-            );
-        }
+        attention_matches_cpu(
+            &b,
+            (&gkv, &ckv, 1),
+            &meta,
+            (heads, kv_heads, hd),
+            &[
+                (None, Some(50.0)),
+                (Some(300), None),
+                (Some(4096), Some(50.0)),
+            ],
+            &mut r,
+            5e-5,
+        );
     }
 }
 

@@ -405,6 +405,44 @@ impl CudaBackend {
         }
     }
 
+    /// cuBLAS's product `out[rows × n_out] = x[rows × k] · w[n_out × k]ᵀ` (row-major; cuBLAS
+    /// sees column-major [k × n_out] transposed), x and w of `x_type`, f32 accumulate and out.
+    ///
+    /// # Safety
+    /// The pointers are live device buffers of the sizes the dimensions describe.
+    unsafe fn gemm_tn(
+        &self,
+        n_out: usize,
+        rows: usize,
+        k: usize,
+        w: u64,
+        (x, x_type): (u64, blas_sys::cudaDataType),
+        out: u64,
+    ) -> std::result::Result<(), cudarc::cublas::result::CublasError> {
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        cudarc::cublas::result::gemm_ex(
+            *self.blas.handle(),
+            blas_sys::cublasOperation_t::CUBLAS_OP_T,
+            blas_sys::cublasOperation_t::CUBLAS_OP_N,
+            n_out as i32,
+            rows as i32,
+            k as i32,
+            &alpha as *const f32 as *const _,
+            w as *const _,
+            x_type,
+            k as i32,
+            x as *const _,
+            x_type,
+            k as i32,
+            &beta as *const f32 as *const _,
+            out as *mut _,
+            blas_sys::cudaDataType::CUDA_R_32F,
+            n_out as i32,
+            blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }
+
     /// `x` as cuBLAS multiplies it by a weight of `dtype`: itself for f32 (`None`), else a
     /// 16-bit copy (bf16 or f16 in, f32 accumulate: the activations take the weights' type).
     fn gemm_input(&self, x: &CudaAct, dtype: DType) -> Option<CudaSlice<u16>> {
@@ -445,7 +483,6 @@ impl CudaBackend {
             };
         }
         use blas_sys::cudaDataType::{CUDA_R_16BF, CUDA_R_16F, CUDA_R_32F};
-        let (alpha, beta) = (1.0f32, 0.0f32);
         let (x_ptr, x_type, _x_guard) = match (w.dtype, half) {
             (DType::BF16, Some(h)) | (DType::F16, Some(h)) => {
                 let (p, g) = h.device_ptr(&self.stream);
@@ -468,29 +505,7 @@ impl CudaBackend {
         let (w_ptr, _wg) = w.bytes.device_ptr(&self.stream);
         let (o_ptr, _og) = out.device_ptr_mut(&self.stream);
         // SAFETY: the pointers are live device buffers of the sizes the dimensions describe.
-        let r = unsafe {
-            cudarc::cublas::result::gemm_ex(
-                *self.blas.handle(),
-                blas_sys::cublasOperation_t::CUBLAS_OP_T,
-                blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                n_out as i32,
-                rows as i32,
-                k as i32,
-                &alpha as *const f32 as *const _,
-                w_ptr as *const _,
-                x_type,
-                k as i32,
-                x_ptr as *const _,
-                x_type,
-                k as i32,
-                &beta as *const f32 as *const _,
-                o_ptr as *mut _,
-                CUDA_R_32F,
-                n_out as i32,
-                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        };
+        let r = unsafe { self.gemm_tn(n_out, rows, k, w_ptr, (x_ptr, x_type), o_ptr) };
         ok(r, "cublasGemmEx");
         drop(_og);
         CudaAct {
@@ -947,6 +962,39 @@ impl Backend for CudaBackend {
         );
         let cap = p.softcap.unwrap_or(0.0);
         let window = p.window.map_or(0, |w| w as i32);
+        // Both kernels take the step's tables, their rows (prefill: the tiles' first rows and
+        // counts; decode: the rows), the shape, and the output; decode also its partials.
+        let mut launch = |name: &'static str,
+                          cfg: LaunchConfig,
+                          rows: &[&CudaSlice<u32>],
+                          partials: &mut [&mut CudaSlice<f32>]| {
+            let mut b = self.stream.launch_builder(self.f(name));
+            b.arg(&q.buf)
+                .arg(&kc)
+                .arg(&vc)
+                .arg(&m.tables)
+                .arg(&m.table_start)
+                .arg(&m.seq_of)
+                .arg(&m.positions);
+            for r in rows {
+                b.arg(*r);
+            }
+            b.arg(&heads)
+                .arg(&kvh)
+                .arg(&hd)
+                .arg(&bs)
+                .arg(&p.scale)
+                .arg(&cap)
+                .arg(&window)
+                .arg(&mut out);
+            for part in partials.iter_mut() {
+                b.arg(&mut **part);
+            }
+            // SAFETY: matches attention.cu's attn_prefill and attn_decode; the plan keeps
+            // prefill tiles within PREFILL_PAIRS, and the partial buffers hold rows × heads ×
+            // splits entries, the decode grid's.
+            ok(unsafe { b.launch(cfg) }, name);
+        };
         if let (Some(r0), Some(n)) = (&m.tile_row0, &m.tile_rows) {
             let bytes = prefill_shared_bytes(kv.block_size, p.head_dim);
             self.dynamic_shared(self.f("attn_prefill"), bytes);
@@ -955,27 +1003,7 @@ impl Backend for CudaBackend {
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: bytes as u32,
             };
-            let mut b = self.stream.launch_builder(self.f("attn_prefill"));
-            b.arg(&q.buf)
-                .arg(&kc)
-                .arg(&vc)
-                .arg(&m.tables)
-                .arg(&m.table_start)
-                .arg(&m.seq_of)
-                .arg(&m.positions)
-                .arg(r0)
-                .arg(n)
-                .arg(&heads)
-                .arg(&kvh)
-                .arg(&hd)
-                .arg(&bs)
-                .arg(&p.scale)
-                .arg(&cap)
-                .arg(&window)
-                .arg(&mut out);
-            // SAFETY: matches attention.cu's attn_prefill; the plan keeps tiles within
-            // PREFILL_PAIRS.
-            ok(unsafe { b.launch(cfg) }, "attn_prefill");
+            launch("attn_prefill", cfg, &[r0, n], &mut []);
         }
         if let Some(rows) = &m.decode_rows {
             let nrows = m.plan.decode_rows.len();
@@ -996,30 +1024,12 @@ impl Backend for CudaBackend {
                 block_dim: (128, 1, 1),
                 shared_mem_bytes: bytes as u32,
             };
-            {
-                let mut b = self.stream.launch_builder(self.f("attn_decode"));
-                b.arg(&q.buf)
-                    .arg(&kc)
-                    .arg(&vc)
-                    .arg(&m.tables)
-                    .arg(&m.table_start)
-                    .arg(&m.seq_of)
-                    .arg(&m.positions)
-                    .arg(rows)
-                    .arg(&heads)
-                    .arg(&kvh)
-                    .arg(&hd)
-                    .arg(&bs)
-                    .arg(&p.scale)
-                    .arg(&cap)
-                    .arg(&window)
-                    .arg(&mut out)
-                    .arg(&mut part_o)
-                    .arg(&mut part_ml);
-                // SAFETY: matches attention.cu's attn_decode; the partial buffers hold
-                // rows × heads × splits entries, the grid's.
-                ok(unsafe { b.launch(cfg) }, "attn_decode");
-            }
+            launch(
+                "attn_decode",
+                cfg,
+                &[rows],
+                &mut [&mut part_o, &mut part_ml],
+            );
             if splits > 1 {
                 let s = splits as i32;
                 let mut b = self.stream.launch_builder(self.f("attn_decode_merge"));

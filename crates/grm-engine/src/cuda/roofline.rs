@@ -59,36 +59,12 @@ pub fn measure(b: &CudaBackend) -> Result<GpuRoofline> {
     let w = b.stream.clone_htod(&host).map_err(alloc_err)?;
     let mut c = b.stream.alloc_zeros::<f32>(n * n).map_err(alloc_err)?;
     let gemm_s = best_of(b, 10, || {
-        use blas_sys::cudaDataType::{CUDA_R_16BF, CUDA_R_32F};
-        let (alpha, beta) = (1.0f32, 0.0f32);
         let (ap, _ag) = a.device_ptr(&b.stream);
         let (wp, _wg) = w.device_ptr(&b.stream);
         let (cp, _cg) = c.device_ptr_mut(&b.stream);
         // SAFETY: three live n×n buffers of the types named.
-        unsafe {
-            cudarc::cublas::result::gemm_ex(
-                *b.blas.handle(),
-                blas_sys::cublasOperation_t::CUBLAS_OP_T,
-                blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                n as i32,
-                n as i32,
-                n as i32,
-                &alpha as *const f32 as *const _,
-                wp as *const _,
-                CUDA_R_16BF,
-                n as i32,
-                ap as *const _,
-                CUDA_R_16BF,
-                n as i32,
-                &beta as *const f32 as *const _,
-                cp as *mut _,
-                CUDA_R_32F,
-                n as i32,
-                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }
-        .map_err(|e| cuda_err(format!("cublasGemmEx: {e:?}")))
+        unsafe { b.gemm_tn(n, n, n, wp, (ap, blas_sys::cudaDataType::CUDA_R_16BF), cp) }
+            .map_err(|e| cuda_err(format!("cublasGemmEx: {e:?}")))
     })?;
     Ok(GpuRoofline {
         copy_gb_per_s: 2.0 * copy_bytes as f64 / copy_s / 1e9,
