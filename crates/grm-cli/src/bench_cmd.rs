@@ -229,12 +229,12 @@ fn engine(a: EngineArgs) -> Result<()> {
             &tmp
         }
     };
-    let result = match crate::serve_cmd::Device::parse(&a.device)? {
+    let loading = || format!("loading {}", dir.display());
+    // Every error below still reaches the clean-up after the match.
+    let result = (|| match crate::serve_cmd::Device::parse(&a.device)? {
         crate::serve_cmd::Device::Cpu => {
-            let load = || {
-                Gemma2::load(dir, CpuBackend).with_context(|| format!("loading {}", dir.display()))
-            };
-            bench_on(&a, dir, &load, None)
+            let model = Gemma2::load(dir, CpuBackend).with_context(loading)?;
+            bench_on(&a, dir, model, None)
         }
         #[cfg(feature = "cuda")]
         crate::serve_cmd::Device::Cuda(ordinal) => {
@@ -258,19 +258,17 @@ fn engine(a: EngineArgs) -> Result<()> {
                     "gemm_n": r.gemm_n,
                 }))
             };
-            let load = || {
-                let backend = grm_engine::CudaBackend::new(options)
-                    .with_context(|| format!("--device {}", a.device))?;
-                Gemma2::load(dir, backend).with_context(|| format!("loading {}", dir.display()))
-            };
-            bench_on(&a, dir, &load, roofline)
+            let backend = grm_engine::CudaBackend::new(options)
+                .with_context(|| format!("--device {}", a.device))?;
+            let model = Gemma2::load(dir, backend).with_context(loading)?;
+            bench_on(&a, dir, model, roofline)
         }
         #[cfg(not(feature = "cuda"))]
         crate::serve_cmd::Device::Cuda(_) => Err(anyhow::anyhow!(
             "--device {}: this build has no CUDA backend",
             a.device
         )),
-    };
+    })();
     // The random model (and the peer's conversions of it) is this run's alone.
     if a.model.is_none() {
         let _ = std::fs::remove_dir_all(dir);
@@ -278,39 +276,16 @@ fn engine(a: EngineArgs) -> Result<()> {
     result
 }
 
-/// The model, loaded once and handed from one measurement's scheduler to the next (a 27B
-/// model's 54 GB are uploaded once per run).
-struct ModelSlot<'a, B: Backend> {
-    model: std::cell::RefCell<Option<Gemma2<B>>>,
-    load: &'a dyn Fn() -> Result<Gemma2<B>>,
-}
-
-impl<B: Backend> ModelSlot<'_, B> {
-    fn take(&self) -> Result<Gemma2<B>> {
-        match self.model.borrow_mut().take() {
-            Some(m) => Ok(m),
-            None => (self.load)(),
-        }
-    }
-
-    fn put(&self, m: Gemma2<B>) {
-        *self.model.borrow_mut() = Some(m);
-    }
-}
-
-/// The measurements, on the backend `load` builds; `gpu_roofline`, the device's bounds
-/// measured beforehand.
+/// The measurements, on `model`; `gpu_roofline`, the device's bounds measured beforehand.
+/// The model is loaded once and handed from one measurement's scheduler to the next
+/// (`Scheduler::into_model`): a 27B model's 54 GB are uploaded once per run.
 fn bench_on<B: Backend>(
     a: &EngineArgs,
     dir: &Path,
-    load: &dyn Fn() -> Result<Gemma2<B>>,
+    mut model: Gemma2<B>,
     gpu_roofline: Option<Value>,
 ) -> Result<()> {
-    let slot = ModelSlot {
-        model: std::cell::RefCell::new(None),
-        load,
-    };
-    let m = slot.take()?;
+    let m = &model;
     let vocab = m.config.vocab_size;
     let mut report = json!({
         "machine": machine(),
@@ -326,7 +301,6 @@ fn bench_on<B: Backend>(
     let kv_token_bytes = m.kv_bytes_per_token();
     let cfg = m.config.clone();
     let weight_bytes = m.weight_bytes();
-    slot.put(m);
     let on_cpu = a.device == "cpu";
     if let Some(r) = gpu_roofline {
         report["roofline"] = r;
@@ -350,7 +324,7 @@ fn bench_on<B: Backend>(
     }
 
     if !a.skip.iter().any(|s| s == "prefill") {
-        let m = slot.take()?;
+        let m = &model;
         profile_section(&mut report, None);
         let p = prompt(a.prompt_tokens, vocab, 1);
         m.run_once(&p[..16.min(p.len())], false)?; // warm-up
@@ -360,7 +334,6 @@ fn bench_on<B: Backend>(
             m.run_once(&p, false)?;
             times.push(t.elapsed().as_secs_f64());
         }
-        slot.put(m);
         profile_section(&mut report, Some("prefill".into()));
         times.sort_by(f64::total_cmp);
         let best = times[0];
@@ -387,7 +360,7 @@ fn bench_on<B: Backend>(
         for &b in &a.decode_batches {
             let ctx = a.decode_context;
             let per = (ctx + DECODE_REPS * a.decode_steps + 2).div_ceil(16) + 1;
-            let mut s = sched(slot.take()?, per * b + 1, false, 4096)?;
+            let mut s = sched(model, per * b + 1, false, 4096)?;
             for i in 0..b {
                 let params = SamplingParams {
                     max_new_tokens: DECODE_REPS * a.decode_steps + 2,
@@ -422,7 +395,7 @@ fn bench_on<B: Backend>(
                     (secs, tokens) = (dt, s.counters().generated_tokens - before);
                 }
             }
-            slot.put(s.into_model());
+            model = s.into_model();
             profile_section(&mut report, Some(format!("decode_batch_{b}")));
             let tps = tokens as f64 / secs;
             // Bytes read per step: every weight once (the tied embedding as the LM head), and
@@ -461,7 +434,7 @@ fn bench_on<B: Backend>(
             for _ in 0..a.grm_reps.max(1) {
                 let (p, g) = (a.prompt_tokens, a.gen_tokens);
                 let blocks = k * ((p + g).div_ceil(16) + 1) + 1;
-                let mut s = sched(slot.take()?, blocks, sharing, 512)?;
+                let mut s = sched(model, blocks, sharing, 512)?;
                 profile_section(&mut report, None);
                 let prompt = prompt(p, vocab, 7);
                 let params = |i: usize| grm_sample(a.temperature, g, i);
@@ -499,7 +472,7 @@ fn bench_on<B: Backend>(
                 }
                 let secs = t.elapsed().as_secs_f64();
                 let c = s.counters();
-                slot.put(s.into_model());
+                model = s.into_model();
                 profile_section(&mut report, Some(format!("grm_k{k}_shared_{sharing}")));
                 let generated = c.generated_tokens as f64;
                 let kv_bytes = c.peak_blocks_used * 16 * kv_token_bytes;
@@ -531,7 +504,7 @@ fn bench_on<B: Backend>(
         }
         report["grm_workload"] = json!(rows);
         if !a.skip.iter().any(|s| s == "tree") {
-            report["grm_tree_workload"] = grm_tree_workload(a, &slot, vocab, kv_token_bytes)?;
+            report["grm_tree_workload"] = grm_tree_workload(a, model, vocab, kv_token_bytes)?;
         }
     }
     match a.peer.as_deref() {
@@ -718,7 +691,7 @@ fn peer_transformers(a: &EngineArgs, dir: &Path) -> Result<Value> {
 /// computed are set against the ideal: the distinct tokens of the prompts' prefix tree.
 fn grm_tree_workload<B: Backend>(
     a: &EngineArgs,
-    slot: &ModelSlot<'_, B>,
+    mut model: Gemma2<B>,
     vocab: usize,
     kv_token_bytes: usize,
 ) -> Result<Value> {
@@ -740,7 +713,7 @@ fn grm_tree_workload<B: Backend>(
         let ideal = unique_tokens(&w.prompts.iter().map(|p| &p[..]).collect::<Vec<_>>());
         for tree in [true, false] {
             let blocks = (k + w.prompts.len()) * ((p + g).div_ceil(16) + 1) + 1;
-            let mut s = sched(slot.take()?, blocks, true, 512)?;
+            let mut s = sched(model, blocks, true, 512)?;
             let params = |i: usize| grm_sample(a.temperature, g, i);
             let t = Instant::now();
             if tree {
@@ -767,7 +740,7 @@ fn grm_tree_workload<B: Backend>(
             }
             let secs = t.elapsed().as_secs_f64();
             let c = s.counters();
-            slot.put(s.into_model());
+            model = s.into_model();
             let kv_bytes = c.peak_blocks_used * 16 * kv_token_bytes;
             eprintln!(
                 "grm workload n={n} P={p} k={k} G={g} tree={tree}: {} distinct prompts, {} prompt tokens computed (ideal {ideal}), {secs:.2} s, KV peak {:.1} MiB",
