@@ -44,16 +44,16 @@ def own_correct(model_dir, items, name, n_rft, threads, tok, reuse=False, four_r
     """(prompt + completion, labels) examples of the model's own correct judgements; those of 4
     responses `four_repeat` times. `reuse`: the pairs an earlier run drew for `name`, if any."""
     pairs_file = path("data", f"{name}.jsonl")
-    if reuse and os.path.exists(pairs_file):
-        pairs = read_jsonl(pairs_file)
-        print(f"{name}: reusing {len(pairs)} pairs", flush=True)
-        return pair_examples(tok, [p for p in pairs for _ in range(four_repeat if scored(p) == 4 else 1)])
-    write_jsonl(path("data", f"{name}-items.jsonl"), [domain.request(it) for it in items])
-    r = grm("spct", "rft", "--input", path("data", f"{name}-items.jsonl"), "--output", path("data", f"{name}.jsonl"),
-            "--n-rft", n_rft, "--model", model_dir, "--temperature", 1.0, "--max-new-tokens", 128, "--concurrency", 64,
-            "--kv-blocks", 20000, "--max-batch-tokens", 2048, "--threads", threads)
-    print(f"{name}:", r.stderr.strip().splitlines()[-1], flush=True)
+    reused = reuse and os.path.exists(pairs_file)
+    if not reused:
+        write_jsonl(path("data", f"{name}-items.jsonl"), [domain.request(it) for it in items])
+        r = grm("spct", "rft", "--input", path("data", f"{name}-items.jsonl"), "--output", pairs_file,
+                "--n-rft", n_rft, "--model", model_dir, "--temperature", 1.0, "--max-new-tokens", 128,
+                "--concurrency", 64, "--kv-blocks", 20000, "--max-batch-tokens", 2048, "--threads", threads)
+        print(f"{name}:", r.stderr.strip().splitlines()[-1], flush=True)
     pairs = read_jsonl(pairs_file)
+    if reused:
+        print(f"{name}: reusing {len(pairs)} pairs", flush=True)
     return pair_examples(tok, [p for p in pairs for _ in range(four_repeat if scored(p) == 4 else 1)])
 
 
