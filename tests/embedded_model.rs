@@ -1,5 +1,6 @@
 //! The shipped GRM and meta RM (models/), served by `grm serve` as the README's main command
-//! does: easy held-out items are judged correctly with k = 8.
+//! does: held-out pairs and groups of 8 (GRPO's default group size, sent whole) are judged
+//! correctly with k = 8.
 
 mod support;
 
@@ -9,14 +10,25 @@ use serde_json::Value;
 use support::*;
 
 #[test]
-fn the_embedded_models_judge_easy_items_correctly() {
+fn the_embedded_models_judge_pairs_correctly() {
+    judge_held_out("test-best-of-n.jsonl", 2);
+}
+
+#[test]
+fn the_embedded_models_judge_groups_of_8_correctly() {
+    judge_held_out("test-best-of-8.jsonl", 8);
+}
+
+/// Six held-out items of `n` responses from `file`, each scored with k = 8 (meta RM on) by a
+/// `grm serve` on the embedded models: at least five must come back with the labelled best.
+fn judge_held_out(file: &str, n: usize) {
     let _serial = serial();
     let models = repo().join("models");
     assert!(
         models.join("grm/config.json").exists() && models.join("meta-rm/config.json").exists(),
         "models/ must ship the GRM and the meta RM"
     );
-    let dir = scratch("embedded");
+    let dir = scratch(&format!("embedded-{n}"));
     let server = grm(
         &dir,
         "serve",
@@ -32,13 +44,11 @@ fn the_embedded_models_judge_easy_items_correctly() {
             "2048",
         ],
     );
-    // Easy items of the held-out split: two responses, the wrong one off by one or using the
-    // wrong operation.
-    let text = std::fs::read_to_string(models.join("eval/test-best-of-n.jsonl")).unwrap();
+    let text = std::fs::read_to_string(models.join("eval").join(file)).unwrap();
     let items: Vec<Value> = text
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|v| v["responses"].as_array().unwrap().len() == 2)
+        .filter(|v| v["responses"].as_array().unwrap().len() == n)
         .take(6)
         .collect();
     assert_eq!(items.len(), 6);
@@ -53,7 +63,7 @@ fn the_embedded_models_judge_easy_items_correctly() {
         let mut right = 0;
         for (i, it) in items.iter().enumerate() {
             let req = ScoreRequest {
-                id: format!("easy-{i}"),
+                id: format!("held-out-{n}-{i}"),
                 conversation: vec![Message {
                     role: "user".into(),
                     content: it["query"].as_str().unwrap().into(),
@@ -74,6 +84,7 @@ fn the_embedded_models_judge_easy_items_correctly() {
             };
             let r = c.score(req).await.unwrap().into_inner();
             assert_eq!(r.k_meta, 4, "the meta RM takes part by default");
+            assert_eq!(r.rewards.len(), n, "a reward for every response");
             assert!(r.valid_samples > 0, "{r:?}");
             assert!(
                 r.samples
@@ -86,6 +97,9 @@ fn the_embedded_models_judge_easy_items_correctly() {
                 right += 1;
             }
         }
-        assert!(right >= 5, "only {right}/6 easy items judged correctly");
+        assert!(
+            right >= 5,
+            "only {right}/6 held-out items of {n} judged correctly"
+        );
     });
 }

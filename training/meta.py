@@ -22,15 +22,20 @@ def main():
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--no-eight", action="store_true", help="items of 1, 2, 4 responses only (the first recipe)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reuse-data", action="store_true", help="train on the judgements an earlier run drew (no grm needed)")
+    ap.add_argument("--device", default="cpu", help="cuda: bf16 autocast on a GPU")
+    ap.add_argument("--out", default=None, help="where to save (default out/meta-rm)")
+    ap.add_argument("--bf16", action="store_true", help="save in bf16 (as shipped)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     grm_dir = a.grm or path("grm-rl", "x")[:-2]
-    items = domain.split(51, a.items, "meta", sizes=domain.SIZES if a.no_eight else domain.SIZES_8)
-    write_jsonl(path("data", "meta-items.jsonl"), [domain.request(it) for it in items])
-    r = grm("spct", "meta-data", "--input", path("data", "meta-items.jsonl"), "--output", path("data", "meta.jsonl"), "--k", a.k,
-            "--model", grm_dir, "--temperature", a.temperature, "--max-new-tokens", a.max_new_tokens, "--concurrency", 64,
-            "--kv-blocks", 20000, "--max-batch-tokens", 2048, "--threads", a.threads)
-    print("meta-data:", r.stderr.strip().splitlines()[-1], flush=True)
+    if not a.reuse_data:
+        items = domain.split(51, a.items, "meta", sizes=domain.SIZES if a.no_eight else domain.SIZES_8)
+        write_jsonl(path("data", "meta-items.jsonl"), [domain.request(it) for it in items])
+        r = grm("spct", "meta-data", "--input", path("data", "meta-items.jsonl"), "--output", path("data", "meta.jsonl"),
+                "--k", a.k, "--model", grm_dir, "--temperature", a.temperature, "--max-new-tokens", a.max_new_tokens,
+                "--concurrency", 64, "--kv-blocks", 20000, "--max-batch-tokens", 2048, "--threads", a.threads)
+        print("meta-data:", r.stderr.strip().splitlines()[-1], flush=True)
     rows = read_jsonl(path("data", "meta.jsonl"))
     pos = sum(r["label"] for r in rows)
     print(f"meta: {len(rows)} judgements, {pos} correct", flush=True)
@@ -43,6 +48,8 @@ def main():
     meta = Gemma2ForSequenceClassification(cfg)
     meta.model.load_state_dict(base.model.state_dict())
     torch.nn.init.normal_(meta.score.weight, std=0.02)
+    dev = torch.device(a.device)
+    meta.to(dev)
     data = [(encode(tok, r["text"]), float(r["label"])) for r in rows]
     # Balance the classes by weighting the loss.
     w_pos = (len(data) - pos) / max(pos, 1)
@@ -60,8 +67,9 @@ def main():
             # Left padding: the last position is every row's last token.
             x = torch.tensor([[PAD] * (L - len(data[i][0])) + data[i][0] for i in idx])
             m = torch.tensor([[0] * (L - len(data[i][0])) + [1] * len(data[i][0]) for i in idx])
-            y = torch.tensor([data[i][1] for i in idx])
-            logits = meta(input_ids=x, attention_mask=m).logits[:, 0]
+            y = torch.tensor([data[i][1] for i in idx], device=dev)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                logits = meta(input_ids=x.to(dev), attention_mask=m.to(dev)).logits[:, 0].float()
             loss = (bce(logits, y) * torch.where(y > 0, w_pos, 1.0)).mean()
             opt.zero_grad()
             loss.backward()
@@ -72,8 +80,8 @@ def main():
             step += 1
     meta.eval()
     import shutil
-    out = path("meta-rm", "x")[:-2]
-    meta.save_pretrained(out, safe_serialization=True)
+    out = a.out or path("meta-rm", "x")[:-2]
+    meta.to("cpu", torch.bfloat16 if a.bf16 else torch.float32).save_pretrained(out, safe_serialization=True)
     shutil.copy(path("tokenizer", "tokenizer.json"), f"{out}/tokenizer.json")
     print("saved", out, flush=True)
 

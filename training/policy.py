@@ -4,7 +4,7 @@ domain's text: every arithmetic fact of the domain, and questions answered by th
 candidate responses, right ones and the realistic mistakes alike (as a base model learns from
 text of mixed quality), so it starts out answering in the domain's style and often wrongly.
 
-    python training/policy.py pretrain --out DIR     # the base policy
+    python training/policy.py pretrain --out DIR     # the base policy (--device cuda on a GPU)
     python training/policy.py eval --model DIR       # exact-answer accuracy on held-out questions
 """
 import argparse
@@ -150,7 +150,9 @@ def pretrain(a):
     print(f"policy: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
     ex = pretrain_examples(tok, a.items)
     print(f"policy pretraining: {len(ex)} sequences, {sum(len(e[0]) for e in ex)} tokens", flush=True)
-    train(model, ex, epochs=a.epochs, lr=a.lr, batch_tokens=a.batch_tokens, seed=1, label="policy")
+    train(model.to(a.device), ex, epochs=a.epochs, lr=a.lr, batch_tokens=a.batch_tokens, seed=1, label="policy",
+          device=a.device)
+    model.to("cpu")
     model.generation_config.eos_token_id = [EOS, END_OF_TURN]
     model.generation_config.pad_token_id = PAD
     model.save_pretrained(a.out, safe_serialization=True)
@@ -167,6 +169,7 @@ def main():
     p.add_argument("--batch-tokens", type=int, default=1024)
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cuda: bf16 autocast on a GPU")
     e = sub.add_parser("eval")
     e.add_argument("--model", required=True)
     e.add_argument("--threads", type=int, default=2)

@@ -6,16 +6,7 @@
 #   bash training/rl_shipped.sh            # ~37 min of RL + ~25 min of evaluation on 2 cores
 # SKIP_RL=1 reuses training/out/grm-rl. GRM_BIN names a grm binary (default target/release/grm,
 # built if missing); THREADS (2) the threads of torch and of grm.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-py=${PYTHON:-.venv-trainers/bin/python}
-bash scripts/setup-trainers.sh >/dev/null
-if [ -z "${GRM_BIN:-}" ]; then
-  [ -x target/release/grm ] || { bash scripts/setup.sh; cargo build --release --locked -p grm-cli; }
-  GRM_BIN=$PWD/target/release/grm
-fi
-export GRM_BIN
-threads=${THREADS:-2}
+source "$(dirname "$0")/env.sh"
 out=models/eval/rl
 mkdir -p "$out" training/out/eval
 [ -n "${SKIP_RL:-}" ] || time "$py" training/rl.py --grm models/grm --threads "$threads"

@@ -11,14 +11,7 @@
 # GENERATIONS (4) completions per group, PROMPTS (8) groups per step, K (8) judgements per
 # group, BETA (0.04) the KL penalty to the base policy; POLICY names a base policy to reuse
 # instead of pretraining one (POLICY_EPOCHS, 8, of pretraining).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-py=${PYTHON:-.venv-trainers/bin/python}
-bash scripts/setup-trainers.sh >/dev/null
-if [ -z "${GRM_BIN:-}" ]; then
-  [ -x target/release/grm ] || { bash scripts/setup.sh; cargo build --release --locked -p grm-cli; }
-  GRM_BIN=$PWD/target/release/grm
-fi
+source "$(dirname "$0")/env.sh"
 name=${NAME:-groups-of-${GENERATIONS:-4}}
 out=${OUT:-training/out/rlhf/$name}
 port=${PORT:-50151}

@@ -50,30 +50,57 @@ def collate(examples, idx):
     return x, y, m
 
 
-def train(model, examples, epochs, lr, batch_tokens, seed, label, time_budget=None, max_steps=None):
+def train(model, examples, epochs, lr, batch_tokens, seed, label, time_budget=None, max_steps=None, device=None,
+          fit_seconds=None, checkpoint=None, checkpoint_every=None):
     """AdamW with warm-up and a cosine decay over the plan (`max_steps` cuts the plan, and the
     schedule with it, so a run is the same on any machine; `time_budget`, seconds, only stops
-    it early as a safety net)."""
+    it early as a safety net). On a CUDA `device` the model runs under bf16 autocast and the
+    loss is read only when printed (each read waits for the GPU); `fit_seconds` cuts the plan
+    to what the machine trains in that time, measured over steps 10 to 50, and prints the
+    `max_steps` that reproduces it; `checkpoint(model)` is called every `checkpoint_every`
+    seconds."""
     torch.manual_seed(seed)
+    dev = torch.device(device or "cpu")
+    cuda = dev.type == "cuda"
     plan = [b for e in range(epochs) for b in batches(examples, batch_tokens, random.Random(seed + e))]
     if max_steps:
         plan = plan[:max_steps]
+    total = [len(plan)]  # the schedule's length, which fit_seconds may cut
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
-    warm = max(1, len(plan) // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / len(plan)))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, total[0] // 20))
+                                              * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total[0]))))
     model.train()
-    t0, ema = time.time(), None
+    t0 = saved = time.time()
+    ema = None
     for step, idx in enumerate(plan):
-        x, y, m = collate(examples, idx)
-        loss = model(input_ids=x, attention_mask=m, labels=y).loss
+        if step >= total[0]:
+            break
+        if fit_seconds and step in (10, 50):
+            if cuda:
+                torch.cuda.synchronize()
+            if step == 10:
+                t10 = time.time()
+            else:
+                fit = 50 + int((fit_seconds - (time.time() - t0)) / ((time.time() - t10) / 40))
+                if fit < total[0]:
+                    total[0] = fit
+                    print(f"{label}: plan cut to {fit} steps to fit {fit_seconds:.0f} s (max_steps {fit} reproduces it)", flush=True)
+        x, y, m = (t.to(dev) for t in collate(examples, idx))
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
+            loss = model(input_ids=x, attention_mask=m, labels=y).loss
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
-        if step % 50 == 0 or step == len(plan) - 1:
-            print(f"{label} step {step}/{len(plan)} loss {ema:.4f} ({time.time() - t0:.0f} s)", flush=True)
+        shown = step % 50 == 0 or step == total[0] - 1
+        if not cuda or shown:
+            ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        if shown:
+            print(f"{label} step {step}/{total[0]} loss {ema:.4f} ({time.time() - t0:.0f} s)", flush=True)
+        if checkpoint and time.time() - saved > checkpoint_every:
+            checkpoint(model)
+            saved = time.time()
         if time_budget and time.time() - t0 > time_budget:
             print(f"{label}: time budget reached at step {step}", flush=True)
             break

@@ -70,12 +70,14 @@ def evaluate(grm_dir=None, meta_dir=None, out_dir=None, suffix="", k_max=32, thr
                 path("eval", f"judgements-{name}.jsonl"), "--adaptive", "exact,confident:0.9,confident:0.95,confident:0.99",
                 "--out", os.path.join(out_dir, f"report-adaptive-{name}.json"),
                 "--plot-tokens", os.path.join(out_dir, f"tokens-{name}.svg"), *common)
-    for name, _ in SPLITS:
+    for name in [n for n, _ in SPLITS] + ([] if suffix else ["adaptive-best-of-n", "adaptive-single"]):
         rp = os.path.join(out_dir, f"report-{name}{suffix}.json")
         r = json.load(open(rp))
         # The split by its file name: a committed report names no machine's paths.
         r["input"] = os.path.basename(r.get("input", ""))
         json.dump(r, open(rp, "w"), indent=2, ensure_ascii=False)
+        if name.startswith("adaptive-"):
+            continue
         o = r["overall"]
         print(name, o["metric"], "greedy", round(o["greedy"], 3), "parse", round(o["greedy_parse_rate"], 3),
               "voting", [(p["k"], round(p["value"], 3)) for p in o["voting"]],
