@@ -21,5 +21,5 @@ echo "grm serve is listening on $addr (gRPC); scoring an example with k = 8:"
 echo
 time "$grm" score --addr "$addr" --k 8 --seed 7 --samples \
   --query "Lena has 14 stickers and gets 9 more. How many stickers does Lena have now?" \
-  --response "14 + 9 = 22. The answer is 22." \
+  --response "14 - 9 = 5. The answer is 5." \
   --response "14 + 9 = 23. The answer is 23."
