@@ -15,11 +15,8 @@ out=${1:?an output directory}
 grm=${2:-target/release/grm}
 cuda_test=${3:-}
 mkdir -p "$out"
-# Binaries built elsewhere find the repository's files by the path they were built at.
-built_at=$(grep -aoE '/[A-Za-z0-9._/-]+/crates/grm-cli' "$grm" | head -n1 | sed 's|/crates/grm-cli$||')
-if [ -n "$built_at" ] && [ ! -e "$built_at" ]; then
-  mkdir -p "$(dirname "$built_at")" && ln -s "$PWD" "$built_at"
-fi
+source "$(dirname "$0")/build_path.sh"
+link_build_path "$grm" grm-cli
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 export GRM_KERNEL_CACHE=${GRM_KERNEL_CACHE:-/tmp/grm-kernels}
 if [ -n "$cuda_test" ]; then

@@ -7,6 +7,8 @@ set -uo pipefail
 out=${1:?an output directory}
 grm=${2:-target/release/grm}
 mkdir -p "$out"
+source "$(dirname "$0")/build_path.sh"
+link_build_path "$grm" grm-cli
 model=${GRM_MODELS:-/dev/shm}/grm-gemma-2-2b
 [ -d "$model" ] || "$grm" model init --shape gemma-2-2b --out "$model" >/dev/null
 "$grm" serve --device cuda:0 --model "$model" --listen 127.0.0.1:0 --http-listen "" \

@@ -25,9 +25,8 @@ train ext --init "$init" --lr 5e-4 & p1=$!
 train ext-hi --init "$init" --lr 1.5e-3 & p2=$!
 train scratch --init scratch --lr 2e-3 & p3=$!
 if [ -n "$cuda_test" ]; then
-  # The test binary finds the repository's files by the path it was built at.
-  built_at=$(grep -aoE '/[A-Za-z0-9._/-]+/crates/grm-engine' "$cuda_test" | head -n1 | sed 's|/crates/grm-engine$||')
-  if [ -n "$built_at" ] && [ ! -e "$built_at" ]; then mkdir -p "$(dirname "$built_at")" && ln -s "$PWD" "$built_at"; fi
+  source bench/build_path.sh
+  link_build_path "$cuda_test" grm-engine
   GRM_KERNEL_CACHE=/tmp/grm-kernels timeout 240 "$cuda_test" --test-threads 1 > "$logs/cuda-tests.txt" 2>&1
   echo "cuda tests: exit $?" >> "$logs/cuda-tests.txt"
 fi

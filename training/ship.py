@@ -59,24 +59,27 @@ def evaluate(grm_dir=None, meta_dir=None, out_dir=None, suffix="", k_max=32, thr
               "--max-batch-tokens", 2048]
     if threads:
         common += ["--threads", threads]
+    reports = []  # (split, report path); split None for the adaptive reports, which are not printed
     for name, plot in SPLITS:
-        grm("eval", "--input", os.path.join(ev, f"test-{name}.jsonl"), "--out", os.path.join(out_dir, f"report-{name}{suffix}.json"),
+        rp = os.path.join(out_dir, f"report-{name}{suffix}.json")
+        grm("eval", "--input", os.path.join(ev, f"test-{name}.jsonl"), "--out", rp,
             "--plot", os.path.join(out_dir, plot.replace(".svg", f"{suffix}.svg")),
             "--judgements", path("eval", f"judgements-{name}{suffix}.jsonl"), *common)
+        reports.append((name, rp))
     if not suffix:
         # Adaptive k (the README's table): the rules run on the judgements just drawn.
         for name in ("best-of-n", "single"):
+            rp = os.path.join(out_dir, f"report-adaptive-{name}.json")
             grm("eval", "--input", os.path.join(ev, f"test-{name}.jsonl"), "--from-judgements",
                 path("eval", f"judgements-{name}.jsonl"), "--adaptive", "exact,confident:0.9,confident:0.95,confident:0.99",
-                "--out", os.path.join(out_dir, f"report-adaptive-{name}.json"),
-                "--plot-tokens", os.path.join(out_dir, f"tokens-{name}.svg"), *common)
-    for name in [n for n, _ in SPLITS] + ([] if suffix else ["adaptive-best-of-n", "adaptive-single"]):
-        rp = os.path.join(out_dir, f"report-{name}{suffix}.json")
+                "--out", rp, "--plot-tokens", os.path.join(out_dir, f"tokens-{name}.svg"), *common)
+            reports.append((None, rp))
+    for name, rp in reports:
         r = json.load(open(rp))
         # The split by its file name: a committed report names no machine's paths.
         r["input"] = os.path.basename(r.get("input", ""))
         json.dump(r, open(rp, "w"), indent=2, ensure_ascii=False)
-        if name.startswith("adaptive-"):
+        if name is None:
             continue
         o = r["overall"]
         print(name, o["metric"], "greedy", round(o["greedy"], 3), "parse", round(o["greedy_parse_rate"], 3),
