@@ -587,6 +587,110 @@ fn a_dead_meta_rm_costs_the_filter_not_the_answer() {
     assert_eq!(metric(&scrape, "grm_meta_fallbacks_total"), 3.0, "{scrape}");
 }
 
+/// Whether a request is meta-filtered is the router's call: an aggregator knows its members
+/// before it announces itself, and one whose membership lacks the meta RM that the router saw
+/// says why it voted without it, never silently.
+#[test]
+fn an_aggregator_never_votes_without_the_meta_rm_the_router_saw_and_says_why() {
+    use grm_proto::v1::aggregator_service_client::AggregatorServiceClient;
+    use grm_proto::v1::{AggregateRequest, Judgement};
+    let _serial = serial();
+    let dir = scratch("meta-view");
+    let rt = runtime();
+
+    // An aggregator started after the meta RM registered: its first request, sent the
+    // moment it is ready, is meta-filtered (it used to list etcd after announcing itself).
+    let etcd = Etcd::start(&dir);
+    let url = etcd.client_url.clone();
+    let m = etcd_worker(
+        &dir,
+        "meta",
+        "tiny-judge-meta",
+        &url,
+        &["--role", "meta-rm"],
+    );
+    wait_for(Duration::from_secs(20), "the meta RM in etcd", || {
+        m.log_text().contains("registered in etcd")
+    });
+    let judgement = |i: u32, order: [u32; 2]| Judgement {
+        index: i,
+        text: "Analysis: one is good.\nScores: \\boxed{8, 3}".into(),
+        order: order.to_vec(),
+        ..Default::default()
+    };
+    let aggregate = AggregateRequest {
+        request: Some(request("fresh", 4)),
+        judgements: vec![
+            judgement(0, [0, 1]),
+            judgement(1, [1, 0]),
+            judgement(2, [0, 1]),
+            judgement(3, [1, 0]),
+        ],
+        seed: 3,
+        ..Default::default()
+    };
+    for round in 0..3 {
+        let a = grm(
+            &dir,
+            &format!("aggregator-{round}"),
+            &[
+                "aggregator",
+                "--listen",
+                "127.0.0.1:0",
+                "--etcd",
+                &url,
+                "--template",
+                short_template_static(),
+            ],
+        );
+        let r = rt.block_on(async {
+            let mut c = AggregatorServiceClient::connect(format!("http://{}", a.grpc()))
+                .await
+                .unwrap();
+            c.aggregate(aggregate.clone()).await.unwrap().into_inner()
+        });
+        assert_eq!(r.k_meta, 2, "round {round}: {r:?}");
+        assert!(r.meta_fallback.is_empty(), "{}", r.meta_fallback);
+    }
+
+    // A router that sees a meta RM, over an aggregator that does not: the router pins
+    // k_meta, and the aggregator, after waiting for one, says why it voted without it.
+    let w = static_worker(&dir, "1024", &[]);
+    let blind = grm(
+        &dir,
+        "blind-aggregator",
+        &[
+            "aggregator",
+            "--listen",
+            "127.0.0.1:0",
+            "--template",
+            short_template_static(),
+        ],
+    );
+    let router = static_router(
+        &dir,
+        &w.grpc(),
+        "127.0.0.1:0",
+        &["--meta-workers", &m.grpc(), "--aggregators", &blind.grpc()],
+    );
+    let addr = router.grpc();
+    let r = rt.block_on(async move {
+        let mut c = RewardServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        c.score(request("blind", 4)).await.unwrap().into_inner()
+    });
+    assert_eq!(r.k_meta, 0, "{r:?}");
+    assert!(
+        r.meta_fallback
+            .contains("no meta-RM worker was in this aggregator's membership"),
+        "the fallback is said: {:?}",
+        r.meta_fallback
+    );
+    assert!(r.valid_samples >= 1);
+    assert_eq!(r.rewards[0].votes, r.valid_samples);
+}
+
 #[test]
 fn a_slow_worker_sending_progress_is_never_declared_stalled() {
     let _serial = serial();

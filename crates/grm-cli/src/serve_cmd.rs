@@ -378,12 +378,16 @@ fn etcd_endpoints(urls: &[String], tls: &Tls) -> Result<etcd::Endpoints> {
 }
 
 impl MembershipFlags {
-    fn members(&self, tls: &Tls, token: Option<&BearerToken>) -> Result<Members> {
+    /// The membership, listed once before the node announces itself (see
+    /// [`etcd::watch_members`]).
+    async fn members(&self, tls: &Tls, token: Option<&BearerToken>) -> Result<Members> {
         if !self.etcd.is_empty() {
             return Ok(etcd::watch_members(
                 etcd_endpoints(&self.etcd, tls)?,
                 token.cloned(),
-            ));
+                etcd::FIRST_LISTING,
+            )
+            .await);
         }
         let mut list = members::from_addrs(Role::Grm, &self.workers);
         list.extend(members::from_addrs(Role::MetaRm, &self.meta_workers));
@@ -675,7 +679,7 @@ pub fn aggregator(a: AggregatorArgs) -> Result<()> {
     let token = a.tls.cluster_token()?;
     let etcd_urls = etcd_endpoints(&a.members.etcd, &tls)?;
     runtime()?.block_on(async move {
-        let members = a.members.members(&tls, token.as_ref())?;
+        let members = a.members.members(&tls, token.as_ref()).await?;
         let meta = Pool::with_tls(Role::MetaRm, members, tls.client, token.clone());
         let agg = Aggregator::new(template, Some(meta));
         let (listener, addr) = bind(&a.listen)
@@ -888,7 +892,7 @@ pub fn router(a: RouterArgs) -> Result<()> {
         })
     };
     runtime()?.block_on(async move {
-        let members = a.members.members(&tls, token.as_ref())?;
+        let members = a.members.members(&tls, token.as_ref()).await?;
         let stop = shutdown_signal();
         run_router(
             (&a.listen, &a.http_listen),

@@ -18,6 +18,11 @@ use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 use tracing::{warn, Instrument};
 
+/// How long a request that the router meta-filters waits for a meta-RM worker to appear in
+/// this aggregator's membership (a watch that lags the router's, a member re-registering
+/// after its lease lapsed) before it is voted without one.
+pub const META_MEMBERSHIP_WAIT: Duration = Duration::from_secs(3);
+
 #[derive(Clone)]
 pub struct Aggregator {
     template: Arc<Template>,
@@ -53,6 +58,15 @@ impl Aggregator {
         self.meta.as_ref().is_some_and(|p| !p.peers().is_empty())
     }
 
+    /// Waits up to [`META_MEMBERSHIP_WAIT`] for a meta-RM worker to join this aggregator's
+    /// view; whether one did.
+    async fn await_meta(&self) -> bool {
+        match &self.meta {
+            Some(p) => p.await_member(META_MEMBERSHIP_WAIT).await,
+            None => false,
+        }
+    }
+
     /// Aggregates one request.
     pub async fn aggregate(&self, req: AggregateRequest) -> Result<ScoreResponse, Status> {
         let id = req.request.as_ref().map_or("", |r| r.id.as_str());
@@ -75,13 +89,25 @@ impl Aggregator {
             .as_ref()
             .and_then(|s| s.k_meta)
             .map(|m| m as usize);
-        let k_meta = match (asked, self.has_meta()) {
+        // A k_meta in the request is the router's decision (it saw a meta-RM worker, or the
+        // caller asked and the router checked): this aggregator's view of the membership may
+        // lag the router's, so it waits a moment for a meta-RM worker before it gives up.
+        let has_meta = match asked {
+            Some(m) if m < k && !self.has_meta() => self.await_meta().await,
+            _ => self.has_meta(),
+        };
+        let mut meta_fallback = String::new();
+        let k_meta = match (asked, has_meta) {
             (Some(m), true) => Some(m),
             (None, true) => Some(default_k_meta(k)),
             (Some(m), false) if m < k => {
-                return Err(Status::failed_precondition(format!(
-                    "sampling.k_meta is {m} (< k = {k}), which needs a meta RM, and this cluster has no meta-RM worker"
-                )))
+                warn!(request = request.id, "no meta-RM worker in this aggregator's membership; voting over every valid judgement");
+                self.metrics.meta_fallback();
+                meta_fallback = format!(
+                    "sampling.k_meta is {m}, and no meta-RM worker was in this aggregator's membership within {} ms; plain voting over every valid judgement",
+                    META_MEMBERSHIP_WAIT.as_millis()
+                );
+                None
             }
             (_, false) => None,
         };
@@ -105,7 +131,6 @@ impl Aggregator {
         let mut meta_tokens = 0;
         let mut meta_ms = 0.0;
         let mut k_meta = k_meta;
-        let mut meta_fallback = String::new();
         if k_meta.is_some() {
             let t = Instant::now();
             match self

@@ -155,12 +155,25 @@ pub fn register(endpoints: Endpoints, member: Member, ttl: Duration) -> Registra
     }
 }
 
-/// The members under [`PREFIX`], kept current by a watch. While etcd cannot be reached the
-/// last known list stays in place. With a cluster `token`, only members whose registration it
-/// signed are kept: anyone who can write to etcd could otherwise add a member and be sent
-/// requests.
-pub fn watch_members(endpoints: Endpoints, token: Option<BearerToken>) -> Members {
+/// How long a node waits for its first listing of the members before it serves anyway (etcd
+/// away at start: the watch keeps trying, and the list fills in when etcd answers).
+pub const FIRST_LISTING: Duration = Duration::from_secs(10);
+
+/// The members under [`PREFIX`], kept current by a watch, returned once the first listing is
+/// in (or `first_within` has passed): a node that announced itself before knowing its peers
+/// would take work it then does without them — an aggregator registered before its view of
+/// the meta-RM workers voted without the meta RM that the router saw. While etcd cannot be
+/// reached the last known list stays in place. With a cluster `token`, only members whose
+/// registration it signed are kept: anyone who can write to etcd could otherwise add a member
+/// and be sent requests.
+pub async fn watch_members(
+    endpoints: Endpoints,
+    token: Option<BearerToken>,
+    first_within: Duration,
+) -> Members {
     let (tx, rx) = watch::channel(Vec::new());
+    let (listed_tx, listed) = oneshot::channel::<()>();
+    let mut listed_tx = Some(listed_tx);
     tokio::spawn(async move {
         let mut known: BTreeMap<String, Member> = BTreeMap::new();
         loop {
@@ -181,6 +194,9 @@ pub fn watch_members(endpoints: Endpoints, token: Option<BearerToken>) -> Member
                     }
                 }
                 publish(&tx, &known);
+                if let Some(l) = listed_tx.take() {
+                    let _ = l.send(());
+                }
                 let mut stream = client
                     .watch(
                         PREFIX,
@@ -227,6 +243,12 @@ pub fn watch_members(endpoints: Endpoints, token: Option<BearerToken>) -> Member
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     });
+    if tokio::time::timeout(first_within, listed).await.is_err() {
+        warn!(
+            waited_s = first_within.as_secs(),
+            "no listing of the members from etcd yet; serving, and the list fills in when etcd answers"
+        );
+    }
     rx
 }
 

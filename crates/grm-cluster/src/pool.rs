@@ -209,6 +209,18 @@ impl Pool {
         out
     }
 
+    /// Waits up to `within` for the membership to hold a member of this role; whether it does.
+    pub async fn await_member(&self, within: Duration) -> bool {
+        let mut members = self.members.clone();
+        let role = self.role;
+        let found = tokio::time::timeout(
+            within,
+            members.wait_for(|l| l.iter().any(|m| m.role == role)),
+        )
+        .await;
+        matches!(found, Ok(Ok(_)))
+    }
+
     /// Peers not cooling down after a failure; all peers when every one is.
     pub fn available(&self) -> Vec<Arc<Peer>> {
         let all = self.peers();

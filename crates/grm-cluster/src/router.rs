@@ -388,8 +388,12 @@ impl Router {
         let sampling = request.sampling.get_or_insert_with(Default::default);
         sampling.seed = Some(v.seed);
         sampling.k = v.k as u32;
-        if v.adaptive.is_some() && v.k_meta.is_none() && me.local.has_meta() {
-            // The meta RM keeps half of the ceiling k, whatever adaptive sampling drew.
+        if v.k_meta.is_none() && me.local.has_meta() {
+            // The router saw a meta RM, so the request is meta-filtered: the aggregator, whose
+            // own view of the membership may lag, is told so rather than left to decide (it
+            // then waits for a meta-RM worker, or says in `meta_fallback` why it voted without
+            // one). Under adaptive sampling the meta RM keeps half of the ceiling k, whatever
+            // was drawn.
             sampling.k_meta = Some(grm_judge::default_k_meta(v.k) as u32);
         }
         let agg = AggregateRequest {
