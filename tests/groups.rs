@@ -449,3 +449,164 @@ fn the_python_asyncio_client_scores_streams_and_joins_groups() {
         }
     }
 }
+
+/// A group of 8 split 4 + 4: the first four come on a ScoreStream that breaks, and are sent
+/// again (same ids) on a new one; then the other four arrive. The broken stream's members
+/// left the group when it broke, the retried ones took their places: one judgement of all 8
+/// responses, whole, and no second group.
+#[test]
+fn a_broken_and_retried_stream_rejoins_its_group_and_nothing_counts_twice() {
+    use tokio_stream::StreamExt;
+    let _serial = serial();
+    let dir = scratch("groups-retried");
+    let w = static_worker(&dir, "2048", &[]);
+    // The tiny judge rates up to 4 responses at once: the group is judged in two halves.
+    let router = static_router(&dir, &w.grpc(), "127.0.0.1:0", &["--max-responses", "4"]);
+    let rt = runtime();
+    let addr = router.grpc();
+    const TEXTS: [&str; 8] = [
+        "so good",
+        "so bad",
+        "it is good",
+        "it is bad",
+        "one good",
+        "one bad",
+        "all good",
+        "all bad",
+    ];
+    let m = |i: usize| {
+        let mut r = member(&format!("m{i}"), "split", 8, &[TEXTS[i]]);
+        r.group.as_mut().unwrap().wait_ms = 30_000;
+        r
+    };
+    let answers = rt.block_on(async {
+        let connect = || async {
+            RewardServiceClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap()
+        };
+        // The first four on a stream that breaks once they wait in the group.
+        let mut c = connect().await;
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        for i in 0..4 {
+            tx.send(m(i)).await.unwrap();
+        }
+        let call = tokio::spawn(async move {
+            c.score_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .map(|r| r.into_inner())
+        });
+        let mut forming = 0.0;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let (_, scrape) = http(&router.http(), "GET", "/metrics", b"");
+            forming = metric(&scrape, "grm_groups_forming");
+            if forming >= 1.0 {
+                break;
+            }
+        }
+        assert_eq!(forming, 1.0, "the four are waiting");
+        call.abort();
+        drop(tx);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Retried on a new stream, the same four with the same ids.
+        let mut c = connect().await;
+        let retried = tokio_stream::iter((0..4).map(m));
+        let mut stream = c.score_stream(retried).await.unwrap().into_inner();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Then the other four, one call each.
+        let rest = tokio::spawn(send(vec![addr.clone()], (4..8).map(m).collect()));
+        let mut out = Vec::new();
+        for _ in 0..4 {
+            out.push(stream.next().await.unwrap().unwrap());
+        }
+        out.extend(rest.await.unwrap().into_iter().map(Result::unwrap));
+        out
+    });
+    assert_eq!(answers.len(), 8);
+    for a in &answers {
+        assert!(a.error.is_none(), "{a:?}");
+        let g = a.group.as_ref().expect("a group result");
+        assert_eq!(
+            (g.size, g.responses, g.members, g.partial),
+            (8, 8, 8, false),
+            "{g:?}"
+        );
+        let text = TEXTS[a.id[1..].parse::<usize>().unwrap()];
+        let want = if text.ends_with("good") { 8.0 } else { 3.0 };
+        assert_eq!(means(a), vec![want], "{a:?}");
+    }
+    let (_, scrape) = http(&router.http(), "GET", "/metrics", b"");
+    assert_eq!(
+        metric(&scrape, "grm_groups_total{outcome=\"complete\"}"),
+        1.0,
+        "{scrape}"
+    );
+    assert_eq!(
+        metric(&scrape, "grm_groups_total{outcome=\"partial\"}"),
+        0.0,
+        "{scrape}"
+    );
+    assert_eq!(metric(&scrape, "grm_groups_forming"), 0.0, "{scrape}");
+}
+
+/// OpenRLHF keys a group by its prompt: prompts of any length (a system turn, few-shot
+/// examples) form groups, two runs sharing a router keep theirs apart with `group_prefix`,
+/// and an unlike member is refused at join by name while its group completes.
+#[test]
+fn get_reward_groups_long_prompts_and_keeps_runs_apart() {
+    let _serial = serial();
+    let dir = scratch("get-reward-long");
+    let w = static_worker(&dir, "2048", &[]);
+    let router = static_router(&dir, &w.grpc(), "127.0.0.1:0", &[]);
+    let h = router.http();
+    // A ChatML prompt with a system turn of 300 bytes (non-ASCII included): over the 256
+    // bytes that the key limit used to refuse, and within the tiny judge's context.
+    let system = "Tu es un assistant précis. ".repeat(11);
+    let prompt = format!(
+        "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\nthe answer is<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert!(prompt.len() > 256);
+    let post = |response: &str, params: &str| {
+        let body = serde_json::json!({
+            "query": [format!("{prompt}{response}<|im_end|>")],
+            "prompts": [prompt],
+        });
+        http(
+            &h,
+            "POST",
+            &format!("/get_reward?{params}"),
+            body.to_string().as_bytes(),
+        )
+    };
+    let runs = std::thread::scope(|s| {
+        let calls: Vec<_> = ["a", "b"]
+            .iter()
+            .flat_map(|run| {
+                ["so good", "so bad"].map(|r| {
+                    let params = format!(
+                        "group_size=2&k=2&seed=5&group_prefix=run-{run}&group_wait_ms=20000"
+                    );
+                    let post = &post;
+                    s.spawn(move || (run.to_string(), post(r, &params)))
+                })
+            })
+            .collect();
+        calls
+            .into_iter()
+            .map(|c| c.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    for (run, (code, text)) in &runs {
+        assert_eq!(*code, 200, "{run}: {text}");
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(v["extra_logs"]["grm/group_size"][0], 2, "{run}: {v}");
+        assert_eq!(v["extra_logs"]["grm/unscored"][0], 0, "{run}: {v}");
+    }
+    let (_, scrape) = http(&h, "GET", "/metrics", b"");
+    assert_eq!(
+        metric(&scrape, "grm_groups_total{outcome=\"complete\"}"),
+        2.0,
+        "two runs, two groups: {scrape}"
+    );
+}

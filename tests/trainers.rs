@@ -110,6 +110,75 @@ fn openrlhf_posts_one_sample_per_call_and_gets_groups_judged() {
     );
 }
 
+/// OpenRLHF's executor with prompts a real chat template made (a system turn of few-shot
+/// examples: over 1 KiB and over 4 KiB, non-ASCII), 8 samples per prompt, one POST each:
+/// every group is judged whole. The tiny judge's context is raised for these prompts (its
+/// RoPE takes any position; what is asserted is the grouping, not its judgement).
+#[test]
+fn openrlhf_groups_of_8_with_long_system_prompts_are_judged_whole() {
+    let _serial = serial();
+    let dir = scratch("openrlhf-long");
+    let model = dir.join("tiny-judge-16k");
+    std::fs::create_dir_all(&model).unwrap();
+    let src = std::path::PathBuf::from(fixture("tiny-judge"));
+    for f in [
+        "model.safetensors",
+        "tokenizer.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(src.join(f), model.join(f)).unwrap();
+    }
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    config["max_position_embeddings"] = 16384.into();
+    std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+    let template = short_template();
+    let s = grm(
+        &dir,
+        "serve",
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--model",
+            model.to_str().unwrap(),
+            "--template",
+            &template,
+            "--threads",
+            "1",
+            "--kv-blocks",
+            "4096",
+            "--max-new-tokens",
+            "32",
+            "--max-responses",
+            "4",
+        ],
+    );
+    let tokenizer = model.join("tokenizer.json");
+    let v = run_script(
+        "openrlhf_long_check.py",
+        &[&s.http(), tokenizer.to_str().unwrap()],
+    );
+    none_waiting("openrlhf long prompts", &v);
+    let samples = v["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 16, "{v}");
+    assert!(samples
+        .iter()
+        .any(|s| s["prompt_bytes"].as_u64().unwrap() > 4096));
+    let (_, scrape) = http(&s.http(), "GET", "/metrics", b"");
+    assert_eq!(
+        metric(&scrape, "grm_groups_total{outcome=\"complete\"}"),
+        2.0,
+        "two prompts, two whole groups: {scrape}"
+    );
+    assert_eq!(
+        metric(&scrape, "grm_groups_total{outcome=\"partial\"}"),
+        0.0
+    );
+}
+
 #[test]
 fn trl_grpo_trains_on_cpu_with_the_grm_as_its_reward() {
     let _serial = serial();

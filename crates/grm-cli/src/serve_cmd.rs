@@ -275,6 +275,13 @@ pub struct RouterFlags {
     /// Groups forming at once; past it new groups get RESOURCE_EXHAUSTED.
     #[arg(long, env = "GRM_MAX_GROUPS", default_value_t = 4096)]
     pub max_groups: usize,
+    /// Groups one caller (one bearer token; every caller alike without --auth-token-file) may
+    /// have forming at once; past it its new groups get RESOURCE_EXHAUSTED, others' go on.
+    #[arg(long, env = "GRM_MAX_GROUPS_PER_CALLER", default_value_t = 1024)]
+    pub max_groups_per_caller: usize,
+    /// Bytes of waiting group members (encoded requests) one caller may hold at once.
+    #[arg(long, env = "GRM_MAX_GROUP_BYTES_PER_CALLER", default_value_t = 256 << 20)]
+    pub max_group_bytes_per_caller: usize,
 }
 
 /// Limits of the HTTP listener (/get_reward, /health, /metrics), so that slow or idle
@@ -347,6 +354,8 @@ impl RouterFlags {
                 max_size: self.max_group_size.max(2),
                 default_wait: Duration::from_millis(self.group_wait_ms),
                 max_forming: self.max_groups.max(1),
+                max_forming_per_caller: self.max_groups_per_caller.max(1),
+                max_held_bytes_per_caller: self.max_group_bytes_per_caller,
             },
             self_id: String::new(),
         })

@@ -20,8 +20,6 @@
 //! is the larger of what this router has placed on it and what the worker itself reports
 //! (every router's work, see `pool`).
 
-use std::hash::{Hash, Hasher};
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkPolicy {
     /// Most samples in one chunk.
@@ -102,15 +100,11 @@ pub fn distinct_bytes<T: AsRef<str>>(texts: &[T]) -> usize {
 
 /// Workers (by index into `ids`) in rendezvous order for `key`: highest hash first.
 pub fn rank(key: u64, ids: &[String]) -> Vec<usize> {
+    let key = key.to_le_bytes();
     let mut scored: Vec<(u64, usize)> = ids
         .iter()
         .enumerate()
-        .map(|(i, id)| {
-            let mut h = std::hash::DefaultHasher::new();
-            key.hash(&mut h);
-            id.hash(&mut h);
-            (h.finish(), i)
-        })
+        .map(|(i, id)| (stable_hash([&key[..], id.as_bytes()]), i))
         .collect();
     scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     scored.into_iter().map(|(_, i)| i).collect()
@@ -153,14 +147,38 @@ pub fn place(sizes: &[usize], ranked: &[usize], loads: &[usize], slack: usize) -
 
 /// The affinity key of a conversation: what a GRPO group's requests have in common.
 pub fn affinity_key(parts: &[&str]) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    parts.hash(&mut h);
-    h.finish()
+    stable_hash(parts.iter().map(|p| p.as_bytes()))
+}
+
+/// FNV-1a over `parts`, each followed by a separator byte that UTF-8 text never holds: the
+/// same on every build and platform (std's hasher is not promised to be), so that routers
+/// built apart agree on which router owns a group and which worker a prompt prefers.
+pub fn stable_hash<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in part.iter().chain(std::iter::once(&0xff)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hashes_are_pinned_so_routers_built_apart_agree() {
+        // Values computed independently (FNV-1a 64 with a 0xff after each part): a change
+        // here moves every group to another router, and every prompt to another worker,
+        // while a rollout runs old and new builds side by side.
+        let key = affinity_key(&["What is 2 + 2?"]);
+        assert_eq!(key, 0xfdfc_aad3_ece7_5572);
+        let ids: Vec<String> = ["r-a:1", "r-b:1", "r-c:1"].map(String::from).to_vec();
+        assert_eq!(rank(key, &ids), vec![1, 2, 0]);
+        assert_eq!(stable_hash([&b"k"[..], &b"a"[..]]), 0x35f3_71d5_0501_8a6f);
+    }
 
     #[test]
     fn samples_go_in_their_prompts_order_and_chunks_carry_their_prompts() {

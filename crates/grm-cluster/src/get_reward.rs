@@ -1,15 +1,16 @@
 //! OpenRLHF's remote reward-model protocol, `POST /get_reward`: `{"query": [...], "prompts":
 //! [...], "labels": [...]}`, each query its prompt followed by the policy's response, in the
 //! policy's chat markup. OpenRLHF posts one sample per call; with `?group_size=N` each entry
-//! is a member of the group of N keyed by its prompt (or label), judged together with the
-//! members other calls bring (the router's group barrier). Without it, the entries of one call
+//! is a member of the group of N keyed by a digest of its prompt (or label), under the
+//! caller's `?group_prefix=` and identity, judged together with the members other calls bring
+//! (the router's group barrier). Without it, the entries of one call
 //! that share a prompt are judged together.
 //!
 //! The answer is `{"rewards", "scores", "extra_logs"}`: `rewards` = (mean score − 1) / 9 in
 //! [0, 1]; `scores` the same (so OpenRLHF's dynamic filtering range, (0, 1) by default, works),
 //! or the 1..10 mean with `?scores=mean`; `extra_logs` per entry under `grm/`. An entry none
-//! of whose judgements voted gets the mean reward of its group's scored entries (neutral for
-//! a group baseline; 0.5 when none scored) and `grm/unscored` = 1.
+//! of whose judgements voted gets the mean reward of its whole group's scored responses, every
+//! member's (neutral for a group baseline; 0.5 when none scored) and `grm/unscored` = 1.
 
 use crate::chat_markup;
 use crate::http_server::json_error as error;
@@ -49,6 +50,9 @@ pub struct RewardParams {
     group_size: Option<u32>,
     /// What keys a group: `prompt` (default) or `label`.
     group_key: Option<String>,
+    /// Prefixed to every group key, so that two runs sharing a router with the same
+    /// prompts never merge their groups (a run's name or id).
+    group_prefix: Option<String>,
     group_wait_ms: Option<u32>,
     /// `unit` (default): scores in [0, 1] like rewards; `mean`: the 1..10 mean.
     scores: Option<String>,
@@ -56,6 +60,43 @@ pub struct RewardParams {
     reference: Option<String>,
     /// Server-side time limit of the call, in seconds.
     timeout_s: Option<f64>,
+}
+
+/// Longest `?group_prefix`.
+const MAX_PREFIX_BYTES: usize = 256;
+
+/// A group member's key: a digest of its prompt (or label), so that a prompt of any length
+/// keys a group in a few bytes, under the caller's `group_prefix`.
+fn group_key(prefix: Option<&str>, by_label: bool, text: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    let hex: String = d.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let kind = if by_label { "label" } else { "prompt" };
+    match prefix {
+        Some(p) => format!("{p}/{kind}:{hex}"),
+        None => format!("{kind}:{hex}"),
+    }
+}
+
+/// An id for the member of one call's group `g`, unique across calls and routers: a retried
+/// gRPC call reuses its id to take its own place in a group, and two OpenRLHF samples are
+/// two members even when they answered alike.
+fn member_id(g: usize) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static PROCESS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let process = *PROCESS.get_or_init(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        crate::chunking::stable_hash([&t.to_le_bytes()[..], &std::process::id().to_le_bytes()])
+    });
+    format!(
+        "get_reward-{process:016x}-{}-{g}",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Defaults of `/get_reward` calls.
@@ -172,6 +213,14 @@ pub async fn get_reward(
         }
         c
     };
+    if let Some(prefix) = &p.group_prefix {
+        if prefix.len() > MAX_PREFIX_BYTES {
+            return bad(format!(
+                "group_prefix is {} bytes; allowed 0..={MAX_PREFIX_BYTES}",
+                prefix.len()
+            ));
+        }
+    }
     // Entries of one call that share a key go together, in order of first appearance.
     let key_of = |i: usize| -> &str {
         if by_label {
@@ -203,10 +252,10 @@ pub async fn get_reward(
             // A member of a group that other calls complete.
             Some(size) => batches.push(Batch {
                 req: ScoreRequest {
-                    id: format!("get_reward-{g}"),
                     responses: idx.iter().map(|&i| responses[i].clone()).collect(),
+                    id: member_id(g),
                     group: Some(Group {
-                        key: keys[g].to_string(),
+                        key: group_key(p.group_prefix.as_deref(), by_label, keys[g]),
                         size,
                         wait_ms: p.group_wait_ms.unwrap_or(0),
                     }),
@@ -248,6 +297,9 @@ pub async fn get_reward(
         .collect()
         .await;
     let mut means = vec![None::<f64>; n];
+    // An entry's whole group's mean score (over its scored responses, every member's), when
+    // the barrier judged it with other calls' members.
+    let mut group_means = vec![None::<f64>; n];
     let (mut votes, mut group_size) = (vec![0u32; n], vec![0u32; n]);
     for (batch, r) in batches.iter().zip(results) {
         let resp = match r {
@@ -278,23 +330,28 @@ pub async fn get_reward(
             .group
             .as_ref()
             .map_or(batch.entries.len() as u32, |g| g.size);
+        // Scores are 1..10: a mean of 0 is a response nothing voted on.
+        let group_mean = resp.group.as_ref().and_then(|g| {
+            let scored: Vec<f64> = g.mean_scores.iter().copied().filter(|&m| m > 0.0).collect();
+            (!scored.is_empty()).then(|| scored.iter().sum::<f64>() / scored.len() as f64)
+        });
         for (&i, rr) in batch.entries.iter().zip(&resp.rewards) {
+            group_means[i] = group_mean;
             votes[i] = rr.votes;
             group_size[i] = size;
             means[i] = (rr.votes > 0).then_some(rr.mean_score);
         }
     }
-    // Unscored entries: the mean of their group's scored ones (neutral for a baseline).
+    // Unscored entries: the mean of their whole group's scored responses (neutral for a
+    // baseline), every member's, not only this call's; 5.5 (reward 0.5) when none scored.
     let mut filled = vec![0f64; n];
     let mut unscored = vec![0u32; n];
     for idx in &members {
         let scored: Vec<f64> = idx.iter().filter_map(|&i| means[i]).collect();
-        let neutral = if scored.is_empty() {
-            5.5
-        } else {
-            scored.iter().sum::<f64>() / scored.len() as f64
-        };
+        let of_call =
+            (!scored.is_empty()).then(|| scored.iter().sum::<f64>() / scored.len() as f64);
         for &i in idx {
+            let neutral = group_means[i].or(of_call).unwrap_or(5.5);
             filled[i] = means[i].unwrap_or(neutral);
             unscored[i] = u32::from(means[i].is_none());
         }

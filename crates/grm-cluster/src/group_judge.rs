@@ -17,6 +17,19 @@ use tracing::{info, warn};
 /// Metadata on a member forwarded by another router: serve it here.
 pub const FORWARDED: &str = "grm-forwarded";
 
+/// Takes a member out of its forming group when its call ends unanswered.
+struct Leave {
+    router: Router,
+    key: String,
+    ticket: group::Ticket,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.router.inner.barrier.leave(&self.key, self.ticket);
+    }
+}
+
 impl Router {
     /// Serves one member of a group: joins (or forwards to) the group's router and waits for
     /// the group's judgement.
@@ -31,14 +44,18 @@ impl Router {
         let (key, expected, wait) = group::check(&req, &me.opts.groups)?;
         // The member alone must be a valid request (shape, limits), whatever its group.
         crate::validation::validate(&req, encoded_len, &me.opts.limits)?;
+        // The barrier's key: the caller's and the group's, digested. Routers agree on its
+        // owner, since the same caller sends the same credentials to each.
+        let identity = caller.identity();
+        let scoped = group::scoped_key(&identity, &key);
         if !caller.forwarded {
-            if let Some(owner) = self.owner_of(&key) {
+            if let Some(owner) = self.owner_of(&scoped) {
                 match self.forward(&owner, req.clone(), deadline, caller).await {
                     Ok(r) => return Ok(r),
                     // The owner is away: gather the group here instead (members that reach
                     // the owner once it is back form a group of their own).
                     Err(s) if s.code() == tonic::Code::Unavailable => {
-                        warn!(owner = owner.addr, key, error = %s, "the group's router is unavailable; forming the group here");
+                        warn!(owner = owner.addr, key = scoped, error = %s, "the group's router is unavailable; forming the group here");
                     }
                     Err(s) => return Err(s),
                 }
@@ -47,33 +64,53 @@ impl Router {
         let (tx, rx) = oneshot::channel();
         let member = Member {
             req,
+            bytes: encoded_len,
             deadline,
             arrived: Instant::now(),
             answer: tx,
         };
-        match me
-            .barrier
-            .join(&key, expected, wait, member, &me.opts.groups)
-        {
-            Err((_, s)) => {
-                me.metrics.group_outcome("refused");
-                return Err(s);
-            }
-            Ok(Joined::Complete(formed)) => {
-                let router = self.clone();
-                tokio::spawn(async move { router.judge_group(formed).await });
-            }
-            Ok(Joined::First(wait, generation)) => {
-                let (router, key) = (self.clone(), key.clone());
-                tokio::spawn(async move {
-                    tokio::time::sleep(wait).await;
-                    if let Some(formed) = router.inner.barrier.expire(&key, generation) {
-                        router.judge_group(formed).await;
-                    }
-                });
-            }
-            Ok(Joined::Waiting) => {}
-        }
+        let ticket =
+            match me
+                .barrier
+                .join(&identity, &scoped, expected, wait, member, &me.opts.groups)
+            {
+                Err((s, why)) => {
+                    me.metrics.group_refused(why.as_str());
+                    return Err(s);
+                }
+                Ok(Joined::Complete(formed)) => {
+                    let router = self.clone();
+                    tokio::spawn(async move { router.judge_group(formed).await });
+                    None
+                }
+                Ok(Joined::First {
+                    wait,
+                    generation,
+                    ticket,
+                    timer_ended,
+                }) => {
+                    let (router, scoped) = (self.clone(), scoped.clone());
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            // The group ended first (judged or emptied): no timer left behind.
+                            _ = timer_ended => return,
+                        }
+                        if let Some(formed) = router.inner.barrier.expire(&scoped, generation) {
+                            router.judge_group(formed).await;
+                        }
+                    });
+                    Some(ticket)
+                }
+                Ok(Joined::Waiting(ticket)) => Some(ticket),
+            };
+        // A call that ends before its group is judged (cancelled, past its deadline, its
+        // stream broken) takes its member out: a member that is gone does not count.
+        let _leave = ticket.map(|t| Leave {
+            router: self.clone(),
+            key: scoped,
+            ticket: t,
+        });
         let answer = async {
             rx.await
                 .unwrap_or_else(|_| Err(Status::internal("the group was dropped unjudged")))
@@ -148,15 +185,7 @@ impl Router {
         let Some(first) = members.first().map(|m| m.req.clone()) else {
             return;
         };
-        // A group's members share the conversation and criteria: the first member's.
-        let (members, strangers): (Vec<Member>, Vec<Member>) = members.into_iter().partition(|m| {
-            m.req.conversation == first.conversation && m.req.criteria == first.criteria
-        });
-        for m in strangers {
-            let _ = m.answer.send(Err(Status::invalid_argument(format!(
-                "group {key:?}: this member's conversation or criteria differ from the group's (its first member's); a group's members share them"
-            ))));
-        }
+        // The members are alike (checked at join): the first one's request is the group's.
         let texts = group::canonical(&members);
         let parts = group::subgroups(texts.len(), me.opts.limits.max_responses);
         let responses: usize = members.iter().map(|m| m.req.responses.len()).sum();
@@ -197,7 +226,10 @@ impl Router {
             }
             let router = self.clone();
             async move {
-                let _permit = router.permit()?;
+                // Members without a deadline wait for a place no longer than a group may
+                // wait for its members.
+                let by = deadline.unwrap_or_else(|| Instant::now() + group::MAX_WAIT);
+                let _permit = router.permit_by(Some(by)).await?;
                 let len = prost::Message::encoded_len(&req);
                 let r = router.judge(req, len, deadline).await?;
                 router.inner.metrics.record_group_usage(&r);

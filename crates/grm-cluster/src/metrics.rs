@@ -108,6 +108,7 @@ pub struct RouterMetrics {
     group_wait: Histogram,
     groups_forming: Gauge,
     groups_forwarded: Counter,
+    group_refusals: Family<Labels, Counter>,
     adaptive: Family<Labels, Counter>,
     judgements_saved: Counter,
 }
@@ -134,6 +135,7 @@ impl Default for RouterMetrics {
             group_wait: Histogram::new(LATENCY_BOUNDS.iter().copied()),
             groups_forming: Gauge::default(),
             groups_forwarded: Counter::default(),
+            group_refusals: Family::default(),
             adaptive: Family::default(),
             judgements_saved: Counter::default(),
         };
@@ -210,6 +212,17 @@ impl Default for RouterMetrics {
             m.groups_forwarded.clone(),
         );
         r.register(
+            "grm_group_members_refused",
+            "Group members refused at join, by reason: groups (--max-groups), caller_groups (--max-groups-per-caller), caller_bytes (--max-group-bytes-per-caller), unlike (differs from its group).",
+            m.group_refusals.clone(),
+        );
+        // Every reason at zero from the start, so a fresh cluster's panels show 0.
+        for reason in ["groups", "caller_groups", "caller_bytes", "unlike"] {
+            let _ = m
+                .group_refusals
+                .get_or_create(&labels(&[("reason", reason)]));
+        }
+        r.register(
             "grm_adaptive_requests",
             "Adaptive-k requests, by whether sampling stopped before k (early) or ran to k (at_k).",
             m.adaptive.clone(),
@@ -280,6 +293,14 @@ impl RouterMetrics {
     pub fn group_outcome(&self, outcome: &str) {
         self.groups
             .get_or_create(&labels(&[("outcome", outcome)]))
+            .inc();
+    }
+
+    /// Counts a member refused at join (a refused outcome of `grm_groups` too).
+    pub fn group_refused(&self, reason: &str) {
+        self.group_outcome("refused");
+        self.group_refusals
+            .get_or_create(&labels(&[("reason", reason)]))
             .inc();
     }
 

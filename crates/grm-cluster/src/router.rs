@@ -92,6 +92,23 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Who the caller is, for scoping its groups and its quotas: a digest of its credentials
+    /// (the bearer token), or one shared name when the API takes none (then nothing tells
+    /// callers apart: a router without --auth-token-file trusts everyone who reaches it).
+    pub fn identity(&self) -> String {
+        match &self.authorization {
+            Some(a) => {
+                let d = ring::digest::digest(&ring::digest::SHA256, a.as_bytes());
+                let hex: String = d.as_ref()[..12]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                format!("token:{hex}")
+            }
+            None => "anonymous".to_string(),
+        }
+    }
+
     /// The caller of a gRPC request.
     pub fn of<T>(req: &Request<T>) -> Self {
         Self {
@@ -266,6 +283,27 @@ impl Router {
                 me.opts.max_inflight
             ))
         })
+    }
+
+    /// A place among the requests in flight, waited for until `deadline` (a formed group's
+    /// members have waited already: a busy router makes it queue, not fail).
+    pub(crate) async fn permit_by(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        let me = &self.inner;
+        let acquire = Arc::clone(&me.inflight).acquire_owned();
+        let got = match deadline {
+            Some(d) => tokio::time::timeout_at(d.into(), acquire).await.ok(),
+            None => Some(acquire.await),
+        };
+        match got {
+            Some(Ok(p)) => Ok(p),
+            _ => Err(Status::deadline_exceeded(format!(
+                "the deadline passed while the group waited for a place among the router's {} requests in flight (--max-inflight)",
+                me.opts.max_inflight
+            ))),
+        }
     }
 
     /// Judges one request (not a group member): prompts, generation, aggregation.
