@@ -6,7 +6,7 @@ mod support;
 
 use grm_proto::v1::reward_service_client::RewardServiceClient;
 use grm_proto::v1::{Group, Message, Sampling, ScoreRequest, ScoreResponse};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use support::*;
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -608,5 +608,138 @@ fn get_reward_groups_long_prompts_and_keeps_runs_apart() {
         metric(&scrape, "grm_groups_total{outcome=\"complete\"}"),
         2.0,
         "two runs, two groups: {scrape}"
+    );
+}
+
+/// Callers are told apart by their token: one caller's flood of groups — abandoned calls, then
+/// as many held groups as its cap allows — neither keeps another caller's groups from
+/// forming nor lets it join them, even under the same key.
+#[test]
+fn one_callers_flood_of_groups_neither_blocks_nor_joins_anothers() {
+    let _serial = serial();
+    let dir = scratch("groups-callers");
+    let (tokens, cluster) = (dir.join("tokens"), dir.join("cluster-token"));
+    std::fs::write(&tokens, "# one token per caller\nalpha\nbeta\n").unwrap();
+    std::fs::write(&cluster, "internal\n").unwrap();
+    let ct = cluster.to_str().unwrap();
+    let w = static_worker(&dir, "2048", &["--cluster-token-file", ct]);
+    let router = static_router(
+        &dir,
+        &w.grpc(),
+        "127.0.0.1:0",
+        &[
+            "--auth-token-file",
+            tokens.to_str().unwrap(),
+            "--cluster-token-file",
+            ct,
+            "--max-groups-per-caller",
+            "50",
+        ],
+    );
+    let (addr, h) = (router.grpc(), router.http());
+    let forming = || metric(&http(&h, "GET", "/metrics", b"").1, "grm_groups_forming");
+    let call = |token: &'static str, m: ScoreRequest| {
+        let addr = addr.clone();
+        async move {
+            let mut c = RewardServiceClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+            let mut r = tonic::Request::new(m);
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            c.score(r).await.map(|r| r.into_inner())
+        }
+    };
+    let long = |id: String, key: String| {
+        let mut m = member(&id, &key, 2, &["so good"]);
+        m.group.as_mut().unwrap().wait_ms = 600_000;
+        m
+    };
+    let rt = runtime();
+    // B alone first: the time its group of two takes when nobody floods the router.
+    let group_of_b = |key: &'static str| {
+        let call = &call;
+        async move {
+            let t = Instant::now();
+            let mut b0 = member("b0", key, 2, &["it is good"]);
+            let mut b1 = member("b1", key, 2, &["it is bad"]);
+            for m in [&mut b0, &mut b1] {
+                m.group.as_mut().unwrap().wait_ms = 600_000;
+            }
+            let (x, y) = tokio::join!(call("beta", b0), call("beta", b1));
+            (x.unwrap(), y.unwrap(), t.elapsed())
+        }
+    };
+    let (_, _, alone) = rt.block_on(group_of_b("b-alone"));
+    rt.block_on(async {
+        // A abandons 320 one-member groups, 40 at a time (within its cap of 50), each after
+        // 200 ms: they leave with their calls, or the later batches would be refused.
+        for batch in 0..8 {
+            let abandoned: Vec<_> = (0..40)
+                .map(|i| {
+                    let c = call("alpha", long(format!("x{i}"), format!("x-{batch}-{i}")));
+                    tokio::spawn(tokio::time::timeout(Duration::from_millis(200), c))
+                })
+                .collect();
+            for a in abandoned {
+                let r = a.await.unwrap();
+                assert!(r.is_err(), "batch {batch}: abandoned, not answered: {r:?}");
+            }
+        }
+    });
+    wait_for(Duration::from_secs(10), "the abandoned groups gone", || {
+        forming() == 0.0
+    });
+    let (refused, b, flooded) = rt.block_on(async {
+        // A holds as many groups as its cap allows; the next one is refused.
+        let held: Vec<_> = (0..50)
+            .map(|i| tokio::spawn(call("alpha", long(format!("a{i}"), format!("a-{i}")))))
+            .collect();
+        for _ in 0..200 {
+            if forming() >= 50.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(forming(), 50.0);
+        let refused = call("alpha", long("a50".into(), "a-50".into())).await;
+        // B's group under one of A's keys: its own group, complete, never A's member.
+        let (b0, b1, t) = group_of_b("a-0").await;
+        for h in &held {
+            h.abort();
+        }
+        (refused, (b0, b1), t)
+    });
+    let s = refused.expect_err("over A's cap");
+    assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+    assert!(s.message().contains("--max-groups-per-caller"), "{s:?}");
+    for r in [&b.0, &b.1] {
+        let g = r.group.as_ref().unwrap();
+        assert_eq!((g.size, g.members, g.partial), (2, 2, false), "{g:?}");
+    }
+    eprintln!(
+        "caller B's group of 2: {:.0} ms alone, {:.0} ms beside caller A's 50 held groups",
+        alone.as_secs_f64() * 1e3,
+        flooded.as_secs_f64() * 1e3
+    );
+    wait_for(Duration::from_secs(10), "A's held groups gone", || {
+        forming() == 0.0
+    });
+    let scrape = http(&h, "GET", "/metrics", b"").1;
+    assert_eq!(
+        metric(
+            &scrape,
+            "grm_group_members_refused_total{reason=\"caller_groups\"}"
+        ),
+        1.0,
+        "{scrape}"
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "grm_group_members_refused_total{reason=\"groups\"}"
+        ),
+        0.0,
+        "a series at zero from the start: {scrape}"
     );
 }

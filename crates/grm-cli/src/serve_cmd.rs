@@ -259,9 +259,10 @@ pub struct RouterFlags {
     /// The served model's name, reported in answers.
     #[arg(long, env = "GRM_MODEL_NAME", default_value = "")]
     pub model_name: String,
-    /// A file holding the bearer token the public API then requires (RewardService and
-    /// /get_reward; health and metrics stay open). The token may also come from the
-    /// GRM_AUTH_TOKEN environment variable; it is never logged.
+    /// A file holding the bearer tokens the public API then requires (RewardService and
+    /// /get_reward; health and metrics stay open), one a line: each token is one caller, with
+    /// its own groups and group quotas (blank lines and # comments skipped). The tokens may
+    /// also come from the GRM_AUTH_TOKEN environment variable; they are never logged.
     #[arg(long, env = "GRM_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
     #[command(flatten)]
@@ -326,8 +327,10 @@ impl HttpFlags {
 
 impl RouterFlags {
     pub fn options(&self) -> Result<RouterOptions> {
-        let auth =
-            BearerToken::from_file_or_env(self.auth_token_file.as_deref(), "GRM_AUTH_TOKEN")?;
+        let auth = grm_cluster::auth::CallerTokens::from_file_or_env(
+            self.auth_token_file.as_deref(),
+            "GRM_AUTH_TOKEN",
+        )?;
         Ok(RouterOptions {
             limits: Limits {
                 max_responses: self.max_responses,

@@ -102,10 +102,83 @@ impl BearerToken {
     }
 }
 
+/// The public API's tokens, one per caller: `--auth-token-file` holds one a line (blank lines
+/// and `#` comments skipped). A caller is known by its token, so each one's groups and group
+/// quotas are its own; one token shared by everyone makes everyone one caller.
+#[derive(Clone, Debug)]
+pub struct CallerTokens(Arc<[BearerToken]>);
+
+impl CallerTokens {
+    /// The tokens of `text`, one a line; `origin` names where it came from, for the error.
+    pub fn new(text: &str, origin: &str) -> Result<Self, AuthError> {
+        let tokens: Vec<BearerToken> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| BearerToken::new(l, origin))
+            .collect::<Result<_, _>>()?;
+        if tokens.is_empty() {
+            return Err(AuthError::Empty(origin.to_string()));
+        }
+        Ok(Self(tokens.into()))
+    }
+
+    /// The tokens from `file` when given, else from the environment variable `var` (one a
+    /// line there too), else none.
+    pub fn from_file_or_env(file: Option<&Path>, var: &str) -> Result<Option<Self>, AuthError> {
+        match (file, std::env::var(var)) {
+            (Some(path), _) => {
+                let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                Self::new(&text, &path.display().to_string()).map(Some)
+            }
+            (None, Ok(t)) => Self::new(&t, var).map(Some),
+            (None, Err(_)) => Ok(None),
+        }
+    }
+
+    /// How many callers there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Whether `a` and `b` are equal, in a time that does not depend on where they differ.
+pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Something an `authorization` header value is checked against.
+pub trait Credential {
+    fn accepts(&self, header: Option<&[u8]>) -> bool;
+}
+
+impl Credential for BearerToken {
+    fn accepts(&self, header: Option<&[u8]>) -> bool {
+        BearerToken::accepts(self, header)
+    }
+}
+
+impl Credential for CallerTokens {
+    /// Compared with every token, each in constant time, so the time taken says neither
+    /// whether nor which one matched.
+    fn accepts(&self, header: Option<&[u8]>) -> bool {
+        self.0
+            .iter()
+            .fold(false, |ok, t| ok | BearerToken::accepts(t, header))
+    }
+}
+
 /// Checks a gRPC call's `authorization` metadata against `token` (no token: every call
 /// passes).
 #[allow(clippy::result_large_err)] // tonic's interceptor signature
-pub fn check<T>(token: Option<&BearerToken>, req: Request<T>) -> Result<Request<T>, Status> {
+pub fn check<T, C: Credential>(token: Option<&C>, req: Request<T>) -> Result<Request<T>, Status> {
     match token {
         None => Ok(req),
         Some(t) => {
@@ -158,6 +231,19 @@ mod tests {
         assert!(check(Some(&t), ok).is_ok());
         let e = check(Some(&t), Request::new(())).unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unauthenticated);
-        assert!(check(None, Request::new(())).is_ok());
+        assert!(check(None::<&BearerToken>, Request::new(())).is_ok());
+    }
+
+    #[test]
+    fn each_line_of_the_token_file_is_a_caller() {
+        let t = CallerTokens::new("# team A\nalpha\n\n  beta  \n", "test").unwrap();
+        assert_eq!(t.len(), 2);
+        assert!(t.accepts(Some(b"Bearer alpha")));
+        assert!(t.accepts(Some(b"Bearer beta")));
+        assert!(!t.accepts(Some(b"Bearer gamma")));
+        assert!(!t.accepts(Some(b"Bearer # team A")));
+        assert!(!t.accepts(None));
+        let e = CallerTokens::new("# only a comment\n", "FILE").unwrap_err();
+        assert_eq!(e.to_string(), "the bearer token in FILE is empty");
     }
 }

@@ -314,10 +314,7 @@ impl Barrier {
                 "this caller's waiting group members hold {} bytes; with this one ({} bytes) that passes its limit of {} (--max-group-bytes-per-caller)",
                 held.1, member.bytes, limits.max_held_bytes_per_caller
             );
-            return Err((
-                Status::resource_exhausted(msg),
-                Refusal::CallerBytes,
-            ));
+            return Err((Status::resource_exhausted(msg), Refusal::CallerBytes));
         }
         if let Some(g) = st.forming.get(key) {
             if let Some(field) = g.shape.differs(&shape) {

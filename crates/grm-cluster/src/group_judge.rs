@@ -154,8 +154,10 @@ impl Router {
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let mut r = Request::new(req);
         crate::trace_context::inject(&tracing::Span::current(), r.metadata_mut());
-        r.metadata_mut()
-            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        let mark = self.forward_proof().unwrap_or_else(|| "1".to_string());
+        if let Ok(v) = mark.parse() {
+            r.metadata_mut().insert(FORWARDED, v);
+        }
         if let Some(v) = caller.authorization.as_deref().and_then(|a| a.parse().ok()) {
             r.metadata_mut().insert("authorization", v);
         }

@@ -125,7 +125,7 @@ async fn get_reward(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     if let Some(t) = s.router.auth() {
-        if !t.accepts(authorization.as_deref().map(str::as_bytes)) {
+        if !crate::auth::Credential::accepts(t, authorization.as_deref().map(str::as_bytes)) {
             return error(
                 StatusCode::UNAUTHORIZED,
                 "a valid bearer token is required (header `Authorization: Bearer <token>`)".into(),

@@ -5,7 +5,7 @@
 //! RESOURCE_EXHAUSTED.
 
 use crate::aggregator::{self, Aggregator};
-use crate::auth::BearerToken;
+use crate::auth::CallerTokens;
 use crate::chunking;
 use crate::dispatch::{self, DispatchOptions, Sampling};
 use crate::group::{Barrier, GroupLimits};
@@ -42,7 +42,7 @@ pub struct RouterOptions {
     /// The served model's name, reported in answers.
     pub model_name: String,
     /// The bearer token the public API requires (none: open).
-    pub auth: Option<BearerToken>,
+    pub auth: Option<CallerTokens>,
     /// The group barrier's limits.
     pub groups: GroupLimits,
     /// This router's id among the routers in etcd (its advertised address), for forwarding a
@@ -109,15 +109,26 @@ impl Caller {
         }
     }
 
-    /// The caller of a gRPC request.
-    pub fn of<T>(req: &Request<T>) -> Self {
+    /// The caller of a gRPC request to `router`. A member is taken as forwarded by another
+    /// router only with the cluster's proof (when the cluster has a token): a client cannot
+    /// make a router keep a group that another router owns.
+    pub fn of<T>(req: &Request<T>, router: &Router) -> Self {
+        let mark = req
+            .metadata()
+            .get(crate::group_judge::FORWARDED)
+            .map(|v| v.as_bytes());
+        let forwarded = match (mark, router.forward_proof()) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(m), Some(proof)) => crate::auth::same_bytes(m, proof.as_bytes()),
+        };
         Self {
             authorization: req
                 .metadata()
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
-            forwarded: req.metadata().contains_key(crate::group_judge::FORWARDED),
+            forwarded,
         }
     }
 }
@@ -179,6 +190,14 @@ impl Router {
         }
     }
 
+    /// The value of a forwarded member's mark (see [`Caller::of`]).
+    pub(crate) fn forward_proof(&self) -> Option<String> {
+        self.inner
+            .routers
+            .as_ref()
+            .and_then(|p| p.proof(crate::group_judge::FORWARDED))
+    }
+
     pub fn grm_pool(&self) -> &Arc<Pool> {
         &self.inner.grm
     }
@@ -201,7 +220,7 @@ impl Router {
         self.inner.stopping.send_replace(true);
     }
 
-    pub fn auth(&self) -> Option<&BearerToken> {
+    pub fn auth(&self) -> Option<&CallerTokens> {
         self.inner.opts.auth.as_ref()
     }
 
@@ -544,7 +563,7 @@ impl RewardService for Router {
             request.metadata(),
             tracing::info_span!("grm.rpc.Score", trace_id = tracing::field::Empty),
         );
-        let caller = Caller::of(&request);
+        let caller = Caller::of(&request, self);
         let req = request.into_inner();
         let len = req.encoded_len();
         Router::score(self, req, len, deadline, &caller)
@@ -564,7 +583,7 @@ impl RewardService for Router {
             request.metadata(),
             tracing::info_span!("grm.rpc.ScoreStream", trace_id = tracing::field::Empty),
         );
-        let caller = Caller::of(&request);
+        let caller = Caller::of(&request, self);
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel::<Result<ScoreResponse, Status>>(64);
         let queue = read_ahead(inbound, self.inner.stopping.subscribe());
