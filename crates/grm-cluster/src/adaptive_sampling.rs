@@ -1,9 +1,12 @@
 //! Adaptive k on the router: a request's judgements are sampled in waves, and sampling stops
-//! once grm-judge's stopping rule holds (`grm_judge::adaptive`). Without a meta RM each
-//! judgement is weighed as it arrives and the rest of its wave is cancelled (the workers free
-//! the blocks at once); with one, each wave's judgements are meta-scored once at its end.
-//! Samples keep their indices, seeds and orders, so the judgements used are exactly the first
-//! ones a fixed-k request would have drawn.
+//! once grm-judge's stopping rule holds (`grm_judge::adaptive`). Without a meta RM judgements
+//! are weighed in index order as they arrive — the rule sees samples 0..j only once all of
+//! them are in, and is tried at every j — and once it holds at some j the rest of the wave is
+//! cancelled (the workers free the blocks at once) and judgements past j that finished early
+//! are dropped; with a meta RM, each wave's judgements are meta-scored once at its end and the
+//! rule is tried there. Samples keep their indices, seeds and orders, so the judgements used
+//! are exactly samples 0..j of a fixed-k request with the same seed, and j does not depend on
+//! which sample finished first: the same seed gives the same rewards run to run.
 
 use crate::dispatch::{self, Generated, Outcome, Work};
 use crate::router::Router;
@@ -59,8 +62,11 @@ impl Router {
             ..Default::default()
         };
         let mut metas: Vec<Option<f32>> = vec![None; k];
-        // The judgements weighed so far, by sample index.
+        // The judgements weighed so far, by sample index; and where the rule first held.
         let seen: Mutex<Vec<Option<Seen>>> = Mutex::new(vec![None; k]);
+        let settled_at: Mutex<Option<usize>> = Mutex::new(None);
+        // The longest run of samples from 0 that the rule has been tried on.
+        let tried = Mutex::new(0usize);
         let mut from = 0;
         while from < k {
             let to = (from + wave).min(k);
@@ -78,13 +84,28 @@ impl Router {
             let prompts: Vec<dispatch::Prompt> =
                 used.iter().map(|&p| work.prompts[p].clone()).collect();
             let seeds = work.seeds[from..to].to_vec();
-            // Without a meta RM, weigh each judgement as it arrives.
+            // Without a meta RM, weigh the judgements in index order as they arrive.
             let weigh = |local: usize, g: &Generated| -> bool {
                 let s = from + local;
                 let mut all = seen.lock().unwrap_or_else(|e| e.into_inner());
                 all[s] = Some(seen_of(&g.text, &orders[s], n));
-                let now: Vec<Seen> = all.iter().flatten().cloned().collect();
-                plan.k_meta.is_none() && settled(rule, &now, &plan)
+                if plan.k_meta.is_some() {
+                    return false;
+                }
+                let mut at = settled_at.lock().unwrap_or_else(|e| e.into_inner());
+                if at.is_some() {
+                    return true;
+                }
+                let run: Vec<Seen> = all.iter().map_while(Clone::clone).collect();
+                let mut tried = tried.lock().unwrap_or_else(|e| e.into_inner());
+                for j in (*tried + 1)..=run.len() {
+                    *tried = j;
+                    if settled(rule, &run[..j], &plan) {
+                        *at = Some(j);
+                        return true;
+                    }
+                }
+                false
             };
             let wave_work = Work {
                 request_id: work.request_id,
@@ -122,9 +143,17 @@ impl Router {
                     x.meta = *m;
                 }
             }
-            let now: Vec<Seen> = all.iter().flatten().cloned().collect();
+            let now: Vec<Seen> = all.iter().map_while(Clone::clone).collect();
             drop(all);
-            // (A wave the rule stopped on arrival is settled here too.)
+            let stop = settled_at.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(j) = stop {
+                // Samples 0..j settled it: those past j that finished early are not used.
+                for s in j..k {
+                    total.judgements[s] = None;
+                    metas[s] = None;
+                }
+                break;
+            }
             if settled(rule, &now, &plan) {
                 break;
             }
