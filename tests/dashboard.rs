@@ -70,6 +70,33 @@ fn every_metric_the_dashboard_queries_is_exported() {
         "127.0.0.1:0",
         &["--meta-workers", &m.grpc(), "--aggregators", &a.grpc()],
     );
+    // Before any traffic, every labelled series the dashboard sums over is there at zero
+    // ("No data" on a fresh cluster otherwise), and every HELP text ends in one period.
+    let mut fresh = String::new();
+    for addr in [
+        router.http(),
+        a.ready["metrics"].as_str().unwrap().to_string(),
+    ] {
+        let (code, scrape) = http(&addr, "GET", "/metrics", b"");
+        assert_eq!(code, 200, "{addr}: {scrape}");
+        fresh.push_str(&scrape);
+    }
+    for series in [
+        "grm_groups_total{outcome=\"complete\"}",
+        "grm_groups_total{outcome=\"refused\"}",
+        "grm_adaptive_requests_total{stopped=\"early\"}",
+        "grm_judgements_invalid_by_reason_total{reason=\"no_box\"}",
+        "grm_group_members_refused_total{reason=\"caller_groups\"}",
+        "grm_meta_rm_calls_total{outcome=\"failed\"}",
+    ] {
+        assert!(
+            fresh.lines().any(|l| l == format!("{series} 0")),
+            "{series} is not at 0 on a fresh cluster:\n{fresh}"
+        );
+    }
+    for help in fresh.lines().filter(|l| l.starts_with("# HELP")) {
+        assert!(!help.ends_with(".."), "{help}");
+    }
     // Some traffic, so that labelled series exist too.
     let (code, body) = http(
         &router.http(),

@@ -246,6 +246,108 @@ fn slow_and_half_open_http_clients_neither_hold_the_listener_nor_its_memory() {
     );
 }
 
+/// Open descriptors of a process.
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// With tokens, a request is refused on its head, before a byte of its body is read, and the
+/// connection is closed; connections over the cap that have not finished a request are closed
+/// at once, not when their header timeout runs out.
+#[test]
+fn unauthenticated_bodies_are_refused_on_their_head_and_the_connection_cap_holds() {
+    let _serial = serial();
+    raise_fd_limit();
+    let dir = scratch("auth-first");
+    let (tokens, cluster) = (dir.join("tokens"), dir.join("cluster-token"));
+    std::fs::write(&tokens, "public-1\n").unwrap();
+    std::fs::write(&cluster, "cluster-2\n").unwrap();
+    let ct = cluster.to_str().unwrap();
+    let w = static_worker(&dir, "1024", &["--cluster-token-file", ct]);
+    let router = static_router(
+        &dir,
+        &w.grpc(),
+        "127.0.0.1:0",
+        &[
+            "--auth-token-file",
+            tokens.to_str().unwrap(),
+            "--cluster-token-file",
+            ct,
+            "--http-header-timeout-s",
+            "10",
+            "--http-max-connections",
+            "256",
+        ],
+    );
+    let http_addr = router.http();
+    let pid = router.pid();
+    let before = rss_mib(pid);
+    // 20 POSTs of a declared 64 MiB without a token, each sending 1 MiB and waiting: every
+    // one is answered 401 on its head and closed.
+    let head = b"POST /get_reward HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 67108864\r\n\r\n";
+    let mut conns: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = TcpStream::connect(&http_addr).unwrap();
+            s.write_all(head).unwrap();
+            let _ = s.write_all(&vec![b' '; 1 << 20]);
+            s
+        })
+        .collect();
+    for (i, s) in conns.iter_mut().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 401"), "POST {i}: {out}");
+        assert!(out.contains("bearer token"), "{out}");
+    }
+    assert!(
+        rss_mib(pid) <= before + 16,
+        "the router read the bodies: {} MiB, {before} MiB before",
+        rss_mib(pid)
+    );
+    drop(conns);
+    // With the token, the same route answers.
+    let body = br#"{"query": ["the answer is it is so good"], "prompts": ["the answer is"]}"#;
+    let (out, _) = exchange(
+        &http_addr,
+        &[
+            format!(
+                "POST /get_reward?k=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer public-1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+            body,
+        ]
+        .concat(),
+        Duration::from_secs(30),
+    );
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+
+    // 3,000 connections trickling their headers: the cap holds while they do.
+    let base = open_fds(pid);
+    let mut held = Vec::new();
+    let mut most = 0;
+    for i in 0..3000 {
+        let mut s = TcpStream::connect(&http_addr).unwrap();
+        let _ = s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n");
+        held.push(s);
+        if i % 250 == 249 {
+            std::thread::sleep(Duration::from_millis(100));
+            most = most.max(open_fds(pid));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    most = most.max(open_fds(pid));
+    assert!(
+        most <= base + 256 + 32,
+        "{most} descriptors open against a cap of 256 connections ({base} before)"
+    );
+    let (code, body) = http(&http_addr, "GET", "/health", b"");
+    assert_eq!(code, 200, "{body}");
+    drop(held);
+}
+
 #[test]
 fn messages_that_are_not_protobuf_or_far_too_large_are_the_callers_error() {
     let _serial = serial();

@@ -172,7 +172,7 @@ import grm_client.trl as trl_mod  # noqa: E402
 
 trl_mod.time.sleep = lambda s: None  # no back-off wait in the test
 out = f(["A", "A", "B", "B"], ["a good", "b bad", "c good", "d bad"])
-check("stream retry", len(fc.streams) == 2 and [r["id"] for r in fc.streams[1]] == ["0.1"] and None not in out,
+check("stream retry", len(fc.streams) == 2 and [r["id"] for r in fc.streams[1]] == ["0.0.1"] and None not in out,
       (fc.streams, out))
 # A prefilled assistant turn continues into the completion.
 conv2, prefix = prompt_conversation([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "The answer: "}])

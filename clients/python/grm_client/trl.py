@@ -216,7 +216,8 @@ class _GRMRewardBase:
                                 f"max_group_size={self.max_group_size}: judged in independent requests")
             for j in range(0, len(m.indices), self.max_responses_per_request):
                 idx = m.indices[j:j + self.max_responses_per_request]
-                rid = f"{call}.{len(requests)}"
+                # The rank in the id: a member's id is its own, whichever rank sends a share.
+                rid = f"{self.rank}.{call}.{len(requests)}"
                 req = {"id": rid, "query": convs[first], "responses": [texts[i] for i in idx], **self.sampling}
                 if grouped:
                     req["group"] = {"key": key, "size": m.size, "wait_ms": self.group_wait_ms}

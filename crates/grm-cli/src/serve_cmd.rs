@@ -10,7 +10,7 @@ use grm_cluster::chunking::ChunkPolicy;
 use grm_cluster::dispatch::DispatchOptions;
 use grm_cluster::etcd;
 use grm_cluster::http::{self, HttpOptions};
-use grm_cluster::http_server::{serve_http, HttpLimits};
+use grm_cluster::http_server::{serve_http, serve_http_gated, HttpLimits};
 use grm_cluster::members::{self, Member, Members, Role};
 use grm_cluster::pool::Pool;
 use grm_cluster::router::{Router, RouterOptions};
@@ -304,6 +304,10 @@ pub struct HttpFlags {
     /// Largest request body, in MiB (413 beyond).
     #[arg(long, env = "GRM_HTTP_MAX_BODY_MIB", default_value_t = 64)]
     pub http_max_body_mib: usize,
+    /// Request bodies held at once over all connections, in MiB: past it a body waits for
+    /// room (within --http-body-timeout-s, then 503), so the listener's memory is bounded.
+    #[arg(long, env = "GRM_HTTP_BODIES_IN_FLIGHT_MIB", default_value_t = 256)]
+    pub http_bodies_in_flight_mib: usize,
 }
 
 impl HttpFlags {
@@ -321,6 +325,7 @@ impl HttpFlags {
             idle_timeout: secs("http-idle-timeout-s", self.http_idle_timeout_s)?,
             max_connections: crate::fd_limit::connection_cap(self.http_max_connections),
             max_body_bytes: self.http_max_body_mib.max(1) << 20,
+            bodies_in_flight_bytes: self.http_bodies_in_flight_mib.max(1) << 20,
         })
     }
 }
@@ -670,7 +675,22 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
             tokio::spawn(serve_http(ml, http::engine_metrics_app(role.as_str(), w.engine().clone()), tls.http.clone(), HttpLimits::default(), wait(server_stop_rx)));
         }
         ready(line);
-        wait(stop).await;
+        // An engine that stopped (too many internal errors within a minute: see
+        // grm_engine::engine) takes this worker out of the membership, and the process ends
+        // with an error, so that its supervisor starts it again.
+        let engine = w.engine().clone();
+        let died = async move {
+            while engine.alive() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        };
+        let engine_died = tokio::select! {
+            _ = wait(stop) => false,
+            _ = died => true,
+        };
+        if engine_died {
+            tracing::error!("the engine has stopped; leaving the membership");
+        }
         // Drain: take no new work, leave the membership, finish what is running.
         tracing::info!("draining");
         w.drain();
@@ -680,6 +700,9 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(a.drain_timeout_s), w.idle()).await;
         let _ = server_stop_tx.send(true);
         server.await??;
+        if engine_died {
+            bail!("the engine stopped after repeated internal errors (see the log above)");
+        }
         tracing::info!("stopped");
         Ok(())
     })
@@ -847,9 +870,10 @@ async fn run_router(
             },
             engines,
         );
-        Some(tokio::spawn(serve_http(
+        Some(tokio::spawn(serve_http_gated(
             hl,
             app,
+            http::gate(router.clone()),
             tls.http.clone(),
             flags.http.limits()?,
             wait(stop.clone()),

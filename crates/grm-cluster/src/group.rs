@@ -276,7 +276,8 @@ pub fn check(
 
 impl Barrier {
     /// Adds `caller`'s member to the group `key` (scoped: see [`scoped_key`]) of `expected`
-    /// responses. A member with the id of one already there (a retried call) takes its place;
+    /// responses. A member with the id and responses of one already there (a retried call)
+    /// takes its place;
     /// one whose request differs from the group's (see `Shape`) is refused, naming the field.
     pub fn join(
         &self,
@@ -349,14 +350,13 @@ impl Barrier {
         let bytes = member.bytes;
         let g = st.forming.get_mut(key).expect("present");
         let generation = g.generation;
-        // A retried call (the same id) replaces the one it retries.
+        // A retried call (the same id and responses) replaces the one it retries. The
+        // responses too: ranks of a trainer may give their shares of a group the same id.
         let mut freed = 0;
         if !member.req.id.is_empty() {
-            if let Some(p) = g
-                .members
-                .iter()
-                .position(|(_, m)| m.req.id == member.req.id)
-            {
+            if let Some(p) = g.members.iter().position(|(_, m)| {
+                m.req.id == member.req.id && m.req.responses == member.req.responses
+            }) {
                 let (_, old) = g.members.remove(p);
                 freed = old.bytes;
                 let _ = old.answer.send(Err(Status::aborted(
@@ -601,6 +601,12 @@ mod tests {
             }
             _ => panic!("complete with the four responses"),
         }
+        // The same id with other responses (two ranks' shares) is another member.
+        ticket(b.join("c", "s", 2, w, member("a", &["x"]), &l));
+        assert!(matches!(
+            b.join("c", "s", 2, w, member("a", &["y"]), &l),
+            Ok(Joined::Complete(f)) if f.members.len() == 2
+        ));
         // A group whose only member left is gone, and frees its caller's quota.
         let t = ticket(b.join("c", "h", 4, w, member("a", &["x"]), &l));
         b.leave("h", t);

@@ -120,17 +120,41 @@ async fn get_reward(
             )
         }
     };
+    if let Some(refused) = unauthorized(&s.router, &headers) {
+        return refused;
+    }
     let authorization = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    if let Some(t) = s.router.auth() {
-        if !crate::auth::Credential::accepts(t, authorization.as_deref().map(str::as_bytes)) {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "a valid bearer token is required (header `Authorization: Bearer <token>`)".into(),
-            );
-        }
-    }
     crate::get_reward::get_reward(&s.router, s.opts, p, &body, authorization).await
+}
+
+/// A 401 when the router takes tokens and `headers` carry none of them.
+fn unauthorized(router: &Router, headers: &HeaderMap) -> Option<Response> {
+    let t = router.auth()?;
+    let presented = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    (!crate::auth::Credential::accepts(t, presented)).then(|| {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "a valid bearer token is required (header `Authorization: Bearer <token>`)".into(),
+        )
+    })
+}
+
+/// The router listener's gate (see `http_server::Gate`): with tokens, every route but
+/// `/health` and `/metrics` needs one, checked on the request's head, before a byte of its
+/// body is read.
+pub fn gate(router: Router) -> Option<crate::http_server::Gate> {
+    router.auth()?;
+    Some(std::sync::Arc::new(
+        move |parts: &axum::http::request::Parts| {
+            if matches!(parts.uri.path(), "/health" | "/metrics") {
+                return None;
+            }
+            unauthorized(&router, &parts.headers)
+        },
+    ))
 }

@@ -33,6 +33,9 @@ pub struct HttpLimits {
     pub max_connections: usize,
     /// Largest request body (413 beyond).
     pub max_body_bytes: usize,
+    /// Body bytes held at once over all connections; past it a body waits for room (within
+    /// the body timeout, then 503).
+    pub bodies_in_flight_bytes: usize,
 }
 
 impl Default for HttpLimits {
@@ -43,6 +46,7 @@ impl Default for HttpLimits {
             idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
             max_body_bytes: 64 << 20,
+            bodies_in_flight_bytes: 256 << 20,
         }
     }
 }
@@ -111,6 +115,19 @@ impl Trim {
     }
 }
 
+/// Decides from a request's head alone (method, path, headers) whether it may send its body:
+/// a response to answer at once, before a byte of the body is read (a missing token), or
+/// None to go on.
+pub type Gate = Arc<dyn Fn(&axum::http::request::Parts) -> Option<Response> + Send + Sync>;
+
+/// What reading a body needs: the limits, the gate, and the budget of body bytes in flight.
+#[derive(Clone)]
+struct BodyState {
+    limits: HttpLimits,
+    gate: Option<Gate>,
+    budget: Arc<tokio::sync::Semaphore>,
+}
+
 /// Serves `app` on `listener` (over TLS with `tls`) until `shutdown` resolves; then open
 /// connections finish their requests and close.
 pub async fn serve_http(
@@ -120,7 +137,28 @@ pub async fn serve_http(
     limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = app.layer(axum::middleware::from_fn_with_state(limits, read_body));
+    serve_http_gated(listener, app, None, tls, limits, shutdown).await
+}
+
+/// [`serve_http`], with every request's head put to `gate` before its body is read.
+pub async fn serve_http_gated(
+    listener: TcpListener,
+    app: axum::Router,
+    gate: Option<Gate>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let state = BodyState {
+        limits,
+        gate,
+        budget: Arc::new(tokio::sync::Semaphore::new(
+            limits
+                .bodies_in_flight_bytes
+                .clamp(limits.max_body_bytes, tokio::sync::Semaphore::MAX_PERMITS),
+        )),
+    };
+    let app = app.layer(axum::middleware::from_fn_with_state(state, read_body));
     let start = Instant::now();
     let registry = Arc::new(Mutex::new(Registry::default()));
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
@@ -263,6 +301,11 @@ async fn drive<I>(
         tokio::select! {
             _ = connection.as_mut() => return,
             _ = conn.close.notified(), if !closing => {
+                // Evicted at the cap: a connection answering nothing (idle, or still sending
+                // a request's head or body) is closed now, not when its timeouts run out.
+                if conn.busy.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
@@ -303,14 +346,26 @@ impl Drop for BusyGuard {
     }
 }
 
-/// Reads a request's body before the handler runs: within the body timeout (408) and the size
-/// limit (413), both answered in JSON like every other error.
+/// Reads a request's body before the handler runs, once the gate has passed its head: within
+/// the body timeout (408), the size limit (413) and the budget of bodies in flight (503), all
+/// answered in JSON like every other error.
 async fn read_body(
-    axum::extract::State(limits): axum::extract::State<HttpLimits>,
+    axum::extract::State(state): axum::extract::State<BodyState>,
     req: Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let limits = state.limits;
     let (parts, body) = req.into_parts();
+    if let Some(refused) = state.gate.as_ref().and_then(|g| g(&parts)) {
+        // Refused on its head: the body is never read, and the connection is closed after
+        // the answer, so an unread body cannot hold it.
+        let mut refused = refused;
+        refused.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        return refused;
+    }
     let too_large = || {
         json_error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -330,6 +385,8 @@ async fn read_body(
     }
     let read = async {
         let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(1 << 20) as usize);
+        // Room in the budget for each chunk before it is kept; held until the answer.
+        let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
         let mut stream = body.into_data_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {
@@ -341,11 +398,27 @@ async fn read_body(
             if buf.len() + chunk.len() > limits.max_body_bytes {
                 return Err(too_large());
             }
+            let room = Arc::clone(&state.budget)
+                .acquire_many_owned(chunk.len() as u32)
+                .await
+                .map_err(|_| json_error(StatusCode::SERVICE_UNAVAILABLE, "stopping".into()))?;
+            match held.as_mut() {
+                Some(h) => h.merge(room),
+                None => held = Some(room),
+            }
             buf.extend_from_slice(&chunk);
         }
-        Ok(buf)
+        Ok((buf, held))
     };
     match tokio::time::timeout(limits.body_timeout, read).await {
+        Err(_) if state.budget.available_permits() < limits.max_body_bytes => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the listener holds {} bytes of request bodies, its limit (--http-bodies-in-flight-mib), and this one did not find room within {} s; retry",
+                limits.bodies_in_flight_bytes,
+                limits.body_timeout.as_secs_f64()
+            ),
+        ),
         Err(_) => json_error(
             StatusCode::REQUEST_TIMEOUT,
             format!(
@@ -354,7 +427,7 @@ async fn read_body(
             ),
         ),
         Ok(Err(resp)) => resp,
-        Ok(Ok(bytes)) => {
+        Ok(Ok((bytes, _held))) => {
             let busy = parts.extensions.get::<Busy>().map(|b| Arc::clone(&b.0));
             if let Some(b) = &busy {
                 b.fetch_add(1, Ordering::SeqCst);

@@ -22,6 +22,17 @@ use prometheus_client::registry::Registry;
 /// A metric's labels.
 type Labels = Vec<(String, String)>;
 
+/// Registers `metric` with its HELP text; prometheus-client ends every registered HELP with a
+/// period of its own, so the text's own last period is left to it (one period, not two).
+fn register(
+    r: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: impl prometheus_client::registry::Metric,
+) {
+    r.register(name, help.strip_suffix('.').unwrap_or(help), metric);
+}
+
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
         .iter()
@@ -141,97 +152,121 @@ impl Default for RouterMetrics {
         };
         let mut m = m;
         let r = &mut m.registry;
-        r.register("grm_score_requests", "Scoring requests answered (Score, each ScoreStream item, /get_reward batches), by gRPC status code.", m.requests.clone());
-        r.register("grm_score_request_duration_seconds", "Time to answer a scoring request, from validation to the vote (exemplars: the request's trace id).", m.duration.clone());
-        r.register(
+        register(r, "grm_score_requests", "Scoring requests answered (Score, each ScoreStream item, /get_reward batches), by gRPC status code.", m.requests.clone());
+        register(r, "grm_score_request_duration_seconds", "Time to answer a scoring request, from validation to the vote (exemplars: the request's trace id).", m.duration.clone());
+        register(
+            r,
             "grm_score_requests_in_flight",
             "Scoring requests being served now (the router's queue; bounded by --max-inflight).",
             m.in_flight.clone(),
         );
-        r.register(
+        register(
+            r,
             "grm_prompt_tokens",
             "Prompt tokens of the judgements generated (cached ones included).",
             m.prompt_tokens.clone(),
         );
-        r.register(
+        register(
+            r,
             "grm_cached_prompt_tokens",
             "Prompt tokens served from shared or cached KV blocks.",
             m.cached_prompt_tokens.clone(),
         );
-        r.register(
+        register(
+            r,
             "grm_generated_tokens",
             "Tokens generated in judgements.",
             m.generated_tokens.clone(),
         );
-        r.register(
+        register(
+            r,
             "grm_judgements_voted",
             "Judgements whose scores were counted in a vote.",
             m.voted.clone(),
         );
-        r.register(
+        register(
+            r,
             "grm_judgements_invalid",
             "Judgements that cast no vote (no well-formed scores).",
             m.invalid.clone(),
         );
-        r.register(
+        register(
+            r,
             "grm_judgements_invalid_by_reason",
             "Invalid judgements by reason (counted where samples are returned).",
             m.invalid_by_reason.clone(),
         );
-        r.register("grm_judgements_meta_filtered", "Valid judgements the meta RM left out of the vote (counted where samples are returned).", m.meta_filtered.clone());
-        r.register("grm_meta_fallbacks", "Requests answered by plain voting because the meta RM could not score their judgements.", m.meta_fallbacks.clone());
-        r.register(
+        register(r, "grm_judgements_meta_filtered", "Valid judgements the meta RM left out of the vote (counted where samples are returned).", m.meta_filtered.clone());
+        register(r, "grm_meta_fallbacks", "Requests answered by plain voting because the meta RM could not score their judgements.", m.meta_fallbacks.clone());
+        register(
+            r,
             "grm_vote_margin",
             "Reward of the best response minus the runner-up's, per vote, in score points.",
             m.margin.clone(),
         );
-        r.register(
+        register(
+            r,
             "grm_workers_live",
             "Live members by role, as this router sees them.",
             m.workers_live.clone(),
         );
-        r.register("grm_groups", "Groups of members (trainers' one-sample calls) judged together, by outcome: complete, partial (the wait ended first), refused (--max-groups).", m.groups.clone());
-        r.register(
+        register(r, "grm_groups", "Groups of members (trainers' one-sample calls) judged together, by outcome: complete, partial (the wait ended first), refused (--max-groups).", m.groups.clone());
+        register(
+            r,
             "grm_group_size",
             "Distinct responses judged together per group.",
             m.group_size.clone(),
         );
-        r.register(
+        register(
+            r,
             "grm_group_wait_seconds",
             "From a group's first member to its judgement.",
             m.group_wait.clone(),
         );
-        r.register(
+        register(
+            r,
             "grm_groups_forming",
             "Groups whose members are arriving now.",
             m.groups_forming.clone(),
         );
-        r.register(
+        register(
+            r,
             "grm_group_members_forwarded",
             "Group members sent on to the router that owns their group.",
             m.groups_forwarded.clone(),
         );
-        r.register(
+        register(r,
             "grm_group_members_refused",
             "Group members refused at join, by reason: groups (--max-groups), caller_groups (--max-groups-per-caller), caller_bytes (--max-group-bytes-per-caller), unlike (differs from its group).",
             m.group_refusals.clone(),
         );
-        // Every reason at zero from the start, so a fresh cluster's panels show 0.
-        for reason in ["groups", "caller_groups", "caller_bytes", "unlike"] {
-            let _ = m
-                .group_refusals
-                .get_or_create(&labels(&[("reason", reason)]));
-        }
-        r.register(
+        register(
+            r,
             "grm_adaptive_requests",
             "Adaptive-k requests, by whether sampling stopped before k (early) or ran to k (at_k).",
             m.adaptive.clone(),
         );
-        r.register(
+        register(
+            r,
             "grm_judgements_saved",
             "Judgements adaptive sampling did not draw (k minus those drawn).",
             m.judgements_saved.clone(),
         );
+        // Every known label value at zero from the start, so that a fresh cluster's dashboard
+        // panels show 0, not "No data".
+        let zero = |f: &Family<Labels, Counter>, key: &str, values: &[&str]| {
+            for v in values {
+                let _ = f.get_or_create(&labels(&[(key, v)]));
+            }
+        };
+        zero(&m.groups, "outcome", &["complete", "partial", "refused"]);
+        zero(
+            &m.group_refusals,
+            "reason",
+            &["groups", "caller_groups", "caller_bytes", "unlike"],
+        );
+        zero(&m.adaptive, "stopped", &["early", "at_k"]);
+        zero(&m.invalid_by_reason, "reason", &grm_judge::Invalid::CODES);
         m
     }
 }
@@ -508,32 +543,41 @@ impl Default for AggregatorMetrics {
             workers_live: Family::default(),
         };
         let r = &mut m.registry;
-        r.register(
+        register(
+            r,
             "grm_aggregate_requests",
             "Aggregate calls answered, by gRPC status code.",
             m.requests.clone(),
         );
-        r.register("grm_aggregate_duration_seconds", "Time to aggregate one request (meta-RM scoring, filtering, voting; exemplars: the request's trace id).", m.duration.clone());
-        r.register(
+        register(r, "grm_aggregate_duration_seconds", "Time to aggregate one request (meta-RM scoring, filtering, voting; exemplars: the request's trace id).", m.duration.clone());
+        register(
+            r,
             "grm_meta_rm_calls",
             "Calls to meta-RM workers, by outcome (ok, retried, failed).",
             m.meta_calls.clone(),
         );
-        r.register(
+        register(
+            r,
             "grm_meta_rm_scored_judgements",
             "Judgements scored by the meta RM.",
             m.meta_texts.clone(),
         );
-        r.register(
+        register(
+            r,
             "grm_aggregate_meta_fallbacks",
             "Requests voted over every valid judgement because the meta RM could not score them.",
             m.meta_fallbacks.clone(),
         );
-        r.register(
+        register(
+            r,
             "grm_workers_live",
             "Live members by role, as this node sees them.",
             m.workers_live.clone(),
         );
+        // Known outcomes at zero from the start (see RouterMetrics).
+        for outcome in ["ok", "retried", "failed"] {
+            let _ = m.meta_calls.get_or_create(&labels(&[("outcome", outcome)]));
+        }
         m
     }
 }

@@ -56,7 +56,13 @@ enum Command {
         reply: oneshot::Sender<Result<()>>,
     },
     Cancel(RequestId),
+    /// Makes the next step fail as an internal error would (tests of the restart).
+    #[cfg(test)]
+    Fault,
 }
+
+/// Restarts after internal errors allowed within a minute; one more and the engine stops.
+pub const MAX_RESTARTS_PER_MINUTE: usize = 3;
 
 /// A handle to a running engine; cheap to clone. The engine stops when every handle is gone.
 #[derive(Clone)]
@@ -240,6 +246,8 @@ fn run<B: Backend>(
     stats: Arc<Mutex<EngineStats>>,
 ) {
     let mut sinks: HashMap<RequestId, mpsc::UnboundedSender<Event>> = HashMap::new();
+    let mut restarts: Vec<std::time::Instant> = Vec::new();
+    let mut fault = false;
     let publish = |sched: &Scheduler<B>| {
         *stats.lock().unwrap_or_else(|e| e.into_inner()) = EngineStats {
             kv: sched.kv_stats(),
@@ -250,13 +258,13 @@ fn run<B: Backend>(
         if sched.is_idle() {
             publish(&sched);
             match rx.blocking_recv() {
-                Some(cmd) => handle(&mut sched, &mut sinks, cmd),
+                Some(cmd) => handle(&mut sched, &mut sinks, &mut fault, cmd),
                 None => return,
             }
         }
         loop {
             match rx.try_recv() {
-                Ok(cmd) => handle(&mut sched, &mut sinks, cmd),
+                Ok(cmd) => handle(&mut sched, &mut sinks, &mut fault, cmd),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     if sched.is_idle() {
@@ -266,14 +274,47 @@ fn run<B: Backend>(
                 }
             }
         }
-        let events = match sched.try_step() {
+        let step = if std::mem::take(&mut fault) {
+            Err(EngineError::Internal("a fault injected by a test".into()))
+        } else {
+            // A panic in a step is an internal error too, not the end of the process's engine.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sched.try_step()))
+                .unwrap_or_else(|p| {
+                    let why = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Err(EngineError::Internal(format!("a step panicked: {why}")))
+                })
+        };
+        let events = match step {
             Ok(events) => events,
             Err(e) => {
-                // A bug, not bad input: stop, so every open request's stream ends and
-                // `Engine::alive` turns false, rather than send values nobody can vouch for.
-                tracing::error!(error = %e, "the engine stops");
+                // A bug, not bad input: the requests it held cannot be vouched for. Their
+                // streams end unfinished (the worker's caller re-runs them), and the engine
+                // starts again over the same weights with an empty KV cache — unless it has
+                // done so too often, then it stops and `Engine::alive` turns false.
+                let now = std::time::Instant::now();
+                restarts.retain(|t| now.duration_since(*t) < std::time::Duration::from_secs(60));
+                if restarts.len() >= MAX_RESTARTS_PER_MINUTE {
+                    tracing::error!(error = %e, restarts = restarts.len(), "the engine stops: too many internal errors within a minute");
+                    publish(&sched);
+                    return;
+                }
+                restarts.push(now);
+                tracing::error!(error = %e, "internal engine error: the requests it held fail, and the engine starts again");
+                sched = match sched.restarted() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "the engine stops: it could not start again");
+                        return;
+                    }
+                };
+                // The fresh state is visible before the held streams end.
                 publish(&sched);
-                return;
+                sinks.clear();
+                continue;
             }
         };
         for (id, event) in events {
@@ -294,6 +335,7 @@ fn run<B: Backend>(
 fn handle<B: Backend>(
     sched: &mut Scheduler<B>,
     sinks: &mut HashMap<RequestId, mpsc::UnboundedSender<Event>>,
+    #[allow(unused_variables)] fault: &mut bool,
     cmd: Command,
 ) {
     match cmd {
@@ -313,5 +355,102 @@ fn handle<B: Backend>(
             sched.cancel(id);
             sinks.remove(&id);
         }
+        #[cfg(test)]
+        Command::Fault => *fault = true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CpuBackend, SamplingParams};
+
+    impl Engine {
+        /// Makes the engine's next step fail as an internal error would.
+        fn inject_fault(&self) {
+            let _ = self.tx.send(Command::Fault);
+        }
+    }
+
+    fn long_request(engine: &Engine, seed: u64) -> Submission {
+        let samples = (0..2)
+            .map(|j| SamplingParams {
+                temperature: 1.0,
+                seed: seed * 2 + j,
+                max_new_tokens: 200,
+                ignore_stop: true,
+                ..Default::default()
+            })
+            .collect();
+        let prompt = std::iter::once(2)
+            .chain((1..40u32).map(|i| 6 + (i * 37 + seed as u32) % 256))
+            .collect();
+        engine
+            .submit_blocking(Work::Generate { prompt, samples })
+            .unwrap()
+    }
+
+    /// Events until the stream ends; whether it finished (every sample came).
+    fn drain(sub: &mut Submission, samples: usize) -> bool {
+        let mut got = 0;
+        while let Some(ev) = sub.next_blocking() {
+            if matches!(ev, Event::Sample { .. }) {
+                got += 1;
+            }
+        }
+        got == samples
+    }
+
+    #[test]
+    fn an_internal_error_fails_the_requests_held_and_the_engine_starts_again() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-f32");
+        let model = Gemma2::load(&dir, CpuBackend).unwrap();
+        let engine = Engine::start(
+            model,
+            EngineOptions {
+                num_blocks: Some(200),
+                block_size: 8,
+                threads: Some(1),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let total = engine.info.num_blocks;
+        // A fault while two requests run: both end unfinished, nothing else is lost.
+        for round in 0..MAX_RESTARTS_PER_MINUTE as u64 {
+            let (mut a, mut b) = (
+                long_request(&engine, round * 2),
+                long_request(&engine, round * 2 + 1),
+            );
+            engine.inject_fault();
+            assert!(!drain(&mut a, 2), "round {round}: held, so failed");
+            assert!(!drain(&mut b, 2), "round {round}");
+            assert!(engine.alive(), "round {round}: started again");
+            let s = engine.stats();
+            assert_eq!(s.scheduler.restarts, round + 1);
+            assert_eq!(s.kv.blocks_used, 0, "a fresh KV pool");
+            assert_eq!(engine.info.num_blocks, total);
+            // The next request is served whole.
+            let mut c = long_request(&engine, 100 + round);
+            assert!(drain(&mut c, 2), "round {round}: served after the restart");
+        }
+        // One more within the minute: the engine stops, and says so.
+        let mut d = long_request(&engine, 200);
+        engine.inject_fault();
+        assert!(!drain(&mut d, 2));
+        for _ in 0..100 {
+            if !engine.alive() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!engine.alive(), "too many internal errors: stopped");
+        assert!(matches!(
+            engine.submit_blocking(Work::Generate {
+                prompt: vec![2, 7],
+                samples: vec![SamplingParams::default()]
+            }),
+            Err(EngineError::Stopped)
+        ));
     }
 }

@@ -107,6 +107,14 @@ impl BlockManager {
         self.block_size
     }
 
+    pub fn num_blocks(&self) -> usize {
+        self.pool.num_blocks()
+    }
+
+    pub fn prefix_caching(&self) -> bool {
+        self.prefix_caching
+    }
+
     pub fn table(&self, seq: SeqId) -> Option<&BlockTable> {
         self.tables.get(&seq)
     }

@@ -175,6 +175,8 @@ pub struct SchedulerCounters {
     /// Most KV blocks in use at once, and most shared at once, since start.
     pub peak_blocks_used: usize,
     pub peak_blocks_shared: usize,
+    /// Times the engine started again after an internal error.
+    pub restarts: u64,
 }
 
 pub struct Scheduler<B: Backend> {
@@ -247,6 +249,27 @@ impl<B: Backend> Scheduler<B> {
     /// benchmark of a 27B model loads them once, not once per measurement).
     pub fn into_model(self) -> Gemma2<B> {
         self.model
+    }
+
+    /// A fresh scheduler over the same loaded model, after an internal error: every request
+    /// and KV block dropped (a broken invariant leaves them unfit to reuse), the counters kept
+    /// so that what they measure stays monotonic.
+    pub fn restarted(self) -> Result<Self> {
+        let (num_blocks, block_size, prefix_caching) = (
+            self.blocks.num_blocks(),
+            self.blocks.block_size(),
+            self.blocks.prefix_caching(),
+        );
+        let (config, counters) = (self.config.clone(), self.counters);
+        let Self { model, kv, .. } = self;
+        // The old pool is freed before the new one is taken.
+        drop(kv);
+        let mut fresh = Self::new(model, num_blocks, block_size, prefix_caching, config)?;
+        fresh.counters = SchedulerCounters {
+            restarts: counters.restarts + 1,
+            ..counters
+        };
+        Ok(fresh)
     }
 
     pub fn kv_stats(&self) -> KvStats {
