@@ -1248,3 +1248,50 @@ fn queue_time_is_the_time_spent_waiting_for_the_engine() {
     assert!(t1.queue_ms < t1.generate_ms / 4.0, "{t1:?}");
     assert!(t2.queue_ms > t1.queue_ms + t1.generate_ms / 4.0, "{t2:?}");
 }
+
+/// One request over --max-request-bytes on a ScoreStream is answered in band; the requests
+/// around it are answered and the stream goes on.
+#[test]
+fn an_oversized_request_on_a_score_stream_is_answered_in_band_and_the_stream_goes_on() {
+    use tokio_stream::StreamExt;
+    let _serial = serial();
+    let dir = scratch("stream-oversized");
+    let w = static_worker(&dir, "1024", &[]);
+    let router = static_router(&dir, &w.grpc(), "", &[]);
+    let addr = router.grpc();
+    let answers = runtime().block_on(async move {
+        let mut c = RewardServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let mut big = request("big", 2);
+        big.responses[0] = "x".repeat(10 << 20);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(request("before", 2)).await.unwrap();
+        tx.send(big).await.unwrap();
+        let mut answers = c
+            .score_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            got.push(answers.next().await.unwrap().unwrap());
+        }
+        // The stream goes on: a request sent after both is answered too.
+        tx.send(request("after", 2)).await.unwrap();
+        got.push(answers.next().await.unwrap().unwrap());
+        drop(tx);
+        assert!(answers.next().await.is_none(), "the stream ends cleanly");
+        got
+    });
+    let by_id = |id: &str| answers.iter().find(|a| a.id == id).unwrap();
+    let big = by_id("big");
+    let e = big.error.as_ref().expect("an in-band error");
+    assert_eq!(e.code, tonic::Code::InvalidArgument as i32, "{e:?}");
+    assert!(e.message.contains("--max-request-bytes"), "{e:?}");
+    for id in ["before", "after"] {
+        let a = by_id(id);
+        assert!(a.error.is_none(), "{a:?}");
+        assert_eq!(a.rewards.len(), 2, "{a:?}");
+    }
+}

@@ -47,21 +47,54 @@ pub fn inbound_status(s: Status) -> Status {
 }
 
 /// Wraps a tonic service so that unary calls whose message could not be read answer with
-/// [`inbound_status`].
+/// [`inbound_status`], and a unary `Score` whose message is declared over `unary_limit` is
+/// refused on its frame header, before its bytes are read. The service's own decoding limit
+/// is then a ceiling for stream messages, each of which the router checks against the same
+/// limit and answers in band, so one oversized request does not end a stream.
 #[derive(Clone)]
-pub struct PublicErrors<S>(pub S);
+pub struct PublicErrors<S> {
+    pub inner: S,
+    pub unary_limit: usize,
+}
 
 impl<S: NamedService> NamedService for PublicErrors<S> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S, B> tonic::codegen::Service<http::Request<B>> for PublicErrors<S>
+/// The unary methods whose message size is checked on the frame header.
+const UNARY: &str = "/grm.v1.RewardService/Score";
+
+/// The first gRPC frame's declared length, read from the body's first bytes; returns the
+/// body whole again (what was read, then the rest).
+async fn declared_length(body: Body) -> (Option<u32>, Body) {
+    use futures::StreamExt;
+    let mut data = axum::body::Body::new(body).into_data_stream();
+    let mut read: Vec<axum::body::Bytes> = Vec::new();
+    let mut head: Vec<u8> = Vec::with_capacity(5);
+    while head.len() < 5 {
+        match data.next().await {
+            Some(Ok(b)) => {
+                head.extend_from_slice(&b[..b.len().min(5 - head.len())]);
+                read.push(b);
+            }
+            // The rest (an error, or the end) is the decoder's to report.
+            _ => break,
+        }
+    }
+    let len = (head.len() == 5).then(|| u32::from_be_bytes([head[1], head[2], head[3], head[4]]));
+    let rest = futures::stream::iter(read.into_iter().map(Ok::<_, axum::Error>)).chain(data);
+    (len, Body::new(axum::body::Body::from_stream(rest)))
+}
+
+impl<S> tonic::codegen::Service<http::Request<Body>> for PublicErrors<S>
 where
     S: tonic::codegen::Service<
-        http::Request<B>,
-        Response = http::Response<Body>,
-        Error = Infallible,
-    >,
+            http::Request<Body>,
+            Response = http::Response<Body>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     type Response = http::Response<Body>;
@@ -69,13 +102,29 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.0.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let fut = self.0.call(req);
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        // The ready service answers this call; a clone waits for the next (tower's rule).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let limit = self.unary_limit;
         Box::pin(async move {
-            let resp = fut.await?;
+            let req = if req.uri().path() == UNARY {
+                let (parts, body) = req.into_parts();
+                let (len, body) = declared_length(body).await;
+                if let Some(n) = len.filter(|&n| n as usize > limit) {
+                    return Ok(Status::resource_exhausted(format!(
+                        "the request is {n} bytes; the limit is {limit} bytes (--max-request-bytes)"
+                    ))
+                    .into_http());
+                }
+                http::Request::from_parts(parts, body)
+            } else {
+                req
+            };
+            let resp = inner.call(req).await?;
             // An error before the handler ran is a trailers-only answer: the status is in the
             // headers.
             let Some(status) = Status::from_header_map(resp.headers()) else {

@@ -644,6 +644,7 @@ async fn stream_requests(
     // Ids in flight: an answer is matched to its request by id, so two at once are refused.
     let mut in_flight: HashSet<String> = HashSet::new();
     let mut reading = true;
+    let mut broken: Option<Status> = None;
     loop {
         tokio::select! {
             // The process is stopping: answer what was taken, take nothing more.
@@ -689,14 +690,20 @@ async fn stream_requests(
                         id
                     }.instrument(tracing::Span::current()));
                 }
+                // The stream itself broke (a message over the cluster's ceiling, bytes that
+                // are not a message): what is in flight is answered first, then the error
+                // ends the stream.
                 Some(Err(s)) => {
-                    let _ = tx.send(Err(s)).await;
+                    broken = Some(s);
                     reading = false;
                 }
                 None => reading = false,
             },
         }
         if !reading && tasks.is_empty() {
+            if let Some(s) = broken {
+                let _ = tx.send(Err(s)).await;
+            }
             return;
         }
     }

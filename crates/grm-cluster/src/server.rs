@@ -76,12 +76,15 @@ pub async fn serve_grpc(
         let token = r.auth().cloned();
         let limit = r.limits().max_request_bytes;
         routes = routes.add_service(InterceptedService::new(
-            crate::errors::PublicErrors(
-                RewardServiceServer::new(r)
-                    // A message over the router's limit is refused before it is buffered.
-                    .max_decoding_message_size(limit)
+            crate::errors::PublicErrors {
+                // A unary message over the router's limit is refused on its frame header,
+                // before it is buffered; a stream's messages up to the cluster's ceiling are
+                // read and each one over the limit answered in band (see PublicErrors).
+                inner: RewardServiceServer::new(r)
+                    .max_decoding_message_size(limit.max(MAX_MESSAGE_BYTES))
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            ),
+                unary_limit: limit,
+            },
             move |req| crate::auth::check(token.as_ref(), req),
         ));
     }
