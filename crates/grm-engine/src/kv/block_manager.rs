@@ -74,6 +74,12 @@ pub struct BlockManager {
     block_size: usize,
     tables: HashMap<SeqId, BlockTable>,
     prefix_caching: bool,
+    /// Sources of this step's copies. One whose last reference goes during the plan (its
+    /// other holders preempted) is not freed until [`BlockManager::end_step`] (`deferred`):
+    /// freed at once, it could become another copy's destination in the same step, and the
+    /// GPU runs a step's copies at once.
+    copy_sources: std::collections::HashSet<BlockId>,
+    deferred: Vec<BlockId>,
 }
 
 impl BlockManager {
@@ -100,6 +106,16 @@ impl BlockManager {
             block_size,
             tables: HashMap::new(),
             prefix_caching,
+            copy_sources: Default::default(),
+            deferred: Vec::new(),
+        }
+    }
+
+    /// The step's copies have run: sources nobody holds any more are freed.
+    pub fn end_step(&mut self) {
+        self.copy_sources.clear();
+        for id in std::mem::take(&mut self.deferred) {
+            self.unreferenced(id);
         }
     }
 
@@ -162,11 +178,20 @@ impl BlockManager {
 
     fn release(&mut self, id: BlockId) {
         if self.pool.release(id) {
-            if self.cache.contains(id) {
-                self.cache.park(id);
+            if self.copy_sources.contains(&id) {
+                self.deferred.push(id);
             } else {
-                self.pool.put_free(id);
+                self.unreferenced(id);
             }
+        }
+    }
+
+    /// A block nobody references: kept in the prefix cache, or free.
+    fn unreferenced(&mut self, id: BlockId) {
+        if self.cache.contains(id) {
+            self.cache.park(id);
+        } else {
+            self.pool.put_free(id);
         }
     }
 
@@ -326,6 +351,8 @@ impl BlockManager {
             self.tables.get_mut(&seq).expect("seq").blocks.push(id);
         } else if let Some(last) = last.filter(|&b| self.pool.ref_count(b) > 1) {
             let id = self.alloc().ok_or(OutOfBlocks)?;
+            // Not free before the step's copies have run (end_step).
+            self.copy_sources.insert(last);
             self.release(last);
             *self
                 .tables
@@ -417,9 +444,17 @@ mod tests {
         let s = m.stats();
         assert_eq!(s.blocks_used, 4);
         assert_eq!(s.blocks_shared, 3);
+        // The copy's source is not free until the step that copies it ends, so that no other
+        // copy of the step can be given it.
         for c in 1..5 {
             m.free(c);
         }
+        assert_eq!(
+            m.stats().blocks_free,
+            16 - 2 - 1,
+            "the copy's source, until the step ends"
+        );
+        m.end_step();
         let s = m.stats();
         assert_eq!(s.blocks_used, 0);
         assert_eq!(s.blocks_available(), 16);

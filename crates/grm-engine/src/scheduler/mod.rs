@@ -217,6 +217,25 @@ struct StepPlan {
     started: Vec<RequestId>,
 }
 
+/// A step's copies run at once on the GPU (in order on the CPU): they agree only if no copy
+/// writes a block that another reads or writes. A plan that breaks this is a bug, reported as
+/// one rather than left to corrupt the KV cache.
+fn check_copies(copies: &[CopyOp]) -> Result<()> {
+    let dsts: HashSet<_> = copies.iter().map(|c| c.dst).collect();
+    if dsts.len() != copies.len() {
+        return Err(internal(format!(
+            "a step copies into one block twice: {copies:?}"
+        )));
+    }
+    if let Some(c) = copies.iter().find(|c| dsts.contains(&c.src)) {
+        return Err(internal(format!(
+            "a step copies from block {} while another copy writes it: {copies:?}",
+            c.src
+        )));
+    }
+    Ok(())
+}
+
 impl<B: Backend> Scheduler<B> {
     pub fn new(
         model: Gemma2<B>,
@@ -400,15 +419,20 @@ impl<B: Backend> Scheduler<B> {
     /// [`Scheduler::step`], with a broken invariant (a bug, never bad input) reported as
     /// [`EngineError::Internal`]; the scheduler's state is then not to be trusted.
     pub fn try_step(&mut self) -> Result<Vec<(RequestId, Event)>> {
+        // A step that failed before its copies ran leaves their sources held: free them.
+        self.blocks.end_step();
         let plan = self.plan()?;
         if plan.chunks.is_empty() {
+            self.blocks.end_step();
             return Ok(Vec::new());
         }
+        check_copies(&plan.copies)?;
         let kv = self.blocks.stats();
         self.counters.peak_blocks_used = self.counters.peak_blocks_used.max(kv.blocks_used);
         self.counters.peak_blocks_shared = self.counters.peak_blocks_shared.max(kv.blocks_shared);
         let batch = self.build_batch(&plan.chunks, plan.copies)?;
         let out = self.model.forward_device(&mut self.kv, &batch);
+        self.blocks.end_step();
         self.counters.steps += 1;
         let outputs = match self.device_tokens(&plan.chunks, &out) {
             Some(tokens) => StepOutputs::Tokens(tokens),
