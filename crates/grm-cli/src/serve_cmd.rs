@@ -659,11 +659,8 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
         let (listener, addr) = bind(&a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
         let advertise = advertised(a.advertise.as_ref(), addr, !a.etcd.is_empty())?;
         let registration = (!a.etcd.is_empty()).then(|| {
-            let mut member = Member { id: advertise.clone(), addr: advertise.clone(), role, model: name.clone(), capacity: 0, tls_name: String::new(), sig: String::new() };
-            if let Some(t) = &token {
-                member.sign(t);
-            }
-            etcd::register(etcd_urls.clone(), member, Duration::from_secs(a.lease_ttl_s.max(1)))
+            let member = Member { id: advertise.clone(), addr: advertise.clone(), role, model: name.clone(), capacity: 0, tls_name: String::new(), sig: String::new() };
+            etcd::register(etcd_urls.clone(), member, Duration::from_secs(a.lease_ttl_s.max(1)), token.clone())
         });
         let stop = shutdown_signal();
         let (server_stop_tx, server_stop_rx) = watch::channel(false);
@@ -722,7 +719,7 @@ pub fn aggregator(a: AggregatorArgs) -> Result<()> {
             .with_context(|| format!("listening on {}", a.listen))?;
         let advertise = advertised(a.advertise.as_ref(), addr, !a.members.etcd.is_empty())?;
         let registration = (!a.members.etcd.is_empty()).then(|| {
-            let mut member = Member {
+            let member = Member {
                 id: advertise.clone(),
                 addr: advertise.clone(),
                 role: Role::Aggregator,
@@ -731,10 +728,12 @@ pub fn aggregator(a: AggregatorArgs) -> Result<()> {
                 tls_name: String::new(),
                 sig: String::new(),
             };
-            if let Some(t) = &token {
-                member.sign(t);
-            }
-            etcd::register(etcd_urls, member, Duration::from_secs(a.lease_ttl_s.max(1)))
+            etcd::register(
+                etcd_urls,
+                member,
+                Duration::from_secs(a.lease_ttl_s.max(1)),
+                token.clone(),
+            )
         });
         let mut line = json!({ "ready": "aggregator", "grpc": addr.to_string() });
         let (server_stop_tx, server_stop_rx) = watch::channel(false);
@@ -813,7 +812,7 @@ async fn run_router(
     let registered = match registration {
         Some(r) => {
             let advertise = advertised(r.advertise.as_ref(), addr, true)?;
-            let mut member = Member {
+            let member = Member {
                 id: advertise.clone(),
                 addr: advertise.clone(),
                 role: Role::Router,
@@ -822,11 +821,8 @@ async fn run_router(
                 tls_name: r.tls_name,
                 sig: String::new(),
             };
-            if let Some(t) = &token {
-                member.sign(t);
-            }
             opts.self_id = advertise;
-            Some(etcd::register(r.etcd, member, r.lease_ttl))
+            Some(etcd::register(r.etcd, member, r.lease_ttl, token.clone()))
         }
         None => None,
     };

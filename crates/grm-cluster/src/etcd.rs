@@ -89,21 +89,31 @@ impl Registration {
 }
 
 /// Registers `member` under a lease of `ttl` seconds, re-registering whenever the lease is
-/// lost (etcd restarted, network cut), until deregistered.
-pub fn register(endpoints: Endpoints, member: Member, ttl: Duration) -> Registration {
+/// lost (etcd restarted, network cut), until deregistered. With the cluster `token`, each
+/// registration is signed over its key and its lease (see [`Member::sign`]).
+pub fn register(
+    endpoints: Endpoints,
+    member: Member,
+    ttl: Duration,
+    token: Option<BearerToken>,
+) -> Registration {
     let (stop_tx, mut stop) = oneshot::channel::<()>();
     let done = tokio::spawn(async move {
         let ttl_s = ttl.as_secs().max(1) as i64;
-        let value = serde_json::to_string(&member).expect("a member serialises");
         let key = key(&member);
         loop {
             let session = async {
                 let mut client = connect(&endpoints).await?;
                 let lease = client.lease_grant(ttl_s, None).await?.id();
+                let mut signed = member.clone();
+                if let Some(t) = &token {
+                    signed.sign(t, &key, lease);
+                }
+                let value = serde_json::to_string(&signed).expect("a member serialises");
                 client
                     .put(
                         key.clone(),
-                        value.clone(),
+                        value,
                         Some(PutOptions::new().with_lease(lease)),
                     )
                     .await?;
@@ -188,7 +198,7 @@ pub async fn watch_members(
                     if let (Ok(k), Ok(m)) =
                         (kv.key_str(), serde_json::from_slice::<Member>(kv.value()))
                     {
-                        if admitted(&m, token.as_ref(), k) {
+                        if admitted(&m, token.as_ref(), k, kv.lease()) {
                             known.insert(k.to_string(), m);
                         }
                     }
@@ -214,7 +224,7 @@ pub async fn watch_members(
                         match ev.event_type() {
                             EventType::Put => {
                                 match serde_json::from_slice::<Member>(kv.value()) {
-                                    Ok(m) if admitted(&m, token.as_ref(), k) => {
+                                    Ok(m) if admitted(&m, token.as_ref(), k, kv.lease()) => {
                                         known.insert(k.to_string(), m);
                                     }
                                     // A key overwritten with something unsigned no longer
@@ -252,17 +262,19 @@ pub async fn watch_members(
     rx
 }
 
-/// Whether a registration read from etcd is a member: signed with the cluster token, when the
-/// cluster has one.
-fn admitted(m: &Member, token: Option<&BearerToken>, key: &str) -> bool {
+/// Whether a registration read from etcd is a member: signed with the cluster token for this
+/// very key and the lease it is attached to, when the cluster has a token (a registration
+/// copied under another key, or put without its lease, never expires and is no member).
+fn admitted(m: &Member, token: Option<&BearerToken>, key: &str, lease: i64) -> bool {
     match token {
         None => true,
-        Some(t) if m.verify(t) => true,
+        Some(t) if m.verify(t, key, lease) => true,
         Some(_) => {
             warn!(
                 key,
+                lease,
                 addr = m.addr,
-                "ignoring an etcd entry not signed with the cluster token: it gets no work"
+                "ignoring an etcd entry not signed with the cluster token for its key and lease: it gets no work"
             );
             false
         }

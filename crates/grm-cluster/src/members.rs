@@ -62,16 +62,18 @@ pub struct Member {
     /// registered by IP whose certificate names its Service).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tls_name: String,
-    /// HMAC-SHA256 of the fields above with the cluster token (hex), so that a router can tell
-    /// a member from an entry someone else wrote into etcd. Empty when unsigned.
+    /// HMAC-SHA256 of the fields above, the etcd key and the lease it is registered under,
+    /// with the cluster token (hex), so that a router can tell a member from an entry someone
+    /// else wrote into etcd, and a live registration from a copy of an old one put under
+    /// another key or without its lease. Empty when unsigned.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sig: String,
 }
 
 impl Member {
-    /// The bytes the signature covers: every field, length-prefixed so that no two members
-    /// share them.
-    fn signed_bytes(&self) -> Vec<u8> {
+    /// The bytes the signature covers: every field, the etcd key and the lease,
+    /// length-prefixed so that no two registrations share them.
+    fn signed_bytes(&self, etcd_key: &str, lease: i64) -> Vec<u8> {
         let mut out = Vec::new();
         for field in [
             self.id.as_str(),
@@ -79,29 +81,35 @@ impl Member {
             self.role.as_str(),
             self.model.as_str(),
             self.tls_name.as_str(),
+            etcd_key,
         ] {
             out.extend_from_slice(&(field.len() as u64).to_le_bytes());
             out.extend_from_slice(field.as_bytes());
         }
         out.extend_from_slice(&self.capacity.to_le_bytes());
+        out.extend_from_slice(&lease.to_le_bytes());
         out
     }
 
-    /// Signs this member with the cluster token.
-    pub fn sign(&mut self, token: &BearerToken) {
+    /// Signs this member's registration under `etcd_key` and `lease` with the cluster token.
+    pub fn sign(&mut self, token: &BearerToken, etcd_key: &str, lease: i64) {
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, token.secret());
-        let tag = ring::hmac::sign(&key, &self.signed_bytes());
+        let tag = ring::hmac::sign(&key, &self.signed_bytes(etcd_key, lease));
         self.sig = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     }
 
-    /// Whether the signature is this member's under the cluster token (checked in constant
-    /// time).
-    pub fn verify(&self, token: &BearerToken) -> bool {
+    /// Whether the signature is this member's, registered under `etcd_key` and `lease` (as
+    /// etcd reports them), under the cluster token; checked in constant time. A registration
+    /// without a lease is never one.
+    pub fn verify(&self, token: &BearerToken, etcd_key: &str, lease: i64) -> bool {
+        if lease == 0 {
+            return false;
+        }
         let Some(tag) = hex(&self.sig) else {
             return false;
         };
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, token.secret());
-        ring::hmac::verify(&key, &self.signed_bytes(), &tag).is_ok()
+        ring::hmac::verify(&key, &self.signed_bytes(etcd_key, lease), &tag).is_ok()
     }
 }
 
@@ -147,7 +155,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_signature_covers_every_field_and_needs_the_token() {
+    fn a_signature_covers_every_field_the_key_and_the_lease_and_needs_the_token() {
         let token = BearerToken::new("cluster-secret", "test").unwrap();
         let mut m = Member {
             id: "w1:50061".into(),
@@ -158,19 +166,24 @@ mod tests {
             tls_name: String::new(),
             sig: String::new(),
         };
-        assert!(!m.verify(&token), "unsigned");
-        m.sign(&token);
-        assert!(m.verify(&token));
+        let (key, lease) = ("/grm/members/grm/w1:50061", 7);
+        assert!(!m.verify(&token, key, lease), "unsigned");
+        m.sign(&token, key, lease);
+        assert!(m.verify(&token, key, lease));
         let other = BearerToken::new("another", "test").unwrap();
-        assert!(!m.verify(&other));
+        assert!(!m.verify(&other, key, lease));
+        // A copy of the value replayed under another key, without a lease or under another.
+        assert!(!m.verify(&token, "/grm/members/grm/replayed", lease));
+        assert!(!m.verify(&token, key, 0), "no lease");
+        assert!(!m.verify(&token, key, 8), "another lease");
         let mut moved = m.clone();
         moved.addr = "evil:50061".into();
-        assert!(!moved.verify(&token), "the address is covered");
+        assert!(!moved.verify(&token, key, lease), "the address is covered");
         let mut role = m.clone();
         role.role = Role::MetaRm;
-        assert!(!role.verify(&token), "the role is covered");
+        assert!(!role.verify(&token, key, lease), "the role is covered");
         let mut garbled = m.clone();
         garbled.sig.replace_range(0..2, "zz");
-        assert!(!garbled.verify(&token));
+        assert!(!garbled.verify(&token, key, lease));
     }
 }
