@@ -842,24 +842,8 @@ fn metrics_on_the_router_and_a_worker_move_with_the_load() {
 fn a_bearer_token_guards_the_public_api_and_only_it() {
     let _serial = serial();
     let dir = scratch("auth");
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, "tok-123\n").unwrap();
     // A guarded public API needs guarded internal services: the cluster token on every node.
-    let cluster_file = dir.join("cluster-token");
-    std::fs::write(&cluster_file, "internal-456\n").unwrap();
-    let cluster = cluster_file.to_str().unwrap();
-    let w = static_worker(&dir, "512", &["--cluster-token-file", cluster]);
-    let router = static_router(
-        &dir,
-        &w.grpc(),
-        "127.0.0.1:0",
-        &[
-            "--auth-token-file",
-            token_file.to_str().unwrap(),
-            "--cluster-token-file",
-            cluster,
-        ],
-    );
+    let (_w, router) = guarded_router(&dir, "512", "tok-123\n", &[]);
     assert!(
         !router.log_text().contains("tok-123"),
         "the token must never be logged"
@@ -925,6 +909,7 @@ fn a_bearer_token_guards_the_public_api_and_only_it() {
         }
         c.output().unwrap()
     };
+    let token_file = dir.join("tokens");
     let tf = token_file.to_str().unwrap();
     assert!(score(&["--token-file", tf], None).status.success());
     assert!(score(&[], Some("tok-123")).status.success());

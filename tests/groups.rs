@@ -618,23 +618,11 @@ fn get_reward_groups_long_prompts_and_keeps_runs_apart() {
 fn one_callers_flood_of_groups_neither_blocks_nor_joins_anothers() {
     let _serial = serial();
     let dir = scratch("groups-callers");
-    let (tokens, cluster) = (dir.join("tokens"), dir.join("cluster-token"));
-    std::fs::write(&tokens, "# one token per caller\nalpha\nbeta\n").unwrap();
-    std::fs::write(&cluster, "internal\n").unwrap();
-    let ct = cluster.to_str().unwrap();
-    let w = static_worker(&dir, "2048", &["--cluster-token-file", ct]);
-    let router = static_router(
+    let (_w, router) = guarded_router(
         &dir,
-        &w.grpc(),
-        "127.0.0.1:0",
-        &[
-            "--auth-token-file",
-            tokens.to_str().unwrap(),
-            "--cluster-token-file",
-            ct,
-            "--max-groups-per-caller",
-            "50",
-        ],
+        "2048",
+        "# one token per caller\nalpha\nbeta\n",
+        &["--max-groups-per-caller", "50"],
     );
     let (addr, h) = (router.grpc(), router.http());
     let forming = || metric(&http(&h, "GET", "/metrics", b"").1, "grm_groups_forming");

@@ -259,20 +259,11 @@ fn unauthenticated_bodies_are_refused_on_their_head_and_the_connection_cap_holds
     let _serial = serial();
     raise_fd_limit();
     let dir = scratch("auth-first");
-    let (tokens, cluster) = (dir.join("tokens"), dir.join("cluster-token"));
-    std::fs::write(&tokens, "public-1\n").unwrap();
-    std::fs::write(&cluster, "cluster-2\n").unwrap();
-    let ct = cluster.to_str().unwrap();
-    let w = static_worker(&dir, "1024", &["--cluster-token-file", ct]);
-    let router = static_router(
+    let (_w, router) = guarded_router(
         &dir,
-        &w.grpc(),
-        "127.0.0.1:0",
+        "1024",
+        "public-1\n",
         &[
-            "--auth-token-file",
-            tokens.to_str().unwrap(),
-            "--cluster-token-file",
-            ct,
             "--http-header-timeout-s",
             "10",
             "--http-max-connections",

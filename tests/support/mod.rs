@@ -394,6 +394,25 @@ pub fn static_router(dir: &std::path::Path, worker: &str, http: &str, extra: &[&
     grm(dir, "router", &args)
 }
 
+/// A worker and a router over it whose public API takes `tokens` (the --auth-token-file's
+/// text, one token a line) and whose internal calls carry a cluster token: (worker, router).
+pub fn guarded_router(dir: &Path, kv_blocks: &str, tokens: &str, extra: &[&str]) -> (Proc, Proc) {
+    let (token_file, cluster_file) = (dir.join("tokens"), dir.join("cluster-token"));
+    std::fs::write(&token_file, tokens).unwrap();
+    std::fs::write(&cluster_file, "internal-456\n").unwrap();
+    let cluster = cluster_file.to_str().unwrap();
+    let w = static_worker(dir, kv_blocks, &["--cluster-token-file", cluster]);
+    let mut args = vec![
+        "--auth-token-file",
+        token_file.to_str().unwrap(),
+        "--cluster-token-file",
+        cluster,
+    ];
+    args.extend_from_slice(extra);
+    let router = static_router(dir, &w.grpc(), "127.0.0.1:0", &args);
+    (w, router)
+}
+
 /// One sample's value in a Prometheus text scrape (0 when the series is absent).
 pub fn metric(scrape: &str, series: &str) -> f64 {
     scrape
