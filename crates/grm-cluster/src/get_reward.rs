@@ -62,6 +62,31 @@ pub struct RewardParams {
     timeout_s: Option<f64>,
 }
 
+/// Each entry's mean score, with the unscored ones (`means[i]` None: no judgement voted)
+/// given the mean of their whole group's scored responses — every member's, from the barrier
+/// (`group_means`), else this call's entries of the group (`members`) — neutral for a group
+/// baseline; 5.5 (reward 0.5) when none scored. Returns the scores and the unscored flags.
+fn fill_unscored(
+    means: &[Option<f64>],
+    group_means: &[Option<f64>],
+    members: &[Vec<usize>],
+) -> (Vec<f64>, Vec<u32>) {
+    let n = means.len();
+    let mut filled = vec![0f64; n];
+    let mut unscored = vec![0u32; n];
+    for idx in members {
+        let scored: Vec<f64> = idx.iter().filter_map(|&i| means[i]).collect();
+        let of_call =
+            (!scored.is_empty()).then(|| scored.iter().sum::<f64>() / scored.len() as f64);
+        for &i in idx {
+            let neutral = group_means[i].or(of_call).unwrap_or(5.5);
+            filled[i] = means[i].unwrap_or(neutral);
+            unscored[i] = u32::from(means[i].is_none());
+        }
+    }
+    (filled, unscored)
+}
+
 /// Longest `?group_prefix`.
 const MAX_PREFIX_BYTES: usize = 256;
 
@@ -342,20 +367,7 @@ pub async fn get_reward(
             means[i] = (rr.votes > 0).then_some(rr.mean_score);
         }
     }
-    // Unscored entries: the mean of their whole group's scored responses (neutral for a
-    // baseline), every member's, not only this call's; 5.5 (reward 0.5) when none scored.
-    let mut filled = vec![0f64; n];
-    let mut unscored = vec![0u32; n];
-    for idx in &members {
-        let scored: Vec<f64> = idx.iter().filter_map(|&i| means[i]).collect();
-        let of_call =
-            (!scored.is_empty()).then(|| scored.iter().sum::<f64>() / scored.len() as f64);
-        for &i in idx {
-            let neutral = group_means[i].or(of_call).unwrap_or(5.5);
-            filled[i] = means[i].unwrap_or(neutral);
-            unscored[i] = u32::from(means[i].is_none());
-        }
-    }
+    let (filled, unscored) = fill_unscored(&means, &group_means, &members);
     let rewards: Vec<f64> = filled.iter().map(|m| (m - 1.0) / 9.0).collect();
     let scores: Vec<f64> = if mean_scale {
         filled.clone()
@@ -374,4 +386,26 @@ pub async fn get_reward(
         },
     }))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unscored_entry_gets_its_whole_groups_mean_on_a_one_sample_call() {
+        // OpenRLHF's one-sample call: its entry went unscored, while the group's other
+        // members (other calls) scored 8 and 4: it gets 6, not the neutral 5.5 of its call.
+        let (filled, unscored) = fill_unscored(&[None], &[Some(6.0)], &[vec![0]]);
+        assert_eq!((filled, unscored), (vec![6.0], vec![1]));
+        // Without a barrier's answer, the call's own scored entries of the group; with none,
+        // 5.5; a scored entry keeps its own mean.
+        let (filled, unscored) = fill_unscored(
+            &[Some(8.0), None, Some(2.0), None],
+            &[None; 4],
+            &[vec![0, 1], vec![2], vec![3]],
+        );
+        assert_eq!(filled, vec![8.0, 8.0, 2.0, 5.5]);
+        assert_eq!(unscored, vec![0, 1, 0, 1]);
+    }
 }
