@@ -108,7 +108,7 @@ impl Router {
         // stream broken) takes its member out: a member that is gone does not count.
         let _leave = ticket.map(|t| Leave {
             router: self.clone(),
-            key: scoped,
+            key: scoped.clone(),
             ticket: t,
         });
         let answer = async {
@@ -119,8 +119,9 @@ impl Router {
             Some(d) => tokio::time::timeout_at(d.into(), answer)
                 .await
                 .map_err(|_| {
+                    // The digest, not the key: a key may be a whole prompt.
                     Status::deadline_exceeded(format!(
-                        "the deadline passed while group {key:?} formed or was judged"
+                        "the deadline passed while group {scoped} formed or was judged"
                     ))
                 })?,
             None => answer.await,
