@@ -462,7 +462,7 @@ pub fn subgroups(n: usize, max: usize) -> Vec<std::ops::Range<usize>> {
 
 /// A seed for a group that gave none: the same for the same key and responses.
 pub fn derived_seed(key: &str, texts: &[String]) -> u64 {
-    crate::chunking::stable_hash(
+    crate::chunking::fnv1a(
         std::iter::once(key.as_bytes()).chain(texts.iter().map(String::as_bytes)),
     )
 }
