@@ -62,8 +62,13 @@ impl BearerToken {
         let mut bytes = [0u8; 24];
         // Without an OS random source the process could not have started its TLS either.
         getrandom::fill(&mut bytes).expect("the OS random source");
-        let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        Self(Arc::from(text.as_bytes()))
+        Self(Arc::from(to_hex(&bytes).as_bytes()))
+    }
+
+    /// HMAC-SHA256 of `message` under this token, in hex (signed registrations, proofs).
+    pub fn mac_hex(&self, message: &[u8]) -> String {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0);
+        to_hex(ring::hmac::sign(&key, message).as_ref())
     }
 
     /// The secret itself, for keyed hashes (never for logs).
@@ -147,6 +152,16 @@ impl CallerTokens {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+}
+
+/// `bytes` in lowercase hex.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The first `n` bytes of the SHA-256 of `bytes`, in hex: a short name for a long text.
+pub fn short_digest(bytes: &[u8], n: usize) -> String {
+    to_hex(&ring::digest::digest(&ring::digest::SHA256, bytes).as_ref()[..n])
 }
 
 /// Whether `a` and `b` are equal, in a time that does not depend on where they differ.

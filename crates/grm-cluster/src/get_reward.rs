@@ -93,11 +93,7 @@ const MAX_PREFIX_BYTES: usize = 256;
 /// A group member's key: a digest of its prompt (or label), so that a prompt of any length
 /// keys a group in a few bytes, under the caller's `group_prefix`.
 fn group_key(prefix: Option<&str>, by_label: bool, text: &str) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-    let hex: String = d.as_ref()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = crate::auth::short_digest(text.as_bytes(), 16);
     let kind = if by_label { "label" } else { "prompt" };
     match prefix {
         Some(p) => format!("{p}/{kind}:{hex}"),
@@ -112,12 +108,8 @@ fn member_id(g: usize) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     static PROCESS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let process = *PROCESS.get_or_init(|| {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        crate::chunking::stable_hash([&t.to_le_bytes()[..], &std::process::id().to_le_bytes()])
-    });
+    // Without an OS random source the process could not have started its TLS either.
+    let process = *PROCESS.get_or_init(|| getrandom::u64().expect("the OS random source"));
     format!(
         "get_reward-{process:016x}-{}-{g}",
         NEXT.fetch_add(1, Ordering::Relaxed)

@@ -225,11 +225,7 @@ pub fn scoped_key(caller: &str, key: &str) -> String {
     ctx.update(&(caller.len() as u64).to_le_bytes());
     ctx.update(caller.as_bytes());
     ctx.update(key.as_bytes());
-    let d = ctx.finish();
-    d.as_ref()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::auth::to_hex(&ctx.finish().as_ref()[..16])
 }
 
 /// Checks a member's `group` field against the limits; returns (key, size, wait).

@@ -232,7 +232,7 @@ impl Router {
                 // Members without a deadline wait for a place no longer than a group may
                 // wait for its members.
                 let by = deadline.unwrap_or_else(|| Instant::now() + group::MAX_WAIT);
-                let _permit = router.permit_by(Some(by)).await?;
+                let _permit = router.permit_by(by).await?;
                 let len = prost::Message::encoded_len(&req);
                 let r = router.judge(req, len, deadline).await?;
                 router.inner.metrics.record_group_usage(&r);

@@ -93,9 +93,7 @@ impl Member {
 
     /// Signs this member's registration under `etcd_key` and `lease` with the cluster token.
     pub fn sign(&mut self, token: &BearerToken, etcd_key: &str, lease: i64) {
-        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, token.secret());
-        let tag = ring::hmac::sign(&key, &self.signed_bytes(etcd_key, lease));
-        self.sig = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        self.sig = token.mac_hex(&self.signed_bytes(etcd_key, lease));
     }
 
     /// Whether the signature is this member's, registered under `etcd_key` and `lease` (as

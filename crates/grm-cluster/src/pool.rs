@@ -168,10 +168,7 @@ impl Pool {
     /// A proof that a call comes from a member of this cluster: an HMAC of `purpose` under the
     /// cluster token (none without one). The token itself never travels in it.
     pub fn proof(&self, purpose: &str) -> Option<String> {
-        let t = self.token.as_ref()?;
-        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, t.secret());
-        let tag = ring::hmac::sign(&key, purpose.as_bytes());
-        Some(tag.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+        Some(self.token.as_ref()?.mac_hex(purpose.as_bytes()))
     }
 
     pub fn role(&self) -> Role {

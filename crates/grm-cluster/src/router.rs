@@ -97,14 +97,7 @@ impl Caller {
     /// callers apart: a router without --auth-token-file trusts everyone who reaches it).
     pub fn identity(&self) -> String {
         match &self.authorization {
-            Some(a) => {
-                let d = ring::digest::digest(&ring::digest::SHA256, a.as_bytes());
-                let hex: String = d.as_ref()[..12]
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
-                format!("token:{hex}")
-            }
+            Some(a) => format!("token:{}", crate::auth::short_digest(a.as_bytes(), 12)),
             None => "anonymous".to_string(),
         }
     }
@@ -308,16 +301,12 @@ impl Router {
     /// members have waited already: a busy router makes it queue, not fail).
     pub(crate) async fn permit_by(
         &self,
-        deadline: Option<Instant>,
+        deadline: Instant,
     ) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
         let me = &self.inner;
         let acquire = Arc::clone(&me.inflight).acquire_owned();
-        let got = match deadline {
-            Some(d) => tokio::time::timeout_at(d.into(), acquire).await.ok(),
-            None => Some(acquire.await),
-        };
-        match got {
-            Some(Ok(p)) => Ok(p),
+        match tokio::time::timeout_at(deadline.into(), acquire).await {
+            Ok(Ok(p)) => Ok(p),
             _ => Err(Status::deadline_exceeded(format!(
                 "the deadline passed while the group waited for a place among the router's {} requests in flight (--max-inflight)",
                 me.opts.max_inflight
