@@ -1286,3 +1286,124 @@ fn an_oversized_request_on_a_score_stream_is_answered_in_band_and_the_stream_goe
         assert_eq!(a.rewards.len(), 2, "{a:?}");
     }
 }
+
+/// A copy of a fixture model under `dir/<copy>/<name>` (so its served name stays `name`).
+fn model_copy(dir: &std::path::Path, copy: &str, name: &str) -> std::path::PathBuf {
+    let to = dir.join(copy).join(name);
+    std::fs::create_dir_all(&to).unwrap();
+    for e in std::fs::read_dir(fixture(name)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+    to
+}
+
+#[test]
+fn weights_changed_under_a_worker_stop_its_engine_and_never_give_garbage() {
+    let _serial = serial();
+    let dir = scratch("weights-changed");
+    let worker_on = |model: &std::path::Path| {
+        let m = model.to_str().unwrap().to_string();
+        grm(
+            &dir,
+            "worker",
+            &[
+                "worker",
+                "--model",
+                &m,
+                "--listen",
+                "127.0.0.1:0",
+                "--threads",
+                "1",
+                "--kv-blocks",
+                "1024",
+            ],
+        )
+    };
+    let (a_model, b_model) = (
+        model_copy(&dir, "a", "tiny-judge"),
+        model_copy(&dir, "b", "tiny-judge"),
+    );
+    let (mut a, mut b) = (worker_on(&a_model), worker_on(&b_model));
+    let both = format!("{},{}", a.grpc(), b.grpc());
+    let router = static_router(&dir, &both, "", &["--chunk-samples", "1"]);
+    let rt = runtime();
+    let addr = router.grpc();
+    let score = |rt: &tokio::runtime::Runtime, id: String| {
+        rt.block_on(async {
+            let mut c = RewardServiceClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
+            let mut r = request(&id, 4);
+            r.return_samples = true;
+            c.score(r).await.map(|r| r.into_inner())
+        })
+    };
+    let before = score(&rt, "before".into()).expect("both workers serve");
+    assert!(
+        before.rewards[0].mean_score > before.rewards[1].mean_score && before.rewards[0].votes == 4,
+        "{:?}",
+        before.rewards
+    );
+    let workers: std::collections::HashSet<_> =
+        before.samples.iter().map(|s| s.worker.clone()).collect();
+    assert_eq!(workers.len(), 2, "the chunks spread over both workers");
+
+    // Cut short while mapped: was a SIGBUS that ended the process.
+    std::fs::File::options()
+        .write(true)
+        .open(a_model.join("model.safetensors"))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    for i in 0..4 {
+        let r = score(&rt, format!("cut-{i}")).expect("the other worker serves");
+        assert_eq!(r.rewards, before.rewards, "request {i}: never garbage");
+        assert!(
+            r.samples.iter().all(|s| s.worker == b.grpc()),
+            "request {i}"
+        );
+    }
+    assert_eq!(
+        a.wait_exit(Duration::from_secs(20)),
+        Some(70),
+        "an exit with an error (not killed by SIGBUS): {}",
+        a.log_text()
+    );
+    assert!(a.log_text().contains("cut short"), "{}", a.log_text());
+
+    // Written over in place, same size, same header, other numbers: was garbage answers.
+    let path = b_model.join("model.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    bytes[header..].fill(0);
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all(&bytes)
+        .unwrap();
+    let after = score(&rt, "overwritten".into());
+    match after {
+        Ok(r) => panic!("an answer from changed weights: {r:?}"),
+        Err(s) => assert!(
+            matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+            ),
+            "{s:?}"
+        ),
+    }
+    assert_eq!(
+        b.wait_exit(Duration::from_secs(20)),
+        Some(70),
+        "{}",
+        b.log_text()
+    );
+    assert!(
+        b.log_text().contains("written since load"),
+        "{}",
+        b.log_text()
+    );
+}

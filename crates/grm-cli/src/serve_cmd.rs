@@ -184,8 +184,8 @@ impl EngineFlags {
             .name("grm-engine-watch".into())
             .spawn(move || loop {
                 std::thread::sleep(Duration::from_millis(500));
-                if !watched.alive() {
-                    tracing::error!("the engine thread stopped; exiting");
+                if let Some(why) = watched.stop_reason() {
+                    tracing::error!(reason = %why, "the engine stopped; exiting");
                     std::process::exit(70);
                 }
             })?;
@@ -686,7 +686,8 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
             _ = died => true,
         };
         if engine_died {
-            tracing::error!("the engine has stopped; leaving the membership");
+            let why = w.engine().stop_reason().unwrap_or_default();
+            tracing::error!(reason = %why, "the engine has stopped; leaving the membership");
         }
         // Drain: take no new work, leave the membership, finish what is running.
         tracing::info!("draining");

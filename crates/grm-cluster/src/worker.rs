@@ -114,7 +114,7 @@ pub const KV_TOO_SMALL: (&str, &str) = ("grm-error", "kv-too-small");
 /// Maps an engine error to the status a caller can act on.
 pub fn engine_status(e: EngineError) -> Status {
     match e {
-        EngineError::Stopped => Status::unavailable("the engine has stopped"),
+        e @ EngineError::Stopped(_) => Status::unavailable(e.to_string()),
         // Another worker may have a larger pool: the caller tries one before giving up.
         e @ EngineError::KvTooSmall { .. } => {
             let mut s = Status::resource_exhausted(e.to_string());

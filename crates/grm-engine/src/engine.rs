@@ -71,6 +71,8 @@ pub struct Engine {
     stats: Arc<Mutex<EngineStats>>,
     /// False once the engine thread has ended (normally only by a panic).
     alive: Arc<AtomicBool>,
+    /// Why the engine stopped, once it has (as logged then).
+    stopped: Arc<Mutex<Option<String>>>,
     next_id: Arc<AtomicU64>,
     pub info: Arc<EngineInfo>,
 }
@@ -164,6 +166,8 @@ impl Engine {
         let shared = Arc::clone(&stats);
         let alive = Arc::new(AtomicBool::new(true));
         let flag = Arc::clone(&alive);
+        let stopped = Arc::new(Mutex::new(None));
+        let why = Arc::clone(&stopped);
         std::thread::Builder::new()
             .name("grm-engine".into())
             .spawn(move || {
@@ -176,13 +180,17 @@ impl Engine {
                     }
                 }
                 let _clear = Clear(flag);
-                pool.install(|| run(scheduler, rx, shared))
+                pool.install(|| {
+                    let reason = run(scheduler, rx, shared);
+                    *why.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+                })
             })
             .map_err(|e| EngineError::Invalid(format!("cannot start the engine thread: {e}")))?;
         Ok(Engine {
             tx,
             stats,
             alive,
+            stopped,
             next_id: Arc::new(AtomicU64::new(1)),
             info,
         })
@@ -191,14 +199,14 @@ impl Engine {
     /// Queues a request; its events arrive on the returned submission.
     pub async fn submit(&self, work: Work) -> Result<Submission> {
         let (reply, rx) = self.send_submit(work)?;
-        rx.await.map_err(|_| EngineError::Stopped)??;
+        rx.await.map_err(|_| self.stopped_error())??;
         Ok(reply)
     }
 
     /// [`Engine::submit`] for callers outside an async runtime.
     pub fn submit_blocking(&self, work: Work) -> Result<Submission> {
         let (reply, rx) = self.send_submit(work)?;
-        rx.blocking_recv().map_err(|_| EngineError::Stopped)??;
+        rx.blocking_recv().map_err(|_| self.stopped_error())??;
         Ok(reply)
     }
 
@@ -213,7 +221,7 @@ impl Engine {
                 events: events_tx,
                 reply,
             })
-            .map_err(|_| EngineError::Stopped)?;
+            .map_err(|_| self.stopped_error())?;
         Ok((
             Submission {
                 id,
@@ -234,17 +242,42 @@ impl Engine {
         self.alive.load(Ordering::SeqCst)
     }
 
+    /// Why the engine stopped (`None` while it runs).
+    pub fn stop_reason(&self) -> Option<String> {
+        if self.alive() {
+            return None;
+        }
+        let why = self
+            .stopped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Some(why.unwrap_or_else(|| "its thread ended".into()))
+    }
+
+    fn stopped_error(&self) -> EngineError {
+        EngineError::Stopped(
+            self.stop_reason()
+                .unwrap_or_else(|| "its thread ended".into()),
+        )
+    }
+
     /// The state after the last step.
     pub fn stats(&self) -> EngineStats {
         *self.stats.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
+/// How often the weight files' headers are reread (their size and time are checked every step).
+const HEADER_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The engine's loop; returns why it stopped.
 fn run<B: Backend>(
     mut sched: Scheduler<B>,
     mut rx: mpsc::UnboundedReceiver<Command>,
     stats: Arc<Mutex<EngineStats>>,
-) {
+) -> String {
+    let mut headers_checked = std::time::Instant::now();
     let mut sinks: HashMap<RequestId, mpsc::UnboundedSender<Event>> = HashMap::new();
     let mut restarts: Vec<std::time::Instant> = Vec::new();
     let mut fault = false;
@@ -259,7 +292,7 @@ fn run<B: Backend>(
             publish(&sched);
             match rx.blocking_recv() {
                 Some(cmd) => handle(&mut sched, &mut sinks, &mut fault, cmd),
-                None => return,
+                None => return "every handle was dropped".into(),
             }
         }
         loop {
@@ -268,7 +301,7 @@ fn run<B: Backend>(
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     if sched.is_idle() {
-                        return;
+                        return "every handle was dropped".into();
                     }
                     break;
                 }
@@ -300,7 +333,7 @@ fn run<B: Backend>(
                 if restarts.len() >= MAX_RESTARTS_PER_MINUTE {
                     tracing::error!(error = %e, restarts = restarts.len(), "the engine stops: too many internal errors within a minute");
                     publish(&sched);
-                    return;
+                    return format!("too many internal errors within a minute, the last: {e}");
                 }
                 restarts.push(now);
                 tracing::error!(error = %e, "internal engine error: the requests it held fail, and the engine starts again");
@@ -308,7 +341,7 @@ fn run<B: Backend>(
                     Ok(s) => s,
                     Err(e) => {
                         tracing::error!(error = %e, "the engine stops: it could not start again");
-                        return;
+                        return format!("it could not start again after an internal error: {e}");
                     }
                 };
                 // The fresh state is visible before the held streams end.
@@ -317,6 +350,21 @@ fn run<B: Backend>(
                 continue;
             }
         };
+        // Results computed from weights that changed under the step never leave: the files
+        // are checked after the step, before its events are sent.
+        let files = sched.model().files();
+        let mut changed = files.check();
+        if changed.is_ok() && headers_checked.elapsed() >= HEADER_CHECK {
+            headers_checked = std::time::Instant::now();
+            changed = files.check_headers();
+        }
+        if let Err(why) = changed {
+            tracing::error!(reason = %why, "the model's weight files changed under the engine: this step's results are discarded and the engine stops serving (roll a model by writing a new directory, then restarting)");
+            publish(&sched);
+            return format!(
+                "the model's weight files changed since load ({why}); restart to load them again"
+            );
+        }
         for (id, event) in events {
             if let Some(tx) = sinks.get(&id) {
                 if tx.send(event).is_err() {
@@ -450,7 +498,7 @@ mod tests {
                 prompt: vec![2, 7],
                 samples: vec![SamplingParams::default()]
             }),
-            Err(EngineError::Stopped)
+            Err(EngineError::Stopped(_))
         ));
     }
 }

@@ -57,8 +57,9 @@ pub enum EngineError {
     Invalid(String),
     #[error("CUDA: {0}")]
     Cuda(String),
-    #[error("the engine has stopped")]
-    Stopped,
+    /// The engine serves no more; the reason is the one it logged when it stopped.
+    #[error("the engine has stopped: {0}")]
+    Stopped(String),
     /// One of the engine's own invariants broke (a bug): the engine stops rather than answer
     /// with values it cannot vouch for.
     #[error("engine invariant broken: {0}")]

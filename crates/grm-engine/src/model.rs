@@ -11,7 +11,7 @@ use crate::config::{Head, ModelConfig};
 use crate::error::{EngineError, Result};
 use crate::kv::CopyOp;
 use crate::rope::rope_tables;
-use crate::weights::{Tensor, WeightStore};
+use crate::weights::{ModelFiles, Tensor, WeightStore};
 use std::path::Path;
 
 struct Layer<B: Backend> {
@@ -77,6 +77,7 @@ pub struct Gemma2<B: Backend> {
     final_norm: B::Vector,
     head: TopHead<B>,
     weight_bytes: usize,
+    files: ModelFiles,
 }
 
 impl<B: Backend> Gemma2<B> {
@@ -151,6 +152,7 @@ impl<B: Backend> Gemma2<B> {
         };
         Ok(Self {
             weight_bytes: store.bytes(),
+            files: store.files(),
             config,
             backend,
             embed,
@@ -166,6 +168,11 @@ impl<B: Backend> Gemma2<B> {
     }
 
     /// Bytes of weights read by one forward step.
+    /// The weight files the backend still reads in place (none once it copied them away).
+    pub fn files(&self) -> &ModelFiles {
+        &self.files
+    }
+
     pub fn weight_bytes(&self) -> usize {
         self.weight_bytes
     }

@@ -1,12 +1,13 @@
 //! Memory-mapped safetensors: one file (`model.safetensors`) or shards listed in
-//! `model.safetensors.index.json`. Tensors stay in the mapping; nothing is copied at load.
+//! `model.safetensors.index.json`. Tensors stay in the mapping; nothing is copied at load
+//! (`mapped_file` guards the mappings against the files changing).
 
 use crate::error::{EngineError, Result};
-use memmap2::Mmap;
+use crate::mapped_file::MappedFile;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 /// Element types the engine computes from (always accumulating in f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +46,7 @@ impl DType {
 pub struct Tensor {
     pub dtype: DType,
     pub shape: Vec<usize>,
-    map: Arc<Mmap>,
+    map: Arc<MappedFile>,
     range: Range<usize>,
 }
 
@@ -58,7 +59,7 @@ impl std::fmt::Debug for Tensor {
 impl Tensor {
     /// The raw little-endian bytes.
     pub fn bytes(&self) -> &[u8] {
-        &self.map[self.range.clone()]
+        &self.map.bytes()[self.range.clone()]
     }
 
     pub fn numel(&self) -> usize {
@@ -113,10 +114,34 @@ struct Entry {
     range: Range<usize>,
 }
 
+/// The weight files a model was loaded from, as long as something (a CPU backend's matrices)
+/// still reads them: a backend that copied its weights away (a GPU's) drops its tensors, and
+/// then a change to the files no longer concerns it.
+#[derive(Clone, Default)]
+pub struct ModelFiles(Vec<Weak<MappedFile>>);
+
+impl ModelFiles {
+    /// After every step (one `fstat` a file): why the weights in use can no longer be trusted.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        self.0
+            .iter()
+            .filter_map(Weak::upgrade)
+            .try_for_each(|f| f.check())
+    }
+
+    /// Now and then: the headers reread and compared.
+    pub fn check_headers(&self) -> std::result::Result<(), String> {
+        self.0
+            .iter()
+            .filter_map(Weak::upgrade)
+            .try_for_each(|f| f.check_header())
+    }
+}
+
 /// Every tensor of a model directory.
 pub struct WeightStore {
     dir: PathBuf,
-    files: Vec<(PathBuf, Arc<Mmap>)>,
+    files: Vec<Arc<MappedFile>>,
     entries: HashMap<String, Entry>,
 }
 
@@ -154,16 +179,14 @@ impl WeightStore {
     }
 
     fn add_file(&mut self, path: &Path) -> Result<()> {
-        let file = std::fs::File::open(path).map_err(|e| EngineError::io(path, e))?;
-        // SAFETY: the mapping is read-only; a model file modified while serving is outside
-        // what any inference server can defend against.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))?;
+        let mut map = MappedFile::open(path)?;
         let bad = |message: String| EngineError::Safetensors {
             path: path.to_path_buf(),
             message,
         };
         let (header_len, meta) =
-            safetensors::SafeTensors::read_metadata(&map[..]).map_err(|e| bad(e.to_string()))?;
+            safetensors::SafeTensors::read_metadata(map.bytes()).map_err(|e| bad(e.to_string()))?;
+        map.set_header(8 + header_len)?;
         let base = 8 + header_len;
         let file_index = self.files.len();
         for (name, info) in meta.tensors() {
@@ -182,7 +205,7 @@ impl WeightStore {
             let (start, end) = info.data_offsets;
             let range = base + start..base + end;
             let numel: usize = info.shape.iter().product();
-            if range.end > map.len() || end - start != numel * dtype.size() {
+            if range.end > map.bytes().len() || end - start != numel * dtype.size() {
                 return Err(bad(format!("tensor `{name}` lies outside the file")));
             }
             self.entries.insert(
@@ -195,7 +218,8 @@ impl WeightStore {
                 },
             );
         }
-        self.files.push((path.to_path_buf(), Arc::new(map)));
+        tracing::debug!(file = %path.display(), identity = %map.identity(), "weights mapped");
+        self.files.push(Arc::new(map));
         Ok(())
     }
 
@@ -221,14 +245,18 @@ impl WeightStore {
                 files: self
                     .files
                     .iter()
-                    .filter_map(|(p, _)| p.file_name().map(|f| f.to_string_lossy().into_owned()))
+                    .filter_map(|m| {
+                        m.path()
+                            .file_name()
+                            .map(|f| f.to_string_lossy().into_owned())
+                    })
                     .collect::<Vec<_>>()
                     .join(", "),
             })?;
-        let (path, map) = &self.files[e.file];
+        let map = &self.files[e.file];
         if e.shape != shape {
             return Err(EngineError::TensorShape {
-                path: path.clone(),
+                path: map.path().to_path_buf(),
                 name: name.to_string(),
                 expected: shape.to_vec(),
                 found: e.shape.clone(),
@@ -240,6 +268,11 @@ impl WeightStore {
             map: Arc::clone(map),
             range: e.range.clone(),
         })
+    }
+
+    /// The mapped files, to be checked while tensors read from them are in use.
+    pub fn files(&self) -> ModelFiles {
+        ModelFiles(self.files.iter().map(Arc::downgrade).collect())
     }
 
     /// Total bytes of tensor data mapped.
