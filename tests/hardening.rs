@@ -9,6 +9,7 @@ use grm_proto::v1::reward_service_client::RewardServiceClient;
 use grm_proto::v1::{Message, Sampling, ScoreRequest};
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -423,7 +424,7 @@ fn bearer<T>(req: &mut tonic::Request<T>, token: &str) {
 }
 
 #[test]
-fn internal_services_need_the_cluster_token_and_a_forged_member_gets_no_work() {
+fn internal_services_need_the_clusters_proof_and_a_forged_or_replaced_member_gets_nothing() {
     use grm_proto::v1::aggregator_service_client::AggregatorServiceClient;
     use grm_proto::v1::worker_service_client::WorkerServiceClient;
     use grm_proto::v1::{AggregateRequest, GenerateRequest, ScoreTextsRequest, StatusRequest};
@@ -559,7 +560,16 @@ fn internal_services_need_the_cluster_token_and_a_forged_member_gets_no_work() {
         "the forged member {fake_addr} generated tokens:\n{scrape}"
     );
 
-    // Every internal service refuses a caller without the cluster token, and serves one with it.
+    // Every internal service refuses a caller without the cluster's proof, and serves one with
+    // it. The token itself is no credential (it never travels), and a proof is good once, for
+    // its own method.
+    let keys = grm_cluster::cluster_keys::ClusterKeys::parse("cluster-2", "test").unwrap();
+    let prove = |req: &mut tonic::metadata::MetadataMap, method: &str| {
+        req.insert(
+            grm_cluster::cluster_keys::PROOF_HEADER,
+            keys.prove_call(method, "").parse().unwrap(),
+        );
+    };
     rt.block_on(async {
         let mut wc = WorkerServiceClient::connect(format!("http://{}", w.grpc()))
             .await
@@ -571,15 +581,17 @@ fn internal_services_need_the_cluster_token_and_a_forged_member_gets_no_work() {
             max_new_tokens: 4,
             ..Default::default()
         };
-        let s = wc.generate(gen.clone()).await.expect_err("no token");
+        let s = wc.generate(gen.clone()).await.expect_err("no proof");
         assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
-        let mut wrong = tonic::Request::new(gen);
-        bearer(&mut wrong, "public-1");
-        let s = wc
-            .generate(wrong)
-            .await
-            .expect_err("the public token is not the cluster's");
-        assert_eq!(s.code(), tonic::Code::Unauthenticated);
+        for token in ["public-1", "cluster-2"] {
+            let mut wrong = tonic::Request::new(gen.clone());
+            bearer(&mut wrong, token);
+            let s = wc
+                .generate(wrong)
+                .await
+                .expect_err("a bearer token is no proof");
+            assert_eq!(s.code(), tonic::Code::Unauthenticated, "{token}");
+        }
         let mut mc = WorkerServiceClient::connect(format!("http://{}", m.grpc()))
             .await
             .unwrap();
@@ -587,23 +599,134 @@ fn internal_services_need_the_cluster_token_and_a_forged_member_gets_no_work() {
             texts: vec!["<bos>x".into()],
             ..Default::default()
         };
-        let s = mc.score_texts(texts.clone()).await.expect_err("no token");
+        let s = mc.score_texts(texts.clone()).await.expect_err("no proof");
         assert_eq!(s.code(), tonic::Code::Unauthenticated);
-        let mut ok = tonic::Request::new(texts);
-        bearer(&mut ok, "cluster-2");
-        mc.score_texts(ok).await.expect("with the cluster token");
+        let score_texts = "/grm.v1.WorkerService/ScoreTexts";
+        let mut ok = tonic::Request::new(texts.clone());
+        prove(ok.metadata_mut(), score_texts);
+        let replay = ok.metadata().clone();
+        mc.score_texts(ok).await.expect("with a proof");
+        let mut again = tonic::Request::new(texts.clone());
+        *again.metadata_mut() = replay;
+        let s = mc
+            .score_texts(again)
+            .await
+            .expect_err("a proof is good once");
+        assert!(s.message().contains("replay"), "{s:?}");
+        let mut other = tonic::Request::new(texts);
+        prove(other.metadata_mut(), "/grm.v1.WorkerService/Status");
+        let s = mc
+            .score_texts(other)
+            .await
+            .expect_err("a proof is for its method");
+        assert_eq!(s.code(), tonic::Code::Unauthenticated);
         let mut ac = AggregatorServiceClient::connect(format!("http://{}", a.grpc()))
             .await
             .unwrap();
         let s = ac
             .aggregate(AggregateRequest::default())
             .await
-            .expect_err("no token");
+            .expect_err("no proof");
         assert_eq!(s.code(), tonic::Code::Unauthenticated);
         let mut st = tonic::Request::new(StatusRequest {});
-        bearer(&mut st, "cluster-2");
-        wc.status(st).await.expect("status with the token");
+        prove(st.metadata_mut(), "/grm.v1.WorkerService/Status");
+        wc.status(st).await.expect("status with a proof");
     });
+
+    // A signed worker dies; its registration outlives it (a 30 s lease). /health counts the
+    // members that answer, not those listed. Then a stranger listens at its address: what it
+    // is sent holds no secret, and no live member takes the proofs it got.
+    let mut w2 = grm(
+        &dir,
+        "w2",
+        &[
+            "worker",
+            "--model",
+            &fixture("tiny-judge"),
+            "--listen",
+            "127.0.0.1:0",
+            "--etcd",
+            &url,
+            "--lease-ttl-s",
+            "30",
+            "--threads",
+            "1",
+            "--kv-blocks",
+            "1024",
+            "--cluster-token-file",
+            ct,
+        ],
+    );
+    let dead_addr = w2.grpc();
+    wait_for(Duration::from_secs(20), "two answering workers", || {
+        health_field(&router, "grm_workers") == 2
+    });
+    w2.kill9();
+    wait_for(
+        Duration::from_secs(10),
+        "the dead worker no longer counted",
+        || health_field(&router, "grm_workers") == 1,
+    );
+    let seen: Arc<Mutex<Vec<(String, tonic::metadata::MetadataMap)>>> = Arc::default();
+    let stranger = Stranger(Arc::clone(&seen));
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(&dead_addr))
+        .expect("the dead worker's address is free");
+    rt.spawn(
+        tonic::transport::Server::builder()
+            .add_service(grm_proto::v1::worker_service_server::WorkerServiceServer::new(stranger))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "calls reaching the stranger",
+        || seen.lock().unwrap().len() >= 2,
+    );
+    rt.block_on(async {
+        let mut c = RewardServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        for i in 0..3 {
+            let mut req = tonic::Request::new(request(&format!("s{i}"), 4));
+            bearer(&mut req, "public-1");
+            c.score(req).await.expect("served by the live worker");
+        }
+    });
+    let calls = seen.lock().unwrap().clone();
+    assert!(!calls.is_empty());
+    rt.block_on(async {
+        let mut wc = WorkerServiceClient::connect(format!("http://{}", w.grpc()))
+            .await
+            .unwrap();
+        for (method, meta) in &calls {
+            for kv in meta.iter() {
+                if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
+                    let v = v.to_str().unwrap_or_default();
+                    assert!(!v.contains("cluster-2"), "{method}: the secret in `{k}`");
+                }
+            }
+            let proof = meta
+                .get(grm_cluster::cluster_keys::PROOF_HEADER)
+                .unwrap_or_else(|| panic!("{method}: no proof"))
+                .clone();
+            // The same proof, the same method, at the live worker, within the window.
+            let mut st = tonic::Request::new(StatusRequest {});
+            st.metadata_mut()
+                .insert(grm_cluster::cluster_keys::PROOF_HEADER, proof.clone());
+            if method == "Status" {
+                let s = wc
+                    .status(st)
+                    .await
+                    .expect_err("a proof made for the dead member");
+                assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
+                assert!(s.message().contains("made for the member"), "{s:?}");
+            }
+        }
+    });
+    assert!(
+        calls.iter().any(|(m, _)| m == "Status"),
+        "the load poll reached it"
+    );
 
     // grm serve with a guarded public API: its in-process workers' ports are guarded too.
     let meta_model = fixture("tiny-judge-meta");
@@ -1284,6 +1407,43 @@ fn an_oversized_request_on_a_score_stream_is_answered_in_band_and_the_stream_goe
         let a = by_id(id);
         assert!(a.error.is_none(), "{a:?}");
         assert_eq!(a.rewards.len(), 2, "{a:?}");
+    }
+}
+
+/// A server at a dead member's address: it records what each call carries and answers none.
+#[derive(Clone)]
+struct Stranger(Arc<Mutex<Vec<(String, tonic::metadata::MetadataMap)>>>);
+
+impl Stranger {
+    fn record<T>(&self, method: &str, req: &tonic::Request<T>) -> tonic::Status {
+        self.0
+            .lock()
+            .unwrap()
+            .push((method.to_string(), req.metadata().clone()));
+        tonic::Status::unavailable("a stranger")
+    }
+}
+
+#[tonic::async_trait]
+impl grm_proto::v1::worker_service_server::WorkerService for Stranger {
+    type GenerateStream = tokio_stream::Empty<Result<grm_proto::v1::GenerateEvent, tonic::Status>>;
+    async fn generate(
+        &self,
+        req: tonic::Request<grm_proto::v1::GenerateRequest>,
+    ) -> Result<tonic::Response<Self::GenerateStream>, tonic::Status> {
+        Err(self.record("Generate", &req))
+    }
+    async fn score_texts(
+        &self,
+        req: tonic::Request<grm_proto::v1::ScoreTextsRequest>,
+    ) -> Result<tonic::Response<grm_proto::v1::ScoreTextsResponse>, tonic::Status> {
+        Err(self.record("ScoreTexts", &req))
+    }
+    async fn status(
+        &self,
+        req: tonic::Request<grm_proto::v1::StatusRequest>,
+    ) -> Result<tonic::Response<grm_proto::v1::WorkerStatus>, tonic::Status> {
+        Err(self.record("Status", &req))
     }
 }
 

@@ -5,8 +5,8 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use grm_cluster::aggregator::Aggregator;
-use grm_cluster::auth::BearerToken;
 use grm_cluster::chunking::ChunkPolicy;
+use grm_cluster::cluster_keys::ClusterKeys;
 use grm_cluster::dispatch::DispatchOptions;
 use grm_cluster::etcd;
 use grm_cluster::http::{self, HttpOptions};
@@ -397,7 +397,7 @@ fn etcd_endpoints(urls: &[String], tls: &Tls) -> Result<etcd::Endpoints> {
 impl MembershipFlags {
     /// The membership, listed once before the node announces itself (see
     /// [`etcd::watch_members`]).
-    async fn members(&self, tls: &Tls, token: Option<&BearerToken>) -> Result<Members> {
+    async fn members(&self, tls: &Tls, token: Option<&ClusterKeys>) -> Result<Members> {
         if !self.etcd.is_empty() {
             return Ok(etcd::watch_members(
                 etcd_endpoints(&self.etcd, tls)?,
@@ -546,16 +546,19 @@ pub struct TlsFlags {
     #[arg(long, env = "GRM_HTTP_TLS")]
     pub http_tls: bool,
     /// A file holding the cluster token (the same on every node; or the token itself in
-    /// GRM_CLUSTER_TOKEN): the internal services (WorkerService, AggregatorService) then
-    /// require it, every internal call carries it, members sign their etcd registration with
-    /// it, and routers and aggregators ignore members it did not sign.
+    /// GRM_CLUSTER_TOKEN). The token never travels: every internal call carries a proof made
+    /// with a key derived from it (fresh per call, bound to its method and time, good once),
+    /// which the internal services (WorkerService, AggregatorService) require; members sign
+    /// their etcd registration with another derived key, and routers and aggregators ignore
+    /// members it did not sign. Several tokens, one a line (`ID:TOKEN` names its key id): the
+    /// first signs, all are accepted, so tokens rotate without a flag day.
     #[arg(long, env = "GRM_CLUSTER_TOKEN_FILE")]
     pub cluster_token_file: Option<PathBuf>,
 }
 
 impl TlsFlags {
-    pub fn cluster_token(&self) -> Result<Option<BearerToken>> {
-        Ok(BearerToken::from_file_or_env(
+    pub fn cluster_token(&self) -> Result<Option<ClusterKeys>> {
+        Ok(ClusterKeys::from_file_or_env(
             self.cluster_token_file.as_deref(),
             "GRM_CLUSTER_TOKEN",
         )?)
@@ -563,7 +566,7 @@ impl TlsFlags {
 
     /// Whether this node calls its peers with credentials they can check: the cluster token,
     /// or its certificate under mutual TLS (peers started with --tls-client-auth check it).
-    fn has_internal_credentials(&self, token: Option<&BearerToken>) -> bool {
+    fn has_internal_credentials(&self, token: Option<&ClusterKeys>) -> bool {
         token.is_some()
             || (self.tls_cert.is_some() && self.tls_key.is_some() && self.tls_ca.is_some())
     }
@@ -664,7 +667,7 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
         });
         let stop = shutdown_signal();
         let (server_stop_tx, server_stop_rx) = watch::channel(false);
-        let server = tokio::spawn(serve_grpc(listener, Services { worker: Some(w.clone()), tls: tls.server, cluster_token: token.clone(), ..Default::default() }, wait(server_stop_rx.clone())));
+        let server = tokio::spawn(serve_grpc(listener, Services { worker: Some(w.clone()), tls: tls.server, cluster_keys: token.clone(), member_id: advertise.clone(), ..Default::default() }, wait(server_stop_rx.clone())));
         let mut line = json!({ "ready": role.as_str(), "grpc": addr.to_string(), "model": name, "kv_blocks": w.engine().info.num_blocks });
         if !a.metrics_listen.is_empty() {
             let (ml, maddr) = bind(&a.metrics_listen).await.with_context(|| format!("listening on {}", a.metrics_listen))?;
@@ -758,7 +761,8 @@ pub fn aggregator(a: AggregatorArgs) -> Result<()> {
             Services {
                 aggregator: Some(agg),
                 tls: tls.server,
-                cluster_token: token.clone(),
+                cluster_keys: token.clone(),
+                member_id: advertise.clone(),
                 ..Default::default()
             },
             wait(server_stop_rx),
@@ -797,7 +801,7 @@ async fn run_router(
     (listen, http_listen): (&str, &str),
     members: Members,
     flags: &RouterFlags,
-    (tls, token): (Tls, Option<BearerToken>),
+    (tls, token): (Tls, Option<ClusterKeys>),
     stop: watch::Receiver<bool>,
     local: InProcess,
     registration: Option<RouterRegistration>,
@@ -968,7 +972,7 @@ pub fn embedded_models() -> (Option<PathBuf>, Option<PathBuf>) {
 /// them over gRPC exactly as in a cluster.
 async fn serve_in_process(
     workers: Vec<Worker>,
-    token: &BearerToken,
+    token: &ClusterKeys,
     stop: watch::Receiver<bool>,
 ) -> Result<(Vec<Member>, Vec<ServerTask>)> {
     let mut list = Vec::new();
@@ -986,7 +990,8 @@ async fn serve_in_process(
         });
         let services = Services {
             worker: Some(w),
-            cluster_token: Some(token.clone()),
+            cluster_keys: Some(token.clone()),
+            member_id: addr.to_string(),
             ..Default::default()
         };
         tasks.push(tokio::spawn(serve_grpc(l, services, wait(stop.clone()))));
@@ -1019,7 +1024,7 @@ pub async fn local_router(
             worker_options(model_name(dir, None), role),
         ));
     }
-    let token = BearerToken::random();
+    let token = ClusterKeys::random();
     // Nobody stops these: they live as long as the command.
     let (stop_tx, stop) = watch::channel(false);
     std::mem::forget(stop_tx);
@@ -1103,7 +1108,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             .collect();
         // The in-process workers' ports are loopback only, and guarded by a token made for
         // this process alone: nothing but this router can use them.
-        let token = BearerToken::random();
+        let token = ClusterKeys::random();
         let (list, tasks) = serve_in_process(workers, &token, workers_stop).await?;
         let internal: Vec<&str> = list.iter().map(|m| m.addr.as_str()).collect();
         let extra = json!({

@@ -277,7 +277,6 @@ impl Aggregator {
                     client_text: batch.iter().map(|m| grm_proto::v1::ClientText { bounds: m.bounds() }).collect(),
                 });
                 crate::trace_context::inject(&tracing::Span::current(), r.metadata_mut());
-                pool.authorize(&mut r);
                 r.set_timeout(Duration::from_secs(120));
                 match client.score_texts(r).await {
                     Ok(resp) => {

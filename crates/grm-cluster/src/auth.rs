@@ -56,33 +56,6 @@ impl BearerToken {
         }
     }
 
-    /// A fresh random token (for `grm serve`'s in-process workers, which nobody else needs to
-    /// reach).
-    pub fn random() -> Self {
-        let mut bytes = [0u8; 24];
-        // Without an OS random source the process could not have started its TLS either.
-        getrandom::fill(&mut bytes).expect("the OS random source");
-        Self(Arc::from(to_hex(&bytes).as_bytes()))
-    }
-
-    /// HMAC-SHA256 of `message` under this token, in hex (signed registrations, proofs).
-    pub fn mac_hex(&self, message: &[u8]) -> String {
-        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0);
-        to_hex(ring::hmac::sign(&key, message).as_ref())
-    }
-
-    /// The secret itself, for keyed hashes (never for logs).
-    pub fn secret(&self) -> &[u8] {
-        &self.0
-    }
-
-    /// Attaches this token to an outgoing gRPC call.
-    pub fn authorize(&self, meta: &mut tonic::metadata::MetadataMap) {
-        if let Ok(v) = self.header_value().parse() {
-            meta.insert("authorization", v);
-        }
-    }
-
     /// The `authorization` header value a client sends.
     pub fn header_value(&self) -> String {
         format!("Bearer {}", String::from_utf8_lossy(&self.0))
@@ -162,11 +135,6 @@ pub fn to_hex(bytes: &[u8]) -> String {
 /// The first `n` bytes of the SHA-256 of `bytes`, in hex: a short name for a long text.
 pub fn short_digest(bytes: &[u8], n: usize) -> String {
     to_hex(&ring::digest::digest(&ring::digest::SHA256, bytes).as_ref()[..n])
-}
-
-/// Whether `a` and `b` are equal, in a time that does not depend on where they differ.
-pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Something an `authorization` header value is checked against.

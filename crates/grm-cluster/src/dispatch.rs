@@ -235,11 +235,9 @@ async fn run_chunk(
             samples = remaining.len(),
             attempt
         );
-        match attempt_chunk(
-            pool, &peer, work, &remaining, bytes, &state, &mut guard, opts,
-        )
-        .instrument(span)
-        .await
+        match attempt_chunk(&peer, work, &remaining, bytes, &state, &mut guard, opts)
+            .instrument(span)
+            .await
         {
             Ok(()) => only_too_large = false,
             Err(Failure::Fatal(s)) => return Err(s),
@@ -330,7 +328,6 @@ fn silence_limit(opts: &DispatchOptions, deadline: Option<Instant>) -> Duration 
 
 #[allow(clippy::too_many_arguments)]
 async fn attempt_chunk(
-    pool: &Pool,
     peer: &Peer,
     work: &Work<'_>,
     samples: &[u32],
@@ -385,7 +382,6 @@ async fn attempt_chunk(
     }
     let mut req = tonic::Request::new(req);
     crate::trace_context::inject(&tracing::Span::current(), req.metadata_mut());
-    pool.authorize(&mut req);
     if let Some(d) = work.deadline {
         req.set_timeout(
             d.saturating_duration_since(Instant::now())

@@ -3,7 +3,7 @@
 //! members keep retrying and re-register once it is back, and watchers keep the last known
 //! membership, so serving goes on.
 
-use crate::auth::BearerToken;
+use crate::cluster_keys::ClusterKeys;
 use crate::members::{Member, Members};
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
 use std::collections::BTreeMap;
@@ -95,7 +95,7 @@ pub fn register(
     endpoints: Endpoints,
     member: Member,
     ttl: Duration,
-    token: Option<BearerToken>,
+    token: Option<ClusterKeys>,
 ) -> Registration {
     let (stop_tx, mut stop) = oneshot::channel::<()>();
     let done = tokio::spawn(async move {
@@ -178,7 +178,7 @@ pub const FIRST_LISTING: Duration = Duration::from_secs(10);
 /// and be sent requests.
 pub async fn watch_members(
     endpoints: Endpoints,
-    token: Option<BearerToken>,
+    token: Option<ClusterKeys>,
     first_within: Duration,
 ) -> Members {
     let (tx, rx) = watch::channel(Vec::new());
@@ -265,7 +265,7 @@ pub async fn watch_members(
 /// Whether a registration read from etcd is a member: signed with the cluster token for this
 /// very key and the lease it is attached to, when the cluster has a token (a registration
 /// copied under another key, or put without its lease, never expires and is no member).
-fn admitted(m: &Member, token: Option<&BearerToken>, key: &str, lease: i64) -> bool {
+fn admitted(m: &Member, token: Option<&ClusterKeys>, key: &str, lease: i64) -> bool {
     match token {
         None => true,
         Some(t) if m.verify(t, key, lease) => true,

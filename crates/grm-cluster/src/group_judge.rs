@@ -17,6 +17,9 @@ use tracing::{info, warn};
 /// Metadata on a member forwarded by another router: serve it here.
 pub const FORWARDED: &str = "grm-forwarded";
 
+/// The method a member is forwarded with (its proof is made for it).
+pub const FORWARDED_METHOD: &str = "/grm.v1.RewardService/Score";
+
 /// Takes a member out of its forming group when its call ends unanswered.
 struct Leave {
     router: Router,
@@ -155,10 +158,9 @@ impl Router {
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let mut r = Request::new(req);
         crate::trace_context::inject(&tracing::Span::current(), r.metadata_mut());
-        let mark = self.forward_proof().unwrap_or_else(|| "1".to_string());
-        if let Ok(v) = mark.parse() {
-            r.metadata_mut().insert(FORWARDED, v);
-        }
+        // The mark says what the call is; the channel's proof for it says who sent it.
+        r.metadata_mut()
+            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
         if let Some(v) = caller.authorization.as_deref().and_then(|a| a.parse().ok()) {
             r.metadata_mut().insert("authorization", v);
         }

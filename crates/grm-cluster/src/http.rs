@@ -95,11 +95,13 @@ fn scraped(s: Scrape) -> Response {
 }
 
 async fn health(State(s): State<AppState>) -> Response {
+    // GRM workers count when they answered their last load poll (every 0.5 s), not merely
+    // when registered: a member that is listed but does not answer serves nobody.
     let (grm, meta, aggregators) = s.router.members_seen();
     if grm == 0 {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "no GRM worker is live".into(),
+            "no GRM worker answers".into(),
         );
     }
     Json(json!({ "status": "ok", "grm_workers": grm, "meta_workers": meta, "aggregators": aggregators })).into_response()

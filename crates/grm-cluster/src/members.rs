@@ -1,7 +1,7 @@
 //! Who is in the cluster: workers and aggregators, by role, as a watched list that etcd (or a
 //! static configuration) keeps current.
 
-use crate::auth::BearerToken;
+use crate::cluster_keys::ClusterKeys;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -62,8 +62,8 @@ pub struct Member {
     /// registered by IP whose certificate names its Service).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tls_name: String,
-    /// HMAC-SHA256 of the fields above, the etcd key and the lease it is registered under,
-    /// with the cluster token (hex), so that a router can tell a member from an entry someone
+    /// `KEYID.HMAC`: HMAC-SHA256 of the fields above, the etcd key and the lease it is
+    /// registered under, with the registration key derived from the cluster's signing secret, so that a router can tell a member from an entry someone
     /// else wrote into etcd, and a live registration from a copy of an old one put under
     /// another key or without its lease. Empty when unsigned.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -91,34 +91,17 @@ impl Member {
         out
     }
 
-    /// Signs this member's registration under `etcd_key` and `lease` with the cluster token.
-    pub fn sign(&mut self, token: &BearerToken, etcd_key: &str, lease: i64) {
-        self.sig = token.mac_hex(&self.signed_bytes(etcd_key, lease));
+    /// Signs this member's registration under `etcd_key` and `lease` with the cluster's keys.
+    pub fn sign(&mut self, keys: &ClusterKeys, etcd_key: &str, lease: i64) {
+        self.sig = keys.sign_registration(&self.signed_bytes(etcd_key, lease));
     }
 
     /// Whether the signature is this member's, registered under `etcd_key` and `lease` (as
     /// etcd reports them), under the cluster token; checked in constant time. A registration
     /// without a lease is never one.
-    pub fn verify(&self, token: &BearerToken, etcd_key: &str, lease: i64) -> bool {
-        if lease == 0 {
-            return false;
-        }
-        let Some(tag) = hex(&self.sig) else {
-            return false;
-        };
-        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, token.secret());
-        ring::hmac::verify(&key, &self.signed_bytes(etcd_key, lease), &tag).is_ok()
+    pub fn verify(&self, keys: &ClusterKeys, etcd_key: &str, lease: i64) -> bool {
+        lease != 0 && keys.verify_registration(&self.signed_bytes(etcd_key, lease), &self.sig)
     }
-}
-
-fn hex(s: &str) -> Option<Vec<u8>> {
-    if s.is_empty() || s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// The current members; `changed()` wakes on every update.
@@ -154,7 +137,7 @@ mod tests {
 
     #[test]
     fn a_signature_covers_every_field_the_key_and_the_lease_and_needs_the_token() {
-        let token = BearerToken::new("cluster-secret", "test").unwrap();
+        let token = ClusterKeys::parse("cluster-secret", "test").unwrap();
         let mut m = Member {
             id: "w1:50061".into(),
             addr: "w1:50061".into(),
@@ -168,7 +151,7 @@ mod tests {
         assert!(!m.verify(&token, key, lease), "unsigned");
         m.sign(&token, key, lease);
         assert!(m.verify(&token, key, lease));
-        let other = BearerToken::new("another", "test").unwrap();
+        let other = ClusterKeys::parse("another", "test").unwrap();
         assert!(!m.verify(&other, key, lease));
         // A copy of the value replayed under another key, without a lease or under another.
         assert!(!m.verify(&token, "/grm/members/grm/replayed", lease));

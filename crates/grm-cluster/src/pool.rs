@@ -1,19 +1,21 @@
 //! Connections to the members of one role, kept in step with the membership, with the load
 //! this process has put on each and a short cool-down for those that just failed.
 
-use crate::auth::BearerToken;
+use crate::cluster_keys::ClusterKeys;
+use crate::internal_calls::ProvenChannel;
 use crate::members::{Members, Role};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
 /// One member this process talks to.
 pub struct Peer {
     pub id: String,
     pub addr: String,
-    pub channel: Channel,
+    /// Every call on it carries a fresh proof of the cluster's keys.
+    pub channel: ProvenChannel,
     /// The model it serves, as registered, or as its Status said (see [`Pool::model_names`]).
     model: Mutex<String>,
     inflight: AtomicUsize,
@@ -36,6 +38,11 @@ impl Peer {
             _ => 0,
         };
         own.max(reported)
+    }
+
+    /// Whether the member answered its last load poll (within the time a report counts).
+    pub fn answering(&self) -> bool {
+        matches!(*self.reported.lock().unwrap_or_else(|e| e.into_inner()), Some((at, _)) if at.elapsed() < REPORT_FRESH)
     }
 
     /// Records the member's own report of its load.
@@ -105,8 +112,8 @@ pub struct Pool {
     members: Members,
     /// How members are called: TLS (https) with this, else plaintext.
     tls: Option<ClientTlsConfig>,
-    /// The cluster token every internal call carries, when the cluster has one.
-    token: Option<BearerToken>,
+    /// The cluster's keys: every internal call carries a proof made with them.
+    keys: Option<ClusterKeys>,
     peers: Mutex<HashMap<String, Arc<Peer>>>,
 }
 
@@ -141,34 +148,26 @@ impl Pool {
         Self::with_tls(role, members, None, None)
     }
 
-    /// A pool whose members are called over TLS when `tls` is given, each call carrying the
-    /// cluster `token` when given.
+    /// A pool whose members are called over TLS when `tls` is given, each call carrying a
+    /// proof of the cluster's `keys` when given.
     pub fn with_tls(
         role: Role,
         members: Members,
         tls: Option<ClientTlsConfig>,
-        token: Option<BearerToken>,
+        keys: Option<ClusterKeys>,
     ) -> Arc<Self> {
         Arc::new(Self {
             role,
             members,
             tls,
-            token,
+            keys,
             peers: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Adds the cluster's credentials to an internal call.
-    pub fn authorize<T>(&self, req: &mut tonic::Request<T>) {
-        if let Some(t) = &self.token {
-            t.authorize(req.metadata_mut());
-        }
-    }
-
-    /// A proof that a call comes from a member of this cluster: an HMAC of `purpose` under the
-    /// cluster token (none without one). The token itself never travels in it.
-    pub fn proof(&self, purpose: &str) -> Option<String> {
-        Some(self.token.as_ref()?.mac_hex(purpose.as_bytes()))
+    /// The cluster's keys, when it has them.
+    pub fn keys(&self) -> Option<&ClusterKeys> {
+        self.keys.as_ref()
     }
 
     pub fn role(&self) -> Role {
@@ -194,7 +193,17 @@ impl Pool {
                     let p = Arc::new(Peer {
                         id: m.id.clone(),
                         addr: m.addr.clone(),
-                        channel: ep.connect_lazy(),
+                        // A signed registration names the member the proofs are for; a member
+                        // given by address (outside etcd) gets proofs for any member.
+                        channel: ProvenChannel::new(
+                            ep.connect_lazy(),
+                            self.keys.clone(),
+                            if m.sig.is_empty() {
+                                String::new()
+                            } else {
+                                m.id.clone()
+                            },
+                        ),
                         model: Mutex::new(m.model.clone()),
                         inflight: AtomicUsize::new(0),
                         down_until: Mutex::new(None),
@@ -248,8 +257,7 @@ impl Pool {
                 let mut client = grm_proto::v1::worker_service_client::WorkerServiceClient::new(
                     p.channel.clone(),
                 );
-                let mut req = tonic::Request::new(grm_proto::v1::StatusRequest {});
-                self.authorize(&mut req);
+                let req = tonic::Request::new(grm_proto::v1::StatusRequest {});
                 match tokio::time::timeout(timeout, client.status(req)).await {
                     Ok(Ok(s)) => {
                         let name = s.into_inner().model;
@@ -280,7 +288,6 @@ impl Pool {
                     pool.peers().into_iter().filter(|p| !p.is_down()).collect();
                 let asks = peers.into_iter().map(|p| {
                     let mut req = tonic::Request::new(grm_proto::v1::StatusRequest {});
-                    pool.authorize(&mut req);
                     req.set_timeout(interval);
                     let mut client = grm_proto::v1::worker_service_client::WorkerServiceClient::new(
                         p.channel.clone(),

@@ -103,17 +103,25 @@ impl Caller {
     }
 
     /// The caller of a gRPC request to `router`. A member is taken as forwarded by another
-    /// router only with the cluster's proof (when the cluster has a token): a client cannot
-    /// make a router keep a group that another router owns.
+    /// router only with the cluster's proof for this call (when the cluster has keys): a
+    /// client cannot make a router keep a group that another router owns.
     pub fn of<T>(req: &Request<T>, router: &Router) -> Self {
         let mark = req
             .metadata()
             .get(crate::group_judge::FORWARDED)
             .map(|v| v.as_bytes());
-        let forwarded = match (mark, router.forward_proof()) {
+        let forwarded = match (mark, router.grm_pool().keys()) {
             (None, _) => false,
             (Some(_), None) => true,
-            (Some(m), Some(proof)) => crate::auth::same_bytes(m, proof.as_bytes()),
+            (Some(_), Some(keys)) => {
+                let proof = req
+                    .metadata()
+                    .get(crate::cluster_keys::PROOF_HEADER)
+                    .map(|v| v.as_bytes());
+                let me = &router.inner.opts.self_id;
+                keys.check_call(proof, crate::group_judge::FORWARDED_METHOD, me)
+                    .is_ok()
+            }
         };
         Self {
             authorization: req
@@ -183,24 +191,16 @@ impl Router {
         }
     }
 
-    /// The value of a forwarded member's mark (see [`Caller::of`]).
-    pub(crate) fn forward_proof(&self) -> Option<String> {
-        self.inner
-            .routers
-            .as_ref()
-            .and_then(|p| p.proof(crate::group_judge::FORWARDED))
-    }
-
     pub fn grm_pool(&self) -> &Arc<Pool> {
         &self.inner.grm
     }
 
-    /// Live members by role, as this router sees them: (GRM workers, meta-RM workers,
-    /// aggregators).
+    /// Live members by role, as this router sees them: (GRM workers that answered their last
+    /// load poll, meta-RM workers, aggregators).
     pub fn members_seen(&self) -> (usize, usize, usize) {
         let me = &self.inner;
         (
-            me.grm.peers().len(),
+            me.grm.peers().iter().filter(|p| p.answering()).count(),
             me.local.meta_pool().map_or(0, |p| p.peers().len()),
             me.aggregators.as_ref().map_or(0, |p| p.peers().len()),
         )
@@ -492,7 +492,6 @@ impl Router {
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
             let mut r = Request::new(req.clone());
             trace_context::inject(&tracing::Span::current(), r.metadata_mut());
-            pool.authorize(&mut r);
             if let Some(d) = deadline {
                 r.set_timeout(
                     d.saturating_duration_since(Instant::now())

@@ -24,8 +24,11 @@ pub struct Services {
     pub aggregator: Option<crate::aggregator::Aggregator>,
     /// Serve TLS (mutual when it names a client CA); None: plaintext.
     pub tls: Option<tonic::transport::ServerTlsConfig>,
-    /// The cluster token the internal services (WorkerService, AggregatorService) require.
-    pub cluster_token: Option<crate::auth::BearerToken>,
+    /// The cluster's keys: the internal services (WorkerService, AggregatorService) take
+    /// only calls with a proof made with them.
+    pub cluster_keys: Option<crate::cluster_keys::ClusterKeys>,
+    /// This node's member id (the address it registers): proofs made for another are refused.
+    pub member_id: String,
 }
 
 /// Binds `addr` (port 0 picks one), returning the listener and its real address.
@@ -92,24 +95,24 @@ pub async fn serve_grpc(
         reporter
             .set_serving::<WorkerServiceServer<crate::worker::Worker>>()
             .await;
-        let token = services.cluster_token.clone();
-        routes = routes.add_service(InterceptedService::new(
+        routes = routes.add_service(crate::internal_calls::RequireProof::new(
             WorkerServiceServer::new(w)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            move |req| crate::auth::check(token.as_ref(), req),
+            services.cluster_keys.clone(),
+            services.member_id.clone(),
         ));
     }
     if let Some(a) = services.aggregator {
         reporter
             .set_serving::<AggregatorServiceServer<crate::aggregator::Aggregator>>()
             .await;
-        let token = services.cluster_token.clone();
-        routes = routes.add_service(InterceptedService::new(
+        routes = routes.add_service(crate::internal_calls::RequireProof::new(
             AggregatorServiceServer::new(a)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            move |req| crate::auth::check(token.as_ref(), req),
+            services.cluster_keys.clone(),
+            services.member_id.clone(),
         ));
     }
     routes
