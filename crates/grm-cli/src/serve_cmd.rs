@@ -883,6 +883,7 @@ async fn run_router(
     if let (Some(o), Some(e)) = (line.as_object_mut(), extra.as_object()) {
         o.extend(e.clone());
     }
+    router.first_poll().await;
     ready(line);
     let stopping = router.clone();
     let leaving = registered;

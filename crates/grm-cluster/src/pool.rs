@@ -276,32 +276,36 @@ impl Pool {
         names
     }
 
-    /// Asks every GRM worker for its load every `interval`, so that placement sees the work
-    /// other routers put there too. Ends when the pool is dropped.
+    /// Asks every GRM worker for its load every `interval` (the first time at once), so that
+    /// placement sees the work other routers put there too, and `/health` which members
+    /// answer. Ends when the pool is dropped.
     pub fn watch_load(self: &Arc<Self>, interval: Duration) {
         let pool = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
+                let Some(p) = pool.upgrade() else { return };
+                p.poll_load(interval).await;
+                drop(p);
                 tokio::time::sleep(interval).await;
-                let Some(pool) = pool.upgrade() else { return };
-                let peers: Vec<Arc<Peer>> =
-                    pool.peers().into_iter().filter(|p| !p.is_down()).collect();
-                let asks = peers.into_iter().map(|p| {
-                    let mut req = tonic::Request::new(grm_proto::v1::StatusRequest {});
-                    req.set_timeout(interval);
-                    let mut client = grm_proto::v1::worker_service_client::WorkerServiceClient::new(
-                        p.channel.clone(),
-                    );
-                    async move {
-                        if let Ok(Ok(s)) = tokio::time::timeout(interval, client.status(req)).await
-                        {
-                            p.report(s.into_inner().work_tokens as usize);
-                        }
-                    }
-                });
-                futures::future::join_all(asks).await;
             }
         });
+    }
+
+    /// One round of load polls, each within `timeout`.
+    pub async fn poll_load(&self, timeout: Duration) {
+        let peers: Vec<Arc<Peer>> = self.peers().into_iter().filter(|p| !p.is_down()).collect();
+        let asks = peers.into_iter().map(|p| {
+            let mut req = tonic::Request::new(grm_proto::v1::StatusRequest {});
+            req.set_timeout(timeout);
+            let mut client =
+                grm_proto::v1::worker_service_client::WorkerServiceClient::new(p.channel.clone());
+            async move {
+                if let Ok(Ok(s)) = tokio::time::timeout(timeout, client.status(req)).await {
+                    p.report(s.into_inner().work_tokens as usize);
+                }
+            }
+        });
+        futures::future::join_all(asks).await;
     }
 
     /// The least-loaded available peer not in `exclude`.

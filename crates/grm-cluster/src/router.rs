@@ -206,6 +206,12 @@ impl Router {
         )
     }
 
+    /// Waits for the first answers of the members it knows now (a second at most), so that a
+    /// router that says it is ready counts them in `/health`.
+    pub async fn first_poll(&self) {
+        self.inner.grm.poll_load(Duration::from_secs(1)).await;
+    }
+
     /// Begins a graceful stop: requests already taken are finished and answered, new ones are
     /// refused with UNAVAILABLE, and each open ScoreStream ends once its answers are sent (a
     /// client such as `grm label` then resumes against another router, or on a rerun).
