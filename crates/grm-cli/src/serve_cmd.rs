@@ -5,6 +5,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use grm_cluster::aggregator::Aggregator;
+use grm_cluster::chat_template::ChatTemplate;
 use grm_cluster::chunking::ChunkPolicy;
 use grm_cluster::cluster_keys::ClusterKeys;
 use grm_cluster::dispatch::DispatchOptions;
@@ -656,7 +657,8 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
             max_queued_tokens: a.max_queued_tokens,
             progress_interval: grm_cluster::worker::PROGRESS_INTERVAL,
         },
-    );
+    )
+    .with_chat_template(ChatTemplate::for_model(&a.model)?);
     let etcd_urls = etcd_endpoints(&a.etcd, &tls)?;
     runtime()?.block_on(async move {
         let (listener, addr) = bind(&a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
@@ -1019,11 +1021,10 @@ pub async fn local_router(
     ] {
         let Some(dir) = dir else { continue };
         let (e, t) = engine.start(dir, share)?;
-        workers.push(Worker::new(
-            e,
-            t,
-            worker_options(model_name(dir, None), role),
-        ));
+        workers.push(
+            Worker::new(e, t, worker_options(model_name(dir, None), role))
+                .with_chat_template(ChatTemplate::for_model(dir)?),
+        );
     }
     let token = ClusterKeys::random();
     // Nobody stops these: they live as long as the command.
@@ -1074,11 +1075,10 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     } else {
         a.router.model_name.clone()
     };
-    let mut workers = vec![Worker::new(
-        engine,
-        tokenizer,
-        worker_options(name.clone(), Role::Grm),
-    )];
+    let mut workers = vec![
+        Worker::new(engine, tokenizer, worker_options(name.clone(), Role::Grm))
+            .with_chat_template(ChatTemplate::for_model(&model)?),
+    ];
     if let Some(dir) = &meta_model {
         let (engine, tokenizer) = a.engine.start(dir, budget.meta)?;
         if !matches!(engine.info.config.head, Head::SequenceClassification { .. }) {

@@ -116,6 +116,7 @@ impl Router {
                 affinity: work.affinity,
                 deadline: work.deadline,
                 on_judgement: Some(&weigh),
+                generation: None,
             };
             let out = dispatch::generate(&me.grm, wave_work, &me.opts.dispatch).await?;
             if from == 0 {

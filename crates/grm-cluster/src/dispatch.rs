@@ -6,7 +6,7 @@
 use crate::chunking::{self, ChunkPolicy};
 use crate::pool::{LoadGuard, Peer, Pool, MAX_MESSAGE_BYTES};
 use grm_proto::v1::worker_service_client::WorkerServiceClient;
-use grm_proto::v1::{generate_event, GenerateRequest};
+use grm_proto::v1::{generate_event, ChatMessage, GenerateRequest, TokenDelta};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::{Code, Status};
@@ -68,6 +68,8 @@ pub struct Outcome {
     pub generate_ms: f64,
     /// Chunks sent again after a worker failed.
     pub retries: u32,
+    /// The first prefill reported: (prompt tokens, of which not computed for it).
+    pub first_prefill: Option<(u64, u64)>,
 }
 
 struct State {
@@ -78,6 +80,10 @@ struct State {
     cached: u64,
     first_start: Option<Instant>,
     retries: u32,
+    first_prefill: Option<(u64, u64)>,
+    /// Per sample: text bytes and tokens already passed to `on_delta` (a retried chunk's
+    /// samples start again and repeat them: only what is new is passed on).
+    streamed: Vec<(usize, usize)>,
 }
 
 /// What one attempt of a chunk came to.
@@ -126,6 +132,23 @@ pub struct Work<'a> {
     /// Called with each judgement as it arrives (its sample index); returning true stops the
     /// generation: the chunks still running are cancelled and their blocks freed.
     pub on_judgement: Option<&'a (dyn Fn(usize, &Generated) -> bool + Send + Sync)>,
+    /// The /v1 API's generation (none for judgements).
+    pub generation: Option<&'a Generation<'a>>,
+}
+
+/// What a /v1 request adds to a generation: its chat turns (rendered by the worker's model
+/// template; the prompt's text then only sizes the work), stop strings, log-probabilities, and
+/// the text as it is generated.
+pub struct Generation<'a> {
+    pub messages: &'a [ChatMessage],
+    pub stop: &'a [String],
+    /// `Some(n)`: each token's log-probability and its n best alternatives.
+    pub logprobs: Option<u32>,
+    /// The request named no length: `max_new_tokens` is lowered to what the context leaves.
+    pub fit_context: bool,
+    /// Called with each sample's new text (and its tokens' log-probabilities) in order, each
+    /// piece once, whatever worker it came from.
+    pub on_delta: Option<&'a (dyn Fn(usize, TokenDelta) + Send + Sync)>,
 }
 
 /// Generates every sample of `work` on the pool's workers.
@@ -160,6 +183,8 @@ pub async fn generate(
         cached: 0,
         first_start: None,
         retries: 0,
+        first_prefill: None,
+        streamed: vec![(0, 0); k],
     }));
     let runs = chunks.iter().zip(&placed).map(|(c, &w)| {
         run_chunk(
@@ -197,6 +222,7 @@ pub async fn generate(
             .map_or(0.0, |t| (t - start).as_secs_f64() * 1e3),
         generate_ms: start.elapsed().as_secs_f64() * 1e3,
         retries: s.retries,
+        first_prefill: s.first_prefill,
     })
 }
 
@@ -380,6 +406,16 @@ async fn attempt_chunk(
             .collect();
         req.prompt_of = local.clone();
     }
+    if let Some(g) = work.generation {
+        req.messages = g.messages.to_vec();
+        req.stop = g.stop.to_vec();
+        req.logprobs = g.logprobs.is_some();
+        req.top_logprobs = g.logprobs.unwrap_or(0);
+        req.stream_tokens = g.on_delta.is_some() || g.logprobs.is_some();
+        req.fit_context = g.fit_context;
+    }
+    // This attempt's text bytes and tokens of each sample so far (see State::streamed).
+    let mut seen: std::collections::HashMap<u32, (usize, usize)> = Default::default();
     let mut req = tonic::Request::new(req);
     crate::trace_context::inject(&tracing::Span::current(), req.metadata_mut());
     if let Some(d) = work.deadline {
@@ -414,7 +450,47 @@ async fn attempt_chunk(
         };
         let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
         match msg.event {
+            Some(generate_event::Event::Tokens(d)) => {
+                let i = d.sample_index as usize;
+                let on_delta = work.generation.and_then(|g| g.on_delta);
+                if !samples.contains(&d.sample_index)
+                    || s.judgements.get(i).is_none_or(Option::is_some)
+                {
+                    continue;
+                }
+                let (bytes, tokens) = seen.entry(d.sample_index).or_insert((0, 0));
+                let (sent_bytes, sent_tokens) = s.streamed[i];
+                let (from_bytes, from_tokens) = (*bytes, *tokens);
+                *bytes += d.text.len();
+                *tokens += d.logprobs.len();
+                let text = d
+                    .text
+                    .get(sent_bytes.saturating_sub(from_bytes).min(d.text.len())..)
+                    .unwrap_or_default()
+                    .to_string();
+                let skip = sent_tokens
+                    .saturating_sub(from_tokens)
+                    .min(d.logprobs.len());
+                let logprobs: Vec<_> = d.logprobs.into_iter().skip(skip).collect();
+                if text.is_empty() && logprobs.is_empty() {
+                    continue;
+                }
+                s.streamed[i] = (sent_bytes.max(*bytes), sent_tokens.max(*tokens));
+                if let Some(f) = on_delta {
+                    f(
+                        i,
+                        TokenDelta {
+                            sample_index: d.sample_index,
+                            text,
+                            tokens: d.tokens,
+                            logprobs,
+                        },
+                    );
+                }
+            }
             Some(generate_event::Event::Prefilled(p)) => {
+                s.first_prefill
+                    .get_or_insert((u64::from(p.prompt_tokens), u64::from(p.cached_tokens)));
                 if let Some(slot) = prefill.get_mut(p.prompt as usize) {
                     *slot = Some((u64::from(p.prompt_tokens), u64::from(p.cached_tokens)));
                 }

@@ -36,6 +36,30 @@ pub fn app(
 ) -> axum::Router {
     axum::Router::new()
         .route("/get_reward", post(get_reward))
+        .route(
+            "/v1/chat/completions",
+            post(|State(s): State<AppState>, body: Bytes| {
+                crate::openai::chat_completions(s.router, body)
+            }),
+        )
+        .route(
+            "/v1/completions",
+            post(|State(s): State<AppState>, body: Bytes| {
+                crate::openai::completions(s.router, body)
+            }),
+        )
+        .route(
+            "/v1/models",
+            get(|State(s): State<AppState>| crate::openai::models(s.router)),
+        )
+        .route(
+            "/v1/rewards",
+            post(
+                |State(s): State<AppState>, headers: HeaderMap, body: Bytes| {
+                    crate::openai::rewards(s.router, headers, body)
+                },
+            ),
+        )
         .route("/health", get(health))
         .route("/metrics", get(router_metrics))
         // The listener reads bodies within its own size and time limits (http_server).

@@ -122,7 +122,13 @@ pub struct RouterMetrics {
     group_refusals: Family<Labels, Counter>,
     adaptive: Family<Labels, Counter>,
     judgements_saved: Counter,
+    openai_requests: Family<Labels, Counter>,
+    openai_duration: Family<Labels, Histogram>,
+    openai_tokens: Family<Labels, Counter>,
 }
+
+/// The /v1 API's endpoints, as the metrics label them.
+pub const OPENAI_ENDPOINTS: [&str; 4] = ["chat_completions", "completions", "models", "rewards"];
 
 impl Default for RouterMetrics {
     fn default() -> Self {
@@ -149,6 +155,11 @@ impl Default for RouterMetrics {
             group_refusals: Family::default(),
             adaptive: Family::default(),
             judgements_saved: Counter::default(),
+            openai_requests: Family::default(),
+            openai_duration: Family::new_with_constructor(|| {
+                Histogram::new(LATENCY_BOUNDS.iter().copied())
+            }),
+            openai_tokens: Family::default(),
         };
         let mut m = m;
         let r = &mut m.registry;
@@ -252,6 +263,24 @@ impl Default for RouterMetrics {
             "Judgements adaptive sampling did not draw (k minus those drawn).",
             m.judgements_saved.clone(),
         );
+        register(
+            r,
+            "grm_openai_requests",
+            "Requests to the /v1 API, by endpoint (chat_completions, completions, models, rewards) and HTTP status.",
+            m.openai_requests.clone(),
+        );
+        register(
+            r,
+            "grm_openai_request_duration_seconds",
+            "Time to answer a /v1 request (a stream: until its last event), by endpoint.",
+            m.openai_duration.clone(),
+        );
+        register(
+            r,
+            "grm_openai_tokens",
+            "Tokens of /v1 generations, by kind: prompt, cached_prompt (of the prompt, not computed), completion.",
+            m.openai_tokens.clone(),
+        );
         // Every known label value at zero from the start, so that a fresh cluster's dashboard
         // panels show 0, not "No data".
         let zero = |f: &Family<Labels, Counter>, key: &str, values: &[&str]| {
@@ -266,6 +295,16 @@ impl Default for RouterMetrics {
             &["groups", "caller_groups", "caller_bytes", "unlike"],
         );
         zero(&m.adaptive, "stopped", &["early", "at_k"]);
+        for e in OPENAI_ENDPOINTS {
+            let _ = m
+                .openai_requests
+                .get_or_create(&labels(&[("endpoint", e), ("code", "200")]));
+        }
+        zero(
+            &m.openai_tokens,
+            "kind",
+            &["prompt", "cached_prompt", "completion"],
+        );
         zero(&m.invalid_by_reason, "reason", &grm_judge::Invalid::CODES);
         m
     }
@@ -337,6 +376,31 @@ impl RouterMetrics {
         self.group_refusals
             .get_or_create(&labels(&[("reason", reason)]))
             .inc();
+    }
+
+    /// Counts one /v1 request: its endpoint, HTTP status and duration (for a stream, until
+    /// its last event).
+    pub fn openai(&self, endpoint: &str, status: u16, seconds: f64) {
+        let code = status.to_string();
+        self.openai_requests
+            .get_or_create(&labels(&[("endpoint", endpoint), ("code", &code)]))
+            .inc();
+        self.openai_duration
+            .get_or_create(&labels(&[("endpoint", endpoint)]))
+            .observe(seconds);
+    }
+
+    /// Counts a /v1 generation's tokens.
+    pub fn openai_tokens(&self, prompt: u64, cached: u64, completion: u64) {
+        for (kind, n) in [
+            ("prompt", prompt),
+            ("cached_prompt", cached),
+            ("completion", completion),
+        ] {
+            self.openai_tokens
+                .get_or_create(&labels(&[("kind", kind)]))
+                .inc_by(n);
+        }
     }
 
     /// Counts a member sent on to the router that owns its group.

@@ -223,6 +223,14 @@ impl Router {
         self.inner.opts.auth.as_ref()
     }
 
+    pub fn metrics(&self) -> &crate::metrics::RouterMetrics {
+        &self.inner.metrics
+    }
+
+    pub fn dispatch_options(&self) -> &crate::dispatch::DispatchOptions {
+        &self.inner.opts.dispatch
+    }
+
     pub fn limits(&self) -> &Limits {
         &self.inner.opts.limits
     }
@@ -401,6 +409,7 @@ impl Router {
             affinity: chunking::affinity_key(&parts),
             deadline,
             on_judgement: None,
+            generation: None,
         };
         let (out, metas) = match v.adaptive {
             None => {

@@ -2,12 +2,15 @@
 //! them against the model's context, runs a chunk's samples over one shared prefill and
 //! streams each judgement back as it finishes. A caller that goes away cancels its chunk.
 
+use crate::chat_template::{ChatTemplate, Turn};
 use crate::members::Role;
+use crate::sample_text::SampleText;
 use grm_engine::{Engine, EngineError, Event, FinishReason, SamplingParams, Tokenizer, Work};
 use grm_proto::v1::worker_service_server::WorkerService;
 use grm_proto::v1::{
     generate_event, GenerateEvent, GenerateRequest, Prefilled, Progress, SampleResult,
-    ScoreTextsRequest, ScoreTextsResponse, StatusRequest, WorkerStatus,
+    ScoreTextsRequest, ScoreTextsResponse, StatusRequest, TokenDelta, TokenLogprob, TopLogprob,
+    WorkerStatus,
 };
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -49,6 +52,36 @@ pub fn distinct_tokens(prompts: &[Vec<u32>]) -> usize {
 }
 
 /// How often a chunk reports progress: well under the router's stall limit (5 s by default).
+/// Gemma-2's chat template with system turns (shipped, and compiled in a test).
+fn default_chat_template() -> ChatTemplate {
+    match ChatTemplate::new(crate::chat_template::DEFAULT_TEMPLATE) {
+        Ok(t) => t,
+        Err(e) => unreachable!("the shipped chat template compiles (tested): {e}"),
+    }
+}
+
+/// A streamed sample's log-probabilities, as the wire has them.
+fn wire_logprobs(tokenizer: &Tokenizer, lp: &grm_engine::logprobs::TokenLogprobs) -> TokenLogprob {
+    let (token, bytes) = tokenizer.piece(lp.token);
+    TokenLogprob {
+        token,
+        bytes,
+        logprob: lp.logprob,
+        top: lp
+            .top
+            .iter()
+            .map(|&(id, logprob)| {
+                let (token, bytes) = tokenizer.piece(id);
+                TopLogprob {
+                    token,
+                    bytes,
+                    logprob,
+                }
+            })
+            .collect(),
+    }
+}
+
 pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Samples one chunk may ask for: far above any router's --max-k, low enough that a
@@ -59,6 +92,8 @@ pub const MAX_SAMPLES_PER_CHUNK: usize = 1024;
 pub struct Worker {
     engine: Engine,
     tokenizer: Arc<Tokenizer>,
+    /// The model's chat template, for the /v1 API's chat requests.
+    chat: Arc<ChatTemplate>,
     stop_tokens: Vec<u32>,
     opts: WorkerOptions,
     draining: Arc<AtomicBool>,
@@ -142,12 +177,19 @@ impl Worker {
         Self {
             engine,
             tokenizer: Arc::new(tokenizer),
+            chat: Arc::new(default_chat_template()),
             stop_tokens,
             opts,
             draining: Arc::new(AtomicBool::new(false)),
             pending: Arc::new(AtomicUsize::new(0)),
             work: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// Renders /v1 chat requests with the model's own template (see `chat_template`).
+    pub fn with_chat_template(mut self, t: ChatTemplate) -> Self {
+        self.chat = Arc::new(t);
+        self
     }
 
     pub fn role(&self) -> Role {
@@ -246,7 +288,7 @@ impl WorkerService for Worker {
                 trace_id = tracing::field::Empty
             ),
         );
-        let r = request.into_inner();
+        let mut r = request.into_inner();
         if r.sample_indices.is_empty() || r.sample_indices.len() != r.seeds.len() {
             return Err(Status::invalid_argument(format!(
                 "sample_indices ({}) and seeds ({}) must be non-empty and of equal length",
@@ -266,6 +308,38 @@ impl WorkerService for Worker {
                 "sample_indices repeats {dup}: each sample is generated once"
             )));
         }
+        if r.logprobs && r.top_logprobs as usize > grm_engine::logprobs::MAX_TOP {
+            return Err(Status::invalid_argument(format!(
+                "top_logprobs is {}; the limit is {}",
+                r.top_logprobs,
+                grm_engine::logprobs::MAX_TOP
+            )));
+        }
+        // A chat request's turns, rendered by the model's template (the turns' text is the
+        // client's).
+        if !r.messages.is_empty() {
+            let turns: Vec<Turn> = r
+                .messages
+                .iter()
+                .map(|m| Turn {
+                    role: m.role.clone(),
+                    content: m.content.clone(),
+                })
+                .collect();
+            let rendered = self
+                .chat
+                .render(&turns)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            r.prompt = rendered.text;
+            r.client_text = Some(grm_proto::v1::ClientText {
+                bounds: rendered.client,
+            });
+            r.prompts.clear();
+        }
+        let stream = r.stream_tokens || r.logprobs;
+        let stops: Arc<[String]> = r.stop.iter().filter(|s| !s.is_empty()).cloned().collect();
+        let follow = stream || !stops.is_empty();
+        let logprobs = r.logprobs.then_some(r.top_logprobs as usize);
         // One prompt, or several sharing prefixes (each sample naming its own).
         let (texts, prompt_of): (Vec<(String, Vec<u32>)>, Vec<usize>) = if r.prompts.is_empty() {
             let bounds = r.client_text.map(|c| c.bounds).unwrap_or_default();
@@ -304,7 +378,11 @@ impl WorkerService for Worker {
         };
         let prompts = self.encode_all(texts).await?;
         let context = self.engine.info.config.max_position_embeddings;
-        let max_new = r.max_new_tokens.max(1) as usize;
+        let mut max_new = r.max_new_tokens.max(1) as usize;
+        if r.fit_context {
+            let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+            max_new = max_new.min(context.saturating_sub(longest)).max(1);
+        }
         for (i, tokens) in prompts.iter().enumerate() {
             if tokens.len() + max_new > context {
                 let which = if prompts.len() == 1 {
@@ -342,6 +420,8 @@ impl WorkerService for Worker {
                         max_new_tokens: max_new,
                         stop_tokens: self.stop_tokens.clone(),
                         ignore_stop: false,
+                        stream: follow,
+                        logprobs,
                     },
                 )
             })
@@ -364,6 +444,10 @@ impl WorkerService for Worker {
             async move {
                 // Until the engine reports the chunk's first event, it waits in the queue.
                 let mut queued = true;
+                let id = sub.id;
+                let mut texts: Vec<SampleText> = (0..indices.len())
+                    .map(|_| SampleText::new(Arc::clone(&stops)))
+                    .collect();
                 let progress = |queued: bool| {
                     Ok(GenerateEvent {
                         event: Some(generate_event::Event::Progress(Progress {
@@ -410,6 +494,33 @@ impl WorkerService for Worker {
                                 prompt: prompt as u32,
                             }))
                         }
+                        Some(Event::Token {
+                            sample,
+                            token,
+                            logprobs: lp,
+                        }) => {
+                            let (Some(t), Some(&index)) =
+                                (texts.get_mut(sample), indices.get(sample))
+                            else {
+                                continue;
+                            };
+                            if t.stopped() {
+                                continue;
+                            }
+                            if t.push(token, &tokenizer) {
+                                // A stop string: the sample is over; the engine frees it.
+                                engine.finish_sample(id, sample);
+                            }
+                            if !stream {
+                                continue;
+                            }
+                            Ok(generate_event::Event::Tokens(TokenDelta {
+                                sample_index: index,
+                                text: t.take_delta(false),
+                                tokens: 1,
+                                logprobs: lp.iter().map(|l| wire_logprobs(&tokenizer, l)).collect(),
+                            }))
+                        }
                         Some(Event::Sample {
                             sample,
                             tokens,
@@ -417,6 +528,35 @@ impl WorkerService for Worker {
                         }) => match (tokenizer.decode(&tokens), indices.get(sample)) {
                             (Ok(text), Some(&index)) => {
                                 share.done(max_new);
+                                let followed = texts.get_mut(sample).filter(|_| follow);
+                                let (text, finish) = match followed {
+                                    Some(t) => {
+                                        // What was held back for a stop string that never came.
+                                        let rest = t.take_delta(true);
+                                        if stream && !rest.is_empty() {
+                                            let delta = GenerateEvent {
+                                                event: Some(generate_event::Event::Tokens(
+                                                    TokenDelta {
+                                                        sample_index: index,
+                                                        text: rest,
+                                                        tokens: 0,
+                                                        logprobs: Vec::new(),
+                                                    },
+                                                )),
+                                            };
+                                            if tx.send(Ok(delta)).await.is_err() {
+                                                break;
+                                            }
+                                        }
+                                        let finish = if t.stopped() {
+                                            FinishReason::Stop
+                                        } else {
+                                            finish
+                                        };
+                                        (t.text().to_string(), finish)
+                                    }
+                                    None => (text, finish),
+                                };
                                 Ok(generate_event::Event::Sample(SampleResult {
                                     sample_index: index,
                                     text,

@@ -56,6 +56,8 @@ enum Command {
         reply: oneshot::Sender<Result<()>>,
     },
     Cancel(RequestId),
+    /// Ends one sample of a request now, as stopped.
+    FinishSample(RequestId, usize),
     /// Makes the next step fail as an internal error would (tests of the restart).
     #[cfg(test)]
     Fault,
@@ -237,6 +239,13 @@ impl Engine {
         let _ = self.tx.send(Command::Cancel(id));
     }
 
+    /// Ends sample `sample` (its index in the work) of a request now, as stopped: its
+    /// `Event::Sample` comes with the tokens drawn so far (a caller that found a stop string in
+    /// a streamed sample's text frees its blocks this way).
+    pub fn finish_sample(&self, id: RequestId, sample: usize) {
+        let _ = self.tx.send(Command::FinishSample(id, sample));
+    }
+
     /// Whether the engine thread is still running.
     pub fn alive(&self) -> bool {
         self.alive.load(Ordering::SeqCst)
@@ -403,6 +412,16 @@ fn handle<B: Backend>(
             sched.cancel(id);
             sinks.remove(&id);
         }
+        Command::FinishSample(id, sample) => {
+            if let Some(e) = sched.finish_sample(id, sample) {
+                if let Some(tx) = sinks.get(&id) {
+                    let _ = tx.send(e);
+                }
+            }
+            if !sched.has_request(id) {
+                sinks.remove(&id);
+            }
+        }
         #[cfg(test)]
         Command::Fault => *fault = true,
     }
@@ -427,6 +446,8 @@ mod tests {
                 seed: seed * 2 + j,
                 max_new_tokens: 200,
                 ignore_stop: true,
+                stream: false,
+                logprobs: None,
                 ..Default::default()
             })
             .collect();

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod init;
 pub mod kv;
+pub mod logprobs;
 pub mod mapped_file;
 pub mod model;
 pub mod rope;

@@ -21,6 +21,12 @@ pub struct SamplingParams {
     pub stop_tokens: Vec<u32>,
     /// Ignore stop tokens and always generate max_new_tokens.
     pub ignore_stop: bool,
+    /// Send each token as it is drawn (`Event::Token`), not only the finished sample.
+    pub stream: bool,
+    /// With each streamed token, its log-probability and those of the `n` most likely tokens
+    /// (0..=20): the model's own distribution (softcapped logits, before temperature and
+    /// top-p/top-k). Such a sample is drawn on the host.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -33,6 +39,8 @@ impl Default for SamplingParams {
             max_new_tokens: 256,
             stop_tokens: Vec::new(),
             ignore_stop: false,
+            stream: false,
+            logprobs: None,
         }
     }
 }
@@ -51,6 +59,12 @@ impl SamplingParams {
         }
         if self.max_new_tokens == 0 {
             return Err("max_new_tokens is 0; it must be at least 1".into());
+        }
+        if let Some(n) = self.logprobs.filter(|&n| n > crate::logprobs::MAX_TOP) {
+            return Err(format!(
+                "logprobs asks for {n} alternatives; the limit is {}",
+                crate::logprobs::MAX_TOP
+            ));
         }
         Ok(())
     }

@@ -158,6 +158,24 @@ impl Tokenizer {
             })
     }
 
+    /// One token as text and bytes, for log-probability listings: a byte-fallback token
+    /// (`<0xE2>`) is its byte; a SentencePiece word start (`▁`) a space.
+    pub fn piece(&self, id: u32) -> (String, Vec<u8>) {
+        let raw = self.inner.id_to_token(id).unwrap_or_default();
+        if let Some(hex) = raw.strip_prefix("<0x").and_then(|r| r.strip_suffix('>')) {
+            if let Ok(b) = u8::from_str_radix(hex, 16) {
+                return (String::from_utf8_lossy(&[b]).into_owned(), vec![b]);
+            }
+        }
+        let text = if raw.contains('\u{2581}') {
+            raw.replace('\u{2581}', " ")
+        } else {
+            self.inner.decode(&[id], false).unwrap_or(raw)
+        };
+        let bytes = text.as_bytes().to_vec();
+        (text, bytes)
+    }
+
     /// The id of a token by its text, e.g. `<end_of_turn>`.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)

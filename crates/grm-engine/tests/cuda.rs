@@ -666,6 +666,8 @@ fn the_model_on_the_gpu_matches_transformers_and_the_cpu_engine() {
         let params = SamplingParams {
             max_new_tokens: want.len(),
             ignore_stop: true,
+            stream: false,
+            logprobs: None,
             ..Default::default()
         };
         let mut sub = engine
@@ -719,6 +721,8 @@ fn a_prompt_tree_on_the_gpu_gives_each_prompt_its_own_greedy_tokens() {
     let greedy = SamplingParams {
         max_new_tokens: 8,
         ignore_stop: true,
+        stream: false,
+        logprobs: None,
         ..Default::default()
     };
     // The CPU's greedy tokens of each prompt alone, and how many of them have a clear margin.

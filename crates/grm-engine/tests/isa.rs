@@ -79,6 +79,8 @@ fn every_path_continues_greedily_as_transformers() {
             let params = SamplingParams {
                 max_new_tokens: want.len(),
                 ignore_stop: true,
+                stream: false,
+                logprobs: None,
                 ..Default::default()
             };
             s.submit(

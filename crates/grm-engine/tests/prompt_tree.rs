@@ -28,6 +28,8 @@ fn params(seed: u64, max_new: usize) -> SamplingParams {
         seed,
         max_new_tokens: max_new,
         ignore_stop: true,
+        stream: false,
+        logprobs: None,
         ..Default::default()
     }
 }

@@ -61,6 +61,8 @@ fn greedy_continuations_match_token_for_token() {
         let params = SamplingParams {
             max_new_tokens: want.len(),
             ignore_stop: true,
+            stream: false,
+            logprobs: None,
             ..Default::default()
         };
         let mut sub = engine

@@ -115,7 +115,8 @@ impl Sequence {
 /// How the device draws a sample's token at `step` (its index among the sample's tokens), or
 /// `None` for settings it leaves to the host (a top-k cut other than greedy).
 fn device_setting(p: &SamplingParams, step: usize) -> Option<RowSampling> {
-    if p.top_k > 1 && p.temperature > 0.0 {
+    // Log-probabilities need the logits on the host.
+    if (p.top_k > 1 && p.temperature > 0.0) || p.logprobs.is_some() {
         return None;
     }
     Some(RowSampling {
@@ -134,6 +135,26 @@ fn host_token(device_rule: bool, sampler: &mut Sampler, logits: &[f32], step: us
         Some(setting) => crate::device_sampler::sample_row(logits, setting),
         None => sampler.sample(logits),
     }
+}
+
+/// The event of a streamed sample's new token (none for a sample not streamed, or for the
+/// stop token that ends it).
+fn token_event(
+    p: &SamplingParams,
+    sample: usize,
+    token: u32,
+    logits: Option<&[f32]>,
+    config: &SchedulerConfig,
+) -> Option<Event> {
+    let stops = !p.ignore_stop
+        && (p.stop_tokens.contains(&token) || config.default_stop_tokens.contains(&token));
+    (p.stream && !stops).then(|| Event::Token {
+        sample,
+        token,
+        logprobs: p
+            .logprobs
+            .and_then(|n| Some(crate::logprobs::of(logits?, token, n))),
+    })
 }
 
 /// What a step produced for its output rows: values on the host, or tokens drawn on the
@@ -370,6 +391,28 @@ impl<B: Backend> Scheduler<B> {
             self.drop_seq(seq);
         }
         true
+    }
+
+    /// Ends a running sample of `request` now, as stopped (its caller found a stop string in
+    /// its text): its `Sample` event, with the tokens drawn so far, and its blocks freed. None
+    /// when no such sample runs (not forked yet, or already done).
+    pub fn finish_sample(&mut self, request: RequestId, sample: usize) -> Option<Event> {
+        let live = self.requests.get(&request)?.live.clone();
+        let seq = live
+            .into_iter()
+            .find(|s| self.seqs.get(s).is_some_and(|q| q.sample == sample))?;
+        let s = self.seqs.get(&seq)?;
+        let event = Event::Sample {
+            sample,
+            tokens: s.tokens[s.prompt_len..].to_vec(),
+            finish: FinishReason::Stop,
+        };
+        self.drop_seq(seq);
+        if let Some(r) = self.requests.get_mut(&request) {
+            r.live.retain(|&s| s != seq);
+        }
+        self.end_if_done(request);
+        Some(event)
     }
 
     fn drop_seq(&mut self, seq: SeqId) {
@@ -719,12 +762,12 @@ impl<B: Backend> Scheduler<B> {
         let Some(s) = self.seqs.get_mut(&seq) else {
             return Err(internal(format!("sample {seq} vanished before its output")));
         };
-        let token = match out {
+        let (token, logits) = match out {
             Output::Logits(l) => {
                 let step = s.generated();
-                host_token(device_rule, &mut s.sampler, l, step)
+                (host_token(device_rule, &mut s.sampler, l, step), Some(l))
             }
-            Output::Tokens(&[t]) => t,
+            Output::Tokens(&[t]) => (t, None),
             Output::Tokens(t) => {
                 return Err(internal(format!(
                     "sample {seq}: {} tokens drawn for one sample",
@@ -733,6 +776,9 @@ impl<B: Backend> Scheduler<B> {
             }
         };
         s.tokens.push(token);
+        if let Some(e) = token_event(s.sampler.params(), s.sample, token, logits, &self.config) {
+            events.push((request, e));
+        }
         // After a recompute, the sample decodes again.
         s.state = SeqState::Decode;
         self.counters.generated_tokens += 1;
@@ -844,6 +890,8 @@ mod tests {
             seed,
             max_new_tokens,
             ignore_stop: true,
+            stream: false,
+            logprobs: None,
             ..Default::default()
         }
     }

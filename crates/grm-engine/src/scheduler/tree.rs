@@ -8,7 +8,8 @@
 use super::prompt_tree::{self, TreeLayout, TreeShape};
 use super::work::{DistinctPrompt, Prompts};
 use super::{
-    host_token, internal, Event, Key, Output, Planned, RequestId, Scheduler, StepPlan, Unit,
+    host_token, internal, token_event, Event, Key, Output, Planned, RequestId, Scheduler, StepPlan,
+    Unit,
 };
 use crate::backend::Backend;
 use crate::error::Result;
@@ -330,10 +331,16 @@ impl<B: Backend> Scheduler<B> {
                 return Err(internal(format!("request {r} has no sample {s}")));
             };
             let mut sampler = Sampler::new(params.clone());
-            let token = match out {
-                Output::Logits(logits) => host_token(device_rule, &mut sampler, logits, 0),
-                Output::Tokens(t) => t[i],
+            let (token, logits) = match out {
+                Output::Logits(logits) => (
+                    host_token(device_rule, &mut sampler, logits, 0),
+                    Some(logits),
+                ),
+                Output::Tokens(t) => (t[i], None),
             };
+            if let Some(e) = token_event(params, s, token, logits, &self.config) {
+                events.push((r, e));
+            }
             children.push(self.fork_sample((r, arrival), s, sampler, &prompt, table, token));
         }
         self.blocks.free(table);

@@ -52,6 +52,13 @@ pub enum Event {
         cached: usize,
         prompt: usize,
     },
+    /// A token of a streamed sample (`SamplingParams::stream`), as it is drawn; a stop token
+    /// that ends the sample is not sent. `logprobs` when the sample asked for them.
+    Token {
+        sample: usize,
+        token: u32,
+        logprobs: Option<crate::logprobs::TokenLogprobs>,
+    },
     /// One sample finished; `sample` is its index in the work.
     Sample {
         sample: usize,
