@@ -522,4 +522,106 @@ mod tests {
             Err(EngineError::Stopped(_))
         ));
     }
+
+    #[test]
+    fn streamed_tokens_are_the_samples_tokens_with_logprobs_and_a_sample_can_be_ended() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-f32");
+        let model = Gemma2::load(&dir, CpuBackend).unwrap();
+        let engine = Engine::start(
+            model,
+            EngineOptions {
+                num_blocks: Some(200),
+                block_size: 8,
+                threads: Some(1),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let params = |stream: bool, seed: u64| SamplingParams {
+            temperature: 1.0,
+            seed,
+            max_new_tokens: 24,
+            ignore_stop: true,
+            stream,
+            logprobs: stream.then_some(3),
+            ..Default::default()
+        };
+        let prompt: Vec<u32> = vec![2, 10, 11, 12, 13];
+        let run = |stream: bool| {
+            let mut sub = engine
+                .submit_blocking(Work::Generate {
+                    prompt: prompt.clone(),
+                    samples: vec![params(stream, 1), params(stream, 2)],
+                })
+                .unwrap();
+            let (mut streamed, mut done) = (vec![Vec::new(); 2], vec![Vec::new(); 2]);
+            while let Some(ev) = sub.next_blocking() {
+                match ev {
+                    Event::Token {
+                        sample,
+                        token,
+                        logprobs,
+                    } => {
+                        let lp = logprobs.expect("asked for");
+                        assert_eq!(lp.token, token);
+                        assert!(lp.logprob <= 0.0 && lp.top.len() == 3);
+                        assert!(lp.top.windows(2).all(|w| w[0].1 >= w[1].1));
+                        streamed[sample].push(token);
+                    }
+                    Event::Sample { sample, tokens, .. } => done[sample] = tokens,
+                    _ => {}
+                }
+            }
+            (streamed, done)
+        };
+        let (streamed, done) = run(true);
+        assert_eq!(streamed, done, "each token streamed, in order");
+        let (none, plain) = run(false);
+        assert!(
+            none.iter().all(Vec::is_empty),
+            "nothing streamed unless asked"
+        );
+        assert_eq!(plain, done, "streaming and logprobs change no token");
+
+        // Ending one sample early: it finishes as stopped with what it had; the other runs on.
+        let mut sub = engine
+            .submit_blocking(Work::Generate {
+                prompt,
+                samples: vec![params(true, 1), params(true, 2)],
+            })
+            .unwrap();
+        let mut ended = None;
+        let mut other = None;
+        while let Some(ev) = sub.next_blocking() {
+            match ev {
+                Event::Token { sample: 0, .. } if ended.is_none() => {
+                    engine.finish_sample(sub.id, 0);
+                    ended = Some(Vec::new());
+                }
+                Event::Sample {
+                    sample: 0,
+                    tokens,
+                    finish,
+                } => {
+                    assert_eq!(finish, crate::FinishReason::Stop);
+                    ended = Some(tokens);
+                }
+                Event::Sample {
+                    sample: 1, tokens, ..
+                } => other = Some(tokens),
+                _ => {}
+            }
+        }
+        let ended = ended.unwrap();
+        assert!(!ended.is_empty() && ended.len() < 24, "{ended:?}");
+        assert_eq!(other.unwrap().len(), 24);
+        // The stats are published after the step that ended the stream.
+        for _ in 0..100 {
+            if engine.stats().kv.blocks_used == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(engine.stats().kv.blocks_used, 0, "every block freed");
+    }
 }
