@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tonic::{Code, Status};
+use tracing::Instrument;
 
 /// How long a /v1 request may run (it has no deadline field of its own).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
@@ -565,12 +566,28 @@ fn counted(router: &Router, endpoint: &str, start: Instant, r: Response) -> Resp
 }
 
 async fn run(router: Router, job: Job, start: Instant) -> Response {
+    // One trace per request, its chunks' spans (and the workers') beneath it.
+    let span = tracing::info_span!(
+        "grm.openai",
+        endpoint = job.kind.endpoint(),
+        request_id = %job.id,
+        n = job.prompt_of.len(),
+        stream = job.params.stream,
+        trace_id = tracing::field::Empty
+    );
+    crate::trace_context::record_trace_id(&span);
+    run_traced(router, job, start, span.clone())
+        .instrument(span)
+        .await
+}
+
+async fn run_traced(router: Router, job: Job, start: Instant, span: tracing::Span) -> Response {
     let permit = match router.permit() {
         Ok(p) => p,
         Err(s) => return counted(&router, job.kind.endpoint(), start, from_status(&s)),
     };
     if job.params.stream {
-        stream(router, job, start, permit)
+        stream(router, job, start, permit, span)
     } else {
         let r = blocking(&router, &job).await;
         drop(permit);
@@ -682,49 +699,53 @@ fn stream(
     job: Job,
     start: Instant,
     permit: tokio::sync::OwnedSemaphorePermit,
+    span: tracing::Span,
 ) -> Response {
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
     let job = Arc::new(job);
     let gen_job = Arc::clone(&job);
     let gen_router = router.clone();
-    tokio::spawn(async move {
-        let _permit = permit;
-        let job = gen_job;
-        let seeds = seeds(&job);
-        let (dtx, jtx) = (tx.clone(), tx.clone());
-        let on_delta = move |i: usize, d: TokenDelta| {
-            let _ = dtx.send(Msg::Delta(i, d));
-        };
-        let on_judgement = move |i: usize, g: &Generated| {
-            let _ = jtx.send(Msg::Done(i, g.clone()));
-            false
-        };
-        let generation = Generation {
-            messages: &job.messages,
-            stop: &job.params.stop,
-            logprobs: job.params.logprobs,
-            fit_context: job.params.fit_context,
-            on_delta: Some(&on_delta),
-        };
-        let work = dispatch::Work {
-            request_id: &job.id,
-            prompts: &job.prompts,
-            prompt_of: &job.prompt_of,
-            seeds: &seeds,
-            sampling: sampling(&job.params),
-            affinity: job.affinity,
-            deadline: Some(Instant::now() + REQUEST_TIMEOUT),
-            on_judgement: Some(&on_judgement),
-            generation: Some(&generation),
-        };
-        let pool = gen_router.grm_pool();
-        let r = tokio::select! {
-            r = dispatch::generate(pool, work, gen_router.dispatch_options()) => r,
-            // The client went away: dropping the generation cancels its chunks.
-            _ = tx.closed() => return,
-        };
-        let _ = tx.send(Msg::End(r));
-    });
+    tokio::spawn(
+        async move {
+            let _permit = permit;
+            let job = gen_job;
+            let seeds = seeds(&job);
+            let (dtx, jtx) = (tx.clone(), tx.clone());
+            let on_delta = move |i: usize, d: TokenDelta| {
+                let _ = dtx.send(Msg::Delta(i, d));
+            };
+            let on_judgement = move |i: usize, g: &Generated| {
+                let _ = jtx.send(Msg::Done(i, g.clone()));
+                false
+            };
+            let generation = Generation {
+                messages: &job.messages,
+                stop: &job.params.stop,
+                logprobs: job.params.logprobs,
+                fit_context: job.params.fit_context,
+                on_delta: Some(&on_delta),
+            };
+            let work = dispatch::Work {
+                request_id: &job.id,
+                prompts: &job.prompts,
+                prompt_of: &job.prompt_of,
+                seeds: &seeds,
+                sampling: sampling(&job.params),
+                affinity: job.affinity,
+                deadline: Some(Instant::now() + REQUEST_TIMEOUT),
+                on_judgement: Some(&on_judgement),
+                generation: Some(&generation),
+            };
+            let pool = gen_router.grm_pool();
+            let r = tokio::select! {
+                r = dispatch::generate(pool, work, gen_router.dispatch_options()) => r,
+                // The client went away: dropping the generation cancels its chunks.
+                _ = tx.closed() => return,
+            };
+            let _ = tx.send(Msg::End(r));
+        }
+        .instrument(span),
+    );
     let created = now_s();
     let object = match job.kind {
         Kind::Chat => "chat.completion.chunk",
