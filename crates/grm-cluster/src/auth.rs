@@ -9,11 +9,8 @@ use tonic::{Request, Status};
 
 #[derive(Debug, Error)]
 pub enum AuthError {
-    #[error("reading the token file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("reading the token file {}: {}", .0.path, .0.source)]
+    Read(#[from] ReadSecret),
     #[error("the bearer token in {0} is empty")]
     Empty(String),
 }
@@ -39,20 +36,11 @@ impl BearerToken {
         Ok(Self(Arc::from(t.as_bytes())))
     }
 
-    pub fn from_file(path: &Path) -> Result<Self, AuthError> {
-        let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::new(&text, &path.display().to_string())
-    }
-
     /// The token from `file` when given, else from the environment variable `var`, else none.
     pub fn from_file_or_env(file: Option<&Path>, var: &str) -> Result<Option<Self>, AuthError> {
-        match (file, std::env::var(var)) {
-            (Some(path), _) => Self::from_file(path).map(Some),
-            (None, Ok(t)) => Self::new(&t, var).map(Some),
-            (None, Err(_)) => Ok(None),
+        match secret_text(file, var)? {
+            Some((text, origin)) => Self::new(&text, &origin).map(Some),
+            None => Ok(None),
         }
     }
 
@@ -80,6 +68,31 @@ impl BearerToken {
     }
 }
 
+/// A secret file that could not be read.
+#[derive(Debug, Error)]
+#[error("{path}: {source}")]
+pub struct ReadSecret {
+    pub path: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// A secret's text and where it came from: the file when given, else the environment variable
+/// `var`; none when neither is set.
+pub fn secret_text(file: Option<&Path>, var: &str) -> Result<Option<(String, String)>, ReadSecret> {
+    match (file, std::env::var(var)) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ReadSecret {
+                path: path.display().to_string(),
+                source,
+            })?;
+            Ok(Some((text, path.display().to_string())))
+        }
+        (None, Ok(t)) => Ok(Some((t, var.to_string()))),
+        (None, Err(_)) => Ok(None),
+    }
+}
+
 /// The public API's tokens, one per caller: `--auth-token-file` holds one a line (blank lines
 /// and `#` comments skipped). A caller is known by its token, so each one's groups and group
 /// quotas are its own; one token shared by everyone makes everyone one caller.
@@ -104,16 +117,9 @@ impl CallerTokens {
     /// The tokens from `file` when given, else from the environment variable `var` (one a
     /// line there too), else none.
     pub fn from_file_or_env(file: Option<&Path>, var: &str) -> Result<Option<Self>, AuthError> {
-        match (file, std::env::var(var)) {
-            (Some(path), _) => {
-                let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                Self::new(&text, &path.display().to_string()).map(Some)
-            }
-            (None, Ok(t)) => Self::new(&t, var).map(Some),
-            (None, Err(_)) => Ok(None),
+        match secret_text(file, var)? {
+            Some((text, origin)) => Self::new(&text, &origin).map(Some),
+            None => Ok(None),
         }
     }
 

@@ -32,11 +32,8 @@ pub const PROOF_HEADER: &str = "grm-proof";
 
 #[derive(Debug, Error)]
 pub enum KeyError {
-    #[error("reading the cluster token file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("reading the cluster token file {}: {}", .0.path, .0.source)]
+    Read(#[from] crate::auth::ReadSecret),
     #[error("{0} holds no cluster token")]
     Empty(String),
     #[error("{origin}, line {line}: the key id `{id}` is given twice")]
@@ -187,16 +184,9 @@ impl ClusterKeys {
 
     /// The secrets from `file` when given, else from the environment variable `var`, else none.
     pub fn from_file_or_env(file: Option<&Path>, var: &str) -> Result<Option<Self>, KeyError> {
-        match (file, std::env::var(var)) {
-            (Some(path), _) => {
-                let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                Self::parse(&text, &path.display().to_string()).map(Some)
-            }
-            (None, Ok(t)) => Self::parse(&t, var).map(Some),
-            (None, Err(_)) => Ok(None),
+        match crate::auth::secret_text(file, var)? {
+            Some((text, origin)) => Self::parse(&text, &origin).map(Some),
+            None => Ok(None),
         }
     }
 

@@ -471,91 +471,96 @@ struct Job {
 
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(router: Router, body: Bytes) -> Response {
-    let start = Instant::now();
-    let b = match Body::parse(&body) {
-        Ok(b) => b,
-        Err(r) => return counted(&router, Kind::Chat.endpoint(), start, r),
-    };
-    let job = async {
-        let params = params(&router, &b, true).await?;
-        let messages = messages(&b)?;
-        let parts: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
-        let affinity = crate::chunking::affinity_key(&parts);
-        // The prompt's text only sizes the work: the worker renders the turns itself.
-        let text: String = parts.concat();
-        Ok::<_, Response>(Job {
-            kind: Kind::Chat,
-            id: format!("chatcmpl-{:016x}", random_u64()),
-            prompts: vec![Prompt {
-                text,
-                client: Vec::new(),
-            }],
-            prompt_of: vec![0; params.n],
-            params,
-            messages,
-            affinity,
-        })
-    }
-    .await;
-    match job {
-        Ok(job) => run(router, job, start).await,
-        Err(r) => counted(&router, Kind::Chat.endpoint(), start, r),
-    }
+    serve(router, body, Kind::Chat).await
 }
 
 /// `POST /v1/completions`: `prompt` a string or a list of strings (each gets n choices, in
 /// order); special tokens in it are read as such, and `<bos>` put first when missing.
 pub async fn completions(router: Router, body: Bytes) -> Response {
+    serve(router, body, Kind::Completion).await
+}
+
+async fn serve(router: Router, body: Bytes, kind: Kind) -> Response {
     let start = Instant::now();
-    let b = match Body::parse(&body) {
-        Ok(b) => b,
-        Err(r) => return counted(&router, Kind::Completion.endpoint(), start, r),
+    let job = match Body::parse(&body) {
+        Ok(b) => match kind {
+            Kind::Chat => chat_job(&router, &b).await,
+            Kind::Completion => completion_job(&router, &b).await,
+        },
+        Err(r) => Err(r),
     };
-    let job = async {
-        let params = params(&router, &b, false).await?;
-        let texts: Vec<String> = match b.get("prompt") {
-            Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_string) => a
-                .iter()
-                .filter_map(|s| s.as_str().map(str::to_string))
-                .collect(),
-            _ => return Err(bad("prompt", "prompt must be a string or a non-empty list of strings (token ids are not supported)")),
-        };
-        if texts.len() * params.n > router.limits().max_k {
-            return Err(bad(
-                "n",
-                format!(
-                    "{} prompts × n = {} choices; the limit is {}",
-                    texts.len(),
-                    texts.len() * params.n,
-                    router.limits().max_k
-                ),
-            ));
-        }
-        let parts: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let affinity = crate::chunking::affinity_key(&parts);
-        let prompts: Vec<Prompt> = texts
-            .iter()
-            .map(|t| Prompt { text: t.clone(), client: Vec::new() })
-            .collect();
-        let prompt_of = (0..prompts.len())
-            .flat_map(|p| std::iter::repeat_n(p, params.n))
-            .collect();
-        Ok::<_, Response>(Job {
-            kind: Kind::Completion,
-            id: format!("cmpl-{:016x}", random_u64()),
-            prompts,
-            prompt_of,
-            params,
-            messages: Vec::new(),
-            affinity,
-        })
-    }
-    .await;
     match job {
         Ok(job) => run(router, job, start).await,
-        Err(r) => counted(&router, Kind::Completion.endpoint(), start, r),
+        Err(r) => counted(&router, kind.endpoint(), start, r),
     }
+}
+
+async fn chat_job(router: &Router, b: &Body) -> Result<Job, Response> {
+    let params = params(router, b, true).await?;
+    let messages = messages(b)?;
+    let parts: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
+    let affinity = crate::chunking::affinity_key(&parts);
+    // The prompt's text only sizes the work: the worker renders the turns itself.
+    let text: String = parts.concat();
+    Ok(Job {
+        kind: Kind::Chat,
+        id: format!("chatcmpl-{:016x}", random_u64()),
+        prompts: vec![Prompt {
+            text,
+            client: Vec::new(),
+        }],
+        prompt_of: vec![0; params.n],
+        params,
+        messages,
+        affinity,
+    })
+}
+
+async fn completion_job(router: &Router, b: &Body) -> Result<Job, Response> {
+    let params = params(router, b, false).await?;
+    let texts: Vec<String> = match b.get("prompt") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) if !a.is_empty() && a.iter().all(Value::is_string) => a
+            .iter()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect(),
+        _ => return Err(bad(
+            "prompt",
+            "prompt must be a string or a non-empty list of strings (token ids are not supported)",
+        )),
+    };
+    let max_k = router.limits().max_k;
+    if texts.len() * params.n > max_k {
+        return Err(bad(
+            "n",
+            format!(
+                "{} prompts × n = {} choices; the limit is {max_k}",
+                texts.len(),
+                texts.len() * params.n
+            ),
+        ));
+    }
+    let parts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let affinity = crate::chunking::affinity_key(&parts);
+    let prompts: Vec<Prompt> = texts
+        .iter()
+        .map(|t| Prompt {
+            text: t.clone(),
+            client: Vec::new(),
+        })
+        .collect();
+    let prompt_of = (0..prompts.len())
+        .flat_map(|p| std::iter::repeat_n(p, params.n))
+        .collect();
+    Ok(Job {
+        kind: Kind::Completion,
+        id: format!("cmpl-{:016x}", random_u64()),
+        prompts,
+        prompt_of,
+        params,
+        messages: Vec::new(),
+        affinity,
+    })
 }
 
 fn counted(router: &Router, endpoint: &str, start: Instant, r: Response) -> Response {

@@ -459,6 +459,22 @@ mod tests {
             .unwrap()
     }
 
+    /// The tiny f32 fixture on one thread, 200 blocks of 8.
+    fn tiny_engine() -> Engine {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-f32");
+        let model = Gemma2::load(&dir, CpuBackend).unwrap();
+        Engine::start(
+            model,
+            EngineOptions {
+                num_blocks: Some(200),
+                block_size: 8,
+                threads: Some(1),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
     /// Events until the stream ends; whether it finished (every sample came).
     fn drain(sub: &mut Submission, samples: usize) -> bool {
         let mut got = 0;
@@ -472,18 +488,7 @@ mod tests {
 
     #[test]
     fn an_internal_error_fails_the_requests_held_and_the_engine_starts_again() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-f32");
-        let model = Gemma2::load(&dir, CpuBackend).unwrap();
-        let engine = Engine::start(
-            model,
-            EngineOptions {
-                num_blocks: Some(200),
-                block_size: 8,
-                threads: Some(1),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let engine = tiny_engine();
         let total = engine.info.num_blocks;
         // A fault while two requests run: both end unfinished, nothing else is lost.
         for round in 0..MAX_RESTARTS_PER_MINUTE as u64 {
@@ -525,18 +530,7 @@ mod tests {
 
     #[test]
     fn streamed_tokens_are_the_samples_tokens_with_logprobs_and_a_sample_can_be_ended() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-f32");
-        let model = Gemma2::load(&dir, CpuBackend).unwrap();
-        let engine = Engine::start(
-            model,
-            EngineOptions {
-                num_blocks: Some(200),
-                block_size: 8,
-                threads: Some(1),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let engine = tiny_engine();
         let params = |stream: bool, seed: u64| SamplingParams {
             temperature: 1.0,
             seed,
