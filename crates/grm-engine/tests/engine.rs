@@ -565,3 +565,60 @@ fn copies_never_overlap_under_preemption_with_shared_partial_blocks() {
     }
     assert!(preempted > 0, "the test must preempt");
 }
+
+#[test]
+fn a_sample_ended_early_finishes_as_stopped_with_its_tokens_and_frees_its_blocks() {
+    let mut s = scheduler(64, 8, 64);
+    let streamed = |seed| SamplingParams {
+        stream: true,
+        ..params(1.0, seed, 40)
+    };
+    s.submit(
+        1,
+        Work::Generate {
+            prompt: prompt(20, 1),
+            samples: vec![streamed(1), streamed(2)],
+        },
+    )
+    .unwrap();
+    let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); 2];
+    let mut finished: Vec<Option<(Vec<u32>, FinishReason)>> = vec![None; 2];
+    let mut ended = false;
+    while !s.is_idle() {
+        for (_, ev) in s.step() {
+            match ev {
+                Event::Token { sample, token, .. } => tokens[sample].push(token),
+                Event::Sample {
+                    sample,
+                    tokens,
+                    finish,
+                } => finished[sample] = Some((tokens, finish)),
+                _ => {}
+            }
+        }
+        if !ended && tokens[0].len() >= 5 {
+            ended = true;
+            match s.finish_sample(1, 0) {
+                Some(Event::Sample {
+                    sample: 0,
+                    tokens: t,
+                    finish,
+                }) => finished[0] = Some((t, finish)),
+                other => panic!("{other:?}"),
+            }
+            assert!(s.finish_sample(1, 0).is_none(), "once");
+        }
+    }
+    let (t0, f0) = finished[0].clone().unwrap();
+    assert_eq!(f0, FinishReason::Stop);
+    assert_eq!(t0, tokens[0], "the tokens drawn so far, each streamed");
+    assert!(t0.len() < 40);
+    let (t1, f1) = finished[1].clone().unwrap();
+    assert_eq!(
+        (t1.len(), f1),
+        (40, FinishReason::Length),
+        "the other runs on"
+    );
+    assert_eq!(t1, tokens[1]);
+    assert_eq!(s.kv_stats().blocks_used, 0, "every block freed");
+}
