@@ -664,7 +664,7 @@ pub fn worker(a: WorkerArgs) -> Result<()> {
         let (listener, addr) = bind(&a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
         let advertise = advertised(a.advertise.as_ref(), addr, !a.etcd.is_empty())?;
         let registration = (!a.etcd.is_empty()).then(|| {
-            let member = Member { id: advertise.clone(), addr: advertise.clone(), role, model: name.clone(), capacity: 0, tls_name: String::new(), sig: String::new() };
+            let member = Member { id: advertise.clone(), addr: advertise.clone(), role, model: name.clone(), capacity: 0, tls_name: String::new(), issued_s: 0, sig: String::new() };
             etcd::register(etcd_urls.clone(), member, Duration::from_secs(a.lease_ttl_s.max(1)), token.clone())
         });
         let stop = shutdown_signal();
@@ -732,6 +732,7 @@ pub fn aggregator(a: AggregatorArgs) -> Result<()> {
                 model: String::new(),
                 capacity: 0,
                 tls_name: String::new(),
+                issued_s: 0,
                 sig: String::new(),
             };
             etcd::register(
@@ -826,6 +827,7 @@ async fn run_router(
                 model: String::new(),
                 capacity: 0,
                 tls_name: r.tls_name,
+                issued_s: 0,
                 sig: String::new(),
             };
             opts.self_id = advertise;
@@ -989,6 +991,7 @@ async fn serve_in_process(
             model: String::new(),
             capacity: 0,
             tls_name: String::new(),
+            issued_s: 0,
             sig: String::new(),
         });
         let services = Services {

@@ -62,10 +62,14 @@ pub struct Member {
     /// registered by IP whose certificate names its Service).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tls_name: String,
+    /// When the registration was signed (Unix seconds; 0 when unsigned).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub issued_s: u64,
     /// `KEYID.HMAC`: HMAC-SHA256 of the fields above, the etcd key and the lease it is
-    /// registered under, with the registration key derived from the cluster's signing secret, so that a router can tell a member from an entry someone
-    /// else wrote into etcd, and a live registration from a copy of an old one put under
-    /// another key or without its lease. Empty when unsigned.
+    /// registered under, with the registration key derived from the cluster's signing
+    /// secret, so that a router can tell a member from an entry someone else wrote into etcd,
+    /// and a live registration from a copy of an old one put under another key or without
+    /// its lease. Empty when unsigned.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sig: String,
 }
@@ -88,20 +92,38 @@ impl Member {
         }
         out.extend_from_slice(&self.capacity.to_le_bytes());
         out.extend_from_slice(&lease.to_le_bytes());
+        out.extend_from_slice(&self.issued_s.to_le_bytes());
         out
     }
 
-    /// Signs this member's registration under `etcd_key` and `lease` with the cluster's keys.
+    /// Signs this member's registration under `etcd_key` and `lease` with the cluster's keys,
+    /// now.
     pub fn sign(&mut self, keys: &ClusterKeys, etcd_key: &str, lease: i64) {
+        self.issued_s = now_s();
         self.sig = keys.sign_registration(&self.signed_bytes(etcd_key, lease));
     }
 
     /// Whether the signature is this member's, registered under `etcd_key` and `lease` (as
     /// etcd reports them), under the cluster token; checked in constant time. A registration
     /// without a lease is never one.
+    /// A registration issued in the future (beyond the proofs' clock allowance) is none either:
+    /// the clocks disagree, or it was made to outlive a key's rotation.
     pub fn verify(&self, keys: &ClusterKeys, etcd_key: &str, lease: i64) -> bool {
-        lease != 0 && keys.verify_registration(&self.signed_bytes(etcd_key, lease), &self.sig)
+        let allowance = crate::cluster_keys::PROOF_WINDOW.as_secs();
+        lease != 0
+            && self.issued_s <= now_s() + allowance
+            && keys.verify_registration(&self.signed_bytes(etcd_key, lease), &self.sig)
     }
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// The current members; `changed()` wakes on every update.
@@ -126,6 +148,7 @@ pub fn from_addrs(role: Role, addrs: &[String]) -> Vec<Member> {
             model: String::new(),
             capacity: 0,
             tls_name: String::new(),
+            issued_s: 0,
             sig: String::new(),
         })
         .collect()
@@ -145,6 +168,7 @@ mod tests {
             model: "grm".into(),
             capacity: 0,
             tls_name: String::new(),
+            issued_s: 0,
             sig: String::new(),
         };
         let (key, lease) = ("/grm/members/grm/w1:50061", 7);
@@ -163,6 +187,19 @@ mod tests {
         let mut role = m.clone();
         role.role = Role::MetaRm;
         assert!(!role.verify(&token, key, lease), "the role is covered");
+        let mut later = m.clone();
+        later.issued_s += 1;
+        assert!(
+            !later.verify(&token, key, lease),
+            "the issue time is covered"
+        );
+        let mut future = m.clone();
+        future.issued_s = now_s() + 3600;
+        future.sig = token.sign_registration(&future.signed_bytes(key, lease));
+        assert!(!future.verify(&token, key, lease), "issued an hour ahead");
+        future.issued_s = now_s();
+        future.sig = token.sign_registration(&future.signed_bytes(key, lease));
+        assert!(future.verify(&token, key, lease));
         let mut garbled = m.clone();
         garbled.sig.replace_range(0..2, "zz");
         assert!(!garbled.verify(&token, key, lease));
