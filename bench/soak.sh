@@ -117,7 +117,7 @@ while [ "$(date +%s)" -lt "$end" ]; do
       0) note "kill -9 w1"; kill -9 "${PID[w1]}"; wait "${PID[w1]}" 2>/dev/null || true; sleep 5; start w1; note "w1 restarted" ;;
       1) note "etcd stopped"; kill "${PID[etcd]}"; wait "${PID[etcd]}" 2>/dev/null || true; sleep 10; start_etcd; note "etcd started" ;;
       2) note "kill -9 meta"; kill -9 "${PID[meta]}"; wait "${PID[meta]}" 2>/dev/null || true; sleep 20; start meta; note "meta restarted" ;;
-      3) new=$(model_copy "w2-$faults"); note "rolling w2 to $new"; kill -TERM "${PID[w2]}"; wait "${PID[w2]}" 2>/dev/null || true
+      3) new=$(model_copy "w2-$faults"); note "rolling w2 to ${new#$work/}"; kill -TERM "${PID[w2]}"; wait "${PID[w2]}" 2>/dev/null || true
          MODEL[w2]=$new; start w2; note "w2 rolled" ;;
       4) note "w1's model written over in place"
          f="${MODEL[w1]}/model.safetensors"
