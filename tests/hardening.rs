@@ -911,6 +911,8 @@ fn an_aggregator_never_votes_without_the_meta_rm_the_router_saw_and_says_why() {
 fn a_slow_worker_sending_progress_is_never_declared_stalled() {
     let _serial = serial();
     let dir = scratch("slow");
+    // A 214 MiB model: removed when the test ends, whatever its outcome.
+    let _cleanup = RemoveOnDrop(dir.clone());
     // A random-weight 112M model on one thread writes a long judgement (it never stops by
     // itself): tens of seconds with no sample finished, many times the stall limit.
     let model = small_model(&dir);
@@ -1218,6 +1220,8 @@ fn models_are_named_and_kv_defaults_are_modest() {
 fn two_routers_sharing_two_workers_keep_them_balanced() {
     let _serial = serial();
     let dir = scratch("two-routers");
+    // A 214 MiB model: removed when the test ends, whatever its outcome.
+    let _cleanup = RemoveOnDrop(dir.clone());
     // A random-weight 112M model on one thread writes its judgements to the full length: each
     // request keeps a worker busy for a second or two.
     let model = small_model(&dir);
@@ -1308,6 +1312,8 @@ fn two_routers_sharing_two_workers_keep_them_balanced() {
 fn queue_time_is_the_time_spent_waiting_for_the_engine() {
     let _serial = serial();
     let dir = scratch("queue-ms");
+    // A 214 MiB model: removed when the test ends, whatever its outcome.
+    let _cleanup = RemoveOnDrop(dir.clone());
     // A 112M random model on one thread, one sequence at a time: a second request waits for
     // the first to finish.
     let model = small_model(&dir);

@@ -47,6 +47,16 @@ pub fn scratch(name: &str) -> PathBuf {
     d
 }
 
+/// Removes a scratch directory when dropped (declare it right after the directory, so that it
+/// goes last, after the processes using it).
+pub struct RemoveOnDrop(pub PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A running process; killed when dropped.
 pub struct Proc {
     pub name: String,
