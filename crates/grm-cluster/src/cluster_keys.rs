@@ -27,6 +27,9 @@ use thiserror::Error;
 /// How far a proof's time may be from the callee's clock (either way).
 pub const PROOF_WINDOW: Duration = Duration::from_secs(60);
 
+/// The shortest secret accepted.
+const MIN_SECRET: usize = 8;
+
 /// The metadata (HTTP header) that carries an internal call's proof.
 pub const PROOF_HEADER: &str = "grm-proof";
 
@@ -36,6 +39,8 @@ pub enum KeyError {
     Read(#[from] crate::auth::ReadSecret),
     #[error("{0} holds no cluster token")]
     Empty(String),
+    #[error("{origin}, line {line}: the cluster token is shorter than 8 characters")]
+    Short { origin: String, line: usize },
     #[error("{origin}, line {line}: the key id `{id}` is given twice")]
     DuplicateId {
         origin: String,
@@ -158,12 +163,18 @@ impl ClusterKeys {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let key = match line.split_once(':') {
-                Some((id, secret)) if valid_id(id) && !secret.trim().is_empty() => {
-                    Key::new(Some(id), secret.trim().as_bytes())
-                }
-                _ => Key::new(None, line.as_bytes()),
+            let (id, secret) = match line.split_once(':') {
+                Some((id, secret)) if valid_id(id) => (Some(id), secret.trim()),
+                _ => (None, line),
             };
+            // An empty or short secret (`k1:$TOKEN` with TOKEN unset) is a guessable key.
+            if secret.len() < MIN_SECRET {
+                return Err(KeyError::Short {
+                    origin: origin.to_string(),
+                    line: n + 1,
+                });
+            }
+            let key = Key::new(id, secret.as_bytes());
             if keys.iter().any(|k| k.id == key.id) {
                 return Err(KeyError::DuplicateId {
                     origin: origin.to_string(),
@@ -284,8 +295,9 @@ impl ClusterKeys {
             .ok_or_else(|| ProofError::UnknownKey(id.to_string()))?;
         let now = now_ms();
         let window = PROOF_WINDOW.as_millis() as i64;
-        if (now - ms).abs() > window {
-            return Err(ProofError::Stale((now - ms) / 1000));
+        // The time is the caller's: no arithmetic on it may overflow.
+        if now.abs_diff(ms) > window as u64 {
+            return Err(ProofError::Stale(now.saturating_sub(ms) / 1000));
         }
         hmac::verify(&k.call, &Self::call_message(path, ms, nonce, &member), &tag)
             .map_err(|_| ProofError::Forged)?;
@@ -324,9 +336,9 @@ mod tests {
 
     #[test]
     fn a_proof_is_good_once_for_its_method_and_under_a_key_held() {
-        let keys = ClusterKeys::parse("s3cret\n", "test").unwrap();
+        let keys = ClusterKeys::parse("s3cret-key\n", "test").unwrap();
         let p = keys.prove_call(GEN, "");
-        assert!(!p.contains("s3cret"), "the secret never travels: {p}");
+        assert!(!p.contains("s3cret-key"), "the secret never travels: {p}");
         assert_eq!(keys.check_call(Some(p.as_bytes()), GEN, "w1:50061"), Ok(()));
         assert_eq!(
             keys.check_call(Some(p.as_bytes()), GEN, "w1:50061"),
@@ -342,15 +354,15 @@ mod tests {
             Err(ProofError::Forged),
             "bound to its method"
         );
-        let other = ClusterKeys::parse("another", "test").unwrap();
+        let other = ClusterKeys::parse("another-key", "test").unwrap();
         let p = other.prove_call(GEN, "");
         assert!(matches!(
             keys.check_call(Some(p.as_bytes()), GEN, "w1:50061"),
             Err(ProofError::UnknownKey(_))
         ));
         // Same id, other secret: forged.
-        let a = ClusterKeys::parse("k1:one", "test").unwrap();
-        let b = ClusterKeys::parse("k1:two", "test").unwrap();
+        let a = ClusterKeys::parse("k1:one-secret", "test").unwrap();
+        let b = ClusterKeys::parse("k1:two-secret", "test").unwrap();
         let p = b.prove_call(GEN, "");
         assert_eq!(
             a.check_call(Some(p.as_bytes()), GEN, "w1:50061"),
@@ -361,14 +373,14 @@ mod tests {
             Err(ProofError::Missing)
         );
         assert_eq!(
-            keys.check_call(Some(b"Bearer s3cret"), GEN, "w1:50061"),
+            keys.check_call(Some(b"Bearer s3cret-key"), GEN, "w1:50061"),
             Err(ProofError::Malformed)
         );
     }
 
     #[test]
     fn a_proof_made_for_one_member_is_refused_by_another() {
-        let keys = ClusterKeys::parse("s3cret", "test").unwrap();
+        let keys = ClusterKeys::parse("s3cret-key", "test").unwrap();
         let p = keys.prove_call(GEN, "w1:50061");
         assert_eq!(
             keys.check_call(Some(p.as_bytes()), GEN, "w2:50061"),
@@ -389,7 +401,7 @@ mod tests {
 
     #[test]
     fn an_old_proof_is_refused() {
-        let keys = ClusterKeys::parse("s3cret", "test").unwrap();
+        let keys = ClusterKeys::parse("s3cret-key", "test").unwrap();
         let k = keys.signing();
         let ms = now_ms() - 61_000;
         let nonce = "00112233445566778899aabbccddeeff";
@@ -404,11 +416,11 @@ mod tests {
     #[test]
     fn rotation_accepts_both_secrets_while_the_new_one_is_introduced() {
         // Step 1: every node holds old (signing) and new.
-        let old_only = ClusterKeys::parse("old:aaaa", "t").unwrap();
-        let both = ClusterKeys::parse("old:aaaa\nnew:bbbb", "t").unwrap();
+        let old_only = ClusterKeys::parse("old:aaaaaaaa", "t").unwrap();
+        let both = ClusterKeys::parse("old:aaaaaaaa\nnew:bbbbbbbb", "t").unwrap();
         // Step 2: some nodes sign with new, others still with old.
-        let new_first = ClusterKeys::parse("new:bbbb\nold:aaaa", "t").unwrap();
-        let new_only = ClusterKeys::parse("new:bbbb", "t").unwrap();
+        let new_first = ClusterKeys::parse("new:bbbbbbbb\nold:aaaaaaaa", "t").unwrap();
+        let new_only = ClusterKeys::parse("new:bbbbbbbb", "t").unwrap();
         for (signer, checker) in [
             (&old_only, &both),
             (&both, &old_only),
@@ -434,7 +446,7 @@ mod tests {
 
     #[test]
     fn keys_of_different_purposes_differ_and_ids_are_checked() {
-        let keys = ClusterKeys::parse("s3cret", "t").unwrap();
+        let keys = ClusterKeys::parse("s3cret-key", "t").unwrap();
         let sig = keys.sign_registration(b"x");
         assert!(keys.verify_registration(b"x", &sig));
         assert!(!keys.verify_registration(b"y", &sig));
@@ -444,12 +456,16 @@ mod tests {
             hmac::sign(&k.registration, b"x").as_ref()
         );
         assert!(matches!(
-            ClusterKeys::parse("a:1\na:2", "f"),
+            ClusterKeys::parse("a:11111111\na:22222222", "f"),
             Err(KeyError::DuplicateId { line: 2, .. })
         ));
         assert!(matches!(
             ClusterKeys::parse("# nothing\n\n", "f"),
             Err(KeyError::Empty(_))
+        ));
+        assert!(matches!(
+            ClusterKeys::parse("k1:\n", "f"),
+            Err(KeyError::Short { line: 1, .. })
         ));
         // A secret with a colon that is not an id stays whole.
         let k = ClusterKeys::parse("not an id:rest", "f").unwrap();

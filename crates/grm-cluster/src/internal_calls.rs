@@ -96,7 +96,7 @@ where
         if let Some(keys) = &self.keys {
             let proof = req.headers().get(PROOF_HEADER).map(|v| v.as_bytes());
             if let Err(e) = keys.check_call(proof, req.uri().path(), &self.me) {
-                tracing::warn!(method = req.uri().path(), reason = %e, "internal call refused");
+                tracing::warn!(method = req.uri().path(), reason = %e.to_string().chars().take(160).collect::<String>(), "internal call refused");
                 return Box::pin(
                     async move { Ok(Status::unauthenticated(e.to_string()).into_http()) },
                 );

@@ -175,7 +175,7 @@ mod tests {
         assert!(!m.verify(&token, key, lease), "unsigned");
         m.sign(&token, key, lease);
         assert!(m.verify(&token, key, lease));
-        let other = ClusterKeys::parse("another", "test").unwrap();
+        let other = ClusterKeys::parse("another-key", "test").unwrap();
         assert!(!m.verify(&other, key, lease));
         // A copy of the value replayed under another key, without a lease or under another.
         assert!(!m.verify(&token, "/grm/members/grm/replayed", lease));

@@ -152,7 +152,16 @@ impl<B: Backend> Gemma2<B> {
         };
         Ok(Self {
             weight_bytes: store.bytes(),
-            files: store.files(),
+            files: {
+                // A file cut short or written while a backend copied it (a GPU's upload reads
+                // zeros past a shortened end): fail the load, never serve what was read.
+                let files = store.files();
+                files
+                    .check()
+                    .and_then(|_| files.check_headers())
+                    .map_err(|why| EngineError::Invalid(format!("loading the weights: {why}")))?;
+                files
+            },
             config,
             backend,
             embed,
