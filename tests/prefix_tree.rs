@@ -2,7 +2,9 @@
 //! sees its own order, so a request has up to n! distinct prompts sharing a long header. The
 //! router sends them to a worker together and the worker computes every shared prefix once:
 //! the prompt tokens computed equal the distinct tokens of the prompts' trie (measured on the
-//! worker, and in the answer's usage), and the judgements are those of samples sent one by one.
+//! worker, and in the answer's usage), in one chunk or in the router's default chunks (which
+//! share what they have in common on the worker), and the judgements are those of samples sent
+//! one by one.
 
 mod support;
 
@@ -107,8 +109,11 @@ fn a_requests_prompts_are_computed_as_one_tree() {
         &["--metrics-listen", "127.0.0.1:0", "--no-prefix-cache"],
     );
     let metrics = w.ready["metrics"].as_str().unwrap().to_string();
-    // One chunk per request (the tree), and one per sample (the tree's prompts one by one).
+    // One chunk per request (the tree), the default chunks (up to 8 samples, all on this
+    // worker at once: they share across requests), and one per sample (the tree's prompts
+    // one by one).
     let tree = static_router(&dir, &w.grpc(), "", &["--chunk-samples", "64"]);
+    let chunked = static_router(&dir, &w.grpc(), "", &[]);
     let single = static_router(&dir, &w.grpc(), "", &["--chunk-samples", "1"]);
     let responses = [
         "it is so good",
@@ -139,8 +144,24 @@ fn a_requests_prompts_are_computed_as_one_tree() {
             in_usage as usize, ideal,
             "n = {n}, k = {k}: computed per the answer's usage"
         );
-        // The same samples sent one by one judge the same.
+        // In the default chunks, each on its own engine request, the same positions are
+        // computed, and the same judgements given.
+        let before = computed(&metrics);
+        let c = score(&chunked.grpc(), &request);
+        let on_worker = computed(&metrics) - before;
+        let usage = &c["usage"];
+        let in_usage = usage["prompt_tokens"].as_u64().unwrap()
+            - usage["cached_prompt_tokens"].as_u64().unwrap_or(0);
+        assert_eq!(
+            (on_worker as usize, in_usage as usize),
+            (ideal, ideal),
+            "n = {n}, k = {k}: computed in the default chunks (on the worker, in the usage) vs the trie"
+        );
+        // The same samples sent one by one judge the same, and share as much: a prompt sent
+        // again costs its last position (its logits).
+        let before = computed(&metrics);
         let b = score(&single.grpc(), &request);
+        let one_by_one = computed(&metrics) - before;
         let texts = |v: &Value| -> Vec<String> {
             v["samples"]
                 .as_array()
@@ -154,9 +175,21 @@ fn a_requests_prompts_are_computed_as_one_tree() {
             texts(&b),
             "n = {n}: the judgements changed with sharing"
         );
-        assert!(
-            computed(&metrics) - before > 1.5 * on_worker,
-            "sent one by one, the prompts cost more"
+        assert_eq!(
+            texts(&a),
+            texts(&c),
+            "n = {n}: the judgements changed in chunks"
+        );
+        let distinct: HashSet<String> = b["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["order"].to_string())
+            .collect();
+        assert_eq!(
+            one_by_one as usize,
+            ideal + k - distinct.len(),
+            "n = {n}, k = {k}: computed for samples sent one by one"
         );
     }
 }

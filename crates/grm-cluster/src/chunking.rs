@@ -5,8 +5,11 @@
 //! 1. A request's prompts (one per response order) share a long header and often their first
 //!    responses: the samples are put in the order of their prompts' text (a trie walked depth
 //!    first), so that samples whose prompts share the longest prefixes are next to each other.
-//! 2. That list is cut into chunks of at most `max_samples` samples; a chunk carries every
-//!    distinct prompt of its samples, and the worker computes their shared prefixes once.
+//! 2. That list is cut into chunks of at most `max_samples` samples, between prompts: the
+//!    samples of one prompt go in one chunk unless they are more than a chunk holds. A chunk
+//!    carries every distinct prompt of its samples, and the worker computes their shared
+//!    prefixes once, and what chunks on one worker share once too (a prompt in two chunks
+//!    would cost its last position twice: its logits are computed for each).
 //! 3. Workers are ranked per request by rendezvous hashing of the request's conversation, so
 //!    requests about the same query (a GRPO group) prefer the same worker and reuse its
 //!    cached prefix.
@@ -47,12 +50,13 @@ pub struct Chunk {
 }
 
 /// Orders samples by their prompts' text (`prompts[prompt_of[s]]` is sample s's) and cuts
-/// them into chunks of at most `max_samples`.
+/// them into chunks of at most `max_samples`, between prompts where a prompt's samples fit.
 pub fn chunks<T: AsRef<str>>(
     prompts: &[T],
     prompt_of: &[usize],
     policy: ChunkPolicy,
 ) -> Vec<Chunk> {
+    let max = policy.max_samples.max(1);
     let mut order: Vec<u32> = (0..prompt_of.len() as u32).collect();
     order.sort_by(|&a, &b| {
         let (pa, pb) = (prompt_of[a as usize], prompt_of[b as usize]);
@@ -61,8 +65,20 @@ pub fn chunks<T: AsRef<str>>(
             .cmp(prompts[pb].as_ref())
             .then(a.cmp(&b))
     });
-    order
-        .chunks(policy.max_samples.max(1))
+    // Runs of samples of one prompt, each at most a chunk.
+    let mut runs: Vec<&[u32]> = Vec::new();
+    for same in order.chunk_by(|&a, &b| prompt_of[a as usize] == prompt_of[b as usize]) {
+        runs.extend(same.chunks(max));
+    }
+    let mut parts: Vec<Vec<u32>> = Vec::new();
+    for run in runs {
+        match parts.last_mut() {
+            Some(part) if part.len() + run.len() <= max => part.extend_from_slice(run),
+            _ => parts.push(run.to_vec()),
+        }
+    }
+    parts
+        .iter()
         .map(|part| {
             let mut used: Vec<usize> = Vec::new();
             for &s in part {
@@ -236,6 +252,37 @@ mod tests {
             distinct_bytes(&prompts),
             "header A then 1".len() + 1 + "B".len()
         );
+    }
+
+    #[test]
+    fn a_prompts_samples_share_a_chunk_unless_they_are_more_than_one_holds() {
+        let prompts = ["a", "b", "c"];
+        // Three samples of each: 3 + 3 fit in 7, the third prompt's go to a chunk of their own
+        // (cut at 7 samples, b's would be split).
+        let c = chunks(
+            &prompts,
+            &[0, 1, 2, 0, 1, 2, 0, 1, 2],
+            ChunkPolicy {
+                max_samples: 7,
+                affinity_slack: 0,
+            },
+        );
+        let samples: Vec<Vec<u32>> = c.iter().map(|c| c.samples.clone()).collect();
+        assert_eq!(samples, vec![vec![0, 3, 6, 1, 4, 7], vec![2, 5, 8]]);
+        // Ten samples of one prompt and one of another, 4 a chunk: the ten are cut.
+        let mut of = vec![0; 10];
+        of.push(1);
+        let c = chunks(
+            &prompts,
+            &of,
+            ChunkPolicy {
+                max_samples: 4,
+                affinity_slack: 0,
+            },
+        );
+        let sizes: Vec<usize> = c.iter().map(|c| c.samples.len()).collect();
+        assert_eq!(sizes, vec![4, 4, 3]);
+        assert_eq!(c[2].prompts, vec![0, 1]);
     }
 
     #[test]

@@ -492,3 +492,186 @@ fn a_prompt_that_is_a_prefix_of_another() {
         }
     }
 }
+
+/// A request cut into chunks of whole prompts, as the router cuts one: each chunk's work
+/// (its distinct prompts and its samples) and its samples' indices in the request.
+/// `samples[i]`: sample i's prompt (an index into `prompts`) and its sampling.
+fn chunked(
+    prompts: &[Vec<u32>],
+    samples: &[(usize, SamplingParams)],
+    per_chunk: usize,
+) -> Vec<(Work, Vec<usize>)> {
+    // Per chunk: its prompts, its samples (by its prompts), their indices in the request.
+    type Chunk = (Vec<Vec<u32>>, Vec<(usize, SamplingParams)>, Vec<usize>);
+    let mut chunks: Vec<Chunk> = Vec::new();
+    for (p, prompt) in prompts.iter().enumerate() {
+        let mine: Vec<usize> = (0..samples.len()).filter(|&i| samples[i].0 == p).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        if chunks
+            .last()
+            .is_none_or(|(_, _, ids)| ids.len() + mine.len() > per_chunk)
+        {
+            chunks.push(Default::default());
+        }
+        let Some((ps, ss, ids)) = chunks.last_mut() else {
+            unreachable!()
+        };
+        ps.push(prompt.clone());
+        ss.extend(mine.iter().map(|&i| (ps.len() - 1, samples[i].1.clone())));
+        ids.extend(mine);
+    }
+    chunks
+        .into_iter()
+        .map(|(prompts, samples, ids)| (Work::GenerateTree { prompts, samples }, ids))
+        .collect()
+}
+
+/// Each chunk's samples are those of their prompts alone (`want`, by index in the request).
+fn assert_chunk_samples(
+    got: &HashMap<RequestId, Outcome>,
+    chunks: &[(Work, Vec<usize>)],
+    want: &HashMap<usize, Vec<u32>>,
+    what: &str,
+) {
+    for (c, (_, ids)) in chunks.iter().enumerate() {
+        for (local, i) in ids.iter().enumerate() {
+            assert_eq!(
+                got[&(c as u64)].samples[&local],
+                want[i],
+                "{what}: sample {i}"
+            );
+        }
+    }
+}
+
+/// The chunks of one request run at once on one engine compute each position of the
+/// request's prompts once, as one tree would: a chunk takes what another chunk's samples hold
+/// (full blocks shared, the block it branches in copied) and waits for what another chunk is
+/// computing. With and without the prefix cache, at any step budget that lets a chunk in while
+/// others decode, and when the later chunks come while the first decodes; the samples are
+/// those of each prompt alone.
+#[test]
+fn the_chunks_of_a_request_compute_their_common_prefixes_once() {
+    let layouts = [(16, vec![8, 8, 8, 8], 6), (17, vec![7, 9, 6, 11], 5)];
+    let mut cases = 0;
+    for (header, lens, footer) in &layouts {
+        for (n, k) in [(2, 8), (3, 16), (4, 32)] {
+            let shape = GrmShape {
+                header: *header,
+                responses: lens[..n].to_vec(),
+                footer: *footer,
+                samples: k,
+                vocab: 262,
+                seed: (n * 10 + k) as u64,
+            };
+            let w = grm_prompts(&shape);
+            let used: Vec<Vec<u32>> = (0..w.prompts.len())
+                .filter(|p| w.sample_prompt.contains(p))
+                .map(|p| w.prompts[p].clone())
+                .collect();
+            let nodes = trie_nodes(&used);
+            let all: Vec<(usize, SamplingParams)> = (0..k)
+                .map(|i| (w.sample_prompt[i], params(i as u64 * 3 + 1, 24)))
+                .collect();
+            let want = alone(&w.prompts, &all);
+            let chunks = chunked(&w.prompts, &all, 4);
+            assert!(chunks.len() >= 2);
+            for caching in [false, true] {
+                for batch in [512, 48, 7] {
+                    for late in [0, 3] {
+                        let what = format!(
+                            "header {header}, n {n}, k {k}, caching {caching}, batch {batch}, late {late}"
+                        );
+                        let mut s = scheduler(2048, 4, batch, caching);
+                        let mut got: HashMap<RequestId, Outcome> = HashMap::new();
+                        for (c, (work, _)) in chunks.iter().enumerate() {
+                            s.submit(c as u64, work.clone()).unwrap();
+                            // The first chunk alone for a few steps: the others come while
+                            // it decodes.
+                            if c == 0 && late > 0 {
+                                for _ in 0..late {
+                                    for (id, ev) in s.step() {
+                                        let o = got.entry(id).or_default();
+                                        if let Event::Prefilled {
+                                            prompt_tokens,
+                                            cached,
+                                            prompt,
+                                        } = ev
+                                        {
+                                            o.prefilled.insert(prompt, (prompt_tokens, cached));
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        for (id, o) in drain(&mut s) {
+                            let e = got.entry(id).or_default();
+                            e.samples.extend(o.samples);
+                            e.prefilled.extend(o.prefilled);
+                        }
+                        let computed = s.counters().prompt_tokens_computed as usize;
+                        // A budget below the live samples' count (7 against 32) admits no
+                        // chunk while the first ones decode: their samples may end first, and
+                        // what they held is then computed again (its partial blocks only,
+                        // with the cache).
+                        if batch > 7 {
+                            assert_eq!(computed, nodes, "{what}");
+                        } else {
+                            assert!(computed >= nodes, "{what}");
+                        }
+                        let fresh: usize = got
+                            .values()
+                            .flat_map(|o| o.prefilled.values())
+                            .map(|(t, c)| t - c)
+                            .sum();
+                        assert_eq!(fresh, computed, "{what}: the usage's uncached tokens");
+                        assert_chunk_samples(&got, &chunks, &want, &what);
+                        assert_all_blocks_back(&s, 2048);
+                        cases += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(cases, 72);
+}
+
+/// Chunks of one request sharing across requests under block pressure: preempted, computed
+/// again, sharing with whoever holds the prefix then; every sample as its prompt's alone and
+/// every block back (a step whose copies overlap panics in `drain`).
+#[test]
+fn chunks_sharing_a_prefix_under_block_pressure_keep_their_outputs() {
+    let shape = GrmShape {
+        header: 21,
+        responses: vec![9, 7, 10],
+        footer: 4,
+        samples: 12,
+        vocab: 262,
+        seed: 5,
+    };
+    let w = grm_prompts(&shape);
+    let all: Vec<(usize, SamplingParams)> = (0..12)
+        .map(|i| (w.sample_prompt[i], params(40 + i as u64, 12)))
+        .collect();
+    let want = alone(&w.prompts, &all);
+    let chunks = chunked(&w.prompts, &all, 3);
+    for (blocks, batch) in [(40, 512), (40, 16), (60, 32), (90, 8)] {
+        let mut s = scheduler(blocks, 4, batch, blocks > 50);
+        for (c, (work, _)) in chunks.iter().enumerate() {
+            s.submit(c as u64, work.clone()).unwrap();
+        }
+        let got = drain(&mut s);
+        if blocks == 40 {
+            assert!(s.counters().preemptions > 0, "the test must preempt");
+        }
+        assert_chunk_samples(
+            &got,
+            &chunks,
+            &want,
+            &format!("{blocks} blocks, batch {batch}"),
+        );
+        assert_all_blocks_back(&s, blocks);
+    }
+}

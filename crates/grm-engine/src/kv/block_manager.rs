@@ -58,13 +58,16 @@ impl KvStats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutOfBlocks;
 
-/// One prompt of a tree at admission: the id its block table gets, its tokens, and the
-/// earlier prompt of the tree (its index) whose first positions it shares, with how many.
+/// One prompt of a tree at admission: the id its block table gets, its tokens, the earlier
+/// prompt of the tree (its index) whose first positions it shares, with how many, and a live
+/// sequence outside the tree whose first positions' KV it may share, with how many (their KV
+/// computed already: see `scheduler::live_prefix`).
 #[derive(Debug, Clone, Copy)]
 pub struct TreePrompt<'a> {
     pub seq: SeqId,
     pub tokens: &'a [u32],
     pub donor: Option<(usize, usize)>,
+    pub outside: Option<(SeqId, usize)>,
 }
 
 #[derive(Debug)]
@@ -109,6 +112,11 @@ impl BlockManager {
             copy_sources: Default::default(),
             deferred: Vec::new(),
         }
+    }
+
+    /// A block this step copies from: not freed before the step ends, whoever lets it go.
+    pub fn hold_copy_source(&mut self, id: BlockId) {
+        self.copy_sources.insert(id);
     }
 
     /// The step's copies have run: sources nobody holds any more are freed.
@@ -211,15 +219,17 @@ impl BlockManager {
             seq,
             tokens,
             donor: None,
+            outside: None,
         }])?;
         Ok(have[0])
     }
 
     /// Admits the prompts of a tree at once, all or none: each gets blocks for its whole
     /// prompt, reusing cached full blocks of its prefix, and sharing with its donor (an
-    /// earlier prompt of the slice) the blocks that lie wholly in their common prefix. The
-    /// block a prompt branches in is its own. Returns, per prompt, how many leading tokens
-    /// the prefix cache served (at most its length − 1).
+    /// earlier prompt of the slice) and with its outside sequence the blocks that lie wholly
+    /// in their common prefix. The block a prompt branches in is its own. Returns, per
+    /// prompt, how many leading tokens it holds in shared full blocks computed before (from
+    /// the prefix cache or the outside sequence; at most its length − 1).
     pub fn admit_tree(&mut self, prompts: &[TreePrompt<'_>]) -> Result<Vec<usize>, OutOfBlocks> {
         let bs = self.block_size;
         let mut hits: Vec<Vec<(BlockId, ChainPos)>> = Vec::with_capacity(prompts.len());
@@ -229,6 +239,9 @@ impl BlockManager {
         for (j, p) in prompts.iter().enumerate() {
             assert!(!p.tokens.is_empty() && !self.tables.contains_key(&p.seq));
             assert!(p.donor.is_none_or(|(d, s)| d < j && s < p.tokens.len()));
+            assert!(p
+                .outside
+                .is_none_or(|(o, s)| s < p.tokens.len() && self.tables.contains_key(&o)));
             let mut mine = Vec::new();
             let mut miss = false;
             // Blocks wholly shared with the donor were looked up by the donor: the same
@@ -265,13 +278,15 @@ impl BlockManager {
             .iter()
             .filter(|&&id| self.pool.ref_count(id) == 0)
             .count();
-        // Per prompt: its blocks less its hits or, where more, the blocks of its donor's.
+        // Per prompt: its blocks less its hits or, where more, the blocks of its donor's or its
+        // outside sequence's.
         let new: usize = prompts
             .iter()
             .zip(&hits)
             .map(|(p, h)| {
                 let from_donor = p.donor.map_or(0, |(_, s)| s / bs);
-                self.blocks_for(p.tokens.len()) - h.len().max(from_donor)
+                let from_outside = p.outside.map_or(0, |(_, s)| s / bs);
+                self.blocks_for(p.tokens.len()) - h.len().max(from_donor).max(from_outside)
             })
             .sum();
         if new > self.available() - parked_hits {
@@ -292,6 +307,17 @@ impl BlockManager {
                 chain: hits[j].last().map_or(ChainPos::ROOT, |h| h.1),
                 registered: hits[j].len(),
             };
+            // The outside sequence's blocks before the donor's: they are computed, while the
+            // donor's may be computed in this step.
+            if let Some((o, shared)) = p.outside {
+                for b in table.blocks.len()..shared / bs {
+                    let id = self.tables[&o].blocks[b];
+                    self.retain(id);
+                    table.blocks.push(id);
+                }
+            }
+            let served = table.blocks.len() * bs;
+            table.num_tokens = served;
             if let Some((d, shared)) = p.donor {
                 let donor = &prompts[d].seq;
                 for b in table.blocks.len()..shared / bs {
@@ -306,7 +332,7 @@ impl BlockManager {
                 };
                 table.blocks.push(id);
             }
-            have.push(hits[j].len() * bs);
+            have.push(served);
             self.tables.insert(p.seq, table);
         }
         Ok(have)

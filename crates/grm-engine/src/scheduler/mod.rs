@@ -12,6 +12,7 @@
 //! near-tie can go the other way). Cancelling a request frees all its blocks at once. Only
 //! this module mutates block tables.
 
+mod live_prefix;
 pub mod prompt_tree;
 mod tree;
 mod work;
@@ -227,6 +228,16 @@ struct Planned {
     /// (offset in the chunk, slot): also written there (see `prompt_tree`).
     extra: Vec<(usize, usize)>,
     output: bool,
+}
+
+/// What came of trying to admit a waiting unit.
+enum Admission {
+    /// It holds blocks now; `first`: for the first time (its request starts).
+    Admitted { first: bool },
+    /// Too few blocks: nothing younger is admitted either.
+    NoBlocks,
+    /// It waits for a prefix another request is computing (`live_prefix`).
+    Waits,
 }
 
 /// What [`Scheduler::plan`] chose for a step.
@@ -564,17 +575,18 @@ impl<B: Backend> Scheduler<B> {
                 if admission_blocked {
                     continue;
                 }
-                match self.admit(unit)? {
-                    Some(first) => {
+                match self.admit(unit, &plan.copies)? {
+                    Admission::Admitted { first } => {
                         if let (true, Unit::Tree(r)) = (first, unit) {
                             plan.started.push(r);
                         }
                     }
-                    None => {
+                    Admission::NoBlocks => {
                         // First come, first served: nothing younger is admitted either.
                         admission_blocked = true;
                         continue;
                     }
+                    Admission::Waits => continue,
                 }
             }
             let seq = match unit {
@@ -654,9 +666,8 @@ impl<B: Backend> Scheduler<B> {
         Ok(plan)
     }
 
-    /// Gives a waiting unit blocks: `Some(first admission)`, or `None` when they do not
-    /// suffice.
-    fn admit(&mut self, unit: Unit) -> Result<Option<bool>> {
+    /// Gives a waiting unit blocks, if it can have them; `copies`: the step's so far.
+    fn admit(&mut self, unit: Unit, copies: &[CopyOp]) -> Result<Admission> {
         match unit {
             Unit::Sample(seq) => {
                 let Some(s) = self.seqs.get_mut(&seq) else {
@@ -665,12 +676,12 @@ impl<B: Backend> Scheduler<B> {
                 Ok(match self.blocks.admit(seq, &s.tokens) {
                     Ok(cached) => {
                         s.state = SeqState::Prefill { computed: cached };
-                        Some(false)
+                        Admission::Admitted { first: false }
                     }
-                    Err(OutOfBlocks) => None,
+                    Err(OutOfBlocks) => Admission::NoBlocks,
                 })
             }
-            Unit::Tree(r) => self.admit_tree(r),
+            Unit::Tree(r) => self.admit_tree(r, copies),
         }
     }
 

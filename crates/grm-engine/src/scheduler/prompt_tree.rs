@@ -100,13 +100,16 @@ pub struct TreeLayout {
 }
 
 /// Lays out a tree of prompts over their block tables. `have[j]`: leading positions of prompt
-/// j served by the prefix cache (whole blocks); `tables[j]`: its blocks, shared with its
-/// donor where the shape says so. `None` when some position would have no source (a bug in
-/// the caller's tables).
+/// j in whole blocks computed before (the prefix cache's, or a live sequence's outside the
+/// tree); `outside[j]`: a block outside the tree whose first slots hold j's positions from
+/// `have[j]` up to the number given (a live sequence's, computed before); `tables[j]`: its
+/// blocks, shared with its donor where the shape says so. `None` when some position would
+/// have no source (a bug in the caller's tables).
 pub fn layout(
     prompts: &[&[u32]],
     shape: &TreeShape,
     have: &[usize],
+    outside: &[Option<(BlockId, usize)>],
     tables: &[&[BlockId]],
     block_size: usize,
 ) -> Option<TreeLayout> {
@@ -123,7 +126,12 @@ pub fn layout(
                 .max()
                 .unwrap_or(0)
                 .min(prompts[j].len() - 1);
-            shape.shared(j).max(have[j]).max(from_cached)
+            let from_outside = outside.get(j).copied().flatten().map_or(0, |(_, n)| n);
+            shape
+                .shared(j)
+                .max(have[j])
+                .max(from_cached)
+                .max(from_outside)
         })
         .collect();
     let mut out = TreeLayout {
@@ -141,14 +149,22 @@ pub fn layout(
         let b = q0 / bs;
         let dst = *tables[j].get(b)?;
         // A prompt whose block b came from the cache and holds a part of j's: copy that part.
-        let best = (0..n)
+        let mut best = (0..n)
             .filter(|&c| c != j && have[c] > q0 && shape.lcp[c][j] > q0)
-            .map(|c| (shape.lcp[c][j].min(end), c))
+            .map(|c| Some((shape.lcp[c][j].min(end), *tables[c].get(b)?)))
+            .collect::<Option<Vec<_>>>()?
+            .into_iter()
             .max();
+        // Or the live sequence's block that holds j's prefix into this block.
+        if let Some((src, m)) = outside.get(j).copied().flatten() {
+            if m > q0 && m / bs == b && best.is_none_or(|(k, _)| m.min(end) > k) {
+                best = Some((m.min(end), src));
+            }
+        }
         let mut filled = q0;
-        if let Some((m, c)) = best {
+        if let Some((m, src)) = best {
             out.copies.push(CopyOp {
-                src: *tables[c].get(b)?,
+                src,
                 dst,
                 slots: m - q0,
             });
@@ -210,7 +226,7 @@ mod tests {
         let shape = TreeShape::new(&prompts);
         // Nothing cached: block 0 shared by all, each has its own block 1.
         let tables: [&[BlockId]; 3] = [&[0, 1, 2], &[0, 3, 4], &[0, 5, 6]];
-        let l = layout(&prompts, &shape, &[0, 0, 0], &tables, 4).unwrap();
+        let l = layout(&prompts, &shape, &[0, 0, 0], &[None; 3], &tables, 4).unwrap();
         assert_eq!(l.from, vec![0, 6, 7]);
         assert!(l.copies.is_empty());
         // a's rows 4 and 5 are also written into b's and c's block 1; b's row 6 into c's.
@@ -225,7 +241,7 @@ mod tests {
         // a's first two blocks were cached: b copies 2 slots of a's block 1, c takes 2 from
         // a's block and its position 6 from b's row.
         let tables: [&[BlockId]; 3] = [&[7, 8, 2], &[7, 3, 4], &[7, 5, 6]];
-        let l = layout(&prompts, &shape, &[8, 4, 4], &tables, 4).unwrap();
+        let l = layout(&prompts, &shape, &[8, 4, 4], &[None; 3], &tables, 4).unwrap();
         assert_eq!(l.from, vec![8, 6, 7]);
         assert_eq!(
             l.copies,

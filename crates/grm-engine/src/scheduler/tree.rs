@@ -8,8 +8,8 @@
 use super::prompt_tree::{self, TreeLayout, TreeShape};
 use super::work::{DistinctPrompt, Prompts};
 use super::{
-    host_token, internal, token_event, Event, Key, Output, Planned, RequestId, Scheduler, StepPlan,
-    Unit,
+    host_token, internal, token_event, Admission, Event, Key, Output, Planned, RequestId,
+    Scheduler, StepPlan, Unit,
 };
 use crate::backend::Backend;
 use crate::error::Result;
@@ -109,6 +109,26 @@ impl PromptTree {
         }
     }
 
+    /// Whether it is a scoring request (its prompts fork into no samples).
+    pub fn scores(&self) -> bool {
+        self.score
+    }
+
+    /// The prompts being computed now: admitted, not yet forked into their samples.
+    pub fn computing(&self) -> impl Iterator<Item = &[u32]> {
+        let run = match &self.state {
+            TreeState::Prefill(run) => Some(run),
+            TreeState::Waiting => None,
+        };
+        run.into_iter().flat_map(move |run| {
+            run.done
+                .iter()
+                .zip(&self.branches)
+                .filter(|(done, _)| !**done)
+                .map(|(_, b)| &b.prompt.tokens[..])
+        })
+    }
+
     /// Frees the blocks of the prompts being computed (a cancelled request).
     pub fn free(self, blocks: &mut BlockManager) {
         if let TreeState::Prefill(run) = self.state {
@@ -142,9 +162,10 @@ impl PromptTree {
 }
 
 impl<B: Backend> Scheduler<B> {
-    /// Gives a waiting request's prompts blocks: `Some(first admission)`, or `None` when they
-    /// do not suffice.
-    pub(super) fn admit_tree(&mut self, r: RequestId) -> Result<Option<bool>> {
+    /// Gives a waiting request's prompts blocks, sharing what live sequences of other
+    /// requests hold of their prefixes (`live_prefix`), unless it waits for a prefix being
+    /// computed; `copies` are the step's copies planned so far.
+    pub(super) fn admit_tree(&mut self, r: RequestId, copies: &[CopyOp]) -> Result<Admission> {
         let bs = self.blocks.block_size();
         let total = self.blocks.stats().blocks_total;
         let Some(tree) = self.trees.get_mut(&r) else {
@@ -158,29 +179,56 @@ impl<B: Backend> Scheduler<B> {
         while m < prompts.len() && shape.blocks(&lens, m + 1, bs) <= total {
             m += 1;
         }
+        let Some(tree) = self.trees.get(&r) else {
+            return Err(internal(format!("request {r}'s prompts vanished")));
+        };
+        let prompts: Vec<&[u32]> = tree.branches[..m]
+            .iter()
+            .map(|b| &b.prompt.tokens[..])
+            .collect();
+        let live = self.live_share(r, &prompts, copies);
+        // The prompts that need not wait go first (a group, as a tree too large for the
+        // pool): waiting for all, the live sequences the first need may end meanwhile.
+        let m = live.ready_run();
+        if m == 0 {
+            return Ok(Admission::Waits);
+        }
+        let prompts = &prompts[..m];
+        let Some(shape) = tree.shape.as_ref() else {
+            return Err(internal(format!("request {r} lost its shape")));
+        };
         let tables: Vec<SeqId> = (0..m as u64).map(|i| self.next_seq + i).collect();
         let admission: Vec<TreePrompt<'_>> = (0..m)
             .map(|j| TreePrompt {
                 seq: tables[j],
                 tokens: prompts[j],
                 donor: shape.donor[j],
+                outside: live.outside[j],
             })
             .collect();
+        let outside: Vec<_> = live
+            .outside
+            .iter()
+            .map(|&o| self.outside_block(o))
+            .collect();
         let Ok(have) = self.blocks.admit_tree(&admission) else {
-            return Ok(None);
+            return Ok(Admission::NoBlocks);
         };
         self.next_seq += m as u64;
         let blocks: Vec<&[u32]> = tables
             .iter()
             .map(|t| self.blocks.table(*t).map_or(&[][..], |t| &t.blocks[..]))
             .collect();
-        let Some(layout) = prompt_tree::layout(&prompts[..m], shape, &have, &blocks, bs) else {
+        let Some(layout) = prompt_tree::layout(prompts, shape, &have, &outside, &blocks, bs) else {
             for t in tables {
                 self.blocks.free(t);
             }
             return Err(internal(format!(
                 "request {r}: a shared prompt position has no source"
             )));
+        };
+        let Some(tree) = self.trees.get_mut(&r) else {
+            return Err(internal(format!("request {r}'s prompts vanished")));
         };
         for (b, &from) in tree.branches.iter_mut().zip(&layout.from) {
             b.cached.get_or_insert(from);
@@ -194,7 +242,7 @@ impl<B: Backend> Scheduler<B> {
             cursor: 0,
             done: vec![false; m],
         }));
-        Ok(Some(first))
+        Ok(Admission::Admitted { first })
     }
 
     /// Plans the next chunk of a tree's stream, up to the budget and `room` chunks.
@@ -211,6 +259,10 @@ impl<B: Backend> Scheduler<B> {
         let TreeState::Prefill(run) = &mut tree.state else {
             return Err(internal(format!("request {r} is planned but not admitted")));
         };
+        // Their sources stay put until the step ends, whoever lets them go in this plan.
+        for c in &run.copies {
+            self.blocks.hold_copy_source(c.src);
+        }
         plan.copies.append(&mut run.copies);
         let mut pos = 0;
         for (j, &table) in run.tables.iter().enumerate() {
