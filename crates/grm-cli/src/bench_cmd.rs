@@ -110,6 +110,10 @@ pub struct EngineArgs {
     /// Python with torch and transformers for the peer (scripts/setup-python.sh makes one).
     #[arg(long, env = "GRM_PYTHON", default_value = ".venv-ref/bin/python")]
     python: PathBuf,
+    /// The transformers peer's modes: `eager`, and `compiled` (a static KV cache and
+    /// transformers' compiled decoding, CUDA graphs on a GPU; bench/peer_transformers.py).
+    #[arg(long, value_delimiter = ',', default_value = "eager")]
+    peer_modes: Vec<String>,
     /// Skip parts: any of roofline, prefill, decode, grm, tree.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
@@ -657,6 +661,7 @@ fn peer_transformers(a: &EngineArgs, dir: &Path) -> Result<Value> {
         .args(["--gen-tokens", &a.gen_tokens.to_string()])
         .args(["--temperature", &a.temperature.to_string()])
         .args(["--threads", &threads.to_string()])
+        .args(["--modes", &a.peer_modes.join(",")])
         .args(if a.device.starts_with("cuda") {
             ["--device", "cuda", "--dtype", "bfloat16"]
         } else {
@@ -679,7 +684,8 @@ fn peer_transformers(a: &EngineArgs, dir: &Path) -> Result<Value> {
         serde_json::from_slice(&out.stdout).context("the transformers peer printed no JSON")?;
     for run in v["runs"].as_array().into_iter().flatten() {
         eprintln!(
-            "transformers k={}: {:.2} s, {:.1} generated tok/s",
+            "transformers {} k={}: {:.2} s, {:.1} generated tok/s",
+            run["mode"].as_str().unwrap_or("eager"),
             run["samples"],
             run["seconds_to_all_samples"].as_f64().unwrap_or(0.0),
             run["generated_tokens_per_s"].as_f64().unwrap_or(0.0)
