@@ -53,11 +53,16 @@ def build(a):
             own += pair_examples(tok, [json.loads(line) for line in f if line.strip()])
     examples += own * a.pair_repeat
     print(f"data: {len(examples)} examples ({len(own)} own judgements x {a.pair_repeat})", flush=True)
+    store(examples, a.out)
+
+
+def store(examples, out):
+    """(ids, labels) examples as one compressed file of token ids (`load` reads it)."""
     lens = np.array([len(ids) for ids, _ in examples], dtype=np.int32)
     prompt = np.array([sum(1 for x in labels if x == -100) for _, labels in examples], dtype=np.int32)
     flat = np.concatenate([np.array(ids, dtype=np.uint16) for ids, _ in examples])
-    np.savez_compressed(a.out, tokens=flat, lens=lens, prompt=prompt)
-    print(f"data: {flat.size} tokens -> {a.out} ({os.path.getsize(a.out) / 1e6:.1f} MB)", flush=True)
+    np.savez_compressed(out, tokens=flat, lens=lens, prompt=prompt)
+    print(f"data: {flat.size} tokens -> {out} ({os.path.getsize(out) / 1e6:.1f} MB)", flush=True)
 
 
 def load(paths):

@@ -26,11 +26,16 @@ def main():
     ap.add_argument("--device", default="cpu", help="cuda: bf16 autocast on a GPU")
     ap.add_argument("--out", default=None, help="where to save (default out/meta-rm)")
     ap.add_argument("--bf16", action="store_true", help="save in bf16 (as shipped)")
+    ap.add_argument("--domain", choices=["first", "arith"], default="first",
+                    help="arith: the checking judge's items (arith.py), a quarter of the first domain's mixed in")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     grm_dir = a.grm or path("grm-rl", "x")[:-2]
     if not a.reuse_data:
         items = domain.split(51, a.items, "meta", sizes=domain.SIZES if a.no_eight else domain.SIZES_8)
+        if a.domain == "arith":
+            import arith
+            items = arith.split(52, a.items - a.items // 4, "meta-checked") + items[: a.items // 4]
         write_jsonl(path("data", "meta-items.jsonl"), [domain.request(it) for it in items])
         r = grm("spct", "meta-data", "--input", path("data", "meta-items.jsonl"), "--output", path("data", "meta.jsonl"),
                 "--k", a.k, "--model", grm_dir, "--temperature", a.temperature, "--max-new-tokens", a.max_new_tokens,

@@ -4,6 +4,7 @@ on rule-made judgements in the paper's format (the prompt is exactly what grm re
 item shown in a seeded order of its responses). Loss on the judgement tokens only."""
 import argparse
 import math
+import os
 import random
 import sys
 import time
@@ -51,14 +52,17 @@ def collate(examples, idx):
 
 
 def train(model, examples, epochs, lr, batch_tokens, seed, label, time_budget=None, max_steps=None, device=None,
-          fit_seconds=None, checkpoint=None, checkpoint_every=None):
+          fit_seconds=None, checkpoint=None, checkpoint_every=None, resume=None):
     """AdamW with warm-up and a cosine decay over the plan (`max_steps` cuts the plan, and the
     schedule with it, so a run is the same on any machine; `time_budget`, seconds, only stops
     it early as a safety net). On a CUDA `device` the model runs under bf16 autocast and the
     loss is read only when printed (each read waits for the GPU); `fit_seconds` cuts the plan
     to what the machine trains in that time, measured over steps 10 to 50, and prints the
     `max_steps` that reproduces it; `checkpoint(model)` is called every `checkpoint_every`
-    seconds."""
+    seconds. `resume`: a file for the whole state (weights, optimizer, schedule, step), read
+    at the start when it exists and written with every checkpoint and when `time_budget` ends
+    the run, so a long plan runs in pieces on the same data and seed; returns None from a
+    piece that stopped before the plan's end."""
     torch.manual_seed(seed)
     dev = torch.device(device or "cpu")
     cuda = dev.type == "cuda"
@@ -72,9 +76,25 @@ def train(model, examples, epochs, lr, batch_tokens, seed, label, time_budget=No
     model.train()
     t0 = saved = time.time()
     ema = None
+    first = 0
+    if resume and os.path.exists(resume):
+        state = torch.load(resume, map_location=dev)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        first, ema = state["step"], state["ema"]
+        print(f"{label}: resumed at step {first}/{total[0]}", flush=True)
+
+    def keep(step):
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "step": step, "ema": ema}, resume + ".tmp")
+        os.replace(resume + ".tmp", resume)
+
     for step, idx in enumerate(plan):
         if step >= total[0]:
             break
+        if step < first:
+            continue
         if fit_seconds and step in (10, 50):
             if cuda:
                 torch.cuda.synchronize()
@@ -100,9 +120,15 @@ def train(model, examples, epochs, lr, batch_tokens, seed, label, time_budget=No
             print(f"{label} step {step}/{total[0]} loss {ema:.4f} ({time.time() - t0:.0f} s)", flush=True)
         if checkpoint and time.time() - saved > checkpoint_every:
             checkpoint(model)
+            if resume:
+                keep(step + 1)
             saved = time.time()
         if time_budget and time.time() - t0 > time_budget:
             print(f"{label}: time budget reached at step {step}", flush=True)
+            if resume and step + 1 < total[0]:
+                keep(step + 1)
+                model.eval()
+                return None
             break
     model.eval()
     return model
@@ -132,16 +158,18 @@ def pretrain_examples(tok, n, seed):
     return out
 
 
-def sft_examples(tok, items, seed, samples_per_item=1):
+def sft_examples(tok, items, seed, samples_per_item=1, dom=domain):
+    """(ids, labels) of rule-made judgements of `items` of domain module `dom` (domain.py or
+    arith.py), each in its own shuffled order rendered by grm: loss on the judgement only."""
     rng = random.Random(seed)
-    reqs = [domain.request(it, k=samples_per_item, seed=rng.randrange(1 << 40)) for it in items]
+    reqs = [dom.request(it, k=samples_per_item, seed=rng.randrange(1 << 40)) for it in items]
     prompts = render_prompts(reqs)
     by_id = {it["id"]: it for it in items}
     out = []
     for p in prompts:
         it = by_id[p["id"]]
         pi = encode(tok, p["prompt"])
-        ji = encode(tok, domain.judgement(it, p["order"], rng)) + [END_OF_TURN]
+        ji = encode(tok, dom.judgement(it, p["order"], rng)) + [END_OF_TURN]
         out.append((pi + ji, [-100] * len(pi) + ji))
     return out
 

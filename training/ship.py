@@ -47,7 +47,9 @@ def test_split(n=400, n8=100):
     return len(bon), len(single), len(eight)
 
 
-SPLITS = [("best-of-n", "accuracy-best-of-n.svg"), ("single", "roc-auc-single.svg"), ("best-of-8", "accuracy-best-of-8.svg")]
+SPLITS = [("best-of-n", "accuracy-best-of-n.svg"), ("single", "roc-auc-single.svg"), ("best-of-8", "accuracy-best-of-8.svg"),
+          # Arithmetic as a person writes it, from a generator kept apart (arith_heldout.py).
+          ("checked-pairs", "accuracy-checked-pairs.svg"), ("checked-groups", "accuracy-checked-groups.svg")]
 
 
 def evaluate(grm_dir=None, meta_dir=None, out_dir=None, suffix="", k_max=32, threads=None):

@@ -1,0 +1,99 @@
+"""The checking judge: the shipped GRM fine-tuned on arith.py, the domain where only the
+arithmetic tells right from wrong, with judgements that work the result out column by column and
+check each response's final answer against it (models/README.md, "A judge that checks").
+
+Items of the first domain (domain.py) are mixed in, so that today's splits do not fall. Steps,
+so that the GPU machine needs only torch and transformers:
+
+    python training/checked.py data --items 60000 --old-items 20000 --out D.npz   # needs the grm binary
+    python training/checked.py train --data D.npz --init models/grm --out W.safetensors --state S.pt
+    python training/bigsft.py finish --weights W.safetensors --like models/grm --out MODEL_DIR
+
+`train` runs sft.py's loop; with `--piece-seconds` it stops after so long, keeping its whole
+state in `--state`, and exits 75; run it again with the same arguments to go on (a CPU runs
+the plan in pieces of under two hours; a GPU in one). The same data and seed give the same
+plan in pieces or in one go.
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+import arith  # noqa: E402
+import bigsft  # noqa: E402
+import domain  # noqa: E402
+
+# Unfinished: run again to go on (EX_TEMPFAIL).
+MORE = 75
+
+
+def build(a):
+    from tokenizers import Tokenizer
+
+    from sft import sft_examples
+    tok = Tokenizer.from_file(a.tokenizer)
+    examples = []
+    for start in range(0, a.items, 10000):
+        items = arith.split(a.seed + start, min(10000, a.items - start), f"checked{start}")
+        examples += sft_examples(tok, items, seed=a.seed + start + 1, dom=arith)
+        print(f"data: {len(examples)} checked", flush=True)
+    for start in range(0, a.old_items, 10000):
+        items = domain.split(a.seed + 7_000_000 + start, min(10000, a.old_items - start), f"old{start}",
+                             sizes=domain.SIZES_8)
+        examples += sft_examples(tok, items, seed=a.seed + 7_000_001 + start)
+        print(f"data: {len(examples)} with the first domain's", flush=True)
+    bigsft.store(examples, a.out)
+
+
+def train(a):
+    from transformers import Gemma2ForCausalLM
+
+    import sft
+    dev = torch.device(a.device)
+    examples = bigsft.load(a.data)
+    model = Gemma2ForCausalLM.from_pretrained(a.init, attn_implementation="eager", dtype=torch.float32).to(dev)
+    print(f"train: {len(examples)} examples, {sum(len(e[0]) for e in examples)} tokens", flush=True)
+    done = sft.train(model, examples, a.epochs, a.lr, a.batch_tokens, a.seed, "checked", time_budget=a.piece_seconds,
+                     max_steps=a.max_steps, device=dev, fit_seconds=a.fit_seconds,
+                     checkpoint=lambda m: bigsft.save(m, a, a.out),
+                     checkpoint_every=a.save_every, resume=a.state)
+    bigsft.save(model, a, a.out)
+    if done is None:
+        print(f"piece done: run the same command again to go on from {a.state}", flush=True)
+        sys.exit(MORE)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("data")
+    d.add_argument("--items", type=int, default=60000)
+    d.add_argument("--old-items", type=int, default=20000)
+    d.add_argument("--out", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--data", required=True, nargs="+")
+    t.add_argument("--init", required=True, help="a trained GRM directory (the shipped one)")
+    t.add_argument("--out", required=True)
+    t.add_argument("--state", required=True, help="the whole training state, kept between pieces")
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--epochs", type=int, default=3)
+    t.add_argument("--batch-tokens", type=int, default=32768)
+    t.add_argument("--max-steps", type=int, default=None)
+    t.add_argument("--piece-seconds", type=float, default=None, help="stop after so long; run again to go on")
+    t.add_argument("--save-every", type=float, default=600)
+    t.add_argument("--fit-seconds", type=float, default=None, help="cut the plan to what this machine trains in so long")
+    for p in (d, t):
+        p.add_argument("--seed", type=int, default=32)
+        p.add_argument("--tokenizer", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                            "models", "grm", "tokenizer.json"))
+        p.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    {"data": build, "train": train}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The checking judge (models/README.md, "A judge that checks"): the shipped GRM fine-tuned on
+# arith.py's items (only the arithmetic tells right from wrong; judgements work the result out
+# column by column) with the first domain's mixed in, then a meta RM on its judgements, then
+# shipped and evaluated on every split, the held-out checked-pairs and checked-groups among them
+# (training/arith_heldout.py writes those; they are committed).
+#   DEVICE=cuda bash training/checked.sh   # on a GPU, in one go
+#   bash training/checked.sh               # on CPU: one piece of PIECE_SECONDS (6600) per run;
+#                                          # exits 75 while the plan is unfinished: run it again
+# ITEMS (60000) and OLD_ITEMS (20000) size the data, MAX_STEPS cuts the plan, NO_SHIP=1 stops
+# before models/ is written. The state lives in $GRM_TRAIN_OUT/checked (training/out/checked).
+source "$(dirname "$0")/env.sh"
+out=${GRM_TRAIN_OUT:-$PWD/training/out}/checked
+mkdir -p "$out/init" "$out/tokenizer"
+cp models/grm/tokenizer.json "$out/tokenizer/tokenizer.json"
+# The GRM it starts from: the one shipped before it, kept beside the state (a run in pieces must
+# not start a piece from a model it shipped itself).
+[ -f "$out/init/model.safetensors" ] || cp models/grm/config.json models/grm/model.safetensors models/grm/tokenizer.json "$out/init/"
+[ -f "$out/data.npz" ] || time "$py" training/checked.py data --items "${ITEMS:-60000}" --old-items "${OLD_ITEMS:-20000}" \
+  --out "$out/data.npz" --threads "$threads"
+piece=()
+[ "${DEVICE:-cpu}" = cpu ] && piece=(--piece-seconds "${PIECE_SECONDS:-6600}")
+steps=()
+[ -n "${MAX_STEPS:-}" ] && steps=(--max-steps "$MAX_STEPS")
+time "$py" training/checked.py train --data "$out/data.npz" --init "$out/init" --out "$out/grm.safetensors" \
+  --state "$out/state.pt" --device "${DEVICE:-cpu}" --threads "$threads" "${piece[@]}" "${steps[@]}"
+"$py" training/bigsft.py finish --weights "$out/grm.safetensors" --like "$out/init" --out "$out/grm"
+time GRM_TRAIN_OUT=$out "$py" training/meta.py --grm "$out/grm" --items "${META_ITEMS:-1000}" --device "${DEVICE:-cpu}" \
+  --threads "$threads" --domain arith
+[ -n "${NO_SHIP:-}" ] || time "$py" training/ship.py --grm "$out/grm" --meta "$out/meta-rm" --threads "$threads"
