@@ -22,6 +22,9 @@ The held-out generator (arith_heldout.py) is separate and shares no phrasing wit
 """
 import random
 
+# The request form is the first domain's: the same keys, read the same way by grm.
+from domain import request  # noqa: F401
+
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "×": lambda a, b: a * b}
 SCORES = {"right": 9, "bare": 8, "reverse": 5, "wrong": 2, "none": 1}
 
@@ -211,7 +214,7 @@ def response(rng, form, kind, op, a, b, c, ctx):
         return ctx["story"].format(x=x, name=ctx["name"], thing=ctx["thing"]), x, False
     # worked: column steps; a dropped carry shows its own wrong steps, other mistakes a slip
     # at the end.
-    steps, v = column(op, a, b, drop_carry=how == "drop_carry")
+    steps, _ = column(op, a, b, drop_carry=how == "drop_carry")
     return f"Column by column: {steps}. So {a} {op} {b} = {x}.", x, True
 
 
@@ -285,15 +288,5 @@ def judgement(it, order, rng):
                 f"the working shown must be right (weight {w[1]}%); "
                 f"the answer must be stated clearly (weight {w[2]}%).")
     parts = [analysis(pos + 1, it, i) for pos, i in enumerate(order)]
-    scores = [SCORES[it["kinds"][i]] if it["kinds"][i] in SCORES else SCORES["wrong"] for i in order]
+    scores = [SCORES[it["kinds"][i]] for i in order]
     return f"{criteria}\nAnalysis: {' '.join(parts)}\nScores: \\boxed{{{', '.join(map(str, scores))}}}"
-
-
-def request(it, k=1, seed=None):
-    """The request form (as grm label / grm judge prompt read it)."""
-    r = {"id": it["id"], "query": it["query"], "responses": it["responses"], "label": it["label"]}
-    if k != 1 or seed is not None:
-        r["sampling"] = {"k": k}
-        if seed is not None:
-            r["sampling"]["seed"] = seed
-    return r

@@ -19,26 +19,11 @@
 //! cache keeps its full blocks): chunks that wait for a step budget held by others' samples
 //! may compute some positions again.
 
+use super::prompt_tree::lcp;
 use super::{Scheduler, SeqState};
 use crate::backend::Backend;
 use crate::kv::{BlockId, CopyOp, SeqId};
 use std::collections::HashSet;
-
-/// Length of the common prefix of two token runs.
-fn lcp(a: &[u32], b: &[u32]) -> usize {
-    // Compared 16 at a time (a memcmp each), then one by one in the first piece that differs.
-    let whole = a
-        .chunks(16)
-        .zip(b.chunks(16))
-        .take_while(|(x, y)| x == y)
-        .count();
-    let at = (whole * 16).min(a.len()).min(b.len());
-    at + a[at..]
-        .iter()
-        .zip(&b[at..])
-        .take_while(|(x, y)| x == y)
-        .count()
-}
 
 /// What live sequences offer a tree's prompts.
 #[derive(Debug, Default)]
@@ -129,24 +114,5 @@ impl<B: Backend> Scheduler<B> {
         }
         let block = *self.blocks.table(seq)?.blocks.get(n / bs)?;
         Some((block, n))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::lcp;
-
-    #[test]
-    fn lcp_counts_the_common_prefix_at_every_length() {
-        let a: Vec<u32> = (0..70).collect();
-        for cut in 0..=70 {
-            let mut b = a.clone();
-            if cut < 70 {
-                b[cut] = 999;
-            }
-            assert_eq!(lcp(&a, &b), cut);
-            assert_eq!(lcp(&a[..cut], &a), cut);
-            assert_eq!(lcp(&a, &a[..cut]), cut);
-        }
     }
 }
