@@ -30,8 +30,10 @@ pub struct StepInputs<'a> {
     /// RoPE tables of each row, [rows × head_dim/2].
     pub cos: &'a [f32],
     pub sin: &'a [f32],
-    /// Query heads per KV head (how the GPU tiles attention depends on it).
+    /// Query heads per KV head, and the head size (how the GPU tiles attention, and which
+    /// prefill kernel it runs, depend on them).
     pub group: usize,
+    pub head_dim: usize,
 }
 
 /// Static attention parameters of a layer.

@@ -287,6 +287,7 @@ impl<B: Backend> Gemma2<B> {
             cos: &cos,
             sin: &sin,
             group: c.num_heads / c.num_kv_heads.max(1),
+            head_dim: c.head_dim,
         });
 
         let mut x = b.embed(&self.embed, &batch.tokens, self.embed_scale);

@@ -185,6 +185,7 @@ fn row_kernels_match_their_cpu_references() {
         cos: &cos,
         sin: &sin,
         group: 1,
+        head_dim: 0,
     });
     b.rope(&mut gq, heads, hd, &step);
     assert_close("rope", &host(&b, &gq), &want, 1e-6);
@@ -330,6 +331,7 @@ fn paged_attention_kv_writes_and_block_copies_match_the_cpu() {
                 cos: &[],
                 sin: &[],
                 group: 1,
+                head_dim: 0,
             });
             b.write_kv(gkv, layer, &gk, &gv, &step);
             let rows = slots.iter().copied().enumerate();
@@ -421,7 +423,10 @@ fn paged_attention_kv_writes_and_block_copies_match_the_cpu() {
 }
 
 /// The GPU's attention for one step of `meta` against the CPU's, on random queries, for every
-/// (window, softcap) of `cases` on every layer of the caches.
+/// (window, softcap) of `cases` on every layer of the caches, with each prefill kernel: the f32
+/// CUDA-core one at `tol`, and where the head size and the GPU allow, the tensor-core one
+/// against the CPU on the same queries rounded to bf16 (its inputs), at a tolerance that covers
+/// its weights' rounding to bf16 (at most 2^-8 of a weight; values lie in ±2).
 fn attention_matches_cpu(
     b: &CudaBackend,
     (gkv, ckv, layers): (&grm_engine::cuda::CudaKv, &CpuKv, usize),
@@ -431,47 +436,67 @@ fn attention_matches_cpu(
     r: &mut Rnd,
     tol: f32,
 ) {
-    let step = b.prepare_step(StepInputs {
-        meta,
-        slots: &[],
-        extra_slots: &[],
-        cos: &[],
-        sin: &[],
-        group: heads / kv_heads,
-    });
     let rows = meta.positions.len();
     let q = r.vec(rows * heads * hd, 2.0);
     let gq = b.act_from_host(rows, heads * hd, &q);
-    for &(window, softcap) in cases {
-        let p = AttentionParams {
-            num_heads: heads,
-            num_kv_heads: kv_heads,
-            head_dim: hd,
-            scale: (hd as f32).powf(-0.5),
-            softcap,
-            window,
+    for mma in [false, true] {
+        if b.set_mma_prefill(mma) != mma {
+            eprintln!("skipped: no tensor-core prefill on this GPU");
+            continue;
+        }
+        let kernel = if mma && hd % 16 == 0 {
+            "tensor-core"
+        } else {
+            "f32"
         };
-        for layer in 0..layers {
-            let want = attention::attention(ckv, layer, &q, meta, p);
-            let got = host(b, &b.attention(gkv, layer, &gq, &step, p));
-            assert_close(
-                &format!(
-                    "attention {heads}h/{kv_heads}kv/{hd}d/bs{} rows {rows} window {window:?} cap {softcap:?} layer {layer}",
-                    meta.block_size
-                ),
-                &got,
-                &want,
-                tol,
-            );
+        let (q_ref, tol) = if kernel == "tensor-core" {
+            (q.iter().map(|&x| bf16_round(x)).collect(), 1e-2)
+        } else {
+            (q.clone(), tol)
+        };
+        let step = b.prepare_step(StepInputs {
+            meta,
+            slots: &[],
+            extra_slots: &[],
+            cos: &[],
+            sin: &[],
+            group: heads / kv_heads,
+            head_dim: hd,
+        });
+        for &(window, softcap) in cases {
+            let p = AttentionParams {
+                num_heads: heads,
+                num_kv_heads: kv_heads,
+                head_dim: hd,
+                scale: (hd as f32).powf(-0.5),
+                softcap,
+                window,
+            };
+            for layer in 0..layers {
+                let want = attention::attention(ckv, layer, &q_ref, meta, p);
+                let got = host(b, &b.attention(gkv, layer, &gq, &step, p));
+                assert_close(
+                    &format!(
+                        "attention ({kernel} prefill) {heads}h/{kv_heads}kv/{hd}d/bs{} rows {rows} window {window:?} cap {softcap:?} layer {layer}",
+                        meta.block_size
+                    ),
+                    &got,
+                    &want,
+                    tol,
+                );
+            }
         }
     }
+    b.set_mma_prefill(true);
 }
 
 /// Contexts past one decode split (256 keys) and prompt chunks over many key blocks: the split
 /// decode kernel and its merge (rows of 1 to 1,100 keys in one step, so some splits of the short
 /// rows see no key), and the prefill tiles, against the CPU, with and without a window shorter
-/// than the context and the softcap; head groups of 1, 2 and 16 (past the kernel's 4 heads
-/// scored at once), block sizes of 8, 12, 16 and 32 (lanes over keys and dimensions).
+/// than the context and the softcap; head groups of 1, 2, 3 and 16 (past the kernel's 4 heads
+/// scored at once; 3 leaves a tensor-core tile short of its 64 pairs), block sizes of 8, 12, 16
+/// and 32 (lanes over keys and dimensions), head sizes the tensor-core kernel takes (48 in its
+/// 64-wide form, 64, 128, 256) and some it leaves to the f32 one (40).
 #[test]
 fn long_contexts_split_decode_and_prefill_tiles_match_the_cpu() {
     let Some(b) = gpu() else { return };
@@ -481,6 +506,7 @@ fn long_contexts_split_decode_and_prefill_tiles_match_the_cpu() {
         (32, 16, 128, 32),
         (32, 2, 64, 8),
         (4, 4, 40, 12),
+        (6, 2, 48, 12),
     ] {
         let width = kv_heads * hd;
         // Decode rows at positions 0, 255, 256 and 1099, then a 300-row chunk at 700..999.
@@ -517,6 +543,7 @@ fn long_contexts_split_decode_and_prefill_tiles_match_the_cpu() {
             cos: &[],
             sin: &[],
             group: 1,
+            head_dim: 0,
         });
         b.write_kv(
             &mut gkv,

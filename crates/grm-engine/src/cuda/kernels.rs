@@ -61,6 +61,15 @@ pub const FILES: &[KernelFile] = &[
         kernels: &["attn_prefill", "attn_decode", "attn_decode_merge"],
     },
     KernelFile {
+        name: "attention_mma.cu",
+        source: include_str!("../../../../kernels/attention_mma.cu"),
+        kernels: &[
+            "attn_prefill_mma_64",
+            "attn_prefill_mma_128",
+            "attn_prefill_mma_256",
+        ],
+    },
+    KernelFile {
         name: "sample.cu",
         source: include_str!("../../../../kernels/sample.cu"),
         kernels: &["sample_rows"],

@@ -23,6 +23,7 @@ use cudarc::driver::{
     LaunchConfig, PushKernelArg,
 };
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// A device to run on, with how much of its memory the process may fill.
@@ -89,8 +90,11 @@ pub struct CudaKv {
 /// One step's inputs on the device, uploaded once by `prepare_step` and read by every layer:
 /// the attention plan, positions and block tables, the RoPE tables and the KV slots.
 pub struct CudaStep {
-    /// Query heads per KV head the plan was made for.
+    /// Query heads per KV head, and the head size, the plan was made for.
     group: usize,
+    head_dim: usize,
+    /// The tensor-core prefill kernel the plan's tiles are sized for; `None`: attn_prefill's.
+    mma: Option<&'static str>,
     plan: plan::AttentionPlan,
     tables: CudaSlice<u32>,
     table_start: CudaSlice<u32>,
@@ -118,6 +122,9 @@ pub struct CudaBackend {
     arch: String,
     memory_fraction: f32,
     max_shared: usize,
+    /// Whether prompt chunks run on the tensor-core prefill (attention_mma.cu) where the head
+    /// size allows: sm_80 or later, unless GRM_CUDA_PREFILL=simt or `set_mma_prefill(false)`.
+    mma_prefill: AtomicBool,
 }
 
 /// The device's stream-ordered memory pool, where every buffer of this backend comes from.
@@ -235,7 +242,44 @@ impl CudaBackend {
             arch,
             memory_fraction: opts.memory_fraction,
             max_shared,
+            mma_prefill: AtomicBool::new(
+                major >= 8 && std::env::var("GRM_CUDA_PREFILL").map_or(true, |v| v != "simt"),
+            ),
         })
+    }
+
+    /// Chooses the prefill attention kernel of later steps: the tensor cores' (`true`, the
+    /// default from sm_80 on) or attn_prefill's f32 CUDA-core kernel. Returns whether the
+    /// tensor-core kernel is now on (never before sm_80).
+    pub fn set_mma_prefill(&self, on: bool) -> bool {
+        let on = on && self.compute_major() >= 8;
+        self.mma_prefill.store(on, Ordering::Relaxed);
+        on
+    }
+
+    fn compute_major(&self) -> u32 {
+        self.arch
+            .trim_start_matches("sm_")
+            .parse::<u32>()
+            .map_or(0, |v| v / 10)
+    }
+
+    /// The tensor-core prefill kernel for `head_dim`, where it is on and covers it: a multiple
+    /// of 16 up to 256, its shared memory within the device's.
+    fn mma_prefill_kernel(&self, head_dim: usize) -> Option<&'static str> {
+        if !self.mma_prefill.load(Ordering::Relaxed)
+            || head_dim == 0
+            || head_dim % 16 != 0
+            || mma_prefill_shared_bytes(head_dim) > self.max_shared
+        {
+            return None;
+        }
+        match head_dim {
+            0..=64 => Some("attn_prefill_mma_64"),
+            65..=128 => Some("attn_prefill_mma_128"),
+            129..=256 => Some("attn_prefill_mma_256"),
+            _ => None,
+        }
     }
 
     /// The architecture the kernels were compiled for (`sm_90`, ...).
@@ -602,7 +646,13 @@ impl Backend for CudaBackend {
     type Step<'a> = CudaStep;
 
     fn name(&self) -> String {
-        self.name.clone()
+        // Which prefill attention runs, so that a result says what it measured.
+        let prefill = if self.mma_prefill.load(Ordering::Relaxed) {
+            "tensor-core prefill"
+        } else {
+            "f32 prefill"
+        };
+        format!("{}, {prefill}", self.name)
     }
 
     fn kv_element_bytes(&self) -> usize {
@@ -800,7 +850,12 @@ impl Backend for CudaBackend {
 
     fn prepare_step<'a>(&'a self, inputs: StepInputs<'a>) -> CudaStep {
         let meta = inputs.meta;
-        let p = plan::plan(meta, inputs.group);
+        let mma = self.mma_prefill_kernel(inputs.head_dim);
+        let pairs = match mma {
+            Some(_) => plan::MMA_PREFILL_PAIRS,
+            None => plan::PREFILL_PAIRS,
+        };
+        let p = plan::plan(meta, inputs.group, pairs);
         // Device buffers are never empty (a zero-length allocation is refused).
         let up_u32 = |v: &[u32]| self.upload(if v.is_empty() { &[0u32][..] } else { v });
         let up_f32 = |v: &[f32]| self.upload(if v.is_empty() { &[0f32][..] } else { v });
@@ -810,6 +865,8 @@ impl Backend for CudaBackend {
         let extra_slots: Vec<u64> = inputs.extra_slots.iter().map(|e| e.1 as u64).collect();
         CudaStep {
             group: inputs.group,
+            head_dim: inputs.head_dim,
+            mma,
             tables: up_u32(&p.tables),
             table_start: up_u32(&p.table_start),
             seq_of: up_u32(&meta.span_of),
@@ -952,6 +1009,11 @@ impl Backend for CudaBackend {
             group, step.group,
             "attention: the step was prepared for another head group"
         );
+        // The tiles of a step for the tensor-core kernel are too large for attn_prefill.
+        assert!(
+            step.mma.is_none() || p.head_dim == step.head_dim,
+            "attention: the step was prepared for another head size"
+        );
         let m = step;
         let range = layer * kv.layer_stride..(layer + 1) * kv.layer_stride;
         let (kc, vc) = (kv.k.slice(range.clone()), kv.v.slice(range));
@@ -991,12 +1053,22 @@ impl Backend for CudaBackend {
             for part in partials.iter_mut() {
                 b.arg(&mut **part);
             }
-            // SAFETY: matches attention.cu's attn_prefill and attn_decode; the plan keeps
-            // prefill tiles within PREFILL_PAIRS, and the partial buffers hold rows × heads ×
+            // SAFETY: matches attention.cu's attn_prefill and attn_decode, and
+            // attention_mma.cu's attn_prefill_mma_* (attn_prefill's arguments); the plan keeps
+            // prefill tiles within the kernel's pairs (PREFILL_PAIRS, MMA_PREFILL_PAIRS), and the partial buffers hold rows × heads ×
             // splits entries, the decode grid's.
             ok(unsafe { b.launch(cfg) }, name);
         };
-        if let (Some(r0), Some(n)) = (&m.tile_row0, &m.tile_rows) {
+        if let (Some(r0), Some(n), Some(name)) = (&m.tile_row0, &m.tile_rows, m.mma) {
+            let bytes = mma_prefill_shared_bytes(p.head_dim);
+            self.dynamic_shared(self.f(name), bytes);
+            let cfg = LaunchConfig {
+                grid_dim: (m.plan.tile_row0.len() as u32, p.num_kv_heads as u32, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: bytes as u32,
+            };
+            launch(name, cfg, &[r0, n], &mut []);
+        } else if let (Some(r0), Some(n)) = (&m.tile_row0, &m.tile_rows) {
             let bytes = prefill_shared_bytes(kv.block_size, p.head_dim);
             self.dynamic_shared(self.f("attn_prefill"), bytes);
             let cfg = LaunchConfig {
@@ -1105,6 +1177,12 @@ impl Backend for CudaBackend {
 /// the tile's queries, in f32.
 fn prefill_shared_bytes(block_size: usize, head_dim: usize) -> usize {
     (head_dim * (block_size + 1) + block_size * head_dim + plan::PREFILL_PAIRS * head_dim) * 4
+}
+
+/// Dynamic shared memory of attn_prefill_mma_*: the tile's queries and a chunk of 32 keys,
+/// key-major, and its values, dimension-major, in bf16, rows padded by 8.
+fn mma_prefill_shared_bytes(head_dim: usize) -> usize {
+    (plan::MMA_PREFILL_PAIRS * (head_dim + 8) + 32 * (head_dim + 8) + head_dim * (32 + 8)) * 2
 }
 
 /// Dynamic shared memory of attn_decode: each key's block base (u64), the group's queries,

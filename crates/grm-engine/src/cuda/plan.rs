@@ -1,12 +1,15 @@
-//! How one step's attention is split between the two kernels of `kernels/attention.cu`, on
-//! the host: runs of consecutive rows of one sequence (a prompt chunk) go to the prefill
-//! kernel in tiles that share each key block; rows alone in their sequence (decoding) go to
-//! the decode kernel. The same plan serves every layer of a step.
+//! How one step's attention is split between the kernels of `kernels/attention.cu` and
+//! `attention_mma.cu`, on the host: runs of consecutive rows of one sequence (a prompt chunk) go
+//! to a prefill kernel in tiles that share each key block; rows alone in their sequence
+//! (decoding) go to the decode kernel. The same plan serves every layer of a step.
 
 use crate::backend::AttentionMeta;
 
 /// Most (query row, head) pairs one prefill block holds: 8 warps × 4 pairs (attention.cu).
 pub const PREFILL_PAIRS: usize = 32;
+
+/// The same for the tensor-core prefill: 4 warps × 16 (attention_mma.cu: MMA_PAIRS).
+pub const MMA_PREFILL_PAIRS: usize = 64;
 
 /// Keys per split of the decode kernel (attention.cu: SPLIT_KEYS).
 pub const DECODE_SPLIT_KEYS: usize = 256;
@@ -33,14 +36,15 @@ pub struct AttentionPlan {
     pub decode_max_pos: usize,
 }
 
-/// Plans a step for `group` query heads per KV head.
-pub fn plan(meta: &AttentionMeta, group: usize) -> AttentionPlan {
+/// Plans a step for `group` query heads per KV head and a prefill kernel whose block holds
+/// `pairs` (query row, head) pairs.
+pub fn plan(meta: &AttentionMeta, group: usize, pairs: usize) -> AttentionPlan {
     let mut p = AttentionPlan::default();
     for s in &meta.spans {
         p.table_start.push(p.tables.len() as u32);
         p.tables.extend_from_slice(s);
     }
-    let tile_max = (PREFILL_PAIRS / group.max(1)).max(1);
+    let tile_max = (pairs / group.max(1)).max(1);
     let rows = meta.positions.len();
     let mut r = 0;
     while r < rows {
@@ -87,7 +91,7 @@ mod tests {
             spans: vec![vec![0, 1, 2], vec![3, 4], vec![3, 5], vec![6]],
             block_size: 16,
         };
-        let p = plan(&meta, 2);
+        let p = plan(&meta, 2, PREFILL_PAIRS);
         assert_eq!(p.tables, vec![0, 1, 2, 3, 4, 3, 5, 6]);
         assert_eq!(p.table_start, vec![0, 3, 5, 7]);
         // 16 rows per tile at 2 heads per KV head.
@@ -107,7 +111,17 @@ mod tests {
         }
         assert!(covered.iter().all(|&c| c == 1));
         // A group of 32 heads: one row per tile.
-        assert_eq!(plan(&meta, 32).tile_rows.iter().max(), Some(&1));
+        assert_eq!(
+            plan(&meta, 32, PREFILL_PAIRS).tile_rows.iter().max(),
+            Some(&1)
+        );
+        // The tensor-core kernel's tiles: 32 rows at 2 heads a group, 2 at 32, 21 at 3.
+        assert_eq!(plan(&meta, 2, MMA_PREFILL_PAIRS).tile_rows, vec![32, 8, 3]);
+        assert_eq!(
+            plan(&meta, 32, MMA_PREFILL_PAIRS).tile_rows.iter().max(),
+            Some(&2)
+        );
+        assert_eq!(plan(&meta, 3, MMA_PREFILL_PAIRS).tile_rows, vec![21, 19, 3]);
     }
 
     #[test]
@@ -119,6 +133,12 @@ mod tests {
             .unwrap_or_default();
         assert!(src.contains(&format!("#define SPLIT_KEYS {DECODE_SPLIT_KEYS} ")));
         assert!(src.contains(&format!("#define PAIRS_PER_WARP {} ", PREFILL_PAIRS / 8)));
+        let mma = super::super::kernels::FILES
+            .iter()
+            .find(|f| f.name == "attention_mma.cu")
+            .map(|f| f.source)
+            .unwrap_or_default();
+        assert!(mma.contains(&format!("#define MMA_PAIRS {MMA_PREFILL_PAIRS} ")));
     }
 
     #[test]
