@@ -51,6 +51,20 @@ def collate(examples, idx):
     return x, y, m
 
 
+def mixed_precision(dev):
+    """Whether to train in bf16 autocast (f32 master weights): on a GPU, and on a CPU with native
+    bf16 products (AVX-512 BF16), where a step of the checking judge's plan took 7-15 s against
+    22-30 s in f32 on the development VM; a CPU without them (Zen 3) would emulate bf16 and be
+    slower, so it stays in f32. GRM_TRAIN_AMP=0 or 1 overrides."""
+    forced = os.environ.get("GRM_TRAIN_AMP")
+    if forced in ("0", "1"):
+        return forced == "1"
+    if dev.type == "cuda":
+        return True
+    native = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return dev.type == "cpu" and native is not None and bool(native())
+
+
 def train(model, examples, epochs, lr, batch_tokens, seed, label, time_budget=None, max_steps=None, device=None,
           fit_seconds=None, checkpoint=None, checkpoint_every=None, resume=None):
     """AdamW with warm-up and a cosine decay over the plan (`max_steps` cuts the plan, and the
@@ -66,6 +80,7 @@ def train(model, examples, epochs, lr, batch_tokens, seed, label, time_budget=No
     torch.manual_seed(seed)
     dev = torch.device(device or "cpu")
     cuda = dev.type == "cuda"
+    amp = mixed_precision(dev)
     plan = [b for e in range(epochs) for b in batches(examples, batch_tokens, random.Random(seed + e))]
     if max_steps:
         plan = plan[:max_steps]
@@ -74,6 +89,7 @@ def train(model, examples, epochs, lr, batch_tokens, seed, label, time_budget=No
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, total[0] // 20))
                                               * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total[0]))))
     model.train()
+    print(f"{label}: {'bf16 autocast' if amp else 'f32'} on {dev}", flush=True)
     t0 = saved = time.time()
     ema = None
     first = 0
@@ -106,7 +122,7 @@ def train(model, examples, epochs, lr, batch_tokens, seed, label, time_budget=No
                     total[0] = fit
                     print(f"{label}: plan cut to {fit} steps to fit {fit_seconds:.0f} s (max_steps {fit} reproduces it)", flush=True)
         x, y, m = (t.to(dev) for t in collate(examples, idx))
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
             loss = model(input_ids=x, attention_mask=m, labels=y).loss
         opt.zero_grad()
         loss.backward()
