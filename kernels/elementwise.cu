@@ -10,6 +10,17 @@ extern "C" __global__ void gelu_mul(const float* gate, const float* up, float* o
     }
 }
 
+// The same from a stacked gate, up product: row r is [gate: inter | up: inter]. CPU
+// reference: CpuBackend::gelu_mul_stacked.
+extern "C" __global__ void gelu_mul_stacked(const float* gu, float* out, u64 inter, u64 n) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        const u64 r = i / inter, c = i % inter;
+        const float g = gu[r * 2 * inter + c];
+        const float inner = 0.7978846f * (g + 0.044715f * g * g * g);
+        out[i] = 0.5f * g * (1.0f + tanhf(inner)) * gu[r * 2 * inter + inter + c];
+    }
+}
+
 // tanh(x / cap) * cap, in place (the final logit softcap).
 extern "C" __global__ void softcap(float* x, u64 n, float cap) {
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)

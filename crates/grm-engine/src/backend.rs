@@ -116,6 +116,25 @@ pub trait Backend: Send + Sync + 'static {
     fn linears<const N: usize>(&self, x: &Self::Act, ws: [&Self::Matrix; N]) -> [Self::Act; N] {
         ws.map(|w| self.linear(x, w))
     }
+    /// Several weights of one input (a layer's q, k and v; its gate and up) stacked as one
+    /// [Σ out × in] matrix, where the backend gains from one wider product (the GPU: one launch
+    /// instead of three, a longer read); `None` keeps them apart (the CPU, which reads the
+    /// weights in place from the file). Only then are the stacked forms below called.
+    fn stacked_matrix(&self, _ts: &[&Tensor]) -> Result<Option<Self::Matrix>> {
+        Ok(None)
+    }
+    /// From a stacked q, k, v product [rows × (heads + 2 kv_heads) head_dim]: q and k with the
+    /// step's rotary embedding, and v, each on its own.
+    fn split_qkv_rope(
+        &self,
+        qkv: &Self::Act,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        step: &Self::Step<'_>,
+    ) -> [Self::Act; 3];
+    /// `gelu_tanh(gate) * up` from a stacked gate, up product [rows × 2 intermediate].
+    fn gelu_mul_stacked(&self, gate_up: &Self::Act) -> Self::Act;
     /// Prepares, once per forward step, what every layer of the step reuses: positions,
     /// block tables, RoPE rows, slots.
     fn prepare_step<'a>(&'a self, inputs: StepInputs<'a>) -> Self::Step<'a>;

@@ -14,16 +14,38 @@ use crate::rope::rope_tables;
 use crate::weights::{ModelFiles, Tensor, WeightStore};
 use std::path::Path;
 
+/// The products of one input: apart, or stacked as one matrix where the backend gains from it
+/// (`Backend::stacked_matrix`).
+enum Products<B: Backend, const N: usize> {
+    Apart([B::Matrix; N]),
+    Stacked(B::Matrix),
+}
+
+impl<B: Backend, const N: usize> Products<B, N> {
+    fn load(backend: &B, ts: [Tensor; N]) -> Result<Self> {
+        if let Some(m) = backend.stacked_matrix(&ts.each_ref().map(|t| t))? {
+            return Ok(Self::Stacked(m));
+        }
+        let mut ms = Vec::with_capacity(N);
+        for t in &ts {
+            ms.push(backend.matrix(t)?);
+        }
+        match ms.try_into() {
+            Ok(ms) => Ok(Self::Apart(ms)),
+            Err(_) => Err(EngineError::Internal(format!("{N} products, loaded as fewer"))),
+        }
+    }
+}
+
 struct Layer<B: Backend> {
     input_norm: B::Vector,
-    q: B::Matrix,
-    k: B::Matrix,
-    v: B::Matrix,
+    /// q, k, v.
+    qkv: Products<B, 3>,
     o: B::Matrix,
     post_attn_norm: B::Vector,
     pre_ff_norm: B::Vector,
-    gate: B::Matrix,
-    up: B::Matrix,
+    /// gate, up.
+    gate_up: Products<B, 2>,
     down: B::Matrix,
     post_ff_norm: B::Vector,
     attn: AttentionParams,
@@ -99,6 +121,7 @@ impl<B: Backend> Gemma2<B> {
         let matrix = |name: &str, shape: &[usize]| -> Result<B::Matrix> {
             backend.matrix(&store.get(name, shape)?)
         };
+        let tensor = |name: &str, shape: &[usize]| store.get(name, shape);
         let vector =
             |name: &str| -> Result<B::Vector> { backend.vector(&store.get(name, &[h])?.to_f32()) };
 
@@ -111,19 +134,29 @@ impl<B: Backend> Gemma2<B> {
             let p = format!("model.layers.{i}");
             layers.push(Layer {
                 input_norm: vector(&format!("{p}.input_layernorm.weight"))?,
-                q: matrix(&format!("{p}.self_attn.q_proj.weight"), &[q_out, h])?,
-                k: matrix(&format!("{p}.self_attn.k_proj.weight"), &[kv_out, h])?,
-                v: matrix(&format!("{p}.self_attn.v_proj.weight"), &[kv_out, h])?,
+                qkv: Products::load(
+                    &backend,
+                    [
+                        tensor(&format!("{p}.self_attn.q_proj.weight"), &[q_out, h])?,
+                        tensor(&format!("{p}.self_attn.k_proj.weight"), &[kv_out, h])?,
+                        tensor(&format!("{p}.self_attn.v_proj.weight"), &[kv_out, h])?,
+                    ],
+                )?,
                 o: matrix(&format!("{p}.self_attn.o_proj.weight"), &[h, q_out])?,
                 post_attn_norm: vector(&format!("{p}.post_attention_layernorm.weight"))?,
                 pre_ff_norm: vector(&format!("{p}.pre_feedforward_layernorm.weight"))?,
-                gate: matrix(
-                    &format!("{p}.mlp.gate_proj.weight"),
-                    &[c.intermediate_size, h],
-                )?,
-                up: matrix(
-                    &format!("{p}.mlp.up_proj.weight"),
-                    &[c.intermediate_size, h],
+                gate_up: Products::load(
+                    &backend,
+                    [
+                        tensor(
+                            &format!("{p}.mlp.gate_proj.weight"),
+                            &[c.intermediate_size, h],
+                        )?,
+                        tensor(
+                            &format!("{p}.mlp.up_proj.weight"),
+                            &[c.intermediate_size, h],
+                        )?,
+                    ],
                 )?,
                 down: matrix(
                     &format!("{p}.mlp.down_proj.weight"),
@@ -296,16 +329,33 @@ impl<B: Backend> Gemma2<B> {
             None => b.rms_norm(&x, &self.final_norm, eps),
         };
         for (i, l) in self.layers.iter().enumerate() {
-            let [mut q, mut k, v] = b.linears(&hn, [&l.q, &l.k, &l.v]);
-            b.rope(&mut q, c.num_heads, c.head_dim, &step);
-            b.rope(&mut k, c.num_kv_heads, c.head_dim, &step);
+            let [q, k, v] = match &l.qkv {
+                Products::Apart([wq, wk, wv]) => {
+                    let [mut q, mut k, v] = b.linears(&hn, [wq, wk, wv]);
+                    b.rope(&mut q, c.num_heads, c.head_dim, &step);
+                    b.rope(&mut k, c.num_kv_heads, c.head_dim, &step);
+                    [q, k, v]
+                }
+                Products::Stacked(w) => b.split_qkv_rope(
+                    &b.linear(&hn, w),
+                    c.num_heads,
+                    c.num_kv_heads,
+                    c.head_dim,
+                    &step,
+                ),
+            };
             b.write_kv(kv, i, &k, &v, &step);
             let a = b.attention(kv, i, &q, &step, l.attn);
             let o = b.linear(&a, &l.o);
             hn = b.add_rms_norm_then_norm(&mut x, &o, &l.post_attn_norm, &l.pre_ff_norm, eps);
 
-            let [g, u] = b.linears(&hn, [&l.gate, &l.up]);
-            let m = b.gelu_mul(&g, &u);
+            let m = match &l.gate_up {
+                Products::Apart([wg, wu]) => {
+                    let [g, u] = b.linears(&hn, [wg, wu]);
+                    b.gelu_mul(&g, &u)
+                }
+                Products::Stacked(w) => b.gelu_mul_stacked(&b.linear(&hn, w)),
+            };
             let d = b.linear(&m, &l.down);
             match self.layers.get(i + 1) {
                 Some(next) => {

@@ -190,6 +190,54 @@ fn row_kernels_match_their_cpu_references() {
     b.rope(&mut gq, heads, hd, &step);
     assert_close("rope", &host(&b, &gq), &want, 1e-6);
 
+    // A stacked q, k, v row (5 query heads and 2 KV heads of 60 wide: 540 columns) split and
+    // rotated in one pass, and a stacked gate, up product, against the CPU's split then
+    // rotation and product.
+    let kv_heads = 2;
+    let width = (heads + 2 * kv_heads) * hd;
+    let qkv = r.vec(rows * width, 3.0);
+    let cpu = CpuBackend;
+    let cstep = StepInputs {
+        meta: &AttentionMeta::default(),
+        slots: &[],
+        extra_slots: &[],
+        cos: &cos,
+        sin: &sin,
+        group: 1,
+        head_dim: 0,
+    };
+    let c_qkv = CpuAct {
+        rows,
+        cols: width,
+        data: qkv.clone(),
+    };
+    let want = cpu.split_qkv_rope(&c_qkv, heads, kv_heads, hd, &cstep);
+    let got = b.split_qkv_rope(
+        &b.act_from_host(rows, width, &qkv),
+        heads,
+        kv_heads,
+        hd,
+        &step,
+    );
+    for (name, (g, w)) in ["q", "k", "v"].iter().zip(got.iter().zip(&want)) {
+        assert_eq!((g.rows, g.cols), (w.rows, w.cols), "split_qkv_rope {name}");
+        assert_close(
+            &format!("split_qkv_rope {name}"),
+            &host(&b, g),
+            &w.data,
+            1e-6,
+        );
+    }
+    let gu = CpuAct {
+        rows,
+        cols: 2 * cols,
+        data: x.iter().chain(&y).copied().collect(),
+    };
+    let want = cpu.gelu_mul_stacked(&gu);
+    let got = b.gelu_mul_stacked(&b.act_from_host(rows, 2 * cols, &gu.data));
+    assert_eq!((got.rows, got.cols), (rows, cols));
+    assert_close("gelu_mul_stacked", &host(&b, &got), &want.data, 1e-5);
+
     let pick = [6usize, 0, 3, 3];
     let want: Vec<f32> = pick
         .iter()
@@ -201,6 +249,43 @@ fn row_kernels_match_their_cpu_references() {
         &want,
         0.0,
     );
+}
+
+/// A layer's q, k and v (and gate and up) stacked into one matrix on the GPU give, column
+/// range by column range, the products of each alone.
+#[test]
+fn stacked_products_equal_their_parts() {
+    let Some(b) = gpu() else { return };
+    let mut r = Rnd(5);
+    for dir in ["tiny-bf16", "tiny-f32"] {
+        let store = WeightStore::open(&fixtures().join(dir)).unwrap();
+        let names = [
+            ("model.layers.1.self_attn.q_proj.weight", 96),
+            ("model.layers.1.self_attn.k_proj.weight", 48),
+            ("model.layers.1.self_attn.v_proj.weight", 48),
+        ];
+        let ts: Vec<_> = names
+            .iter()
+            .map(|(n, rows)| store.get(n, &[*rows, 64]).unwrap())
+            .collect();
+        let stacked = b
+            .stacked_matrix(&ts.iter().collect::<Vec<_>>())
+            .unwrap()
+            .expect("the GPU stacks products of one type and width");
+        let rows = 5;
+        let x = b.act_from_host(rows, 64, &r.vec(rows * 64, 2.0));
+        let all = host(&b, &b.linear(&x, &stacked));
+        let mut at = 0;
+        for (t, (n, w)) in ts.iter().zip(names) {
+            let part = host(&b, &b.linear(&x, &b.matrix(t).unwrap()));
+            let cols: Vec<f32> = (0..rows)
+                .flat_map(|i| all[i * 192 + at..i * 192 + at + w].to_vec())
+                .collect();
+            // cuBLAS may choose another algorithm for the wider product: f32 rounding apart.
+            assert_close(&format!("stacked {dir} {n}"), &cols, &part, 1e-5);
+            at += w;
+        }
+    }
 }
 
 #[test]

@@ -53,6 +53,23 @@ impl CpuMatrix {
     }
 }
 
+/// The column ranges of `widths`, in order, each as its own activations.
+fn split_cols<const N: usize>(x: &CpuAct, widths: [usize; N]) -> [CpuAct; N] {
+    let mut at = 0;
+    widths.map(|w| {
+        let mut out = CpuAct::zeros(x.rows, w);
+        for (o, row) in out
+            .data
+            .chunks_exact_mut(w.max(1))
+            .zip(x.data.chunks_exact(x.cols.max(1)))
+        {
+            o.copy_from_slice(&row[at..at + w]);
+        }
+        at += w;
+        out
+    })
+}
+
 /// The CPU backend. `CpuBackend` (the constant) runs this process's path, [`Isa::current`];
 /// [`CpuBackend::with_isa`] a given one.
 #[derive(Debug, Default, Clone, Copy)]
@@ -176,6 +193,30 @@ impl Backend for CpuBackend {
         out
     }
 
+    /// The CPU never stacks (`stacked_matrix` is `None`): this is the reference of the GPU's
+    /// `qkv_rope_split` kernel.
+    fn split_qkv_rope(
+        &self,
+        qkv: &CpuAct,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        step: &StepInputs<'_>,
+    ) -> [CpuAct; 3] {
+        let widths = [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim];
+        let [mut q, mut k, v] = split_cols(qkv, widths);
+        self.rope(&mut q, heads, head_dim, step);
+        self.rope(&mut k, kv_heads, head_dim, step);
+        [q, k, v]
+    }
+
+    /// The reference of the GPU's `gelu_mul_stacked` kernel.
+    fn gelu_mul_stacked(&self, gate_up: &CpuAct) -> CpuAct {
+        let half = gate_up.cols / 2;
+        let [g, u] = split_cols(gate_up, [half, half]);
+        self.gelu_mul(&g, &u)
+    }
+
     fn softcap(&self, x: &mut CpuAct, cap: f32) {
         ops::softcap_on(self.isa(), &mut x.data, cap);
     }
@@ -229,5 +270,92 @@ impl Backend for CpuBackend {
 
     fn to_host(&self, x: &CpuAct) -> (usize, usize, Vec<f32>) {
         (x.rows, x.cols, x.data.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::AttentionMeta;
+
+    /// The stacked forms (the references of the GPU's fused kernels) are the column split
+    /// followed by the separate operations.
+    #[test]
+    fn stacked_forms_are_the_split_then_the_operations() {
+        let b = CpuBackend;
+        let (rows, heads, kv_heads, hd) = (3, 4, 2, 8);
+        let (qc, kc) = (heads * hd, kv_heads * hd);
+        let width = qc + 2 * kc;
+        let data: Vec<f32> = (0..rows * width).map(|i| (i as f32 * 0.37).sin()).collect();
+        let half = hd / 2;
+        let cos: Vec<f32> = (0..rows * half).map(|i| (i as f32 * 0.1).cos()).collect();
+        let sin: Vec<f32> = (0..rows * half).map(|i| (i as f32 * 0.1).sin()).collect();
+        let meta = AttentionMeta::default();
+        let step = StepInputs {
+            meta: &meta,
+            slots: &[],
+            extra_slots: &[],
+            cos: &cos,
+            sin: &sin,
+            group: 2,
+            head_dim: hd,
+        };
+        let x = CpuAct {
+            rows,
+            cols: width,
+            data: data.clone(),
+        };
+        let [q, k, v] = b.split_qkv_rope(&x, heads, kv_heads, hd, &step);
+        let cols = |lo: usize, w: usize| -> Vec<f32> {
+            (0..rows)
+                .flat_map(|r| data[r * width + lo..r * width + lo + w].to_vec())
+                .collect()
+        };
+        let mut q_want = cols(0, qc);
+        let mut k_want = cols(qc, kc);
+        for r in 0..rows {
+            let t = r * half..(r + 1) * half;
+            ops::rope_row(
+                &mut q_want[r * qc..(r + 1) * qc],
+                heads,
+                hd,
+                &cos[t.clone()],
+                &sin[t.clone()],
+            );
+            ops::rope_row(
+                &mut k_want[r * kc..(r + 1) * kc],
+                kv_heads,
+                hd,
+                &cos[t.clone()],
+                &sin[t],
+            );
+        }
+        assert_eq!(q.data, q_want);
+        assert_eq!(k.data, k_want);
+        assert_eq!(v.data, cols(qc + kc, kc));
+        assert_eq!((q.cols, k.cols, v.cols), (qc, kc, kc));
+
+        let gu = CpuAct {
+            rows,
+            cols: 2 * 10,
+            data: data[..rows * 20].to_vec(),
+        };
+        let g = CpuAct {
+            rows,
+            cols: 10,
+            data: (0..rows)
+                .flat_map(|r| gu.data[r * 20..r * 20 + 10].to_vec())
+                .collect(),
+        };
+        let u = CpuAct {
+            rows,
+            cols: 10,
+            data: (0..rows)
+                .flat_map(|r| gu.data[r * 20 + 10..r * 20 + 20].to_vec())
+                .collect(),
+        };
+        assert_eq!(b.gelu_mul_stacked(&gu).data, b.gelu_mul(&g, &u).data);
+        // The CPU reads its weights in place: it never stacks.
+        assert!(b.stacked_matrix(&[]).unwrap().is_none());
     }
 }

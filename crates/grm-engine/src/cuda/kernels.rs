@@ -32,13 +32,14 @@ pub const FILES: &[KernelFile] = &[
     KernelFile {
         name: "rope.cu",
         source: include_str!("../../../../kernels/rope.cu"),
-        kernels: &["rope"],
+        kernels: &["rope", "qkv_rope_split"],
     },
     KernelFile {
         name: "elementwise.cu",
         source: include_str!("../../../../kernels/elementwise.cu"),
         kernels: &[
             "gelu_mul",
+            "gelu_mul_stacked",
             "softcap",
             "cast_f32_bf16",
             "cast_f32_f16",

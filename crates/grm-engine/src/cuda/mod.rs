@@ -688,6 +688,40 @@ impl Backend for CudaBackend {
         })
     }
 
+    fn stacked_matrix(&self, ts: &[&Tensor]) -> Result<Option<CudaMatrix>> {
+        let Some(first) = ts.first() else {
+            return Ok(None);
+        };
+        let (_, cols) = first.matrix_dims();
+        // One product needs one type and one input width.
+        if ts
+            .iter()
+            .any(|t| t.dtype != first.dtype || t.matrix_dims().1 != cols)
+        {
+            return Ok(None);
+        }
+        let rows: usize = ts.iter().map(|t| t.matrix_dims().0).sum();
+        let total: usize = ts.iter().map(|t| t.bytes().len()).sum();
+        let mut bytes = self
+            .stream
+            .alloc_zeros::<u8>(total.max(1))
+            .map_err(|e| cuda_err(format!("allocating a stacked {rows}×{cols} weight: {e:?}")))?;
+        let mut at = 0;
+        for t in ts {
+            let n = t.bytes().len();
+            self.stream
+                .memcpy_htod(t.bytes(), &mut bytes.slice_mut(at..at + n))
+                .map_err(|e| cuda_err(format!("uploading a stacked weight: {e:?}")))?;
+            at += n;
+        }
+        Ok(Some(CudaMatrix {
+            rows,
+            cols,
+            dtype: first.dtype,
+            bytes,
+        }))
+    }
+
     fn vector(&self, v: &[f32]) -> Result<CudaSlice<f32>> {
         self.stream
             .clone_htod(v)
@@ -903,6 +937,66 @@ impl Backend for CudaBackend {
             .arg(&step.sin);
         // SAFETY: matches rope.cu; the step's tables have a row per row of x.
         ok(unsafe { b.launch(Self::rows_config(x.rows, 256)) }, "rope");
+    }
+
+    fn split_qkv_rope(
+        &self,
+        qkv: &CudaAct,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        step: &CudaStep,
+    ) -> [CudaAct; 3] {
+        let rows = qkv.rows;
+        let (qc, kc) = (heads * head_dim, kv_heads * head_dim);
+        assert_eq!(qkv.cols, qc + 2 * kc, "split_qkv_rope: the stacked width");
+        let (mut q, mut k, mut v) = (
+            self.out_f32(rows * qc),
+            self.out_f32(rows * kc),
+            self.out_f32(rows * kc),
+        );
+        if rows > 0 {
+            let (h, kh, d) = (heads as i32, kv_heads as i32, head_dim as i32);
+            let mut b = self.stream.launch_builder(self.f("qkv_rope_split"));
+            b.arg(&qkv.buf)
+                .arg(&h)
+                .arg(&kh)
+                .arg(&d)
+                .arg(&step.cos)
+                .arg(&step.sin)
+                .arg(&mut q)
+                .arg(&mut k)
+                .arg(&mut v);
+            // SAFETY: matches rope.cu's qkv_rope_split; the step's tables have a row per row,
+            // and the outputs hold rows × their widths.
+            ok(
+                unsafe { b.launch(Self::rows_config(rows, 256)) },
+                "qkv_rope_split",
+            );
+        }
+        let act = |cols, buf| CudaAct { rows, cols, buf };
+        [act(qc, q), act(kc, k), act(kc, v)]
+    }
+
+    fn gelu_mul_stacked(&self, gate_up: &CudaAct) -> CudaAct {
+        let inter = gate_up.cols / 2;
+        let n = gate_up.rows * inter;
+        let mut out = self.out_f32(n);
+        if n > 0 {
+            let (i64_, n64) = (inter as u64, n as u64);
+            let mut b = self.stream.launch_builder(self.f("gelu_mul_stacked"));
+            b.arg(&gate_up.buf).arg(&mut out).arg(&i64_).arg(&n64);
+            // SAFETY: matches elementwise.cu's gelu_mul_stacked.
+            ok(
+                unsafe { b.launch(Self::flat_config(n)) },
+                "gelu_mul_stacked",
+            );
+        }
+        CudaAct {
+            rows: gate_up.rows,
+            cols: inter,
+            buf: out,
+        }
     }
 
     fn gelu_mul(&self, gate: &CudaAct, up: &CudaAct) -> CudaAct {
