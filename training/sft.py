@@ -65,8 +65,25 @@ def mixed_precision(dev):
     return dev.type == "cpu" and native is not None and bool(native())
 
 
+def micro_batches(examples, idx, micro_tokens):
+    """A batch's examples in pieces whose padded size (rows x longest) stays within
+    micro_tokens; the whole batch when micro_tokens is None."""
+    if not micro_tokens:
+        return [idx]
+    out, cur, longest = [], [], 0
+    for i in sorted(idx, key=lambda i: len(examples[i][0])):
+        longest = max(longest, len(examples[i][0]))
+        if cur and longest * (len(cur) + 1) > micro_tokens:
+            out.append(cur)
+            cur, longest = [], len(examples[i][0])
+        cur.append(i)
+    if cur:
+        out.append(cur)
+    return out
+
+
 def train(model, examples, epochs, lr, batch_tokens, seed, label, time_budget=None, max_steps=None, device=None,
-          fit_seconds=None, checkpoint=None, checkpoint_every=None, resume=None):
+          fit_seconds=None, checkpoint=None, checkpoint_every=None, resume=None, micro_tokens=8192):
     """AdamW with warm-up and a cosine decay over the plan (`max_steps` cuts the plan, and the
     schedule with it, so a run is the same on any machine; `time_budget`, seconds, only stops
     it early as a safety net). On a CUDA `device` the model runs under bf16 autocast and the
@@ -76,7 +93,8 @@ def train(model, examples, epochs, lr, batch_tokens, seed, label, time_budget=No
     seconds. `resume`: a file for the whole state (weights, optimizer, schedule, step), read
     at the start when it exists and written with every checkpoint and when `time_budget` ends
     the run, so a long plan runs in pieces on the same data and seed; returns None from a
-    piece that stopped before the plan's end."""
+    piece that stopped before the plan's end. On a CPU a batch runs in pieces of at most
+    `micro_tokens` padded tokens, their gradients summed, to bound the memory."""
     torch.manual_seed(seed)
     dev = torch.device(device or "cpu")
     cuda = dev.type == "cuda"
@@ -121,11 +139,23 @@ def train(model, examples, epochs, lr, batch_tokens, seed, label, time_budget=No
                 if fit < total[0]:
                     total[0] = fit
                     print(f"{label}: plan cut to {fit} steps to fit {fit_seconds:.0f} s (max_steps {fit} reproduces it)", flush=True)
-        x, y, m = (t.to(dev) for t in collate(examples, idx))
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            loss = model(input_ids=x, attention_mask=m, labels=y).loss
         opt.zero_grad()
-        loss.backward()
+        # The step's gradient is that of the whole batch's mean loss, summed over pieces of at
+        # most micro_tokens (eager attention keeps rows x heads x length^2 scores per layer
+        # for the backward pass: a whole 32k-token batch of long rows took over 15 GB on CPU).
+        parts = micro_batches(examples, idx, micro_tokens if not cuda else None)
+        counts = [sum(max(0, sum(1 for v in examples[i][1][1:] if v != -100)) for i in part) for part in parts]
+        total_count = max(1, sum(counts))
+        loss_sum = 0.0
+        for part, count in zip(parts, counts):
+            if count == 0:
+                continue
+            x, y, m = (t.to(dev) for t in collate(examples, part))
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                part_loss = model(input_ids=x, attention_mask=m, labels=y).loss * (count / total_count)
+            part_loss.backward()
+            loss_sum += part_loss.detach()
+        loss = loss_sum if torch.is_tensor(loss_sum) else torch.tensor(loss_sum)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
