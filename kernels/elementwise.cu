@@ -10,14 +10,18 @@ extern "C" __global__ void gelu_mul(const float* gate, const float* up, float* o
     }
 }
 
-// The same from a stacked gate, up product: row r is [gate: inter | up: inter]. CPU
+// The same from a stacked gate, up product: row r is [gate: inter | up: inter]; also rounded
+// to bf16 into `half` where it is not null (the down product's input, as norm.cu). CPU
 // reference: CpuBackend::gelu_mul_stacked.
-extern "C" __global__ void gelu_mul_stacked(const float* gu, float* out, u64 inter, u64 n) {
+extern "C" __global__ void gelu_mul_stacked(const float* gu, float* out, bf16* half, u64 inter,
+                                            u64 n) {
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
         const u64 r = i / inter, c = i % inter;
         const float g = gu[r * 2 * inter + c];
         const float inner = 0.7978846f * (g + 0.044715f * g * g * g);
-        out[i] = 0.5f * g * (1.0f + tanhf(inner)) * gu[r * 2 * inter + inter + c];
+        const float v = 0.5f * g * (1.0f + tanhf(inner)) * gu[r * 2 * inter + inter + c];
+        out[i] = v;
+        if (half) half[i] = f32_to_bf16(v);
     }
 }
 

@@ -1,15 +1,22 @@
 // Gemma-2's RMSNorm, x * rsqrt(mean(x^2) + eps) * (1 + w), in f32. CPU references:
-// cpu::ops::rms_norm and cpu::ops::add_rms_norm. Grid: one block per row.
+// cpu::ops::rms_norm and cpu::ops::add_rms_norm. Grid: one block per row. A norm's output
+// feeds products: where `half` is not null it is also written there rounded to bf16, the input
+// cuBLAS reads for bf16 weights, so no cast runs between.
 
 extern "C" __global__ void rms_norm(const float* x, const float* w, int cols, float eps,
-                                    float* out) {
+                                    float* out, bf16* half) {
     __shared__ float scratch[32];
     const float* xr = x + (u64)blockIdx.x * cols;
     float ss = 0.0f;
     for (int c = threadIdx.x; c < cols; c += blockDim.x) ss = fmaf(xr[c], xr[c], ss);
     float inv = 1.0f / sqrtf(block_sum(ss, scratch) / (float)cols + eps);
     float* o = out + (u64)blockIdx.x * cols;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) o[c] = (xr[c] * inv) * (1.0f + w[c]);
+    bf16* h = half ? half + (u64)blockIdx.x * cols : nullptr;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        const float v = (xr[c] * inv) * (1.0f + w[c]);
+        o[c] = v;
+        if (h) h[c] = f32_to_bf16(v);
+    }
 }
 
 // residual += rms_norm(x, w)
@@ -29,7 +36,7 @@ extern "C" __global__ void add_rms_norm(float* residual, const float* x, const f
 // The updated row stays in shared memory between the two (dynamic shared: cols floats).
 extern "C" __global__ void add_rms_norm_norm(float* residual, const float* x,
                                              const float* w_post, const float* w_next,
-                                             int cols, float eps, float* out) {
+                                             int cols, float eps, float* out, bf16* half) {
     __shared__ float scratch[32];
     extern __shared__ float row[];
     const float* xr = x + (u64)blockIdx.x * cols;
@@ -46,5 +53,10 @@ extern "C" __global__ void add_rms_norm_norm(float* residual, const float* x,
     }
     float inv2 = 1.0f / sqrtf(block_sum(ss2, scratch) / (float)cols + eps);
     float* o = out + (u64)blockIdx.x * cols;
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) o[c] = (row[c] * inv2) * (1.0f + w_next[c]);
+    bf16* h = half ? half + (u64)blockIdx.x * cols : nullptr;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+        const float v = (row[c] * inv2) * (1.0f + w_next[c]);
+        o[c] = v;
+        if (h) h[c] = f32_to_bf16(v);
+    }
 }

@@ -32,7 +32,9 @@ impl<B: Backend, const N: usize> Products<B, N> {
         }
         match ms.try_into() {
             Ok(ms) => Ok(Self::Apart(ms)),
-            Err(_) => Err(EngineError::Internal(format!("{N} products, loaded as fewer"))),
+            Err(_) => Err(EngineError::Internal(format!(
+                "{N} products, loaded as fewer"
+            ))),
         }
     }
 }

@@ -106,6 +106,23 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
 #[test]
 fn row_kernels_match_their_cpu_references() {
     let Some(b) = gpu() else { return };
+    // A bf16 weight on the device: norms and the gated product then also write their outputs
+    // in bf16 (the products' input), each checked below against its f32 output rounded.
+    let store = WeightStore::open(&fixtures().join("tiny-bf16")).unwrap();
+    b.matrix(&store.get("model.embed_tokens.weight", &[262, 64]).unwrap())
+        .unwrap();
+    let twin = |what: &str, x: &CudaAct| {
+        let h = x
+            .half
+            .as_ref()
+            .unwrap_or_else(|| panic!("{what}: no bf16 twin"));
+        let bits = b.stream().clone_dtoh(h).unwrap();
+        let want: Vec<u16> = host(&b, x)
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_bits())
+            .collect();
+        assert_eq!(bits[..want.len()], want[..], "{what}: the bf16 twin");
+    };
     let mut r = Rnd(1);
     let (rows, cols) = (7, 300);
     let x = r.vec(rows * cols, 3.0);
@@ -120,12 +137,9 @@ fn row_kernels_match_their_cpu_references() {
 
     let mut want = vec![0f32; x.len()];
     ops::rms_norm(&x, &w, 1e-6, &mut want);
-    assert_close(
-        "rms_norm",
-        &host(&b, &b.rms_norm(&gx, &gw, 1e-6)),
-        &want,
-        1e-5,
-    );
+    let normed = b.rms_norm(&gx, &gw, 1e-6);
+    assert_close("rms_norm", &host(&b, &normed), &want, 1e-5);
+    twin("rms_norm", &normed);
 
     let mut res = x.clone();
     ops::add_rms_norm(&mut res, &y, &w, 1e-6);
@@ -140,6 +154,7 @@ fn row_kernels_match_their_cpu_references() {
         &next,
         1e-5,
     );
+    twin("rms_norm after the add (fused)", &gnext);
     let mut gres = b.act_from_host(rows, cols, &x);
     b.add_rms_norm(&mut gres, &gy, &gw, 1e-6);
     assert_close("add_rms_norm", &host(&b, &gres), &res, 1e-5);
@@ -237,6 +252,7 @@ fn row_kernels_match_their_cpu_references() {
     let got = b.gelu_mul_stacked(&b.act_from_host(rows, 2 * cols, &gu.data));
     assert_eq!((got.rows, got.cols), (rows, cols));
     assert_close("gelu_mul_stacked", &host(&b, &got), &want.data, 1e-5);
+    twin("gelu_mul_stacked", &got);
 
     let pick = [6usize, 0, 3, 3];
     let want: Vec<f32> = pick

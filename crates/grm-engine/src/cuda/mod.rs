@@ -65,6 +65,9 @@ pub struct CudaAct {
     pub rows: usize,
     pub cols: usize,
     pub buf: CudaSlice<f32>,
+    /// The same values rounded to bf16, where the kernel that wrote them wrote both (a norm
+    /// or the gated product feeding a bf16 weight's product): cuBLAS reads it without a cast.
+    pub half: Option<CudaSlice<u16>>,
 }
 
 /// A weight matrix on the device in its stored type.
@@ -125,6 +128,9 @@ pub struct CudaBackend {
     /// Whether prompt chunks run on the tensor-core prefill (attention_mma.cu) where the head
     /// size allows: sm_80 or later, unless GRM_CUDA_PREFILL=simt or `set_mma_prefill(false)`.
     mma_prefill: AtomicBool,
+    /// Whether a bf16 weight was loaded: then norms and the gated product also write their
+    /// output in bf16 (`CudaAct::half`), the products' input.
+    bf16_weights: AtomicBool,
 }
 
 /// The device's stream-ordered memory pool, where every buffer of this backend comes from.
@@ -242,6 +248,7 @@ impl CudaBackend {
             arch,
             memory_fraction: opts.memory_fraction,
             max_shared,
+            bf16_weights: AtomicBool::new(false),
             mma_prefill: AtomicBool::new(
                 major >= 8 && std::env::var("GRM_CUDA_PREFILL").map_or(true, |v| v != "simt"),
             ),
@@ -338,6 +345,16 @@ impl CudaBackend {
         &self.stream
     }
 
+    /// A bf16 twin of an output of n values, where products will read one (see
+    /// `bf16_weights`); the kernel about to run writes all of it.
+    fn twin(&self, n: usize) -> Option<CudaSlice<u16>> {
+        if n == 0 || !self.bf16_weights.load(Ordering::Relaxed) {
+            return None;
+        }
+        // SAFETY: every caller launches a kernel that writes all n elements.
+        Some(ok(unsafe { self.stream.alloc::<u16>(n) }, "alloc"))
+    }
+
     fn zeros_f32(&self, n: usize) -> CudaSlice<f32> {
         ok(self.stream.alloc_zeros::<f32>(n.max(1)), "alloc")
     }
@@ -365,6 +382,7 @@ impl CudaBackend {
             } else {
                 self.upload(data)
             },
+            half: None,
         }
     }
 
@@ -424,6 +442,7 @@ impl CudaBackend {
                 rows,
                 cols,
                 buf: out,
+                half: None,
             };
         }
         let f = self.f("add_rms_norm_norm");
@@ -432,6 +451,7 @@ impl CudaBackend {
         let mut cfg = Self::rows_config(rows, Self::row_threads(cols));
         cfg.shared_mem_bytes = bytes as u32;
         let c = cols as i32;
+        let (mut half, null) = (self.twin(rows * cols), 0u64);
         let mut b = self.stream.launch_builder(f);
         b.arg(&mut residual.buf)
             .arg(&x.buf)
@@ -440,12 +460,18 @@ impl CudaBackend {
             .arg(&c)
             .arg(&eps)
             .arg(&mut out);
-        // SAFETY: argument types and counts match norm.cu's add_rms_norm_norm.
+        match half.as_mut() {
+            Some(h) => b.arg(h),
+            None => b.arg(&null),
+        };
+        // SAFETY: argument types and counts match norm.cu's add_rms_norm_norm (a null twin
+        // is skipped).
         ok(unsafe { b.launch(cfg) }, "add_rms_norm_norm");
         CudaAct {
             rows,
             cols,
             buf: out,
+            half,
         }
     }
 
@@ -510,6 +536,9 @@ impl CudaBackend {
 
     /// cuBLAS: `x · wᵀ` with w [out × in] row-major (column-major [in × out], transposed).
     fn gemm(&self, x: &CudaAct, w: &CudaMatrix) -> CudaAct {
+        if let (Some(h), DType::BF16) = (&x.half, w.dtype) {
+            return self.gemm_with(x, Some(h), w);
+        }
         let half = self.gemm_input(x, w.dtype);
         self.gemm_with(x, half.as_ref(), w)
     }
@@ -524,6 +553,7 @@ impl CudaBackend {
                 rows,
                 cols: n_out,
                 buf: out,
+                half: None,
             };
         }
         use blas_sys::cudaDataType::{CUDA_R_16BF, CUDA_R_16F, CUDA_R_32F};
@@ -556,6 +586,7 @@ impl CudaBackend {
             rows,
             cols: n_out,
             buf: out,
+            half: None,
         }
     }
 
@@ -676,6 +707,9 @@ impl Backend for CudaBackend {
 
     fn matrix(&self, t: &Tensor) -> Result<CudaMatrix> {
         let (rows, cols) = t.matrix_dims();
+        if t.dtype == DType::BF16 {
+            self.bf16_weights.store(true, Ordering::Relaxed);
+        }
         let bytes = self
             .stream
             .clone_htod(t.bytes())
@@ -701,6 +735,9 @@ impl Backend for CudaBackend {
             return Ok(None);
         }
         let rows: usize = ts.iter().map(|t| t.matrix_dims().0).sum();
+        if first.dtype == DType::BF16 {
+            self.bf16_weights.store(true, Ordering::Relaxed);
+        }
         let total: usize = ts.iter().map(|t| t.bytes().len()).sum();
         let mut bytes = self
             .stream
@@ -791,16 +828,22 @@ impl Backend for CudaBackend {
             rows,
             cols,
             buf: out,
+            half: None,
         }
     }
 
     fn rms_norm(&self, x: &CudaAct, w: &CudaSlice<f32>, eps: f32) -> CudaAct {
         let mut out = self.out_f32(x.rows * x.cols);
+        let (mut half, null) = (self.twin(x.rows * x.cols), 0u64);
         if x.rows > 0 {
             let c = x.cols as i32;
             let mut b = self.stream.launch_builder(self.f("rms_norm"));
             b.arg(&x.buf).arg(w).arg(&c).arg(&eps).arg(&mut out);
-            // SAFETY: matches norm.cu.
+            match half.as_mut() {
+                Some(h) => b.arg(h),
+                None => b.arg(&null),
+            };
+            // SAFETY: matches norm.cu (a null twin is skipped).
             ok(
                 unsafe { b.launch(Self::rows_config(x.rows, Self::row_threads(x.cols))) },
                 "rms_norm",
@@ -810,6 +853,7 @@ impl Backend for CudaBackend {
             rows: x.rows,
             cols: x.cols,
             buf: out,
+            half,
         }
     }
 
@@ -847,7 +891,10 @@ impl Backend for CudaBackend {
         if ws.iter().any(|w| w.rows <= 8 || Some(w.dtype) != dtype) {
             return ws.map(|w| self.linear(x, w));
         }
-        // One cast of x serves every product.
+        // One cast of x serves every product (none where x has its bf16 twin).
+        if let (Some(h), Some(DType::BF16)) = (&x.half, dtype) {
+            return ws.map(|w| self.gemm_with(x, Some(h), w));
+        }
         let half = dtype.and_then(|d| self.gemm_input(x, d));
         ws.map(|w| self.gemm_with(x, half.as_ref(), w))
     }
@@ -879,6 +926,7 @@ impl Backend for CudaBackend {
             rows: x.rows,
             cols: w.rows,
             buf: out,
+            half: None,
         }
     }
 
@@ -974,7 +1022,12 @@ impl Backend for CudaBackend {
                 "qkv_rope_split",
             );
         }
-        let act = |cols, buf| CudaAct { rows, cols, buf };
+        let act = |cols, buf| CudaAct {
+            rows,
+            cols,
+            buf,
+            half: None,
+        };
         [act(qc, q), act(kc, k), act(kc, v)]
     }
 
@@ -982,11 +1035,17 @@ impl Backend for CudaBackend {
         let inter = gate_up.cols / 2;
         let n = gate_up.rows * inter;
         let mut out = self.out_f32(n);
+        let (mut half, null) = (self.twin(n), 0u64);
         if n > 0 {
             let (i64_, n64) = (inter as u64, n as u64);
             let mut b = self.stream.launch_builder(self.f("gelu_mul_stacked"));
-            b.arg(&gate_up.buf).arg(&mut out).arg(&i64_).arg(&n64);
-            // SAFETY: matches elementwise.cu's gelu_mul_stacked.
+            b.arg(&gate_up.buf).arg(&mut out);
+            match half.as_mut() {
+                Some(h) => b.arg(h),
+                None => b.arg(&null),
+            };
+            b.arg(&i64_).arg(&n64);
+            // SAFETY: matches elementwise.cu's gelu_mul_stacked (a null twin is skipped).
             ok(
                 unsafe { b.launch(Self::flat_config(n)) },
                 "gelu_mul_stacked",
@@ -996,6 +1055,7 @@ impl Backend for CudaBackend {
             rows: gate_up.rows,
             cols: inter,
             buf: out,
+            half,
         }
     }
 
@@ -1013,6 +1073,7 @@ impl Backend for CudaBackend {
             rows: gate.rows,
             cols: gate.cols,
             buf: out,
+            half: None,
         }
     }
 
@@ -1095,6 +1156,7 @@ impl Backend for CudaBackend {
                 rows: q.rows,
                 cols: q.cols,
                 buf: out,
+                half: None,
             };
         }
         let group = p.num_heads / p.num_kv_heads;
@@ -1220,6 +1282,7 @@ impl Backend for CudaBackend {
             rows: q.rows,
             cols: q.cols,
             buf: out,
+            half: None,
         }
     }
 
@@ -1241,6 +1304,7 @@ impl Backend for CudaBackend {
             rows: rows.len(),
             cols: x.cols,
             buf: out,
+            half: None,
         }
     }
 
