@@ -131,6 +131,9 @@ pub struct CudaBackend {
     /// Whether a bf16 weight was loaded: then norms and the gated product also write their
     /// output in bf16 (`CudaAct::half`), the products' input.
     bf16_weights: AtomicBool,
+    /// Stands in for attn_decode's partial buffers when a step needs one split, which never
+    /// writes them: two allocations and frees fewer a layer.
+    unused_partials: std::sync::Mutex<(CudaSlice<f32>, CudaSlice<f32>)>,
 }
 
 /// The device's stream-ordered memory pool, where every buffer of this backend comes from.
@@ -230,6 +233,14 @@ impl CudaBackend {
                 functions.insert(k, f);
             }
         }
+        let unused_partials = {
+            let one = || {
+                stream
+                    .alloc_zeros::<f32>(2)
+                    .map_err(|e| cuda_err(format!("a first allocation: {e:?}")))
+            };
+            std::sync::Mutex::new((one()?, one()?))
+        };
         let blas = CudaBlas::new(stream.clone()).map_err(|e| cuda_err(format!("cuBLAS: {e:?}")))?;
         let max_shared = ctx
             .attribute(
@@ -249,6 +260,7 @@ impl CudaBackend {
             memory_fraction: opts.memory_fraction,
             max_shared,
             bf16_weights: AtomicBool::new(false),
+            unused_partials,
             mma_prefill: AtomicBool::new(
                 major >= 8 && std::env::var("GRM_CUDA_PREFILL").map_or(true, |v| v != "simt"),
             ),
@@ -1239,13 +1251,23 @@ impl Backend for CudaBackend {
             let splits = plan::decode_splits(m.plan.decode_max_pos, p.window);
             // Each split's unnormalised output, max and sum, for the merge (one split writes
             // the output itself and these go unused).
-            let partials = if splits > 1 {
-                nrows * p.num_heads * splits
+            let partials = nrows * p.num_heads * splits;
+            let mut owned;
+            let mut unused;
+            let (po, pml): (&mut CudaSlice<f32>, &mut CudaSlice<f32>) = if splits > 1 {
+                owned = (
+                    self.out_f32(partials * p.head_dim),
+                    self.out_f32(partials * 2),
+                );
+                (&mut owned.0, &mut owned.1)
             } else {
-                1
+                unused = match self.unused_partials.lock() {
+                    Ok(g) => g,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                let pair = &mut *unused;
+                (&mut pair.0, &mut pair.1)
             };
-            let mut part_o = self.out_f32(partials * p.head_dim);
-            let mut part_ml = self.out_f32(partials * 2);
             let bytes = decode_shared_bytes(group, p.head_dim);
             self.dynamic_shared(self.f("attn_decode"), bytes);
             let cfg = LaunchConfig {
@@ -1253,17 +1275,12 @@ impl Backend for CudaBackend {
                 block_dim: (128, 1, 1),
                 shared_mem_bytes: bytes as u32,
             };
-            launch(
-                "attn_decode",
-                cfg,
-                &[rows],
-                &mut [&mut part_o, &mut part_ml],
-            );
+            launch("attn_decode", cfg, &[rows], &mut [&mut *po, &mut *pml]);
             if splits > 1 {
                 let s = splits as i32;
                 let mut b = self.stream.launch_builder(self.f("attn_decode_merge"));
-                b.arg(&part_o)
-                    .arg(&part_ml)
+                b.arg(&*po)
+                    .arg(&*pml)
                     .arg(rows)
                     .arg(&heads)
                     .arg(&hd)
