@@ -6,7 +6,8 @@
 # 32, G = 256; one prompt shared or not, n = 2 and 4 responses with and without the prompt
 # tree), with transformers (bf16, same GPU, same weights) on the 2b and 9b shapes: eager, and on
 # 9b also compiled (a static cache and CUDA graphs); on 9b and 27b, prefill again with the f32
-# attention kernel (GRM_CUDA_PREFILL=simt) beside the tensor-core one.
+# attention kernel (GRM_CUDA_PREFILL=simt) beside the tensor-core one, and decode again launch
+# by launch (GRM_CUDA_GRAPHS=0) beside the replayed graphs.
 #   bash bench/gpu.sh OUT_DIR [GRM] [CUDA_TEST]
 # GRM and CUDA_TEST: prebuilt binaries (`cargo build --release -p grm-cli`, and the test binary
 # of `cargo test --release -p grm-engine --features cuda --test cuda --no-run`). GRM_SHAPES
@@ -54,6 +55,12 @@ for shape in ${GRM_SHAPES:-gemma-2-2b gemma-2-9b gemma-2-27b}; do
       --skip roofline,decode,grm,tree --out "$out/bench-$shape-prefill-simt.json" 2> "$out/bench-$shape-prefill-simt.log"
     echo "$shape prefill with the f32 kernel: exit $?"
     grep -i "prefill" "$out/bench-$shape-prefill-simt.log" | tail -n 5
+    # The decode graphs A/B (item 1): the same decode launch by launch.
+    GRM_CUDA_GRAPHS=0 timeout 120 "$grm" bench engine --device cuda:0 --model "$model" \
+      --decode-batches 1,8,32,128 --skip roofline,prefill,grm,tree \
+      --out "$out/bench-$shape-decode-eager.json" 2> "$out/bench-$shape-decode-eager.log"
+    echo "$shape decode launch by launch: exit $?"
+    grep -i "decode" "$out/bench-$shape-decode-eager.log" | tail -n 6
   fi
   # One large model at a time; the 2b one stays for bench/gpu_serve.sh.
   [ "$shape" = gemma-2-2b ] || rm -rf "$model"

@@ -21,6 +21,8 @@ pub struct AttentionMeta {
 /// What every layer of one forward step reads besides its activations, as the host has it.
 #[derive(Debug, Clone, Copy)]
 pub struct StepInputs<'a> {
+    /// The step's tokens, a row each (empty where only attention or KV writes are tested).
+    pub tokens: &'a [u32],
     pub meta: &'a AttentionMeta,
     /// The KV slot of each new row.
     pub slots: &'a [usize],
@@ -92,6 +94,18 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Rows of the embedding table, times `scale`.
     fn embed(&self, table: &Self::Matrix, tokens: &[u32], scale: f32) -> Self::Act;
+    /// [`Backend::embed`] of the step's tokens, as `prepare_step` holds them.
+    fn embed_step(&self, table: &Self::Matrix, step: &Self::Step<'_>, scale: f32) -> Self::Act;
+    /// Runs `layers` (the step's embedding and every layer, returning the final residual); a
+    /// backend may instead replay a recording of a step of the same shape with this step's
+    /// inputs (the GPU's CUDA graphs of decode steps), which gives the same residual.
+    fn run_layers(
+        &self,
+        _step: &Self::Step<'_>,
+        layers: &mut dyn FnMut() -> Self::Act,
+    ) -> Self::Act {
+        layers()
+    }
     /// `x * rsqrt(mean(x²) + eps) * (1 + w)` per row.
     fn rms_norm(&self, x: &Self::Act, w: &Self::Vector, eps: f32) -> Self::Act;
     /// `residual += rms_norm(x)`.

@@ -316,6 +316,7 @@ impl<B: Backend> Gemma2<B> {
         }
 
         let step = b.prepare_step(StepInputs {
+            tokens: &batch.tokens,
             meta: &batch.meta,
             slots: &batch.slots,
             extra_slots: &batch.extra_slots,
@@ -325,48 +326,58 @@ impl<B: Backend> Gemma2<B> {
             head_dim: c.head_dim,
         });
 
-        let mut x = b.embed(&self.embed, &batch.tokens, self.embed_scale);
-        let mut hn = match self.layers.first() {
-            Some(l) => b.rms_norm(&x, &l.input_norm, eps),
-            None => b.rms_norm(&x, &self.final_norm, eps),
-        };
-        for (i, l) in self.layers.iter().enumerate() {
-            let [q, k, v] = match &l.qkv {
-                Products::Apart([wq, wk, wv]) => {
-                    let [mut q, mut k, v] = b.linears(&hn, [wq, wk, wv]);
-                    b.rope(&mut q, c.num_heads, c.head_dim, &step);
-                    b.rope(&mut k, c.num_kv_heads, c.head_dim, &step);
-                    [q, k, v]
-                }
-                Products::Stacked(w) => b.split_qkv_rope(
-                    &b.linear(&hn, w),
-                    c.num_heads,
-                    c.num_kv_heads,
-                    c.head_dim,
-                    &step,
-                ),
+        // The embedding and every layer: one recorded graph on the GPU for a decode step of a
+        // shape seen before (Backend::run_layers).
+        let x = b.run_layers(&step, &mut || {
+            let mut x = b.embed_step(&self.embed, &step, self.embed_scale);
+            let mut hn = match self.layers.first() {
+                Some(l) => b.rms_norm(&x, &l.input_norm, eps),
+                None => b.rms_norm(&x, &self.final_norm, eps),
             };
-            b.write_kv(kv, i, &k, &v, &step);
-            let a = b.attention(kv, i, &q, &step, l.attn);
-            let o = b.linear(&a, &l.o);
-            hn = b.add_rms_norm_then_norm(&mut x, &o, &l.post_attn_norm, &l.pre_ff_norm, eps);
+            for (i, l) in self.layers.iter().enumerate() {
+                let [q, k, v] = match &l.qkv {
+                    Products::Apart([wq, wk, wv]) => {
+                        let [mut q, mut k, v] = b.linears(&hn, [wq, wk, wv]);
+                        b.rope(&mut q, c.num_heads, c.head_dim, &step);
+                        b.rope(&mut k, c.num_kv_heads, c.head_dim, &step);
+                        [q, k, v]
+                    }
+                    Products::Stacked(w) => b.split_qkv_rope(
+                        &b.linear(&hn, w),
+                        c.num_heads,
+                        c.num_kv_heads,
+                        c.head_dim,
+                        &step,
+                    ),
+                };
+                b.write_kv(kv, i, &k, &v, &step);
+                let a = b.attention(kv, i, &q, &step, l.attn);
+                let o = b.linear(&a, &l.o);
+                hn = b.add_rms_norm_then_norm(&mut x, &o, &l.post_attn_norm, &l.pre_ff_norm, eps);
 
-            let m = match &l.gate_up {
-                Products::Apart([wg, wu]) => {
-                    let [g, u] = b.linears(&hn, [wg, wu]);
-                    b.gelu_mul(&g, &u)
+                let m = match &l.gate_up {
+                    Products::Apart([wg, wu]) => {
+                        let [g, u] = b.linears(&hn, [wg, wu]);
+                        b.gelu_mul(&g, &u)
+                    }
+                    Products::Stacked(w) => b.gelu_mul_stacked(&b.linear(&hn, w)),
+                };
+                let d = b.linear(&m, &l.down);
+                match self.layers.get(i + 1) {
+                    Some(next) => {
+                        hn = b.add_rms_norm_then_norm(
+                            &mut x,
+                            &d,
+                            &l.post_ff_norm,
+                            &next.input_norm,
+                            eps,
+                        )
+                    }
+                    None => b.add_rms_norm(&mut x, &d, &l.post_ff_norm, eps),
                 }
-                Products::Stacked(w) => b.gelu_mul_stacked(&b.linear(&hn, w)),
-            };
-            let d = b.linear(&m, &l.down);
-            match self.layers.get(i + 1) {
-                Some(next) => {
-                    hn =
-                        b.add_rms_norm_then_norm(&mut x, &d, &l.post_ff_norm, &next.input_norm, eps)
-                }
-                None => b.add_rms_norm(&mut x, &d, &l.post_ff_norm, eps),
             }
-        }
+            x
+        });
         let last = b.gather_rows(&x, &batch.outputs);
         let y = b.rms_norm(&last, &self.final_norm, eps);
         match &self.head {

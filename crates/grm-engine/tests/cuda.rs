@@ -194,6 +194,7 @@ fn row_kernels_match_their_cpu_references() {
     }
     let mut gq = b.act_from_host(rows, cols, &x);
     let step = b.prepare_step(StepInputs {
+        tokens: &[],
         meta: &AttentionMeta::default(),
         slots: &[],
         extra_slots: &[],
@@ -213,6 +214,7 @@ fn row_kernels_match_their_cpu_references() {
     let qkv = r.vec(rows * width, 3.0);
     let cpu = CpuBackend;
     let cstep = StepInputs {
+        tokens: &[],
         meta: &AttentionMeta::default(),
         slots: &[],
         extra_slots: &[],
@@ -426,6 +428,7 @@ fn paged_attention_kv_writes_and_block_copies_match_the_cpu() {
                 b.act_from_host(slots.len(), width, &v),
             );
             let step = b.prepare_step(StepInputs {
+                tokens: &[],
                 meta: &AttentionMeta::default(),
                 slots,
                 extra_slots: extra,
@@ -556,6 +559,7 @@ fn attention_matches_cpu(
             (q.clone(), tol)
         };
         let step = b.prepare_step(StepInputs {
+            tokens: &[],
             meta,
             slots: &[],
             extra_slots: &[],
@@ -638,6 +642,7 @@ fn long_contexts_split_decode_and_prefill_tiles_match_the_cpu() {
         let k = r.vec(slots.len() * width, 2.0);
         let v = r.vec(slots.len() * width, 2.0);
         let step = b.prepare_step(StepInputs {
+            tokens: &[],
             meta: &AttentionMeta::default(),
             slots: &slots,
             extra_slots: &[],
@@ -824,6 +829,97 @@ fn the_model_on_the_gpu_matches_transformers_and_the_cpu_engine() {
         assert_eq!(samples, 4);
         eprintln!("greedy: {clear} of {} tokens checked", want.len());
     }
+}
+
+/// Decode steps replayed from CUDA graphs give the logits of the same steps run launch by
+/// launch: two samples of two prompts of different lengths decode 40 greedy steps on a model
+/// with graphs and on one without, fed the same tokens; the rows' positions cross a decode split
+/// (256 keys) and the samples' blocks are scattered, so replays read new positions, block
+/// tables, RoPE rows and slots from the buffers the graph was recorded over. A change of batch
+/// size (one sample ends) is a new shape, recorded in turn.
+#[test]
+fn decode_steps_replayed_from_cuda_graphs_match_eager_ones() {
+    use grm_engine::ForwardBatch;
+    let Some(b) = gpu() else { return };
+    drop(b);
+    let load = |graphs: bool| {
+        let b = CudaBackend::new(CudaOptions::default()).unwrap();
+        b.set_graphs(graphs);
+        Gemma2::load(&fixtures().join("tiny-bf16"), b).unwrap()
+    };
+    let (with, without) = (load(true), load(false));
+    let bs = 16;
+    let (mut kv_a, mut kv_b) = (
+        with.new_kv(64, bs).unwrap(),
+        without.new_kv(64, bs).unwrap(),
+    );
+    let r = reference();
+    let prompts: Vec<Vec<u32>> = vec![r.prompts[1].clone(), vec![5; 240]];
+    // Each sequence's blocks: interleaved, so no two are neighbours.
+    let blocks = |seq: usize| -> Vec<u32> { (0..30u32).map(|i| 2 * i + seq as u32).collect() };
+    let slot = |seq: usize, pos: usize| blocks(seq)[pos / bs] as usize * bs + pos % bs;
+    let argmax = |row: &[f32]| {
+        row.iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map_or(0, |(i, _)| i as u32)
+    };
+    // Prefill both prompts in one step.
+    let mut batch = ForwardBatch::default();
+    batch.meta.block_size = bs;
+    for (seq, p) in prompts.iter().enumerate() {
+        for (pos, &t) in p.iter().enumerate() {
+            batch.tokens.push(t);
+            batch.slots.push(slot(seq, pos));
+            batch.meta.positions.push(pos as u32);
+            batch.meta.span_of.push(seq as u32);
+        }
+        batch
+            .meta
+            .spans
+            .push(blocks(seq)[..p.len().div_ceil(bs)].to_vec());
+        batch.outputs.push(batch.tokens.len() - 1);
+    }
+    let (a, bo) = (
+        with.forward(&mut kv_a, &batch),
+        without.forward(&mut kv_b, &batch),
+    );
+    assert_eq!(a.data, bo.data, "prefill");
+    let mut next: Vec<u32> = (0..2).map(|i| argmax(a.row(i))).collect();
+    let mut lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
+    for step in 0..40 {
+        // The first sample stops after 30 steps: the batch shrinks to one row.
+        let live: Vec<usize> = if step < 30 { vec![0, 1] } else { vec![1] };
+        let mut batch = ForwardBatch::default();
+        batch.meta.block_size = bs;
+        for (row, &seq) in live.iter().enumerate() {
+            batch.tokens.push(next[seq]);
+            batch.slots.push(slot(seq, lens[seq]));
+            batch.meta.positions.push(lens[seq] as u32);
+            batch.meta.span_of.push(row as u32);
+            batch
+                .meta
+                .spans
+                .push(blocks(seq)[..(lens[seq] + 1).div_ceil(bs)].to_vec());
+            batch.outputs.push(row);
+        }
+        let (a, bo) = (
+            with.forward(&mut kv_a, &batch),
+            without.forward(&mut kv_b, &batch),
+        );
+        assert_eq!(a.data, bo.data, "decode step {step}: graph against eager");
+        for (row, &seq) in live.iter().enumerate() {
+            next[seq] = argmax(a.row(row));
+            lens[seq] += 1;
+        }
+    }
+    let (recordings, replays) = with.backend().graph_counts();
+    eprintln!("graphs: {recordings} recorded, {replays} replays");
+    // Two shapes (two rows, one row), each recorded at its second step; the longer sample
+    // crosses 256 keys at step 16, a third shape.
+    assert!(recordings >= 2, "{recordings} recordings");
+    assert!(replays >= 30, "{replays} replays");
+    assert_eq!(without.backend().graph_counts(), (0, 0));
 }
 
 /// A GRM request's shuffled prompts as one prefix tree on the GPU (shared blocks, branch

@@ -217,6 +217,10 @@ impl Backend for CpuBackend {
         self.gelu_mul(&g, &u)
     }
 
+    fn embed_step(&self, table: &CpuMatrix, step: &StepInputs<'_>, scale: f32) -> CpuAct {
+        self.embed(table, step.tokens, scale)
+    }
+
     fn softcap(&self, x: &mut CpuAct, cap: f32) {
         ops::softcap_on(self.isa(), &mut x.data, cap);
     }
@@ -292,6 +296,7 @@ mod tests {
         let sin: Vec<f32> = (0..rows * half).map(|i| (i as f32 * 0.1).sin()).collect();
         let meta = AttentionMeta::default();
         let step = StepInputs {
+            tokens: &[],
             meta: &meta,
             slots: &[],
             extra_slots: &[],

@@ -7,6 +7,7 @@
 //! Failures after start-up (a launch or an allocation refused by the driver) end the engine
 //! thread with the driver's message; the worker then exits for its supervisor to restart it.
 
+pub mod graphs;
 pub mod kernels;
 pub mod plan;
 pub mod profile;
@@ -91,14 +92,11 @@ pub struct CudaKv {
 }
 
 /// One step's inputs on the device, uploaded once by `prepare_step` and read by every layer:
-/// the attention plan, positions and block tables, the RoPE tables and the KV slots.
-pub struct CudaStep {
-    /// Query heads per KV head, and the head size, the plan was made for.
-    group: usize,
-    head_dim: usize,
-    /// The tensor-core prefill kernel the plan's tiles are sized for; `None`: attn_prefill's.
-    mma: Option<&'static str>,
-    plan: plan::AttentionPlan,
+/// the tokens, the attention plan, positions and block tables, the RoPE tables and the KV slots.
+/// A decode step replayed from a graph reads them from its shape's buffers, which stay where
+/// they are (see [`graphs`]).
+pub struct StepBufs {
+    tokens: CudaSlice<u32>,
     tables: CudaSlice<u32>,
     table_start: CudaSlice<u32>,
     seq_of: CudaSlice<u32>,
@@ -110,10 +108,57 @@ pub struct CudaStep {
     sin: CudaSlice<f32>,
     /// Rows' slots, and the extra (row, slot) pairs as two lists.
     slots: CudaSlice<u64>,
-    rows: usize,
     extra_rows: Option<CudaSlice<u32>>,
     extra_slots: Option<CudaSlice<u64>>,
+}
+
+/// A step as the layers read it: its buffers, and what the host knows of it.
+pub struct CudaStep {
+    /// Query heads per KV head, and the head size, the plan was made for.
+    group: usize,
+    head_dim: usize,
+    /// The tensor-core prefill kernel the plan's tiles are sized for; `None`: attn_prefill's.
+    mma: Option<&'static str>,
+    plan: plan::AttentionPlan,
+    rows: usize,
     extras: usize,
+    bufs: Arc<StepBufs>,
+    /// The shape's graph, and whether this step records or replays it; `None`: eager.
+    graph: Option<(graphs::GraphKey, graphs::Use)>,
+}
+
+impl std::ops::Deref for CudaStep {
+    type Target = StepBufs;
+    fn deref(&self) -> &StepBufs {
+        &self.bufs
+    }
+}
+
+/// A shape's graph and the buffers it reads and writes.
+struct Recorded {
+    bufs: Arc<StepBufs>,
+    /// Block-table entries the buffers hold.
+    tables_cap: usize,
+    graph: Option<SendGraph>,
+    /// The final residual [rows × hidden] the graph leaves.
+    hidden: CudaSlice<f32>,
+}
+
+/// A recorded graph, only touched under `Graphs`' lock.
+struct SendGraph(cudarc::driver::CudaGraph);
+// SAFETY: CUDA graphs are not internally synchronised; this one is used only while holding the
+// backend's `graphs` mutex, so by one thread at a time.
+unsafe impl Send for SendGraph {}
+
+/// The decode graphs of this backend (see [`graphs`]).
+struct Graphs {
+    cache: graphs::GraphCache<Recorded>,
+    /// GRM_CUDA_GRAPHS=0, `set_graphs(false)`, profiling, or a recording that panicked.
+    off: bool,
+    /// The model's sliding window and hidden size (from `check_model`); none: no graphs.
+    model: Option<(Option<usize>, usize)>,
+    recordings: u64,
+    replays: u64,
 }
 
 pub struct CudaBackend {
@@ -134,6 +179,11 @@ pub struct CudaBackend {
     /// Stands in for attn_decode's partial buffers when a step needs one split, which never
     /// writes them: two allocations and frees fewer a layer.
     unused_partials: std::sync::Mutex<(CudaSlice<f32>, CudaSlice<f32>)>,
+    graphs: std::sync::Mutex<Graphs>,
+    /// A recording panicked: no step is recorded or replayed again in this process.
+    graphs_broken: AtomicBool,
+    /// cuBLAS's workspace, set once so that no product allocates while a graph is recorded.
+    _blas_workspace: CudaSlice<u8>,
 }
 
 /// The device's stream-ordered memory pool, where every buffer of this backend comes from.
@@ -242,6 +292,25 @@ impl CudaBackend {
             std::sync::Mutex::new((one()?, one()?))
         };
         let blas = CudaBlas::new(stream.clone()).map_err(|e| cuda_err(format!("cuBLAS: {e:?}")))?;
+        // Hopper's recommended 32 MiB.
+        let blas_workspace = stream
+            .alloc_zeros::<u8>(32 << 20)
+            .map_err(|e| cuda_err(format!("cuBLAS workspace: {e:?}")))?;
+        {
+            let (ptr, _g) = blas_workspace.device_ptr(&stream);
+            // SAFETY: a live handle and a device buffer of the given size, kept as long as the
+            // handle (both fields of the backend).
+            let r = unsafe {
+                blas_sys::cublasSetWorkspace_v2(
+                    *blas.handle(),
+                    ptr as *mut std::ffi::c_void,
+                    32 << 20,
+                )
+            };
+            if r != blas_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                return Err(cuda_err(format!("cuBLAS workspace: {r:?}")));
+            }
+        }
         let max_shared = ctx
             .attribute(
                 drv_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
@@ -261,6 +330,15 @@ impl CudaBackend {
             max_shared,
             bf16_weights: AtomicBool::new(false),
             unused_partials,
+            graphs: std::sync::Mutex::new(Graphs {
+                cache: graphs::GraphCache::default(),
+                off: std::env::var("GRM_CUDA_GRAPHS").is_ok_and(|v| v == "0") || profile::enabled(),
+                model: None,
+                recordings: 0,
+                replays: 0,
+            }),
+            graphs_broken: AtomicBool::new(false),
+            _blas_workspace: blas_workspace,
             mma_prefill: AtomicBool::new(
                 major >= 8 && std::env::var("GRM_CUDA_PREFILL").map_or(true, |v| v != "simt"),
             ),
@@ -298,6 +376,235 @@ impl CudaBackend {
             65..=128 => Some("attn_prefill_mma_128"),
             129..=256 => Some("attn_prefill_mma_256"),
             _ => None,
+        }
+    }
+
+    /// A step's buffers, uploaded afresh (device buffers are never empty: a zero-length
+    /// allocation is refused).
+    fn step_bufs(&self, inputs: &StepInputs<'_>, p: &plan::AttentionPlan) -> StepBufs {
+        let up_u32 = |v: &[u32]| self.upload(if v.is_empty() { &[0u32][..] } else { v });
+        let up_f32 = |v: &[f32]| self.upload(if v.is_empty() { &[0f32][..] } else { v });
+        let opt = |v: &[u32]| (!v.is_empty()).then(|| self.upload(v));
+        let slots: Vec<u64> = inputs.slots.iter().map(|&s| s as u64).collect();
+        let extra_rows: Vec<u32> = inputs.extra_slots.iter().map(|e| e.0 as u32).collect();
+        let extra_slots: Vec<u64> = inputs.extra_slots.iter().map(|e| e.1 as u64).collect();
+        StepBufs {
+            tokens: up_u32(inputs.tokens),
+            tables: up_u32(&p.tables),
+            table_start: up_u32(&p.table_start),
+            seq_of: up_u32(&inputs.meta.span_of),
+            positions: up_u32(&inputs.meta.positions),
+            tile_row0: opt(&p.tile_row0),
+            tile_rows: opt(&p.tile_rows),
+            decode_rows: opt(&p.decode_rows),
+            cos: up_f32(inputs.cos),
+            sin: up_f32(inputs.sin),
+            slots: self.upload(if slots.is_empty() {
+                &[0u64][..]
+            } else {
+                &slots
+            }),
+            extra_rows: (!extra_rows.is_empty()).then(|| self.upload(&extra_rows)),
+            extra_slots: (!extra_slots.is_empty()).then(|| self.upload(&extra_slots)),
+        }
+    }
+
+    fn lock_graphs(&self) -> std::sync::MutexGuard<'_, Graphs> {
+        match self.graphs.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Turns the recording and replay of decode steps as CUDA graphs on or off (on unless
+    /// GRM_CUDA_GRAPHS=0 or profiling); off forgets every graph.
+    pub fn set_graphs(&self, on: bool) {
+        let mut g = self.lock_graphs();
+        g.off = !on || profile::enabled();
+        if g.off {
+            g.cache = graphs::GraphCache::default();
+        }
+    }
+
+    /// Decode steps recorded as graphs, and replayed from them, so far.
+    pub fn graph_counts(&self) -> (u64, u64) {
+        let g = self.lock_graphs();
+        (g.recordings, g.replays)
+    }
+
+    /// For a decode step of a shape seen before, that shape's buffers, holding this step's
+    /// inputs, and whether the step records or replays its graph; `None`: run eagerly in
+    /// buffers of its own.
+    fn graph_bufs(
+        &self,
+        inputs: &StepInputs<'_>,
+        p: &plan::AttentionPlan,
+    ) -> Option<(Arc<StepBufs>, graphs::GraphKey, graphs::Use)> {
+        let rows = inputs.slots.len();
+        let mut g = self.lock_graphs();
+        let (window, hidden) = g.model?;
+        if g.off
+            || self.graphs_broken.load(Ordering::Relaxed)
+            || inputs.tokens.len() != rows
+            || inputs.cos.len() != inputs.sin.len()
+        {
+            return None;
+        }
+        let half = inputs.cos.len() / rows.max(1);
+        let key = graphs::key(p, rows, inputs.extra_slots.len(), window, half)?;
+        let need = p.tables.len();
+        let make = |cap: usize| -> Option<Recorded> {
+            let bufs = self.step_bufs_of_shape(key, cap).ok()?;
+            let hidden = self.stream.alloc_zeros::<f32>(rows * hidden).ok()?;
+            Some(Recorded {
+                bufs: Arc::new(bufs),
+                tables_cap: cap,
+                graph: None,
+                hidden,
+            })
+        };
+        let (mut how, rec) = g.cache.arrive(key, || make(need.max(64) * 2));
+        if how == graphs::Use::Eager {
+            return None;
+        }
+        if rec.is_some_and(|r| r.tables_cap < need) {
+            // Longer block tables than the buffers hold: new buffers, so a new recording.
+            g.cache.forget(&key);
+            how = g.cache.arrive(key, || make(need * 2)).0;
+        }
+        let rec = g.cache.get(&key)?;
+        // A step still alive from before holds them (only a caller outside the model's loop).
+        let bufs = Arc::get_mut(&mut rec.bufs)?;
+        let filled = (|| -> std::result::Result<(), cudarc::driver::DriverError> {
+            let slots: Vec<u64> = inputs.slots.iter().map(|&s| s as u64).collect();
+            let s = &self.stream;
+            s.memcpy_htod(inputs.tokens, &mut bufs.tokens)?;
+            s.memcpy_htod(&p.tables[..], &mut bufs.tables.slice_mut(0..need))?;
+            s.memcpy_htod(&p.table_start[..], &mut bufs.table_start)?;
+            s.memcpy_htod(&inputs.meta.span_of[..], &mut bufs.seq_of)?;
+            s.memcpy_htod(&inputs.meta.positions[..], &mut bufs.positions)?;
+            if let Some(d) = bufs.decode_rows.as_mut() {
+                s.memcpy_htod(&p.decode_rows[..], d)?;
+            }
+            s.memcpy_htod(inputs.cos, &mut bufs.cos)?;
+            s.memcpy_htod(inputs.sin, &mut bufs.sin)?;
+            s.memcpy_htod(&slots[..], &mut bufs.slots)
+        })();
+        if let Err(e) = filled {
+            panic!("CUDA copy to device failed: {e:?}");
+        }
+        Some((rec.bufs.clone(), key, how))
+    }
+
+    /// Buffers for a decode step of `key`'s shape, with room for `tables` block-table entries.
+    fn step_bufs_of_shape(
+        &self,
+        key: graphs::GraphKey,
+        tables: usize,
+    ) -> std::result::Result<StepBufs, cudarc::driver::DriverError> {
+        let s = &self.stream;
+        let rows = key.rows;
+        Ok(StepBufs {
+            tokens: s.alloc_zeros::<u32>(rows)?,
+            tables: s.alloc_zeros::<u32>(tables.max(1))?,
+            table_start: s.alloc_zeros::<u32>(rows)?,
+            seq_of: s.alloc_zeros::<u32>(rows)?,
+            positions: s.alloc_zeros::<u32>(rows)?,
+            tile_row0: None,
+            tile_rows: None,
+            decode_rows: Some(s.alloc_zeros::<u32>(rows)?),
+            cos: s.alloc_zeros::<f32>((rows * key.half).max(1))?,
+            sin: s.alloc_zeros::<f32>((rows * key.half).max(1))?,
+            slots: s.alloc_zeros::<u64>(rows)?,
+            extra_rows: None,
+            extra_slots: None,
+        })
+    }
+
+    /// Runs a decode step from its shape's graph: records it first where `how` says so (the
+    /// launches of `layers` captured, not run, then the graph launched), and returns a copy of
+    /// the final residual it leaves. A recording that fails runs `layers` eagerly and leaves the
+    /// shape eager from then on.
+    fn run_graph(
+        &self,
+        key: graphs::GraphKey,
+        how: graphs::Use,
+        layers: &mut dyn FnMut() -> CudaAct,
+    ) -> CudaAct {
+        use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+        let mut g = self.lock_graphs();
+        let hidden_cols = g.model.map_or(0, |m| m.1);
+        let out = |rec: &Recorded| CudaAct {
+            rows: key.rows,
+            cols: hidden_cols,
+            buf: ok(self.stream.clone_dtod(&rec.hidden), "copy on device"),
+            half: None,
+        };
+        if how == graphs::Use::Replay {
+            if let Some(rec) = g.cache.get(&key) {
+                if let Some(graph) = &rec.graph {
+                    ok(graph.0.launch(), "graph launch");
+                    let x = out(rec);
+                    g.replays += 1;
+                    return x;
+                }
+            }
+            drop(g);
+            return layers();
+        }
+        // Record. A panic inside (a launch the driver refused while capturing) must not leave
+        // the stream capturing: the guard ends the capture and turns graphs off for good (the
+        // graphs' lock is held here, so by a flag of its own).
+        struct Capturing<'a>(&'a CudaBackend, bool);
+        impl Drop for Capturing<'_> {
+            fn drop(&mut self) {
+                if self.1 {
+                    let _ = self.0.stream.end_capture(CUgraphInstantiate_flags(0));
+                    self.0.graphs_broken.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        let Some(rec) = g.cache.get(&key) else {
+            drop(g);
+            return layers();
+        };
+        let begun = self
+            .stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL);
+        let recorded = match begun {
+            Ok(()) => {
+                let mut guard = Capturing(self, true);
+                let x = layers();
+                let copied = self.stream.memcpy_dtod(&x.buf, &mut rec.hidden);
+                drop(x);
+                guard.1 = false;
+                let graph = self.stream.end_capture(
+                    CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH,
+                );
+                match (copied, graph) {
+                    (Ok(()), Ok(Some(graph))) => Ok(graph),
+                    (c, g) => Err(format!("{c:?} {:?}", g.map(|g| g.is_some()))),
+                }
+            }
+            Err(e) => Err(format!("{e:?}")),
+        };
+        match recorded {
+            Ok(graph) => {
+                rec.graph = Some(SendGraph(graph));
+                if let Some(graph) = &rec.graph {
+                    ok(graph.0.launch(), "graph launch");
+                }
+                let x = out(rec);
+                g.cache.recorded(&key);
+                g.recordings += 1;
+                x
+            }
+            Err(why) => {
+                tracing::warn!(rows = key.rows, %why, "a decode step could not be recorded as a CUDA graph; that shape runs eagerly");
+                g.cache.fail(&key);
+                drop(g);
+                layers()
+            }
         }
     }
 
@@ -695,7 +1002,15 @@ impl Backend for CudaBackend {
         } else {
             "f32 prefill"
         };
-        format!("{}, {prefill}", self.name)
+        let graphs = {
+            let g = self.lock_graphs();
+            if g.off || self.graphs_broken.load(Ordering::Relaxed) {
+                "eager decode"
+            } else {
+                "decode graphs"
+            }
+        };
+        format!("{}, {prefill}, {graphs}", self.name)
     }
 
     fn kv_element_bytes(&self) -> usize {
@@ -703,7 +1018,15 @@ impl Backend for CudaBackend {
     }
 
     fn check_model(&self, c: &crate::config::ModelConfig) -> Result<()> {
-        self.check_shape(c.num_heads, c.num_kv_heads, c.head_dim)
+        self.check_shape(c.num_heads, c.num_kv_heads, c.head_dim)?;
+        // Decode graphs fix the decode kernel's grid per kind of layer: the sliding layers'
+        // window sets theirs. A model whose layers slide by several windows runs eagerly.
+        let windows: std::collections::BTreeSet<usize> =
+            (0..c.num_layers).filter_map(|i| c.window_of(i)).collect();
+        let mut g = self.lock_graphs();
+        g.model = (windows.len() <= 1).then(|| (windows.first().copied(), c.hidden_size));
+        g.cache = graphs::GraphCache::default();
+        Ok(())
     }
 
     fn kv_memory_budget(&self) -> Option<usize> {
@@ -943,43 +1266,59 @@ impl Backend for CudaBackend {
     }
 
     fn prepare_step<'a>(&'a self, inputs: StepInputs<'a>) -> CudaStep {
-        let meta = inputs.meta;
         let mma = self.mma_prefill_kernel(inputs.head_dim);
         let pairs = match mma {
             Some(_) => plan::MMA_PREFILL_PAIRS,
             None => plan::PREFILL_PAIRS,
         };
-        let p = plan::plan(meta, inputs.group, pairs);
-        // Device buffers are never empty (a zero-length allocation is refused).
-        let up_u32 = |v: &[u32]| self.upload(if v.is_empty() { &[0u32][..] } else { v });
-        let up_f32 = |v: &[f32]| self.upload(if v.is_empty() { &[0f32][..] } else { v });
-        let opt = |v: &[u32]| (!v.is_empty()).then(|| self.upload(v));
-        let slots: Vec<u64> = inputs.slots.iter().map(|&s| s as u64).collect();
-        let extra_rows: Vec<u32> = inputs.extra_slots.iter().map(|e| e.0 as u32).collect();
-        let extra_slots: Vec<u64> = inputs.extra_slots.iter().map(|e| e.1 as u64).collect();
+        let p = plan::plan(inputs.meta, inputs.group, pairs);
+        let rows = inputs.slots.len();
+        let (bufs, graph) = match self.graph_bufs(&inputs, &p) {
+            Some((bufs, key, how)) => (bufs, Some((key, how))),
+            None => (Arc::new(self.step_bufs(&inputs, &p)), None),
+        };
         CudaStep {
             group: inputs.group,
             head_dim: inputs.head_dim,
             mma,
-            tables: up_u32(&p.tables),
-            table_start: up_u32(&p.table_start),
-            seq_of: up_u32(&meta.span_of),
-            positions: up_u32(&meta.positions),
-            tile_row0: opt(&p.tile_row0),
-            tile_rows: opt(&p.tile_rows),
-            decode_rows: opt(&p.decode_rows),
             plan: p,
-            cos: up_f32(inputs.cos),
-            sin: up_f32(inputs.sin),
-            slots: self.upload(if slots.is_empty() {
-                &[0u64][..]
-            } else {
-                &slots
-            }),
-            rows: inputs.slots.len(),
-            extras: extra_rows.len(),
-            extra_rows: (!extra_rows.is_empty()).then(|| self.upload(&extra_rows)),
-            extra_slots: (!extra_slots.is_empty()).then(|| self.upload(&extra_slots)),
+            rows,
+            extras: inputs.extra_slots.len(),
+            bufs,
+            graph,
+        }
+    }
+
+    fn embed_step(&self, table: &CudaMatrix, step: &CudaStep, scale: f32) -> CudaAct {
+        let (rows, cols) = (step.rows, table.cols);
+        let mut out = self.out_f32(rows * cols);
+        if rows > 0 {
+            let (dtype, c) = (dtype_code(table.dtype), cols as i32);
+            let mut b = self.stream.launch_builder(self.f("embed"));
+            b.arg(&table.bytes)
+                .arg(&dtype)
+                .arg(&step.tokens)
+                .arg(&c)
+                .arg(&scale)
+                .arg(&mut out);
+            // SAFETY: matches embed.cu; the step holds a token per row.
+            ok(
+                unsafe { b.launch(Self::rows_config(rows, Self::row_threads(cols).min(256))) },
+                "embed",
+            );
+        }
+        CudaAct {
+            rows,
+            cols,
+            buf: out,
+            half: None,
+        }
+    }
+
+    fn run_layers(&self, step: &CudaStep, layers: &mut dyn FnMut() -> CudaAct) -> CudaAct {
+        match step.graph {
+            Some((key, how)) => self.run_graph(key, how, layers),
+            None => layers(),
         }
     }
 
