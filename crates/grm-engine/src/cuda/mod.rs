@@ -447,6 +447,10 @@ impl CudaBackend {
             || self.graphs_broken.load(Ordering::Relaxed)
             || inputs.tokens.len() != rows
             || inputs.cos.len() != inputs.sin.len()
+            // The shape's buffers hold one sequence a row.
+            || p.table_start.len() != rows
+            || inputs.meta.positions.len() != rows
+            || inputs.meta.span_of.len() != rows
         {
             return None;
         }
