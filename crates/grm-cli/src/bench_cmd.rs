@@ -510,6 +510,7 @@ fn bench_on<B: Backend>(
             }
             rows.extend(best);
         }
+        report["capacity"] = capacity(&rows, weight_bytes, kv_token_bytes);
         report["grm_workload"] = json!(rows);
         if !a.skip.iter().any(|s| s == "tree") {
             report["grm_tree_workload"] = grm_tree_workload(a, model, vocab, kv_token_bytes)?;
@@ -768,4 +769,104 @@ fn grm_tree_workload<B: Backend>(
         }
     }
     Ok(json!(rows))
+}
+
+/// GPUs the capacity figures are given for: (name, memory in bytes).
+const CAPACITY_GPUS: [(&str, f64); 2] = [("H100 80 GB", 80e9), ("H200 141 GB", 141e9)];
+
+/// Room held back from the KV pool besides the weights: activations, CUDA graphs, cuBLAS's
+/// workspace, the CUDA context.
+const CAPACITY_RESERVE: f64 = 4.0 * (1u64 << 30) as f64;
+
+/// GRM requests of `prompt` tokens and k samples of g tokens whose KV fits at once on a GPU of
+/// `memory` bytes at the serving default (90% of it for the process), after the weights and
+/// the reserve: each request holds its prompt once and its samples' tokens (the prompt shared),
+/// times the KV peak over that ideal measured by the benchmark.
+fn requests_that_fit(
+    memory: f64,
+    weights: f64,
+    kv_token_bytes: f64,
+    (prompt, k, g): (usize, usize, usize),
+    peak_over_ideal: f64,
+) -> usize {
+    let room = memory * 0.9 - weights - CAPACITY_RESERVE;
+    let per_request = (prompt + k * g) as f64 * kv_token_bytes * peak_over_ideal.max(1.0);
+    if room <= 0.0 || per_request <= 0.0 {
+        return 0;
+    }
+    (room / per_request).floor() as usize
+}
+
+/// How many k-sample requests of 4,096-token prompts (and of the run's own prompt length) fit
+/// at once on an H100 and an H200, from the largest k measured with the prompt shared.
+fn capacity(rows: &[Value], weight_bytes: usize, kv_token_bytes: usize) -> Value {
+    let shared = rows
+        .iter()
+        .filter(|r| r["prefix_sharing"] == json!(true))
+        .max_by_key(|r| r["samples"].as_u64().unwrap_or(0));
+    let Some(r) = shared else {
+        return Value::Null;
+    };
+    let field = |name: &str| r[name].as_u64().unwrap_or(0) as usize;
+    let (k, g, p) = (
+        field("samples"),
+        field("gen_tokens"),
+        field("prompt_tokens"),
+    );
+    let ratio = r["kv_peak_over_ideal"].as_f64().unwrap_or(1.0);
+    let gpus: Vec<Value> = CAPACITY_GPUS
+        .iter()
+        .map(|&(name, memory)| {
+            let fit = |prompt| {
+                requests_that_fit(memory, weight_bytes as f64, kv_token_bytes as f64, (prompt, k, g), ratio)
+            };
+            eprintln!(
+                "capacity on an {name}: {} requests of k={k}, G={g} with 4,096-token prompts at once ({} with {p}-token prompts)",
+                fit(4096),
+                fit(p)
+            );
+            json!({"gpu": name, "memory_bytes": memory, "requests_4096_token_prompts": fit(4096),
+                   "requests_run_prompt": fit(p)})
+        })
+        .collect();
+    json!({
+        "samples": k, "gen_tokens": g, "run_prompt_tokens": p, "kv_peak_over_ideal": ratio,
+        "weight_bytes": weight_bytes, "kv_bytes_per_token": kv_token_bytes,
+        "memory_share": 0.9, "reserve_bytes": CAPACITY_RESERVE, "gpus": gpus,
+    })
+}
+
+#[cfg(test)]
+mod capacity_tests {
+    use super::*;
+
+    #[test]
+    fn requests_that_fit_beside_gemma_2_27b() {
+        // gemma-2-27b in bf16: 46 layers, 16 KV heads of 128: 376,832 bytes of K and V a token;
+        // 54.4 GB of weights. k = 32 samples of 256 tokens on a 4,096-token prompt: 12,288
+        // tokens, 4.63 GB a request at the ideal.
+        let kv = (2 * 46 * 16 * 128 * 2) as f64;
+        let w = 54.4e9;
+        assert_eq!(requests_that_fit(80e9, w, kv, (4096, 32, 256), 1.0), 2);
+        assert_eq!(requests_that_fit(141e9, w, kv, (4096, 32, 256), 1.0), 14);
+        // A peak over the ideal takes room; one under it is not credited.
+        assert_eq!(requests_that_fit(141e9, w, kv, (4096, 32, 256), 2.0), 7);
+        assert_eq!(requests_that_fit(141e9, w, kv, (4096, 32, 256), 0.5), 14);
+        // Weights past the memory: none.
+        assert_eq!(requests_that_fit(40e9, w, kv, (4096, 32, 256), 1.0), 0);
+    }
+
+    #[test]
+    fn capacity_reads_the_largest_shared_run() {
+        let rows = vec![
+            json!({"prefix_sharing": true, "samples": 8, "gen_tokens": 256, "prompt_tokens": 1024, "kv_peak_over_ideal": 1.0}),
+            json!({"prefix_sharing": false, "samples": 32, "gen_tokens": 256, "prompt_tokens": 1024, "kv_peak_over_ideal": 3.0}),
+            json!({"prefix_sharing": true, "samples": 32, "gen_tokens": 256, "prompt_tokens": 1024, "kv_peak_over_ideal": 1.0}),
+        ];
+        let c = capacity(&rows, 54_400_000_000, 2 * 46 * 16 * 128 * 2);
+        assert_eq!(c["samples"], json!(32));
+        assert_eq!(c["gpus"][0]["requests_4096_token_prompts"], json!(2));
+        assert_eq!(c["gpus"][1]["requests_4096_token_prompts"], json!(14));
+        assert_eq!(capacity(&rows[1..2], 1, 1), Value::Null);
+    }
 }
