@@ -96,15 +96,17 @@ pub trait Backend: Send + Sync + 'static {
     fn embed(&self, table: &Self::Matrix, tokens: &[u32], scale: f32) -> Self::Act;
     /// [`Backend::embed`] of the step's tokens, as `prepare_step` holds them.
     fn embed_step(&self, table: &Self::Matrix, step: &Self::Step<'_>, scale: f32) -> Self::Act;
-    /// Runs `layers` (the step's embedding and every layer, returning the final residual); a
-    /// backend may instead replay a recording of a step of the same shape with this step's
-    /// inputs (the GPU's CUDA graphs of decode steps), which gives the same residual.
+    /// Runs `layers` over `kv` (the step's embedding and every layer, returning the final
+    /// residual); a backend may instead replay a recording of a step of the same shape over the
+    /// same cache with this step's inputs (the GPU's CUDA graphs of decode steps), which gives
+    /// the same residual and the same KV writes.
     fn run_layers(
         &self,
         _step: &Self::Step<'_>,
-        layers: &mut dyn FnMut() -> Self::Act,
+        kv: &mut Self::Kv,
+        layers: &mut dyn FnMut(&mut Self::Kv) -> Self::Act,
     ) -> Self::Act {
-        layers()
+        layers(kv)
     }
     /// `x * rsqrt(mean(x²) + eps) * (1 + w)` per row.
     fn rms_norm(&self, x: &Self::Act, w: &Self::Vector, eps: f32) -> Self::Act;

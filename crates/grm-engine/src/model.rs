@@ -328,7 +328,7 @@ impl<B: Backend> Gemma2<B> {
 
         // The embedding and every layer: one recorded graph on the GPU for a decode step of a
         // shape seen before (Backend::run_layers).
-        let x = b.run_layers(&step, &mut || {
+        let x = b.run_layers(&step, kv, &mut |kv| {
             let mut x = b.embed_step(&self.embed, &step, self.embed_scale);
             let mut hn = match self.layers.first() {
                 Some(l) => b.rms_norm(&x, &l.input_norm, eps),

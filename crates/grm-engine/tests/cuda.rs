@@ -836,7 +836,8 @@ fn the_model_on_the_gpu_matches_transformers_and_the_cpu_engine() {
 /// with graphs and on one without, fed the same tokens; the rows' positions cross a decode split
 /// (256 keys) and the samples' blocks are scattered, so replays read new positions, block
 /// tables, RoPE rows and slots from the buffers the graph was recorded over. A change of batch
-/// size (one sample ends) is a new shape, recorded in turn.
+/// size (one sample ends) is a new shape, recorded in turn; a one-token run in a KV cache of its
+/// own, of the same shape, is recorded over its own cache.
 #[test]
 fn decode_steps_replayed_from_cuda_graphs_match_eager_ones() {
     use grm_engine::ForwardBatch;
@@ -887,9 +888,21 @@ fn decode_steps_replayed_from_cuda_graphs_match_eager_ones() {
     assert_eq!(a.data, bo.data, "prefill");
     let mut next: Vec<u32> = (0..2).map(|i| argmax(a.row(i))).collect();
     let mut lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
-    for step in 0..40 {
+    for step in 0..50 {
         // The first sample stops after 30 steps: the batch shrinks to one row.
         let live: Vec<usize> = if step < 30 { vec![0, 1] } else { vec![1] };
+        if step == 40 {
+            // A one-token run in a cache of its own has the one-row shape: it is recorded over
+            // that cache, and the next decode step over this one again, never replayed over
+            // the wrong cache.
+            for _ in 0..3 {
+                let (a, bo) = (
+                    with.run_once(&[7], false).unwrap(),
+                    without.run_once(&[7], false).unwrap(),
+                );
+                assert_eq!(a.data, bo.data, "a one-token run beside the decode steps");
+            }
+        }
         let mut batch = ForwardBatch::default();
         batch.meta.block_size = bs;
         for (row, &seq) in live.iter().enumerate() {

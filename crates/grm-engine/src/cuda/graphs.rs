@@ -16,11 +16,12 @@ use super::plan::{decode_splits, AttentionPlan};
 use std::collections::HashMap;
 
 /// Most rows of a step recorded as a graph; a larger step runs eagerly (its launches are few
-/// against its work).
-pub const MAX_GRAPH_ROWS: usize = 512;
+/// against its work, and its graph's activations would be large: the graphs' memory lies
+/// outside the KV budget, in the 10% of the GPU the process leaves to activations).
+pub const MAX_GRAPH_ROWS: usize = 256;
 
 /// Graphs kept at once; the least recently used goes first.
-pub const MAX_GRAPHS: usize = 48;
+pub const MAX_GRAPHS: usize = 32;
 
 /// A shape of decode step that one graph replays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -142,6 +142,26 @@ struct Recorded {
     graph: Option<SendGraph>,
     /// The final residual [rows × hidden] the graph leaves.
     hidden: CudaSlice<f32>,
+    /// The KV cache the graph was recorded over.
+    kv: Option<KvIdentity>,
+}
+
+/// Where a KV cache lies and how it is laid out: what a recorded graph holds of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KvIdentity {
+    k: u64,
+    v: u64,
+    block_size: usize,
+    layer_stride: usize,
+}
+
+fn kv_identity(kv: &CudaKv, stream: &Arc<CudaStream>) -> KvIdentity {
+    KvIdentity {
+        k: kv.k.device_ptr(stream).0,
+        v: kv.v.device_ptr(stream).0,
+        block_size: kv.block_size,
+        layer_stride: kv.layer_stride,
+    }
 }
 
 /// A recorded graph, only touched under `Graphs`' lock.
@@ -257,7 +277,10 @@ impl CudaBackend {
         // across streams are pure cost.
         // SAFETY: no other stream touches these buffers.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of its own: CUDA will not record a graph on the legacy default stream.
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| cuda_err(format!("creating a stream: {e:?}")))?;
         let (major, minor) = ctx
             .compute_capability()
             .map_err(|e| cuda_err(format!("compute capability: {e:?}")))?;
@@ -423,6 +446,8 @@ impl CudaBackend {
         g.off = !on || profile::enabled();
         if g.off {
             g.cache = graphs::GraphCache::default();
+            drop(g);
+            self.trim_graph_memory();
         }
     }
 
@@ -465,6 +490,7 @@ impl CudaBackend {
                 tables_cap: cap,
                 graph: None,
                 hidden,
+                kv: None,
             })
         };
         let (mut how, rec) = g.cache.arrive(key, || make(need.max(64) * 2));
@@ -533,83 +559,137 @@ impl CudaBackend {
         &self,
         key: graphs::GraphKey,
         how: graphs::Use,
-        layers: &mut dyn FnMut() -> CudaAct,
+        kv: &mut CudaKv,
+        layers: &mut dyn FnMut(&mut CudaKv) -> CudaAct,
     ) -> CudaAct {
-        use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+        use cudarc::driver::sys::CUstreamCaptureMode;
         let mut g = self.lock_graphs();
         let hidden_cols = g.model.map_or(0, |m| m.1);
-        let out = |rec: &Recorded| CudaAct {
+        // The graph holds the addresses of the KV cache it wrote: another cache (a restarted
+        // scheduler's, `run_once`'s) is recorded afresh.
+        let kv_now = kv_identity(kv, &self.stream);
+        let Some(rec) = g.cache.get(&key) else {
+            drop(g);
+            return layers(kv);
+        };
+        let replay = how == graphs::Use::Replay && rec.graph.is_some() && rec.kv == Some(kv_now);
+        if !replay {
+            rec.graph = None;
+            let begun = self
+                .stream
+                .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL);
+            if let Err(e) = begun {
+                // Not a shape's fault: no graph is recorded again.
+                tracing::warn!(error = ?e, "CUDA graphs could not be recorded; decode steps run launch by launch");
+                self.graphs_broken.store(true, Ordering::Relaxed);
+                let _ = self.ctx.check_err();
+                drop(g);
+                return layers(kv);
+            }
+            // A panic inside (a launch the driver refused while capturing) must not leave the
+            // stream capturing: the guard ends the capture and turns graphs off for good (the
+            // graphs' lock is held here, so by a flag of its own).
+            struct Capturing<'a>(&'a CudaBackend, bool);
+            impl Drop for Capturing<'_> {
+                fn drop(&mut self) {
+                    if self.1 {
+                        self.0.abandon_capture();
+                        self.0.graphs_broken.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+            let mut guard = Capturing(self, true);
+            let x = layers(kv);
+            let copied = self.stream.memcpy_dtod(&x.buf, &mut rec.hidden);
+            drop(x);
+            guard.1 = false;
+            let flags = cudarc::driver::sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH;
+            let graph = match copied {
+                Ok(()) => self.stream.end_capture(flags),
+                Err(e) => Err(e),
+            };
+            match graph {
+                Ok(Some(graph)) => {
+                    rec.graph = Some(SendGraph(graph));
+                    rec.kv = Some(kv_now);
+                    g.cache.recorded(&key);
+                    g.recordings += 1;
+                }
+                failed => {
+                    // Nothing of the step ran: it runs eagerly, and its shape stays eager.
+                    tracing::warn!(rows = key.rows, error = ?failed.err(), "a decode step could not be recorded as a CUDA graph; that shape runs launch by launch");
+                    self.abandon_capture();
+                    g.cache.fail(&key);
+                    drop(g);
+                    return layers(kv);
+                }
+            }
+        } else {
+            g.replays += 1;
+        }
+        let Some(rec) = g.cache.get(&key) else {
+            drop(g);
+            return layers(kv);
+        };
+        let launched = match &rec.graph {
+            Some(graph) => graph.0.launch(),
+            None => Ok(()),
+        };
+        if let Err(e) = launched {
+            // Out of memory for the graph's buffers, say: no graph from now on, and this step
+            // eagerly (a launch that failed ran nothing).
+            tracing::warn!(error = ?e, "a CUDA graph did not launch; decode steps run launch by launch");
+            self.graphs_broken.store(true, Ordering::Relaxed);
+            let _ = self.ctx.check_err();
+            g.cache = graphs::GraphCache::default();
+            drop(g);
+            self.trim_graph_memory();
+            return layers(kv);
+        }
+        CudaAct {
             rows: key.rows,
             cols: hidden_cols,
             buf: ok(self.stream.clone_dtod(&rec.hidden), "copy on device"),
             half: None,
-        };
-        if how == graphs::Use::Replay {
-            if let Some(rec) = g.cache.get(&key) {
-                if let Some(graph) = &rec.graph {
-                    ok(graph.0.launch(), "graph launch");
-                    let x = out(rec);
-                    g.replays += 1;
-                    return x;
-                }
-            }
-            drop(g);
-            return layers();
         }
-        // Record. A panic inside (a launch the driver refused while capturing) must not leave
-        // the stream capturing: the guard ends the capture and turns graphs off for good (the
-        // graphs' lock is held here, so by a flag of its own).
-        struct Capturing<'a>(&'a CudaBackend, bool);
-        impl Drop for Capturing<'_> {
-            fn drop(&mut self) {
-                if self.1 {
-                    let _ = self.0.stream.end_capture(CUgraphInstantiate_flags(0));
-                    self.0.graphs_broken.store(true, Ordering::Relaxed);
-                }
-            }
-        }
-        let Some(rec) = g.cache.get(&key) else {
-            drop(g);
-            return layers();
-        };
-        let begun = self
+    }
+
+    /// Ends a capture that went wrong, whatever error cudarc stored on the way (its
+    /// `end_capture` returns a stored error without ending the capture), and drops the graph.
+    fn abandon_capture(&self) {
+        use cudarc::driver::sys::CUstreamCaptureStatus;
+        let _ = self.ctx.check_err();
+        if let Ok(Some(graph)) = self
             .stream
-            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL);
-        let recorded = match begun {
-            Ok(()) => {
-                let mut guard = Capturing(self, true);
-                let x = layers();
-                let copied = self.stream.memcpy_dtod(&x.buf, &mut rec.hidden);
-                drop(x);
-                guard.1 = false;
-                let graph = self.stream.end_capture(
-                    CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH,
-                );
-                match (copied, graph) {
-                    (Ok(()), Ok(Some(graph))) => Ok(graph),
-                    (c, g) => Err(format!("{c:?} {:?}", g.map(|g| g.is_some()))),
+            .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0))
+        {
+            drop(graph);
+        }
+        let _ = self.ctx.check_err();
+        let capturing = !matches!(
+            self.stream.capture_status(),
+            Ok(CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+        );
+        if capturing {
+            // SAFETY: this backend's live stream; a graph returned is ours to destroy.
+            unsafe {
+                if let Ok(graph) =
+                    cudarc::driver::result::stream::end_capture(self.stream.cu_stream())
+                {
+                    if !graph.is_null() {
+                        let _ = cudarc::driver::result::graph::destroy(graph);
+                    }
                 }
-            }
-            Err(e) => Err(format!("{e:?}")),
-        };
-        match recorded {
-            Ok(graph) => {
-                rec.graph = Some(SendGraph(graph));
-                if let Some(graph) = &rec.graph {
-                    ok(graph.0.launch(), "graph launch");
-                }
-                let x = out(rec);
-                g.cache.recorded(&key);
-                g.recordings += 1;
-                x
-            }
-            Err(why) => {
-                tracing::warn!(rows = key.rows, %why, "a decode step could not be recorded as a CUDA graph; that shape runs eagerly");
-                g.cache.fail(&key);
-                drop(g);
-                layers()
             }
         }
+        let _ = self.ctx.check_err();
+    }
+
+    /// Hands the memory of graphs no longer held back to the device.
+    fn trim_graph_memory(&self) {
+        let _ = self.stream.synchronize();
+        // SAFETY: a valid device of this context.
+        let _ = unsafe { drv_sys::cuDeviceGraphMemTrim(self.ctx.cu_device()) };
     }
 
     /// The architecture the kernels were compiled for (`sm_90`, ...).
@@ -1319,10 +1399,15 @@ impl Backend for CudaBackend {
         }
     }
 
-    fn run_layers(&self, step: &CudaStep, layers: &mut dyn FnMut() -> CudaAct) -> CudaAct {
+    fn run_layers(
+        &self,
+        step: &CudaStep,
+        kv: &mut CudaKv,
+        layers: &mut dyn FnMut(&mut CudaKv) -> CudaAct,
+    ) -> CudaAct {
         match step.graph {
-            Some((key, how)) => self.run_graph(key, how, layers),
-            None => layers(),
+            Some((key, how)) => self.run_graph(key, how, kv, layers),
+            None => layers(kv),
         }
     }
 
