@@ -40,34 +40,50 @@ fn grm_json(args: &[&str], stdin: &str) -> Value {
 
 /// The distinct tokens of the request's k prompts: the nodes of their trie, from the prompts
 /// `grm judge prompt` renders and `grm model tokenize` reads (the worker's own tokenizer).
-fn trie_nodes(request: &str, k: usize) -> usize {
+/// The token ids of the request's k prompts, as `grm judge prompt` renders them.
+fn prompt_ids(request: &str, k: usize) -> Vec<Vec<u64>> {
     let template = short_template();
     let model = fixture("tiny-judge");
+    (0..k)
+        .map(|s| {
+            let text = grm_json(
+                &[
+                    "judge",
+                    "prompt",
+                    "--template",
+                    &template,
+                    "--sample",
+                    &s.to_string(),
+                ],
+                request,
+            );
+            let text = text.as_str().expect("the prompt's text").to_string();
+            grm_json(&["model", "tokenize", "--model", &model], &text)["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+fn trie_nodes(request: &str, k: usize) -> usize {
     let mut nodes: HashSet<Vec<u64>> = HashSet::new();
-    for s in 0..k {
-        let text = grm_json(
-            &[
-                "judge",
-                "prompt",
-                "--template",
-                &template,
-                "--sample",
-                &s.to_string(),
-            ],
-            request,
-        );
-        let text = text.as_str().expect("the prompt's text").to_string();
-        let ids: Vec<u64> = grm_json(&["model", "tokenize", "--model", &model], &text)["tokens"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap())
-            .collect();
+    for ids in prompt_ids(request, k) {
         for i in 1..=ids.len() {
             nodes.insert(ids[..i].to_vec());
         }
     }
     nodes.len()
+}
+
+/// The request's distinct prompts (its samples' distinct orders).
+fn distinct_orders(request: &str, k: usize) -> usize {
+    prompt_ids(request, k)
+        .into_iter()
+        .collect::<HashSet<_>>()
+        .len()
 }
 
 fn score(addr: &str, request: &str) -> Value {
@@ -158,10 +174,27 @@ fn a_requests_prompts_are_computed_as_one_tree() {
             "n = {n}, k = {k}: computed in the default chunks (on the worker, in the usage) vs the trie"
         );
         // The same samples sent one by one judge the same, and share as much: a prompt sent
-        // again costs its last position (its logits).
-        let before = computed(&metrics);
-        let b = score(&single.grpc(), &request);
-        let one_by_one = computed(&metrics) - before;
+        // again costs its last position (its logits). Sharing needs the chunks on the worker
+        // together: one that arrives after the others' samples have ended (a loaded machine
+        // spreads the arrivals; the worker keeps no prefix cache here) computes its prompt
+        // again. So each of up to three tries must never compute less than that, and one must
+        // compute exactly that.
+        let want = ideal + k - distinct_orders(&request, k);
+        let mut tries = Vec::new();
+        let b = loop {
+            let before = computed(&metrics);
+            let b = score(&single.grpc(), &request);
+            let one_by_one = (computed(&metrics) - before) as usize;
+            assert!(
+                one_by_one >= want,
+                "n = {n}, k = {k}: {one_by_one} positions computed one by one, fewer than {want}"
+            );
+            tries.push(one_by_one);
+            if one_by_one == want || tries.len() == 3 {
+                break b;
+            }
+        };
+        eprintln!("n = {n}, k = {k}: one by one, {tries:?} positions (want {want})");
         let texts = |v: &Value| -> Vec<String> {
             v["samples"]
                 .as_array()
@@ -187,9 +220,15 @@ fn a_requests_prompts_are_computed_as_one_tree() {
             .map(|s| s["order"].to_string())
             .collect();
         assert_eq!(
-            one_by_one as usize,
-            ideal + k - distinct.len(),
-            "n = {n}, k = {k}: computed for samples sent one by one"
+            distinct.len(),
+            distinct_orders(&request, k),
+            "n = {n}: the orders"
+        );
+        assert_eq!(
+            tries.last().copied(),
+            Some(want),
+            "n = {n}, k = {k}: computed for samples sent one by one, in {} tries",
+            tries.len()
         );
     }
 }
