@@ -1,0 +1,68 @@
+"""How well a GRM predicts the digits of the checking judgements it is trained on: teacher-forced,
+the share of digit tokens of the judgement whose argmax is right, split by where they stand —
+computed in the criteria (a run of digits right after "=": column sums and the result), copied
+in the criteria (operands, "write 5"), and in the analysis's check of each response. A checkpoint of training/checked.py is judged by it long
+before its held-out accuracy moves off chance (models/README.md, "A judge that checks").
+
+    python training/digit_accuracy.py --model DIR [--data training/out/checked/data.npz] [--items 300]
+
+Items are drawn from the end of the data's arith part with a fixed seed, so two checkpoints are
+measured on the same items.
+"""
+import argparse
+import os
+import random
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+import bigsft  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "out", "checked", "data.npz"))
+    ap.add_argument("--items", type=int, default=300)
+    ap.add_argument("--arith-items", type=int, default=60000, help="the data's arith items come first")
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    from tokenizers import Tokenizer
+    from transformers import Gemma2ForCausalLM
+    tok = Tokenizer.from_file(os.path.join(a.model, "tokenizer.json"))
+    digits = {tok.token_to_id(str(d)) for d in range(10)}
+    digits.discard(None)
+    examples = bigsft.load([a.data])[: a.arith_items]
+    picked = random.Random(7).sample(range(len(examples)), min(a.items, len(examples)))
+    model = Gemma2ForCausalLM.from_pretrained(a.model, attn_implementation="eager", dtype=torch.float32).eval()
+    parts = ("criteria: computed", "criteria: copied", "analysis")
+    right = dict.fromkeys(parts, 0)
+    total = dict.fromkeys(parts, 0)
+    with torch.no_grad():
+        for i in picked:
+            ids, labels = examples[i]
+            logits = model(input_ids=torch.tensor([ids])).logits[0]
+            pred = logits.argmax(-1).tolist()
+            text, computed = "", False
+            for t in range(1, len(ids)):
+                if labels[t] == -100:
+                    continue
+                # The judgement's text so far (the tokenizer merges words, so by text); a run
+                # of digits right after "=" in the criteria is a computed result.
+                piece = (tok.id_to_token(ids[t]) or "").replace("\u0120", " ")
+                text += piece
+                if ids[t] not in digits:
+                    computed = piece.rstrip().endswith("=")
+                    continue
+                part = "analysis" if "Analysis" in text else ("criteria: computed" if computed else "criteria: copied")
+                total[part] += 1
+                right[part] += int(pred[t - 1] == ids[t])
+    for part in parts:
+        share = right[part] / max(1, total[part])
+        print(f"{part}: {share:.1%} of {total[part]} digit tokens right (teacher-forced)")
+
+
+if __name__ == "__main__":
+    main()
