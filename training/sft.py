@@ -22,18 +22,25 @@ def new_model(vocab):
     return Gemma2ForCausalLM(cfg)
 
 
-def batches(examples, batch_tokens, rng):
-    """Groups (ids, labels) examples of similar length into batches of about batch_tokens."""
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]) + rng.random())
+def pack(examples, order, limit):
+    """`order`'s examples, in order, cut into runs whose padded size (rows x longest) stays
+    within `limit` tokens."""
     out, cur, longest = [], [], 0
     for i in order:
         longest = max(longest, len(examples[i][0]))
-        if cur and longest * (len(cur) + 1) > batch_tokens:
+        if cur and longest * (len(cur) + 1) > limit:
             out.append(cur)
             cur, longest = [], len(examples[i][0])
         cur.append(i)
     if cur:
         out.append(cur)
+    return out
+
+
+def batches(examples, batch_tokens, rng):
+    """Groups (ids, labels) examples of similar length into batches of about batch_tokens."""
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]) + rng.random())
+    out = pack(examples, order, batch_tokens)
     rng.shuffle(out)
     return out
 
@@ -66,20 +73,11 @@ def mixed_precision(dev):
 
 
 def micro_batches(examples, idx, micro_tokens):
-    """A batch's examples in pieces whose padded size (rows x longest) stays within
-    micro_tokens; the whole batch when micro_tokens is None."""
+    """A batch's examples in pieces whose padded size stays within micro_tokens; the whole
+    batch when micro_tokens is None."""
     if not micro_tokens:
         return [idx]
-    out, cur, longest = [], [], 0
-    for i in sorted(idx, key=lambda i: len(examples[i][0])):
-        longest = max(longest, len(examples[i][0]))
-        if cur and longest * (len(cur) + 1) > micro_tokens:
-            out.append(cur)
-            cur, longest = [], len(examples[i][0])
-        cur.append(i)
-    if cur:
-        out.append(cur)
-    return out
+    return pack(examples, sorted(idx, key=lambda i: len(examples[i][0])), micro_tokens)
 
 
 def train(model, examples, epochs, lr, batch_tokens, seed, label, time_budget=None, max_steps=None, device=None,

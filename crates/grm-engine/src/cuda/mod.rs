@@ -692,6 +692,39 @@ impl CudaBackend {
         let _ = unsafe { drv_sys::cuDeviceGraphMemTrim(self.ctx.cu_device()) };
     }
 
+    /// Rows of the embedding table for `rows` tokens on the device, times `scale`.
+    fn embed_rows(
+        &self,
+        table: &CudaMatrix,
+        tokens: Option<&CudaSlice<u32>>,
+        rows: usize,
+        scale: f32,
+    ) -> CudaAct {
+        let cols = table.cols;
+        let mut out = self.out_f32(rows * cols);
+        if let (Some(toks), true) = (tokens, rows > 0) {
+            let (dtype, c) = (dtype_code(table.dtype), cols as i32);
+            let mut b = self.stream.launch_builder(self.f("embed"));
+            b.arg(&table.bytes)
+                .arg(&dtype)
+                .arg(toks)
+                .arg(&c)
+                .arg(&scale)
+                .arg(&mut out);
+            // SAFETY: matches embed.cu; `tokens` holds at least `rows` ids.
+            ok(
+                unsafe { b.launch(Self::rows_config(rows, Self::row_threads(cols).min(256))) },
+                "embed",
+            );
+        }
+        CudaAct {
+            rows,
+            cols,
+            buf: out,
+            half: None,
+        }
+    }
+
     /// The architecture the kernels were compiled for (`sm_90`, ...).
     pub fn arch(&self) -> &str {
         &self.arch
@@ -1225,29 +1258,9 @@ impl Backend for CudaBackend {
     }
 
     fn embed(&self, table: &CudaMatrix, tokens: &[u32], scale: f32) -> CudaAct {
-        let (rows, cols) = (tokens.len(), table.cols);
-        let mut out = self.out_f32(rows * cols);
-        if rows > 0 {
-            let toks = self.upload(tokens);
-            let (dtype, c) = (dtype_code(table.dtype), cols as i32);
-            let mut b = self.stream.launch_builder(self.f("embed"));
-            b.arg(&table.bytes)
-                .arg(&dtype)
-                .arg(&toks)
-                .arg(&c)
-                .arg(&scale)
-                .arg(&mut out);
-            // SAFETY: matches embed.cu.
-            ok(
-                unsafe { b.launch(Self::rows_config(rows, Self::row_threads(cols).min(256))) },
-                "embed",
-            );
-        }
-        CudaAct {
-            rows,
-            cols,
-            buf: out,
-            half: None,
+        match tokens.is_empty() {
+            true => self.embed_rows(table, None, 0, scale),
+            false => self.embed_rows(table, Some(&self.upload(tokens)), tokens.len(), scale),
         }
     }
 
@@ -1374,29 +1387,7 @@ impl Backend for CudaBackend {
     }
 
     fn embed_step(&self, table: &CudaMatrix, step: &CudaStep, scale: f32) -> CudaAct {
-        let (rows, cols) = (step.rows, table.cols);
-        let mut out = self.out_f32(rows * cols);
-        if rows > 0 {
-            let (dtype, c) = (dtype_code(table.dtype), cols as i32);
-            let mut b = self.stream.launch_builder(self.f("embed"));
-            b.arg(&table.bytes)
-                .arg(&dtype)
-                .arg(&step.tokens)
-                .arg(&c)
-                .arg(&scale)
-                .arg(&mut out);
-            // SAFETY: matches embed.cu; the step holds a token per row.
-            ok(
-                unsafe { b.launch(Self::rows_config(rows, Self::row_threads(cols).min(256))) },
-                "embed",
-            );
-        }
-        CudaAct {
-            rows,
-            cols,
-            buf: out,
-            half: None,
-        }
+        self.embed_rows(table, Some(&step.tokens), step.rows, scale)
     }
 
     fn run_layers(
