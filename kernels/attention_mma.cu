@@ -111,30 +111,51 @@ __device__ __forceinline__ void prefill_mma(MMA_ARGS) {
     const int log2_block = __ffs(block_size) - 1;
     const bool pow2 = (block_size & (block_size - 1)) == 0;
 
-    for (int c0 = first_key; c0 <= last_pos; c0 += CHUNK_KEYS) {
+    // Chunks start on a multiple of 4 keys, so that 4 keys of a block (block_size a multiple
+    // of 4) are one 8-byte load; keys before first_key are masked like any outside a window.
+    const bool quads = (block_size & 3) == 0;
+    for (int c0 = first_key & ~3; c0 <= last_pos; c0 += CHUNK_KEYS) {
         __syncthreads();  // the previous chunk is no longer read
         // Keys: cache [head_dim][block_size] per block -> ks[key][dim]; lanes over keys, so
-        // the reads are consecutive within a block.
-        for (int e = threadIdx.x; e < CHUNK_KEYS * head_dim; e += blockDim.x) {
-            const int d = e / CHUNK_KEYS, s = e % CHUNK_KEYS, j = c0 + s;
-            bf16 x = 0;
-            if (j <= last_pos) {
-                const int b = pow2 ? j >> log2_block : j / block_size;
-                const int o = j - b * block_size;
-                x = kc[((u64)table[b] * kv_heads + kh) * block_size * head_dim + (u64)d * block_size + o];
+        // the reads are consecutive within a block. A key past last_pos reads as 0.
+        if (quads) {
+            for (int e = threadIdx.x; e < CHUNK_KEYS / 4 * head_dim; e += blockDim.x) {
+                const int d = e / (CHUNK_KEYS / 4), s = (e % (CHUNK_KEYS / 4)) * 4, j = c0 + s;
+                u64 four = 0;
+                if (j <= last_pos) {
+                    const int b = pow2 ? j >> log2_block : j / block_size;
+                    const int o = j - b * block_size;
+                    four = *(const u64*)(kc + ((u64)table[b] * kv_heads + kh) * block_size * head_dim +
+                                         (u64)d * block_size + o);
+                }
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    ks[(s + i) * qstride + d] = j + i <= last_pos ? (bf16)(four >> (16 * i)) : (bf16)0;
             }
-            ks[s * qstride + d] = x;
+        } else {
+            for (int e = threadIdx.x; e < CHUNK_KEYS * head_dim; e += blockDim.x) {
+                const int d = e / CHUNK_KEYS, s = e % CHUNK_KEYS, j = c0 + s;
+                bf16 x = 0;
+                if (j <= last_pos) {
+                    const int b = pow2 ? j >> log2_block : j / block_size;
+                    const int o = j - b * block_size;
+                    x = kc[((u64)table[b] * kv_heads + kh) * block_size * head_dim + (u64)d * block_size + o];
+                }
+                ks[s * qstride + d] = x;
+            }
         }
-        // Values: cache [block_size][head_dim] -> vs[dim][key]; lanes over dimensions.
-        for (int e = threadIdx.x; e < CHUNK_KEYS * head_dim; e += blockDim.x) {
-            const int s = e / head_dim, d = e % head_dim, j = c0 + s;
-            bf16 x = 0;
+        // Values: cache [block_size][head_dim] -> vs[dim][key]; lanes over dimensions, 4 at a
+        // time (head_dim is a multiple of 16).
+        for (int e = threadIdx.x; e < CHUNK_KEYS * head_dim / 4; e += blockDim.x) {
+            const int s = e / (head_dim / 4), d = (e % (head_dim / 4)) * 4, j = c0 + s;
+            u64 four = 0;
             if (j <= last_pos) {
                 const int b = pow2 ? j >> log2_block : j / block_size;
                 const int o = j - b * block_size;
-                x = vc[(((u64)table[b] * kv_heads + kh) * block_size + o) * head_dim + d];
+                four = *(const u64*)(vc + (((u64)table[b] * kv_heads + kh) * block_size + o) * head_dim + d);
             }
-            vs[d * vstride + s] = x;
+#pragma unroll
+            for (int i = 0; i < 4; i++) vs[(d + i) * vstride + s] = (bf16)(four >> (16 * i));
         }
         __syncthreads();
         if (wlast < c0 || wfirst > c0 + CHUNK_KEYS - 1) continue;
