@@ -119,8 +119,11 @@ __device__ __forceinline__ void prefill_mma(MMA_ARGS) {
         // Keys: cache [head_dim][block_size] per block -> ks[key][dim]; lanes over keys, so
         // the reads are consecutive within a block. A key past last_pos reads as 0.
         if (quads) {
+            // A warp takes 16 keys (4 quads: a 32-byte run of a block) at 8 dimensions, so
+            // its reads fill whole sectors and its stores span 8 banks.
             for (int e = threadIdx.x; e < CHUNK_KEYS / 4 * head_dim; e += blockDim.x) {
-                const int d = e / (CHUNK_KEYS / 4), s = (e % (CHUNK_KEYS / 4)) * 4, j = c0 + s;
+                const int q = ((e >> 5) & 1) * 4 + (e & 3), d = (e >> 6) * 8 + ((e >> 2) & 7);
+                const int s = q * 4, j = c0 + s;
                 u64 four = 0;
                 if (j <= last_pos) {
                     const int b = pow2 ? j >> log2_block : j / block_size;
@@ -146,8 +149,11 @@ __device__ __forceinline__ void prefill_mma(MMA_ARGS) {
         }
         // Values: cache [block_size][head_dim] -> vs[dim][key]; lanes over dimensions, 4 at a
         // time (head_dim is a multiple of 16).
+        // A warp takes 8 keys at 16 dimensions (4 quads: 32 bytes of each key's row), so its
+        // reads fill whole sectors and its transposed stores meet at most 2 to a bank.
         for (int e = threadIdx.x; e < CHUNK_KEYS * head_dim / 4; e += blockDim.x) {
-            const int s = e / (head_dim / 4), d = (e % (head_dim / 4)) * 4, j = c0 + s;
+            const int rest = e >> 3, dq = rest % (head_dim / 4);
+            const int s = (rest / (head_dim / 4)) * 8 + (e & 7), d = dq * 4, j = c0 + s;
             u64 four = 0;
             if (j <= last_pos) {
                 const int b = pow2 ? j >> log2_block : j / block_size;
