@@ -661,7 +661,9 @@ fn one_callers_flood_of_groups_neither_blocks_nor_joins_anothers() {
     let (_, _, alone) = rt.block_on(group_of_b("b-alone"));
     rt.block_on(async {
         // A abandons 320 one-member groups, 40 at a time (within its cap of 50), each after
-        // 200 ms: they leave with their calls, or the later batches would be refused.
+        // 200 ms: they leave with their calls, or the later batches would be refused (the
+        // first time this ran beside a training job, a batch came before the router had seen
+        // the last one go; each batch now waits for that).
         for batch in 0..8 {
             let abandoned: Vec<_> = (0..40)
                 .map(|i| {
@@ -673,6 +675,19 @@ fn one_callers_flood_of_groups_neither_blocks_nor_joins_anothers() {
                 let r = a.await.unwrap();
                 assert!(r.is_err(), "batch {batch}: abandoned, not answered: {r:?}");
             }
+            // They leave with their calls: the next batch waits until the router has seen
+            // them go (on a loaded machine that takes longer than the calls' return).
+            for _ in 0..200 {
+                if forming() == 0.0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(
+                forming(),
+                0.0,
+                "batch {batch}: abandoned groups still forming"
+            );
         }
     });
     wait_for(Duration::from_secs(10), "the abandoned groups gone", || {
