@@ -193,16 +193,19 @@ fn row_kernels_match_their_cpu_references() {
         );
     }
     let mut gq = b.act_from_host(rows, cols, &x);
-    let step = b.prepare_step(StepInputs {
+    // The step's RoPE rows, as the CPU reads them and as the GPU holds them.
+    let no_meta = AttentionMeta::default();
+    let cstep = StepInputs {
         tokens: &[],
-        meta: &AttentionMeta::default(),
+        meta: &no_meta,
         slots: &[],
         extra_slots: &[],
         cos: &cos,
         sin: &sin,
         group: 1,
         head_dim: 0,
-    });
+    };
+    let step = b.prepare_step(cstep);
     b.rope(&mut gq, heads, hd, &step);
     assert_close("rope", &host(&b, &gq), &want, 1e-6);
 
@@ -213,16 +216,6 @@ fn row_kernels_match_their_cpu_references() {
     let width = (heads + 2 * kv_heads) * hd;
     let qkv = r.vec(rows * width, 3.0);
     let cpu = CpuBackend;
-    let cstep = StepInputs {
-        tokens: &[],
-        meta: &AttentionMeta::default(),
-        slots: &[],
-        extra_slots: &[],
-        cos: &cos,
-        sin: &sin,
-        group: 1,
-        head_dim: 0,
-    };
     let c_qkv = CpuAct {
         rows,
         cols: width,
