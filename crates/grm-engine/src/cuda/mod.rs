@@ -433,10 +433,7 @@ impl CudaBackend {
     }
 
     fn lock_graphs(&self) -> std::sync::MutexGuard<'_, Graphs> {
-        match self.graphs.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        self.graphs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Turns the recording and replay of decode steps as CUDA graphs on or off (on unless
@@ -896,10 +893,7 @@ impl CudaBackend {
             .arg(&c)
             .arg(&eps)
             .arg(&mut out);
-        match half.as_mut() {
-            Some(h) => b.arg(h),
-            None => b.arg(&null),
-        };
+        push_twin(&mut b, &mut half, &null);
         // SAFETY: argument types and counts match norm.cu's add_rms_norm_norm (a null twin
         // is skipped).
         ok(unsafe { b.launch(cfg) }, "add_rms_norm_norm");
@@ -950,10 +944,12 @@ impl CudaBackend {
     }
 
     /// `x` as cuBLAS multiplies it by a weight of `dtype`: itself for f32 (`None`), else a
-    /// 16-bit copy (bf16 or f16 in, f32 accumulate: the activations take the weights' type).
+    /// 16-bit copy (bf16 or f16 in, f32 accumulate: the activations take the weights' type);
+    /// `None` too where x has its bf16 twin for a bf16 weight (`gemm_with` reads that).
     fn gemm_input(&self, x: &CudaAct, dtype: DType) -> Option<CudaSlice<u16>> {
         let kname = match dtype {
             DType::F32 => return None,
+            DType::BF16 if x.half.is_some() => return None,
             DType::BF16 => "cast_f32_bf16",
             DType::F16 => "cast_f32_f16",
         };
@@ -972,9 +968,6 @@ impl CudaBackend {
 
     /// cuBLAS: `x · wᵀ` with w [out × in] row-major (column-major [in × out], transposed).
     fn gemm(&self, x: &CudaAct, w: &CudaMatrix) -> CudaAct {
-        if let (Some(h), DType::BF16) = (&x.half, w.dtype) {
-            return self.gemm_with(x, Some(h), w);
-        }
         let half = self.gemm_input(x, w.dtype);
         self.gemm_with(x, half.as_ref(), w)
     }
@@ -993,7 +986,11 @@ impl CudaBackend {
             };
         }
         use blas_sys::cudaDataType::{CUDA_R_16BF, CUDA_R_16F, CUDA_R_32F};
-        let (x_ptr, x_type, _x_guard) = match (w.dtype, half) {
+        let twin = match w.dtype {
+            DType::BF16 => x.half.as_ref(),
+            _ => None,
+        };
+        let (x_ptr, x_type, _x_guard) = match (w.dtype, half.or(twin)) {
             (DType::BF16, Some(h)) | (DType::F16, Some(h)) => {
                 let (p, g) = h.device_ptr(&self.stream);
                 let t = if w.dtype == DType::BF16 {
@@ -1271,10 +1268,7 @@ impl Backend for CudaBackend {
             let c = x.cols as i32;
             let mut b = self.stream.launch_builder(self.f("rms_norm"));
             b.arg(&x.buf).arg(w).arg(&c).arg(&eps).arg(&mut out);
-            match half.as_mut() {
-                Some(h) => b.arg(h),
-                None => b.arg(&null),
-            };
+            push_twin(&mut b, &mut half, &null);
             // SAFETY: matches norm.cu (a null twin is skipped).
             ok(
                 unsafe { b.launch(Self::rows_config(x.rows, Self::row_threads(x.cols))) },
@@ -1324,9 +1318,6 @@ impl Backend for CudaBackend {
             return ws.map(|w| self.linear(x, w));
         }
         // One cast of x serves every product (none where x has its bf16 twin).
-        if let (Some(h), Some(DType::BF16)) = (&x.half, dtype) {
-            return ws.map(|w| self.gemm_with(x, Some(h), w));
-        }
         let half = dtype.and_then(|d| self.gemm_input(x, d));
         ws.map(|w| self.gemm_with(x, half.as_ref(), w))
     }
@@ -1471,10 +1462,7 @@ impl Backend for CudaBackend {
             let (i64_, n64) = (inter as u64, n as u64);
             let mut b = self.stream.launch_builder(self.f("gelu_mul_stacked"));
             b.arg(&gate_up.buf).arg(&mut out);
-            match half.as_mut() {
-                Some(h) => b.arg(h),
-                None => b.arg(&null),
-            };
+            push_twin(&mut b, &mut half, &null);
             b.arg(&i64_).arg(&n64);
             // SAFETY: matches elementwise.cu's gelu_mul_stacked (a null twin is skipped).
             ok(
@@ -1680,10 +1668,10 @@ impl Backend for CudaBackend {
                 );
                 (&mut owned.0, &mut owned.1)
             } else {
-                unused = match self.unused_partials.lock() {
-                    Ok(g) => g,
-                    Err(poisoned) => poisoned.into_inner(),
-                };
+                unused = self
+                    .unused_partials
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 let pair = &mut *unused;
                 (&mut pair.0, &mut pair.1)
             };
@@ -1771,6 +1759,19 @@ impl Backend for CudaBackend {
 /// the tile's queries, in f32.
 fn prefill_shared_bytes(block_size: usize, head_dim: usize) -> usize {
     (head_dim * (block_size + 1) + block_size * head_dim + plan::PREFILL_PAIRS * head_dim) * 4
+}
+
+/// A kernel's bf16 twin output (`CudaAct::half`), or a null pointer where there is none (the
+/// kernel then skips it).
+fn push_twin<'a>(
+    b: &mut cudarc::driver::LaunchArgs<'a>,
+    half: &'a mut Option<CudaSlice<u16>>,
+    null: &'a u64,
+) {
+    match half {
+        Some(h) => b.arg(h),
+        None => b.arg(null),
+    };
 }
 
 /// Dynamic shared memory of attn_prefill_mma_*: the tile's queries and a chunk of 32 keys,
