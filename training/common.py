@@ -10,6 +10,11 @@ OUT = os.environ.get("GRM_TRAIN_OUT", os.path.join(ROOT, "training", "out"))
 GRM = os.environ.get("GRM_BIN", os.path.join(ROOT, "target", "release", "grm"))
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
 PAD, EOS, BOS, END_OF_TURN = 0, 1, 2, 5
+# Longest judgement sampled for evaluations and meta-RM data: a checking judgement of 8
+# responses works each sum out column by column (up to 296 tokens in checked.py's data; 78%
+# pass 128), and the longest checked prompt (642 tokens) plus 320 fits the GRM's 1,024
+# positions. The first domain's end by 90, so the bound costs them nothing.
+JUDGEMENT_TOKENS = 320
 
 # A small Gemma-2 with every feature on: GQA (4 query heads, 2 KV heads), head_dim 64,
 # sliding layers (window 64, shorter than every prompt) alternating with global ones,

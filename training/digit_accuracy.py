@@ -1,12 +1,13 @@
 """How well a GRM predicts the digits of the checking judgements it is trained on: teacher-forced,
 the share of digit tokens of the judgement whose argmax is right, split by where they stand —
 computed in the criteria (a run of digits right after "=": column sums and the result), copied
-in the criteria (operands, "write 5"), and in the analysis's check of each response. A checkpoint of training/checked.py is judged by it long
-before its held-out accuracy moves off chance (models/README.md, "A judge that checks").
+in the criteria (operands, "write 5"), and in the analysis's check of each response. A
+checkpoint of training/checked.py is judged by it long before its held-out accuracy moves off
+chance (models/README.md, "A judge that checks").
 
     python training/digit_accuracy.py --model DIR [--data training/out/checked/data.npz] [--items 300]
 
-Items are drawn from the end of the data's arith part with a fixed seed, so two checkpoints are
+Items are drawn at random from the data's arith part with a fixed seed, so two checkpoints are
 measured on the same items.
 """
 import argparse

@@ -9,7 +9,7 @@ import torch
 
 sys.path.insert(0, __import__("os").path.dirname(__file__))
 import domain  # noqa: E402
-from common import MODEL, PAD, encode, grm, load_tokenizer, path, read_jsonl, write_jsonl  # noqa: E402
+from common import JUDGEMENT_TOKENS, MODEL, PAD, encode, grm, load_tokenizer, path, read_jsonl, write_jsonl  # noqa: E402
 
 
 def main():
@@ -19,9 +19,7 @@ def main():
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--grm", default=None)
-    # A checking judgement runs to ~300 tokens (ship.py: JUDGEMENT_TOKENS); the first domain's
-    # end by 90, so the larger bound costs them nothing.
-    ap.add_argument("--max-new-tokens", type=int, default=320)
+    ap.add_argument("--max-new-tokens", type=int, default=JUDGEMENT_TOKENS)
     ap.add_argument("--no-eight", action="store_true", help="items of 1, 2, 4 responses only (the first recipe)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reuse-data", action="store_true", help="train on the judgements an earlier run drew (no grm needed)")

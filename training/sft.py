@@ -84,7 +84,8 @@ def train(model, examples, epochs, lr, batch_tokens, seed, label, time_budget=No
           fit_seconds=None, checkpoint=None, checkpoint_every=None, resume=None, micro_tokens=8192):
     """AdamW with warm-up and a cosine decay over the plan (`max_steps` cuts the plan, and the
     schedule with it, so a run is the same on any machine; `time_budget`, seconds, only stops
-    it early as a safety net). On a CUDA `device` the model runs under bf16 autocast and the
+    it early as a safety net). On a CUDA `device` (and a CPU with bf16 products: see
+    `mixed_precision`) the model runs under bf16 autocast; on a GPU the
     loss is read only when printed (each read waits for the GPU); `fit_seconds` cuts the plan
     to what the machine trains in that time, measured over steps 10 to 50, and prints the
     `max_steps` that reproduces it; `checkpoint(model)` is called every `checkpoint_every`
@@ -142,9 +143,9 @@ def train(model, examples, epochs, lr, batch_tokens, seed, label, time_budget=No
         # most micro_tokens (eager attention keeps rows x heads x length^2 scores per layer
         # for the backward pass: a whole 32k-token batch of long rows took over 15 GB on CPU).
         parts = micro_batches(examples, idx, micro_tokens if not cuda else None)
-        counts = [sum(max(0, sum(1 for v in examples[i][1][1:] if v != -100)) for i in part) for part in parts]
+        counts = [sum(sum(1 for v in examples[i][1][1:] if v != -100) for i in part) for part in parts]
         total_count = max(1, sum(counts))
-        loss_sum = 0.0
+        loss = torch.zeros((), device=dev)
         for part, count in zip(parts, counts):
             if count == 0:
                 continue
@@ -152,8 +153,7 @@ def train(model, examples, epochs, lr, batch_tokens, seed, label, time_budget=No
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                 part_loss = model(input_ids=x, attention_mask=m, labels=y).loss * (count / total_count)
             part_loss.backward()
-            loss_sum += part_loss.detach()
-        loss = loss_sum if torch.is_tensor(loss_sum) else torch.tensor(loss_sum)
+            loss += part_loss.detach()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()

@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import domain  # noqa: E402
-from common import ROOT, grm, path, write_jsonl  # noqa: E402
+from common import JUDGEMENT_TOKENS, ROOT, grm, path, write_jsonl  # noqa: E402
 
 MODELS = os.path.join(ROOT, "models")
 
@@ -52,17 +52,10 @@ SPLITS = [("best-of-n", "accuracy-best-of-n.svg"), ("single", "roc-auc-single.sv
           ("checked-pairs", "accuracy-checked-pairs.svg"), ("checked-groups", "accuracy-checked-groups.svg")]
 
 
-# Longest judgement sampled in evaluations (see evaluate).
-JUDGEMENT_TOKENS = 320
-
-
 def evaluate(grm_dir=None, meta_dir=None, out_dir=None, suffix="", k_max=32, threads=None):
     ev = os.path.join(MODELS, "eval")
     out_dir = out_dir or ev
     os.makedirs(out_dir, exist_ok=True)
-    # 320 new tokens: a checking judgement of 8 responses works each sum out column by column
-    # (up to 296 tokens in checked.py's data; 78% pass 128), and the longest checked prompt
-    # (642 tokens) plus 320 fits the GRM's 1,024 positions. The first domain's end by 90.
     common = ["--model", grm_dir or os.path.join(MODELS, "grm"), "--meta-model", meta_dir or os.path.join(MODELS, "meta-rm"),
               "--k-max", k_max, "--ks", "1,2,4,8,16,32", "--max-new-tokens", JUDGEMENT_TOKENS, "--concurrency", 64, "--kv-blocks", 30000,
               "--max-batch-tokens", 2048]
