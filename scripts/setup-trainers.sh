@@ -116,12 +116,26 @@ if [ ! -x "$py" ] || ! "$py" -c 'import sys; sys.exit(sys.version_info[:2] != (3
   "$py" -m pip install -q --disable-pip-version-check --upgrade pip
 fi
 
-pip=("$py" -m pip install -q --disable-pip-version-check)
+# No pip cache (it would hold a second copy of the 2.6 GB of wheels) and pip's unpacking on the
+# checkout's disk rather than in /tmp, which may be a small tmpfs: a CI run on a machine with
+# little free disk failed here with ENOSPC.
+tmp=$venv/.pip-tmp
+mkdir -p "$tmp"
+trap 'rm -rf "$tmp"' EXIT
+pip=(env TMPDIR="$PWD/$tmp" "$py" -m pip install -q --disable-pip-version-check --no-cache-dir)
 # Hashed before installing, so that a client edited meanwhile is seen as changed next time.
 want_hash=$(client_hash)
 # Everything that is not the client and not the client's stamp: install in one resolution,
 # with the client, so that grpcio and protobuf (< 7, the stubs' major) are chosen once.
 if grep -qv '^grm-client in ' <<<"$msg"; then
+  # Installed, torch with its nvidia-* libraries and the rest take about 5.4 GiB, 6.3 GiB while installing (measured); say so plainly
+  # rather than fail half-way through a wheel.
+  need_kb=$((7 * 1024 * 1024))
+  free_kb=$(df -Pk "$venv" | awk 'NR == 2 { print $4 }')
+  if [ -n "$free_kb" ] && [ "$free_kb" -lt "$need_kb" ]; then
+    echo "setup-trainers: the disk under $venv has $((free_kb / 1024)) MiB free; installing torch and the trainers needs about $((need_kb / 1024)) MiB" >&2
+    exit 1
+  fi
   if [ -n "${TORCH_INDEX_URL:-}" ]; then
     echo "setup-trainers: installing torch from $TORCH_INDEX_URL" >&2
     "${pip[@]}" --index-url "$TORCH_INDEX_URL" "${pins[0]}"

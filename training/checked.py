@@ -12,7 +12,8 @@ so that the GPU machine needs only torch and transformers:
 `train` runs sft.py's loop; with `--piece-seconds` it stops after so long, keeping its whole
 state in `--state`, and exits 75; run it again with the same arguments to go on (a CPU runs
 the plan in pieces of under two hours; a GPU in one). The same data and seed give the same
-plan in pieces or in one go.
+plan in pieces or in one go. `snapshot` writes the state in bf16 for committing, so that a
+piece on a fresh checkout goes on from there (checked.sh).
 """
 import argparse
 import os
@@ -65,6 +66,29 @@ def train(a):
         sys.exit(MORE)
 
 
+def snapshot(a):
+    """The whole state of `--state` with every float tensor in bf16 (about 32 MB against 64 MB),
+    to commit: a session's disk does not outlive it, and the next piece, on a fresh checkout,
+    starts from this file (checked.sh copies it to the state's place). sft.train's resume reads
+    it as it is: load_state_dict casts the weights, and the optimizer's moments, back to f32.
+    The rounding makes a resumed run differ slightly from one that never stopped."""
+    state = torch.load(a.state, map_location="cpu", weights_only=False)
+
+    def small(x):
+        if isinstance(x, torch.Tensor):
+            return x.to(torch.bfloat16) if x.is_floating_point() and x.dim() > 0 else x
+        if isinstance(x, dict):
+            return {k: small(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [small(v) for v in x]
+        return x
+
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    torch.save(small(state), a.out + ".tmp")
+    os.replace(a.out + ".tmp", a.out)
+    print(f"snapshot of step {state['step']} in {a.out} ({os.path.getsize(a.out) >> 20} MiB)", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -85,14 +109,17 @@ def main():
     t.add_argument("--piece-seconds", type=float, default=None, help="stop after so long; run again to go on")
     t.add_argument("--save-every", type=float, default=600)
     t.add_argument("--fit-seconds", type=float, default=None, help="cut the plan to what this machine trains in so long")
-    for p in (d, t):
+    s = sub.add_parser("snapshot")
+    s.add_argument("--state", required=True)
+    s.add_argument("--out", required=True)
+    for p in (d, t, s):
         p.add_argument("--seed", type=int, default=32)
         p.add_argument("--tokenizer", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                             "models", "grm", "tokenizer.json"))
         p.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    {"data": build, "train": train}[a.cmd](a)
+    {"data": build, "train": train, "snapshot": snapshot}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,10 @@
 #   bash training/checked.sh               # on CPU: one piece of PIECE_SECONDS (6600) per run;
 #                                          # exits 75 while the plan is unfinished: run it again
 # ITEMS (60000) and OLD_ITEMS (20000) size the data, MAX_STEPS cuts the plan, NO_SHIP=1 stops
-# before models/ is written. The state lives in $GRM_TRAIN_OUT/checked (training/out/checked).
+# before models/ is written. The state lives in $GRM_TRAIN_OUT/checked (training/out/checked);
+# a piece that ends unfinished also writes it, in bf16, to training/resume/checked.pt, which is
+# committed: a session's disk does not outlive it, and a fresh checkout's first piece starts
+# from there (after a piece is stopped by hand: checked.py snapshot --state S --out that file).
 source "$(dirname "$0")/env.sh"
 out=${GRM_TRAIN_OUT:-$PWD/training/out}/checked
 mkdir -p "$out/init" "$out/tokenizer"
@@ -18,12 +21,20 @@ cp models/grm/tokenizer.json "$out/tokenizer/tokenizer.json"
 [ -f "$out/init/model.safetensors" ] || cp models/grm/config.json models/grm/model.safetensors models/grm/tokenizer.json "$out/init/"
 [ -f "$out/data.npz" ] || time "$py" training/checked.py data --items "${ITEMS:-60000}" --old-items "${OLD_ITEMS:-20000}" \
   --out "$out/data.npz" --threads "$threads"
+carried=training/resume/checked.pt
+[ -f "$out/state.pt" ] || [ ! -f "$carried" ] || { echo "checked: resuming from $carried" >&2; cp "$carried" "$out/state.pt"; }
 piece=()
 [ "${DEVICE:-cpu}" = cpu ] && piece=(--piece-seconds "${PIECE_SECONDS:-6600}")
 steps=()
 [ -n "${MAX_STEPS:-}" ] && steps=(--max-steps "$MAX_STEPS")
+rc=0
 time "$py" training/checked.py train --data "$out/data.npz" --init "$out/init" --out "$out/grm.safetensors" \
-  --state "$out/state.pt" --device "${DEVICE:-cpu}" --threads "$threads" "${piece[@]}" "${steps[@]}"
+  --state "$out/state.pt" --device "${DEVICE:-cpu}" --threads "$threads" "${piece[@]}" "${steps[@]}" || rc=$?
+if [ "$rc" = 75 ]; then
+  "$py" training/checked.py snapshot --state "$out/state.pt" --out "$carried"
+  exit 75
+fi
+[ "$rc" = 0 ] || exit "$rc"
 "$py" training/bigsft.py finish --weights "$out/grm.safetensors" --like "$out/init" --out "$out/grm"
 time GRM_TRAIN_OUT=$out "$py" training/meta.py --grm "$out/grm" --items "${META_ITEMS:-1000}" --device "${DEVICE:-cpu}" \
   --threads "$threads" --domain arith
