@@ -276,15 +276,34 @@ def analysis(pos, it, i):
     return f"Response {pos} answers {x}, which is {c}: right, and its working is right."
 
 
+def working(op, a, b):
+    """The criteria's opening (what is asked) and its working (column by column, then the
+    result), as every judgement writes them; drills repeat them alone."""
+    steps, c = column(op, a, b)
+    return (f"Specific Criteria: The question asks for {a} {op} {b}.",
+            f" Column by column: {steps}. So {a} {op} {b} = {c}", c)
+
+
+def drill(rng):
+    """A column-working drill: the criteria's opening and working for random operands, without
+    the question and responses around them. A judgement's column facts ("7 + 8 = 15") are a few
+    of its ~300 tokens; a checkpoint at step 250 had 96% of its results' digits right but 55% of
+    its column facts (digit_accuracy.py), so the facts get rows of their own. The three
+    operations come equally often: borrows and products are the harder facts."""
+    op = rng.choice(["+", "-", "×"])
+    a, b = operands(rng, op)
+    head, work, _ = working(op, a, b)
+    return head, work
+
+
 def judgement(it, order, rng):
     """The rule's judgement in the paper's format: criteria that work the result out, an
     analysis that checks each response's final answer against it, the boxed scores."""
     a, b, c, op = it["a"], it["b"], it["answer"], it["op"]
-    steps, result = column(op, a, b)
+    head, work, result = working(op, a, b)
     assert result == c, (a, op, b, result, c)
     w = rng.choice([(70, 20, 10), (60, 30, 10), (80, 10, 10)])
-    criteria = (f"Specific Criteria: The question asks for {a} {op} {b}. Column by column: {steps}. "
-                f"So {a} {op} {b} = {c}, and the final answer must be {c} (weight {w[0]}%); "
+    criteria = (f"{head}{work}, and the final answer must be {c} (weight {w[0]}%); "
                 f"the working shown must be right (weight {w[1]}%); "
                 f"the answer must be stated clearly (weight {w[2]}%).")
     parts = [analysis(pos + 1, it, i) for pos, i in enumerate(order)]

@@ -41,6 +41,10 @@ def main():
     parts = ("criteria: computed", "criteria: copied", "analysis")
     right = dict.fromkeys(parts, 0)
     total = dict.fromkeys(parts, 0)
+    # The computed digits again, by the item's operation and by where they stand: a column's
+    # step ("7 + 8 = 15") or the result the steps add up to ("So 47 + 38 = 85"), to tell a
+    # fact not learned from a result not assembled.
+    by_kind_right, by_kind_total = {}, {}
     with torch.no_grad():
         for i in picked:
             ids, labels = examples[i]
@@ -59,10 +63,21 @@ def main():
                     continue
                 part = "analysis" if "Analysis" in text else ("criteria: computed" if computed else "criteria: copied")
                 total[part] += 1
-                right[part] += int(pred[t - 1] == ids[t])
+                ok = int(pred[t - 1] == ids[t])
+                right[part] += ok
+                if part == "criteria: computed":
+                    # The text is of byte-level pieces, in which "×" is not itself.
+                    asks = text.split("asks for ", 1)[-1][:20]
+                    op = "+" if " + " in asks else "-" if " - " in asks else "×"
+                    kind = f"{op} {'result' if ' So ' in text.split('Column by column:', 1)[-1] else 'column step'}"
+                    by_kind_total[kind] = by_kind_total.get(kind, 0) + 1
+                    by_kind_right[kind] = by_kind_right.get(kind, 0) + ok
     for part in parts:
         share = right[part] / max(1, total[part])
         print(f"{part}: {share:.1%} of {total[part]} digit tokens right (teacher-forced)")
+    for kind in sorted(by_kind_total):
+        share = by_kind_right[kind] / by_kind_total[kind]
+        print(f"  computed, {kind}: {share:.1%} of {by_kind_total[kind]}")
 
 
 if __name__ == "__main__":

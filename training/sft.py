@@ -80,8 +80,28 @@ def micro_batches(examples, idx, micro_tokens):
     return pack(examples, sorted(idx, key=lambda i: len(examples[i][0])), micro_tokens)
 
 
+def token_weights(examples, idx, weights):
+    """The loss weights of `idx`'s examples, padded like collate's labels; all 1 where
+    `weights` (one float array per example, or None) has none."""
+    L = max(len(examples[i][0]) for i in idx)
+    w = torch.ones((len(idx), L))
+    if weights is not None:
+        for r, i in enumerate(idx):
+            w[r, : len(weights[i])] = torch.as_tensor(weights[i], dtype=torch.float32)
+    return w
+
+
+def weighted_loss(logits, labels, w, count):
+    """Σ weight × cross-entropy over the labelled tokens, over `count` (the batch's labelled
+    tokens, unweighted): with every weight 1, what the model's own mean loss gives once scaled
+    by its share of the batch. Logits are the model's (soft-capped); the loss is taken in f32."""
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                                           labels[:, 1:].reshape(-1), ignore_index=-100, reduction="none")
+    return (ce * w[:, 1:].reshape(-1)).sum() / count
+
+
 def train(model, examples, epochs, lr, batch_tokens, seed, label, time_budget=None, max_steps=None, device=None,
-          fit_seconds=None, checkpoint=None, checkpoint_every=None, resume=None, micro_tokens=8192):
+          fit_seconds=None, checkpoint=None, checkpoint_every=None, resume=None, micro_tokens=8192, weights=None):
     """AdamW with warm-up and a cosine decay over the plan (`max_steps` cuts the plan, and the
     schedule with it, so a run is the same on any machine; `time_budget`, seconds, only stops
     it early as a safety net). On a CUDA `device` (and a CPU with bf16 products: see
@@ -93,7 +113,8 @@ def train(model, examples, epochs, lr, batch_tokens, seed, label, time_budget=No
     at the start when it exists and written with every checkpoint and when `time_budget` ends
     the run, so a long plan runs in pieces on the same data and seed; returns None from a
     piece that stopped before the plan's end. On a CPU a batch runs in pieces of at most
-    `micro_tokens` padded tokens, their gradients summed, to bound the memory."""
+    `micro_tokens` padded tokens, their gradients summed, to bound the memory. `weights`: a
+    loss weight per token of each example (None: all 1)."""
     torch.manual_seed(seed)
     dev = torch.device(device or "cpu")
     cuda = dev.type == "cuda"
@@ -151,7 +172,11 @@ def train(model, examples, epochs, lr, batch_tokens, seed, label, time_budget=No
                 continue
             x, y, m = (t.to(dev) for t in collate(examples, part))
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                part_loss = model(input_ids=x, attention_mask=m, labels=y).loss * (count / total_count)
+                if weights is None:
+                    part_loss = model(input_ids=x, attention_mask=m, labels=y).loss * (count / total_count)
+                else:
+                    logits = model(input_ids=x, attention_mask=m).logits
+                    part_loss = weighted_loss(logits, y, token_weights(examples, part, weights).to(dev), total_count)
             part_loss.backward()
             loss += part_loss.detach()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
