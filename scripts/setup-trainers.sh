@@ -128,8 +128,8 @@ want_hash=$(client_hash)
 # Everything that is not the client and not the client's stamp: install in one resolution,
 # with the client, so that grpcio and protobuf (< 7, the stubs' major) are chosen once.
 if grep -qv '^grm-client in ' <<<"$msg"; then
-  # Installed, torch with its nvidia-* libraries and the rest take about 5.4 GiB, 6.3 GiB while installing (measured); say so plainly
-  # rather than fail half-way through a wheel.
+  # Torch with its nvidia-* libraries and the rest take 5.4 GiB installed, 6.3 GiB while
+  # installing (measured): say so plainly rather than fail half-way through a wheel.
   need_kb=$((7 * 1024 * 1024))
   free_kb=$(df -Pk "$venv" | awk 'NR == 2 { print $4 }')
   if [ -n "$free_kb" ] && [ "$free_kb" -lt "$need_kb" ]; then

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 import arith  # noqa: E402
 import bigsft  # noqa: E402
-from common import BOS  # noqa: E402
+from common import BOS, computed_digits  # noqa: E402
 import domain  # noqa: E402
 
 # Unfinished: run again to go on (EX_TEMPFAIL).
@@ -67,16 +67,8 @@ def fact_weights(examples, tokenizer, weight):
     tokens among ~300 a judgement, their gradient was lost in the rest."""
     import numpy as np
     from tokenizers import Tokenizer
-    tok = Tokenizer.from_file(tokenizer)
-    vocab = tok.get_vocab()
-    digit = np.array([vocab[str(d)] for d in range(10)])
-    equals = np.array([i for t, i in vocab.items() if t.replace("\u0120", " ").rstrip().endswith("=")])
-    flat = np.concatenate([np.asarray(ids, dtype=np.int64) for ids, _ in examples])
-    is_digit = np.isin(flat, digit)
-    at = np.arange(flat.size)
-    # The last token before each position's run of digits (-1 where none).
-    before = np.maximum.accumulate(np.where(is_digit, -1, at))
-    computed = is_digit & (before >= 0) & np.isin(flat[np.maximum(before, 0)], equals)
+    computed = computed_digits(Tokenizer.from_file(tokenizer),
+                               np.concatenate([np.asarray(ids, dtype=np.int64) for ids, _ in examples]))
     w = np.where(computed, np.float32(weight), np.float32(1.0))
     print(f"train: {int(computed.sum())} computed digits weighted {weight}", flush=True)
     return np.split(w, np.cumsum([len(ids) for ids, _ in examples])[:-1])

@@ -88,3 +88,18 @@ def load_tokenizer():
 
 def encode(tok, text):
     return tok.encode(text, add_special_tokens=False).ids
+
+
+def computed_digits(tok, ids):
+    """Which tokens of `ids` (a 1-d array) are computed digits: a run of digit tokens right
+    after a token that ends in "=" (column facts, "7 + 8 = 15", and results). The loss weights
+    of checked.py and the measure of digit_accuracy.py both read it, so they mean the same."""
+    import numpy as np
+    vocab = tok.get_vocab()
+    digit = np.array([vocab[str(d)] for d in range(10)])
+    equals = np.array([i for t, i in vocab.items() if t.replace("\u0120", " ").rstrip().endswith("=")])
+    ids = np.asarray(ids, dtype=np.int64)
+    is_digit = np.isin(ids, digit)
+    # The last token before each position's run of digits (-1 where none).
+    before = np.maximum.accumulate(np.where(is_digit, -1, np.arange(ids.size)))
+    return is_digit & (before >= 0) & np.isin(ids[np.maximum(before, 0)], equals)

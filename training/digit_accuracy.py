@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import bigsft  # noqa: E402
+from common import computed_digits  # noqa: E402
 
 
 def main():
@@ -50,18 +51,16 @@ def main():
             ids, labels = examples[i]
             logits = model(input_ids=torch.tensor([ids])).logits[0]
             pred = logits.argmax(-1).tolist()
-            text, computed = "", False
+            computed = computed_digits(tok, ids)
+            text = ""
             for t in range(1, len(ids)):
                 if labels[t] == -100:
                     continue
-                # The judgement's text so far (the tokenizer merges words, so by text); a run
-                # of digits right after "=" in the criteria is a computed result.
-                piece = (tok.id_to_token(ids[t]) or "").replace("\u0120", " ")
-                text += piece
+                # The judgement's text so far (the tokenizer merges words, so by text).
+                text += (tok.id_to_token(ids[t]) or "").replace("\u0120", " ")
                 if ids[t] not in digits:
-                    computed = piece.rstrip().endswith("=")
                     continue
-                part = "analysis" if "Analysis" in text else ("criteria: computed" if computed else "criteria: copied")
+                part = "analysis" if "Analysis" in text else ("criteria: computed" if computed[t] else "criteria: copied")
                 total[part] += 1
                 ok = int(pred[t - 1] == ids[t])
                 right[part] += ok

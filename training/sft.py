@@ -81,13 +81,11 @@ def micro_batches(examples, idx, micro_tokens):
 
 
 def token_weights(examples, idx, weights):
-    """The loss weights of `idx`'s examples, padded like collate's labels; all 1 where
-    `weights` (one float array per example, or None) has none."""
-    L = max(len(examples[i][0]) for i in idx)
-    w = torch.ones((len(idx), L))
-    if weights is not None:
-        for r, i in enumerate(idx):
-            w[r, : len(weights[i])] = torch.as_tensor(weights[i], dtype=torch.float32)
+    """The loss weights of `idx`'s examples (one float array per example), padded like
+    collate's labels."""
+    w = torch.ones((len(idx), max(len(examples[i][0]) for i in idx)))
+    for r, i in enumerate(idx):
+        w[r, : len(weights[i])] = torch.as_tensor(weights[i], dtype=torch.float32)
     return w
 
 
