@@ -112,7 +112,9 @@ __device__ __forceinline__ void prefill_mma(MMA_ARGS) {
     const bool pow2 = (block_size & (block_size - 1)) == 0;
 
     // Chunks start on a multiple of 4 keys, so that 4 keys of a block (block_size a multiple
-    // of 4) are one 8-byte load; keys before first_key are masked like any outside a window.
+    // of 4) are one 8-byte load; keys before first_key are masked like any outside a window,
+    // and only a quad's load may start below it (in first_key's own block): other loads skip
+    // them, so a table that drops blocks before the window is never read out of range.
     const bool quads = (block_size & 3) == 0;
     for (int c0 = first_key & ~3; c0 <= last_pos; c0 += CHUNK_KEYS) {
         __syncthreads();  // the previous chunk is no longer read
@@ -122,8 +124,8 @@ __device__ __forceinline__ void prefill_mma(MMA_ARGS) {
             // A warp takes 16 keys (4 quads: a 32-byte run of a block) at 8 dimensions, so
             // its reads fill whole sectors and its stores span 8 banks.
             for (int e = threadIdx.x; e < CHUNK_KEYS / 4 * head_dim; e += blockDim.x) {
-                const int q = ((e >> 5) & 1) * 4 + (e & 3), d = (e >> 6) * 8 + ((e >> 2) & 7);
-                const int s = q * 4, j = c0 + s;
+                const int quad = ((e >> 5) & 1) * 4 + (e & 3), d = (e >> 6) * 8 + ((e >> 2) & 7);
+                const int s = quad * 4, j = c0 + s;
                 u64 four = 0;
                 if (j <= last_pos) {
                     const int b = pow2 ? j >> log2_block : j / block_size;
@@ -139,7 +141,7 @@ __device__ __forceinline__ void prefill_mma(MMA_ARGS) {
             for (int e = threadIdx.x; e < CHUNK_KEYS * head_dim; e += blockDim.x) {
                 const int d = e / CHUNK_KEYS, s = e % CHUNK_KEYS, j = c0 + s;
                 bf16 x = 0;
-                if (j <= last_pos) {
+                if (j >= first_key && j <= last_pos) {
                     const int b = pow2 ? j >> log2_block : j / block_size;
                     const int o = j - b * block_size;
                     x = kc[((u64)table[b] * kv_heads + kh) * block_size * head_dim + (u64)d * block_size + o];
@@ -155,7 +157,7 @@ __device__ __forceinline__ void prefill_mma(MMA_ARGS) {
             const int rest = e >> 3, dq = rest % (head_dim / 4);
             const int s = (rest / (head_dim / 4)) * 8 + (e & 7), d = dq * 4, j = c0 + s;
             u64 four = 0;
-            if (j <= last_pos) {
+            if (j >= first_key && j <= last_pos) {
                 const int b = pow2 ? j >> log2_block : j / block_size;
                 const int o = j - b * block_size;
                 four = *(const u64*)(vc + (((u64)table[b] * kv_heads + kh) * block_size + o) * head_dim + d);
