@@ -46,6 +46,7 @@ def main():
     # step ("7 + 8 = 15") or the result the steps add up to ("So 47 + 38 = 85"), to tell a
     # fact not learned from a result not assembled.
     by_kind_right, by_kind_total = {}, {}
+    a_right, a_total = {}, {}
     with torch.no_grad():
         for i in picked:
             ids, labels = examples[i]
@@ -64,6 +65,17 @@ def main():
                 total[part] += 1
                 ok = int(pred[t - 1] == ids[t])
                 right[part] += ok
+                if part == "analysis":
+                    # What the digit copies: a response's final answer ("answers 84"), the
+                    # judgement's own result ("which is not 85"), a response's working ("writes
+                    # 47 + 38 = 84") or anything else (scores).
+                    tail = text.split("Analysis", 1)[-1]
+                    marks = {k: tail.rfind(k) for k in ("answers ", "which is", "writes ", "Response ")}
+                    last = max(marks, key=marks.get)
+                    kind = {"answers ": "a response's answer", "which is": "the result", "writes ": "a response's working",
+                            "Response ": "other"}[last]
+                    a_total[kind] = a_total.get(kind, 0) + 1
+                    a_right[kind] = a_right.get(kind, 0) + ok
                 if part == "criteria: computed":
                     # The text is of byte-level pieces, in which "×" is not itself.
                     asks = text.split("asks for ", 1)[-1][:20]
@@ -77,6 +89,8 @@ def main():
     for kind in sorted(by_kind_total):
         share = by_kind_right[kind] / by_kind_total[kind]
         print(f"  computed, {kind}: {share:.1%} of {by_kind_total[kind]}")
+    for kind in sorted(a_total):
+        print(f"  analysis, {kind}: {a_right[kind] / a_total[kind]:.1%} of {a_total[kind]}")
 
 
 if __name__ == "__main__":
