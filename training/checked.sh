@@ -19,6 +19,15 @@ cp models/grm/tokenizer.json "$out/tokenizer/tokenizer.json"
 # The GRM it starts from: the one shipped before it, kept beside the state (a run in pieces must
 # not start a piece from a model it shipped itself).
 [ -f "$out/init/model.safetensors" ] || cp models/grm/config.json models/grm/model.safetensors models/grm/tokenizer.json "$out/init/"
+# Every layer sees the whole context (WINDOW, 1024 = max_position_embeddings; the shipped GRM's
+# sliding layers see 64 tokens): a judgement copies operands and each response's answer from
+# hundreds of tokens back. From step 1450 of the run in pieces; the state belongs to this config.
+"$py" - "$out/init/config.json" "${WINDOW:-1024}" <<'EOF'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["sliding_window"] = int(sys.argv[2])
+json.dump(c, open(sys.argv[1], "w"), indent=2)
+EOF
 [ -f "$out/data.npz" ] || time "$py" training/checked.py data --items "${ITEMS:-60000}" --old-items "${OLD_ITEMS:-20000}" \
   --out "$out/data.npz" --threads "$threads"
 carried=training/resume/checked.pt

@@ -4,6 +4,8 @@
 # binary) at two learning rates at once (the model is small: one process leaves most of the GPU
 # idle), each plan cut to FIT_SECONDS (300), printing the --max-steps that reproduces it.
 #   bash training/gpu_checked.sh OUT INIT DATA.npz
+# INIT is checked.sh's training/out/checked/init, whose config gives every layer the whole
+# context (checked.sh sets it), not models/grm.
 # Then, with the grm binary: bigsft.py finish, meta.py --domain arith, ship.py (checked.sh's last
 # steps) on the better of OUT/lr1e-3.safetensors and OUT/lr2e-3.safetensors.
 set -uo pipefail
