@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 import arith  # noqa: E402
 import bigsft  # noqa: E402
-from common import BOS, computed_digits  # noqa: E402
+from common import BOS, computed_digits, digit_ids  # noqa: E402
 import domain  # noqa: E402
 
 # Unfinished: run again to go on (EX_TEMPFAIL).
@@ -74,7 +74,7 @@ def fact_weights(examples, tokenizer, weight, copy_weight=1.0):
     ids = np.concatenate([np.asarray(ids, dtype=np.int64) for ids, _ in examples])
     judged = np.concatenate([np.asarray(labels, dtype=np.int64) for _, labels in examples]) != -100
     computed = computed_digits(tok, ids)
-    copied = np.isin(ids, [tok.token_to_id(str(d)) for d in range(10)]) & judged & ~computed
+    copied = np.isin(ids, digit_ids(tok)) & judged & ~computed
     w = np.where(computed, np.float32(weight), np.where(copied, np.float32(copy_weight), np.float32(1.0)))
     print(f"train: {int(computed.sum())} computed digits weighted {weight}, "
           f"{int(copied.sum())} copied digits weighted {copy_weight}", flush=True)

@@ -90,13 +90,19 @@ def encode(tok, text):
     return tok.encode(text, add_special_tokens=False).ids
 
 
+def digit_ids(tok):
+    """The ten digits' token ids (the tokenizer has each digit as a token of its own)."""
+    vocab = tok.get_vocab()
+    return [vocab[str(d)] for d in range(10)]
+
+
 def computed_digits(tok, ids):
     """Which tokens of `ids` (a 1-d array) are computed digits: a run of digit tokens right
     after a token that ends in "=" (column facts, "7 + 8 = 15", and results). The loss weights
     of checked.py and the measure of digit_accuracy.py both read it, so they mean the same."""
     import numpy as np
     vocab = tok.get_vocab()
-    digit = np.array([vocab[str(d)] for d in range(10)])
+    digit = np.array(digit_ids(tok))
     equals = np.array([i for t, i in vocab.items() if t.replace("\u0120", " ").rstrip().endswith("=")])
     ids = np.asarray(ids, dtype=np.int64)
     is_digit = np.isin(ids, digit)

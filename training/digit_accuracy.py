@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import bigsft  # noqa: E402
-from common import computed_digits  # noqa: E402
+from common import computed_digits, digit_ids  # noqa: E402
 
 
 def main():
@@ -34,8 +34,7 @@ def main():
     from tokenizers import Tokenizer
     from transformers import Gemma2ForCausalLM
     tok = Tokenizer.from_file(os.path.join(a.model, "tokenizer.json"))
-    digits = {tok.token_to_id(str(d)) for d in range(10)}
-    digits.discard(None)
+    digits = set(digit_ids(tok))
     examples = bigsft.load([a.data])[: a.arith_items]
     picked = random.Random(7).sample(range(len(examples)), min(a.items, len(examples)))
     model = Gemma2ForCausalLM.from_pretrained(a.model, attn_implementation="eager", dtype=torch.float32).eval()
