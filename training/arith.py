@@ -3,22 +3,33 @@ wrong (issue: "an embedded judge that checks the answer").
 
 The first domain (domain.py) let a response's form give it away: right answers had one set of
 forms and each mistake its own, so the GRM learned the forms, and a person's own arithmetic was
-judged at chance. Here every form of answer (digits only, a sentence, an equation, an equation
-then an answer, worked column steps, a word-problem sentence) is drawn for right and wrong
-responses alike, and the wrong ones are wrong in the number only: off by one, off by ten or a
-hundred, a dropped carry or borrow (with the working that makes it), the wrong operation, two
-digits swapped, a right equation with a wrong final answer; and the reverse, a right final answer
-after a wrong equation, which scores between. Questions come in many phrasings (plain `a + b = ?`
-to word problems about many kinds of things); operands up to three digits for + and -, up to
-three digits times one for x.
+judged at chance. Here every form of answer (digits only, a sentence, an equation with the sign
+spaced or not, an equation then an answer, the operation in words, worked column steps, working
+by parts, a word-problem sentence) is drawn for right and wrong responses alike, often one form
+for every response of an item, and the wrong ones are wrong in the number only: off by one, off
+by ten or a hundred, a dropped carry or borrow (with the working that makes it), the wrong
+operation, two digits swapped, a right equation with a wrong final answer; and the reverse, a
+right final answer after a wrong equation, which scores between. Operands up to three digits for
++ and -, up to three digits times one for ×.
 
-The judgement computes: its criteria work the result out column by column (digits are single
-tokens), then each response's final answer is compared with it, so the score follows from the
-check. Scores: a right answer with right working 9, a bare right answer 8, a right answer after
-wrong working 5, a wrong answer 2, no answer 1.
+Questions are composed, so that the judge learns to find the operation and its numbers rather
+than a few sentences: a bare expression (signs as +, plus, -, −, minus, ×, x, X, *, times,
+spaced or not, the numbers of + and × in either order) inside one of ~40 openings and endings; a
+phrase in words ("17 less than 40", "3 lots of 25") or an order ("Subtract 17 from 40", "Double
+12") inside their own; or a word problem composed of a start, a change and a question about
+~50 names (some non-ASCII) and ~60 things. The first stage's 24 phrasings and 9 word problems
+(de80e44) left held-out questions' operands misread in 33 of 60 judgements.
+
+The judgement computes: its criteria name each response's final answer (before the result is
+written, so that a copied number cannot drift to it), work the result out column by column
+(digits are single tokens), then the analysis compares each answer with the result, so the
+score follows from the check. Scores: a right answer with right working 9, a bare right answer
+8, a right answer after wrong working 5, a wrong answer 2, no answer 1.
 
 Same interface as domain.py (split, judgement, request), so the training scripts take either.
-The held-out generator (arith_heldout.py) is separate and shares no phrasing with this file.
+The held-out generator (arith_heldout.py) is separate: no held-out question has the template of
+a question drawn here (numbers, names and things masked; 0 of 400 at 300,000 draws), and no
+held-out answer form is drawn here except bare digits.
 """
 import random
 
@@ -29,14 +40,93 @@ OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "×": lambda a, b: a * 
 SCORES = {"right": 9, "bare": 8, "reverse": 5, "wrong": 2, "none": 1}
 
 NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Femi", "Gus", "Hana", "Ivo", "Jo", "Kai", "Lena", "Mo", "Nia",
-         "Omar", "Pia", "Raj", "Sara", "Tom", "Uma", "Vic", "Wen", "Yara", "Zoe", "Luis", "Mei", "Noor", "Olga"]
+         "Omar", "Pia", "Raj", "Sara", "Tom", "Uma", "Vic", "Wen", "Yara", "Zoe", "Luis", "Mei", "Noor", "Olga",
+         "Zoë", "José", "Søren", "Aylin", "Bodhi", "Carmen", "Dmitri", "Esi", "Farah", "Ilse", "Juan", "Kenji",
+         "Leila", "Matteo", "Ngozi", "Pavel", "Rania", "Tariq", "Ulla", "Yusuf", "my sister", "my dad", "our teacher"]
 THINGS = ["apples", "books", "coins", "marbles", "pens", "stickers", "cards", "shells", "cookies", "stamps",
           "chairs", "bottles", "tickets", "seeds", "bricks", "boxes", "eggs", "nails", "cups", "plates",
-          "shirts", "beads", "buttons", "candles", "leaves", "photos", "songs", "pages", "bikes", "kites"]
-PLACES = ["a shop", "a school", "a farm", "a library", "a bakery", "a garden", "a warehouse", "a club"]
+          "shirts", "beads", "buttons", "candles", "leaves", "photos", "songs", "pages", "bikes", "kites",
+          "pencils", "bananas", "rocks", "toys", "cars", "sheep", "trees", "letters", "emails", "points",
+          "dollars", "euros", "minutes", "steps", "miles", "students", "people", "birds", "fish", "flowers",
+          "loaves", "bags", "socks", "hats", "spoons", "tiles", "files", "boats", "lemons", "badges"]
+PLACES = ["a shop", "a school", "a farm", "a library", "a bakery", "a garden", "a warehouse", "a club",
+          "the museum", "the café", "our office", "the zoo", "a hotel", "the station"]
 
+# The operators as people write them. For a question the numbers can come in either order for +
+# and ×; the criteria always name a + b (the order the item holds) and a × b (b the one-digit
+# factor), and a - b, whichever order the words put them in: finding them is the judge's work.
+SIGNS = {"+": ["+", "+", "+", "plus"], "-": ["-", "-", "-", "minus", "−"], "×": ["×", "x", "*", "times", "X", "x"]}
+# (prefix, suffix) around a bare expression "a + b".
+AROUND = [("What is ", "?"), ("what is ", "?"), ("What is ", ""), ("Compute ", "."), ("compute ", ""),
+          ("Calculate ", "."), ("Calculate: ", ""), ("Evaluate ", "."), ("Solve ", "."), ("Solve: ", ""),
+          ("Please calculate ", "."), ("Can you calculate ", "?"), ("Could you compute ", " for me?"),
+          ("Tell me ", "."), ("I need ", ", thanks."), ("Quick question: what is ", "?"), ("Help me with ", "?"),
+          ("", " = ?"), ("", "=?"), ("", " =?"), ("", "= ?"), ("", "?"), ("", ""), ("", "."), ("Q: ", "?"),
+          ("Question: ", " = ?"), ("Math homework: ", ""), ("Do ", " for me."), ("Give me ", "."),
+          ("What does ", " equal?"), ("What does ", " come to?"), ("Hi! What is ", "?"), ("What would ", " be?"),
+          ("Figure out ", "."), ("Answer this: ", ""), ("So what is ", "?"), ("Can someone tell me ", "?"),
+          ("Check: ", " = ?"), ("Mental math: ", ""), ("Exercise 3. ", " = ?"), ("¿Cuánto es ", "?")]
+# Phrases that name the operation in words: (text, the order the numbers appear in). "ab": a
+# then b; "ba": b then a (for -, "subtract b from a" still asks for a - b).
+PHRASES = {
+    "+": [("the sum of {a} and {b}", "ab"), ("the total of {a} and {b}", "ab"), ("{a} and {b} added together", "ab"),
+          ("{a} increased by {b}", "ab"), ("{a} with {b} added", "ab"), ("{a} more than {b}", "ab"),
+          ("{a} added to {b}", "ab"), ("{a} and {b} combined", "ab")],
+    "-": [("{a} take away {b}", "ab"), ("{a} less {b}", "ab"), ("{a} decreased by {b}", "ab"),
+          ("{a} reduced by {b}", "ab"), ("{b} less than {a}", "ba"), ("{b} subtracted from {a}", "ba"),
+          ("the difference of {a} and {b}", "ab"), ("{a} with {b} removed", "ab"), ("{b} fewer than {a}", "ba")],
+    "×": [("the product of {a} and {b}", "ab"), ("{a} when multiplied by {b}", "ab"), ("{b} groups of {a}", "ba"),
+          ("{b} lots of {a}", "ba"), ("{a} copies of {b}", "ab"), ("{b} sets of {a}", "ba")],
+}
+PHRASE_AROUND = [("What is ", "?"), ("Compute ", "."), ("Calculate ", "."), ("Tell me ", "."), ("What do I get for ", "?"),
+                 ("I want ", "."), ("Please give ", "."), ("", "?"), ("What is ", " equal to?"), ("Can you get ", "?"),
+                 ("What number is ", "?"), ("Quickly: ", "?"), ("Give ", ", please.")]
+# Orders in the imperative.
+ORDERS = {
+    "+": [("Add {a} and {b}", "ab"), ("Add {a} to {b}", "ab"), ("Add up {a} and {b}", "ab"), ("Sum {a} and {b}", "ab"),
+          ("Put {a} and {b} together", "ab"), ("Combine {a} with {b}", "ab"), ("Start at {a} and count on {b}", "ab"),
+          ("Increase {a} by {b}", "ab"), ("Total {a} and {b}", "ab")],
+    "-": [("Subtract {b} from {a}", "ba"), ("Take {b} from {a}", "ba"), ("Deduct {b} from {a}", "ba"),
+          ("Remove {b} from {a}", "ba"), ("Take {a} and subtract {b}", "ab"), ("Start at {a} and count back {b}", "ab"),
+          ("Go down {b} from {a}", "ba"), ("Decrease {a} by {b}", "ab"), ("Minus {b} from {a}", "ba")],
+    "×": [("Multiply {a} by {b}", "ab"), ("Multiply {a} and {b}", "ab"), ("Times {a} by {b}", "ab"),
+          ("Double {a}", "a2"), ("Triple {a}", "a3"), ("Multiply {b} by {a}", "ba"), ("Scale {a} by {b}", "ab")],
+}
+ORDER_AROUND = [("", "."), ("Please ", "."), ("Can you ", "?"), ("", ""), ("Quickly, ", "."), ("", ". What do you get?"),
+                ("", ". What is the result?"), ("", " and tell me the answer."), ("Could you ", " for me?")]
+# Word problems, composed: a start, a change and a question for each operation. {n} a name,
+# {t} a thing; "ba" where b comes first in the text.
+STORY_START = {
+    "+": [("{N} has {a} {t}. Then {n} gets {b} more.", "ab"), ("{N} had {a} {t} and bought {b} more.", "ab"),
+          ("{N} counted {a} {t} yesterday and {b} today.", "ab"), ("{N} found {a} {t} in one box and {b} in another.", "ab"),
+          ("{N} was given {b} {t} after already having {a}.", "ba"), ("{P} starts the day with {a} {t} and receives {b}.", "ab"),
+          ("There were {a} {t} at {p}; {b} more came in.", "ab"), ("{P} has {a} {t} on one shelf and {b} on another.", "ab"),
+          ("{N} scored {a} {t} in the first game and {b} in the second.", "ab")],
+    "-": [("{N} has {a} {t} and gives {b} to a friend.", "ab"), ("{N} had {a} {t}; {b} broke.", "ab"),
+          ("{N} bought {a} {t} and used {b}.", "ab"), ("{N} had {a} {t} and lost {b}.", "ab"),
+          ("{P} sold {b} of its {a} {t}.", "ba"), ("{N} ate {b} of the {a} {t}.", "ba"),
+          ("There were {a} {t} at {p}, and {b} were taken away.", "ab"), ("{P} had {a} {t}. It gave out {b}.", "ab"),
+          ("Out of {a} {t}, {b} were sold.", "ab")],
+    "×": [("{N} buys {a} packs with {b} {t} in each.", "ab"), ("{P} has {b} shelves with {a} {t} on each.", "ba"),
+          ("{N} collects {a} {t} a day for {b} days.", "ab"), ("{P} gets {b} boxes, each holding {a} {t}.", "ba"),
+          ("There are {a} rows of {b} {t} at {p}.", "ab"), ("{N} fills {b} bags with {a} {t} each.", "ba"),
+          ("Each of {a} tables has {b} {t}.", "ab"), ("{N} makes {b} trips and carries {a} {t} each time.", "ba")],
+}
+STORY_ASK = {
+    "+": ["How many {t} does {n} have now?", "How many {t} in total?", "How many {t} altogether?",
+          "What is the total number of {t}?", "How many {t} are there now?", "How many is that?"],
+    "-": ["How many {t} are left?", "How many {t} remain?", "How many are still there?",
+          "How many {t} are there now?", "What is left?", "How many {t} does that leave?"],
+    "×": ["How many {t} in all?", "How many {t} is that altogether?", "What is the total number of {t}?",
+          "How many {t} are there?", "How many {t} does that make?"],
+}
+# The sentence a word-problem answer can end with.
+STORY_SAY = {
+    "+": ["{N} has {x} {t} now.", "There are {x} {t}.", "{x} {t} in total.", "That makes {x} {t}.", "{x} {t} altogether."],
+    "-": ["{x} {t} are left.", "{x} {t} remain.", "There are {x} {t} now.", "That leaves {x} {t}.", "Still {x} {t}."],
+    "×": ["There are {x} {t} in total.", "That is {x} {t}.", "{x} {t} in all.", "It makes {x} {t}.", "All together {x} {t}."],
+}
 
-# ------------------------------------------------------------------ questions
 
 def operands(rng, op):
     def number(lo_digits, hi_digits):
@@ -50,47 +140,36 @@ def operands(rng, op):
     return number(1, 3), rng.randint(2, 9)
 
 
-PLAIN = {
-    "+": ["What is {a} + {b}?", "{a} + {b} = ?", "{a}+{b}=?", "Compute {a} + {b}.", "What is {a} plus {b}?",
-          "Add {a} and {b}.", "Calculate {a} + {b}.", "{a} + {b}"],
-    "-": ["What is {a} - {b}?", "{a} - {b} = ?", "{a}-{b}=?", "Compute {a} - {b}.", "What is {a} minus {b}?",
-          "Subtract {b} from {a}.", "Calculate {a} - {b}.", "{a} - {b}"],
-    "×": ["What is {a} × {b}?", "{a} × {b} = ?", "{a}*{b}=?", "Compute {a} × {b}.", "What is {a} times {b}?",
-          "Multiply {a} by {b}.", "Calculate {a} x {b}.", "{a} * {b}"],
-}
-STORY = {
-    "+": ["{name} has {a} {thing} and gets {b} more. How many {thing} does {name} have now?",
-          "There are {a} {thing} in {place} and {b} more arrive. How many {thing} are there?",
-          "{name} collected {a} {thing} on Monday and {b} on Tuesday. How many in all?"],
-    "-": ["{name} has {a} {thing} and gives away {b}. How many {thing} are left?",
-          "{place_cap} had {a} {thing} and sold {b}. How many {thing} remain?",
-          "{name} needs {a} {thing} and already has {b}. How many more does {name} need?"],
-    "×": ["{name} has {a} bags with {b} {thing} in each. How many {thing} are there in total?",
-          "{place_cap} orders {b} crates of {a} {thing}. How many {thing} is that?",
-          "Each of {a} tables has {b} {thing}. How many {thing} are on the tables?"],
-}
-# The sentence a word-problem answer ends with.
-STORY_ANSWER = {
-    "+": ["{name} has {x} {thing} now.", "There are {x} {thing}.", "{x} {thing} in all."],
-    "-": ["{x} {thing} are left.", "{x} {thing} remain.", "{name} needs {x} more."],
-    "×": ["There are {x} {thing} in total.", "That is {x} {thing}.", "{x} {thing} are on the tables."],
-}
+def cap(s):
+    return s[0].upper() + s[1:]
 
 
 def question(rng):
+    """(question, op, a, b, result, ctx): a + b, a - b or a × b (b one digit), asked in one of
+    four ways, bare expression, a phrase in words, an order, a word problem."""
     op = rng.choice(["+", "+", "-", "-", "×"])
     a, b = operands(rng, op)
-    story = rng.random() < 0.4
-    ctx = {"a": a, "b": b, "name": rng.choice(NAMES), "thing": rng.choice(THINGS)}
+    way = rng.choices(["bare", "phrase", "order", "story"], weights=[4, 2, 2, 3])[0]
+    name, thing = rng.choice(NAMES), rng.choice(THINGS)
     place = rng.choice(PLACES)
-    ctx["place"], ctx["place_cap"] = place, place[0].upper() + place[1:]
-    t = rng.randrange(3)
-    if story:
-        q = STORY[op][t].format(**ctx)
-        ctx["story"] = STORY_ANSWER[op][t]
+    ctx = {"n": name, "N": cap(name), "t": thing, "p": place, "P": cap(place), "story": None}
+    if way == "bare":
+        sign = rng.choice(SIGNS[op])
+        x, y = (b, a) if op != "-" and rng.random() < 0.3 else (a, b)
+        gap = " " if sign.isalpha() or rng.random() < 0.7 else ""
+        pre, post = rng.choice(AROUND)
+        q = f"{pre}{x}{gap}{sign}{gap}{y}{post}"
+    elif way in ("phrase", "order"):
+        text, order = rng.choice(PHRASES[op] if way == "phrase" else ORDERS[op])
+        if order in ("a2", "a3"):
+            b = int(order[1])
+        pre, post = rng.choice(PHRASE_AROUND if way == "phrase" else ORDER_AROUND)
+        text = text.format(a=a, b=b)
+        q = cap(pre + (text[0].lower() + text[1:] if pre else text) + post)
     else:
-        q = rng.choice(PLAIN[op]).format(**ctx)
-        ctx["story"] = None
+        text, _ = rng.choice(STORY_START[op])
+        q = text.format(a=a, b=b, **ctx) + " " + rng.choice(STORY_ASK[op]).format(**ctx)
+        ctx["story"] = rng.choice(STORY_SAY[op])
     return q, op, a, b, OPS[op](a, b), ctx
 
 
@@ -156,9 +235,14 @@ def column(op, a, b, drop_carry=False):
 
 # ------------------------------------------------------------------ responses
 
-FORMS = ["digits", "sentence", "equation", "eq_answer", "worked", "story"]
+FORMS = ["digits", "sentence", "equation", "eq_answer", "words", "worked", "parts", "story"]
 WRONG = ["off_by_one", "off_by_ten", "drop_carry", "wrong_op", "swap", "inconsistent"]
 SWAP_OP = {"+": "-", "-": "+", "×": "+"}
+# How a response can state its final answer x.
+SAY = ["The answer is {x}.", "It is {x}.", "{x} is the answer.", "Answer: {x}", "So it is {x}.", "That makes {x}.",
+       "We get {x}.", "My answer is {x}.", "I think it is {x}.", "{x}.", "It equals {x}.", "Final answer: {x}",
+       "The result is {x}", "It comes to {x}.", "Easy: {x}", "That's {x}!", "{x} for sure.", "Total: {x}", "I got {x}",
+       "Should be {x}.", "**{x}**", "Pretty sure it's {x}.", "Ans: {x}", "→ {x}", "The result: {x}."]
 
 
 def wrong_value(rng, kind, op, a, b, c):
@@ -183,39 +267,70 @@ def wrong_value(rng, kind, op, a, b, c):
 
 
 def say(rng, x):
-    return rng.choice(["The answer is {x}.", "It is {x}.", "{x} is the answer.", "Answer: {x}", "So it is {x}."]).format(x=x)
+    return rng.choice(SAY).format(x=x)
+
+
+def equation(rng, op, a, b, x, verb=None):
+    """`a op b = x` as people write it: the sign for × as ×, x or *, with or without spaces
+    around it, or `is`/`equals`/`makes` for `=`."""
+    sign = {"×": rng.choice(["×", "x", "*"])}.get(op, op)
+    # "12+7 = 19" but never "12+7=19": that whole form is the held-out split's (arith_heldout.py).
+    gap = " " if rng.random() < 0.75 else ""
+    eq = verb or rng.choice(["=", "=", "=", "is", "equals", "makes"])
+    return f"{a}{gap}{sign}{gap}{b} {eq} {x}"
+
+
+def parts(op, a, b, x):
+    """Working by parts (the tens of b, then its ones; for ×, the tens of a then its ones), the
+    final step's result x (a slip shows there)."""
+    if op == "×":
+        tens, ones = a - a % 10, a % 10
+        return f"{tens} × {b} = {tens * b} and {ones} × {b} = {ones * b}, so {a} × {b} = {tens * b} + {ones * b} = {x}."
+    tens, ones = b - b % 10, b % 10
+    mid = OPS[op](a, tens)
+    return f"First {a} {op} {tens} = {mid}, then {mid} {op} {ones} = {x}."
 
 
 def response(rng, form, kind, op, a, b, c, ctx):
-    """(text, final answer or None, shows working). kind: right, wrong:<how>, reverse, none."""
+    """(text, final answer or None, shows working, the equation's value where it differs from
+    the final answer). kind: right, wrong:<how>, reverse, none."""
     if kind == "none":
         return rng.choice([f"We need to work with {a} and {b}.", "I am not sure how to solve this.",
                            f"First look at {a}, then at {b}.", "This needs some arithmetic.",
-                           f"The numbers are {a} and {b}."]), None, False
+                           f"The numbers are {a} and {b}.", "Sorry, I can't do this one.", "Let me think about it.",
+                           f"Hmm, {a} and {b}... no idea."]), None, False, None
     if kind == "reverse":
         # A wrong equation, then the right final answer.
         y = wrong_value(rng, rng.choice(WRONG[:5]), op, a, b, c)
-        return f"{a} {op} {b} = {y}. " + say(rng, c), c, True
+        return f"{equation(rng, op, a, b, y, '=')}. " + say(rng, c), c, True, y
     how = kind.split(":")[1] if kind.startswith("wrong") else None
     x = c if how is None else wrong_value(rng, how, op, a, b, c)
     if how == "inconsistent":
-        return f"{a} {op} {b} = {c}. " + say(rng, x), x, True
+        return f"{equation(rng, op, a, b, c, '=')}. " + say(rng, x), x, True, None
     if form == "story" and ctx["story"] is None:
         form = "sentence"
+    if form == "parts" and (b < 10 if op != "×" else a < 10):
+        form = "worked"
     if form == "digits":
-        return str(x), x, False
+        return str(x), x, False, None
     if form == "sentence":
-        return say(rng, x), x, False
+        return say(rng, x), x, False, None
     if form == "equation":
-        return f"{a} {op} {b} = {x}", x, True
+        return equation(rng, op, a, b, x), x, True, None
     if form == "eq_answer":
-        return f"{a} {op} {b} = {x}. " + say(rng, x), x, True
+        return f"{equation(rng, op, a, b, x, '=')}. " + say(rng, x), x, True, None
+    if form == "words":
+        word = {"+": "plus", "-": "minus", "×": "times"}[op]
+        return rng.choice([f"{a} {word} {b} is {x}.", f"{a} {word} {b} equals {x}", f"{a} {word} {b} makes {x}."]), x, True, None
     if form == "story":
-        return ctx["story"].format(x=x, name=ctx["name"], thing=ctx["thing"]), x, False
+        return ctx["story"].format(x=x, **{k: v for k, v in ctx.items() if k != "story"}), x, False, None
+    if form == "parts":
+        return parts(op, a, b, x), x, True, None
     # worked: column steps; a dropped carry shows its own wrong steps, other mistakes a slip
     # at the end.
     steps, _ = column(op, a, b, drop_carry=how == "drop_carry")
-    return f"Column by column: {steps}. So {a} {op} {b} = {x}.", x, True
+    lead = rng.choice(["Column by column: ", "Working in columns: ", "By columns, ones first: ", ""])
+    return f"{lead}{steps}. So {equation(rng, op, a, b, x, '=')}.", x, True, None
 
 
 def item(rng, n, idx):
@@ -230,20 +345,23 @@ def item(rng, n, idx):
         while len(kinds) < n:
             kinds.append("wrong")
         rng.shuffle(kinds)
-    responses, finals, kinds_out, mistakes = [], [], [], []
-    for k in kinds:
-        if k == "wrong":
-            k = "wrong:" + rng.choice(WRONG)
+    # Often every response takes one form, so that only the number tells them apart.
+    same = rng.choice(FORMS) if rng.random() < 0.35 else None
+    responses, finals, kinds_out, mistakes, wrote = [], [], [], [], []
+    for drawn in kinds:
         for _ in range(40):
-            t, f, work = response(rng, rng.choice(FORMS), k, op, a, b, c, ctx)
+            # A wrong answer's kind is drawn again with its form: one kind can give one value.
+            k = "wrong:" + rng.choice(WRONG) if drawn == "wrong" else drawn
+            t, f, work, y = response(rng, same or rng.choice(FORMS), k, op, a, b, c, ctx)
             if t not in responses and (k == "none" or k == "right" or k == "reverse" or f not in finals):
                 break
         responses.append(t)
         finals.append(f)
+        wrote.append(y)
         kinds_out.append(("right" if work else "bare") if k == "right" else k.split(":")[0])
         mistakes.append(k.split(":")[1] if k.startswith("wrong:") else None)
     it = {"id": f"{idx}", "query": q, "responses": responses, "kinds": kinds_out, "mistakes": mistakes, "finals": finals,
-          "op": op, "a": a, "b": b, "answer": c}
+          "wrote": wrote, "op": op, "a": a, "b": b, "answer": c}
     if n >= 2:
         it["label"] = {"best": next(i for i, k in enumerate(kinds_out) if k in ("right", "bare"))}
     else:
@@ -269,11 +387,20 @@ def analysis(pos, it, i):
     if x != c:
         return f"Response {pos} answers {x}, which is not {c}: wrong."
     if k == "reverse":
-        y = it["responses"][i].split(" = ")[1].split(".")[0]
+        y = it["wrote"][i]
         return f"Response {pos} answers {x}, which is {c}: right, but it writes {it['a']} {it['op']} {it['b']} = {y}, which is wrong."
     if k == "bare":
         return f"Response {pos} answers {x}, which is {c}: right, with no working."
     return f"Response {pos} answers {x}, which is {c}: right, and its working is right."
+
+
+def stated(pos, it, i):
+    """What a response answers, as the criteria name it before the working: copied from the
+    response's last number while the judgement's own result is not yet written. Copied after it
+    (the analysis alone, up to step 1,668), 21% of these digits were wrong, most of them towards
+    that result; the analysis now repeats this sentence's number (models/README.md)."""
+    x = it["finals"][i]
+    return f" Response {pos} gives no final answer." if x is None else f" Response {pos} answers {x}."
 
 
 def working(op, a, b):
@@ -297,15 +424,16 @@ def drill(rng):
 
 
 def judgement(it, order, rng):
-    """The rule's judgement in the paper's format: criteria that work the result out, an
-    analysis that checks each response's final answer against it, the boxed scores."""
+    """The rule's judgement in the paper's format: criteria that name each response's final
+    answer and work the result out, an analysis that checks each response's final answer against it, the boxed scores."""
     a, b, c, op = it["a"], it["b"], it["answer"], it["op"]
     head, work, result = working(op, a, b)
     assert result == c, (a, op, b, result, c)
     w = rng.choice([(70, 20, 10), (60, 30, 10), (80, 10, 10)])
-    criteria = (f"{head}{work}, and the final answer must be {c} (weight {w[0]}%); "
+    answers = "".join(stated(pos + 1, it, i) for pos, i in enumerate(order))
+    criteria = (f"{head}{answers}{work}, and the final answer must be {c} (weight {w[0]}%); "
                 f"the working shown must be right (weight {w[1]}%); "
                 f"the answer must be stated clearly (weight {w[2]}%).")
-    parts = [analysis(pos + 1, it, i) for pos, i in enumerate(order)]
+    checks = [analysis(pos + 1, it, i) for pos, i in enumerate(order)]
     scores = [SCORES[it["kinds"][i]] for i in order]
-    return f"{criteria}\nAnalysis: {' '.join(parts)}\nScores: \\boxed{{{', '.join(map(str, scores))}}}"
+    return f"{criteria}\nAnalysis: {' '.join(checks)}\nScores: \\boxed{{{', '.join(map(str, scores))}}}"

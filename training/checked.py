@@ -101,6 +101,17 @@ def train(a):
         sys.exit(MORE)
 
 
+def weights(a):
+    """The weights of a training state (a snapshot) as a model's safetensors file: the second
+    stage starts from the first's committed state (checked.sh)."""
+    from safetensors.torch import save_file
+    state = torch.load(a.state, map_location="cpu", weights_only=False)
+    tensors = {k: v.to(torch.bfloat16).contiguous() for k, v in state["model"].items() if k != "lm_head.weight"}
+    save_file(tensors, a.out + ".tmp", metadata={"format": "pt"})
+    os.replace(a.out + ".tmp", a.out)
+    print(f"weights of step {state['step']} in {a.out}", flush=True)
+
+
 def snapshot(a):
     """The whole state of `--state` with every float tensor in bf16 (about 32 MB against 64 MB),
     to commit: a session's disk does not outlive it, and the next piece, on a fresh checkout,
@@ -150,14 +161,17 @@ def main():
     s = sub.add_parser("snapshot")
     s.add_argument("--state", required=True)
     s.add_argument("--out", required=True)
-    for p in (d, t, s):
+    w = sub.add_parser("weights")
+    w.add_argument("--state", required=True)
+    w.add_argument("--out", required=True, help="a model.safetensors")
+    for p in (d, t, s, w):
         p.add_argument("--seed", type=int, default=32)
         p.add_argument("--tokenizer", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                             "models", "grm", "tokenizer.json"))
         p.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    {"data": build, "train": train, "snapshot": snapshot}[a.cmd](a)
+    {"data": build, "train": train, "snapshot": snapshot, "weights": weights}[a.cmd](a)
 
 
 if __name__ == "__main__":

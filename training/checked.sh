@@ -1,35 +1,43 @@
 #!/usr/bin/env bash
 # The checking judge (models/README.md, "A judge that checks"): the shipped GRM fine-tuned on
-# arith.py's items (only the arithmetic tells right from wrong; judgements work the result out
-# column by column) with the first domain's mixed in, then a meta RM on its judgements, then
-# shipped and evaluated on every split, the held-out checked-pairs and checked-groups among them
-# (training/arith_heldout.py writes those; they are committed).
+# arith.py's items (only the arithmetic tells right from wrong; judgements name each response's
+# final answer, work the result out column by column and check the answers against it) with
+# the first domain's mixed in, then a meta RM on its judgements, then shipped and evaluated on
+# every split, the held-out checked-pairs and checked-groups among them (training/arith_heldout.py
+# writes those; they are committed).
 #   DEVICE=cuda bash training/checked.sh   # on a GPU, in one go
 #   bash training/checked.sh               # on CPU: one piece of PIECE_SECONDS (6600) per run;
 #                                          # exits 75 while the plan is unfinished: run it again
-# ITEMS (60000) and OLD_ITEMS (20000) size the data, MAX_STEPS cuts the plan, NO_SHIP=1 stops
-# before models/ is written. The state lives in $GRM_TRAIN_OUT/checked (training/out/checked);
-# a piece that ends unfinished also writes it, in bf16, to training/resume/checked.pt, which is
-# committed: a session's disk does not outlive it, and a fresh checkout's first piece starts
-# from there (after a piece is stopped by hand: checked.py snapshot --state S --out that file).
+# This is the second stage. The first (checked.sh and arith.py at de80e44: 24 phrasings, the
+# analysis alone naming each answer, 1,668 steps) taught the column facts; its state is
+# committed, training/resume/checked-stage1.pt, and this stage starts from its weights.
+# ITEMS (48000), OLD_ITEMS (12000) and DRILLS (20000) size the data, LR (5e-4) and EPOCHS (1)
+# the plan, MAX_STEPS cuts it, NO_SHIP=1 stops before models/ is written. The state lives in
+# $GRM_TRAIN_OUT/checked (training/out/checked); a piece that ends unfinished also writes it,
+# in bf16, to training/resume/checked.pt, which is committed: a session's disk does not outlive
+# it, and a fresh checkout's first piece starts from there (after a piece is stopped by hand:
+# checked.py snapshot --state S --out that file).
 source "$(dirname "$0")/env.sh"
 out=${GRM_TRAIN_OUT:-$PWD/training/out}/checked
 mkdir -p "$out/init" "$out/tokenizer"
 cp models/grm/tokenizer.json "$out/tokenizer/tokenizer.json"
-# The GRM it starts from: the one shipped before it, kept beside the state (a run in pieces must
-# not start a piece from a model it shipped itself).
-[ -f "$out/init/model.safetensors" ] || cp models/grm/config.json models/grm/model.safetensors models/grm/tokenizer.json "$out/init/"
+# The GRM it starts from: the shipped one's config and tokenizer with the first stage's weights,
+# kept beside the state (a run in pieces must not start a piece from a model it shipped itself).
+if [ ! -f "$out/init/model.safetensors" ]; then
+  cp models/grm/config.json models/grm/tokenizer.json "$out/init/"
+  "$py" training/checked.py weights --state training/resume/checked-stage1.pt --out "$out/init/model.safetensors"
+fi
 # Every layer sees the whole context (WINDOW, 1024 = max_position_embeddings; the shipped GRM's
 # sliding layers see 64 tokens): a judgement copies operands and each response's answer from
-# hundreds of tokens back. From step 1450 of the run in pieces; the state belongs to this config.
+# hundreds of tokens back. From step 1450 of the first stage; the state belongs to this config.
 "$py" - "$out/init/config.json" "${WINDOW:-1024}" <<'EOF'
 import json, sys
 c = json.load(open(sys.argv[1]))
 c["sliding_window"] = int(sys.argv[2])
 json.dump(c, open(sys.argv[1], "w"), indent=2)
 EOF
-[ -f "$out/data.npz" ] || time "$py" training/checked.py data --items "${ITEMS:-60000}" --old-items "${OLD_ITEMS:-20000}" \
-  --out "$out/data.npz" --threads "$threads"
+[ -f "$out/data.npz" ] || time "$py" training/checked.py data --items "${ITEMS:-48000}" --old-items "${OLD_ITEMS:-12000}" \
+  --drills "${DRILLS:-20000}" --out "$out/data.npz" --threads "$threads"
 carried=training/resume/checked.pt
 [ -f "$out/state.pt" ] || [ ! -f "$carried" ] || { echo "checked: resuming from $carried" >&2; cp "$carried" "$out/state.pt"; }
 piece=()
@@ -38,7 +46,8 @@ steps=()
 [ -n "${MAX_STEPS:-}" ] && steps=(--max-steps "$MAX_STEPS")
 rc=0
 time "$py" training/checked.py train --data "$out/data.npz" --init "$out/init" --out "$out/grm.safetensors" \
-  --state "$out/state.pt" --device "${DEVICE:-cpu}" --threads "$threads" "${piece[@]}" "${steps[@]}" || rc=$?
+  --state "$out/state.pt" --device "${DEVICE:-cpu}" --threads "$threads" --lr "${LR:-5e-4}" --epochs "${EPOCHS:-1}" \
+  "${piece[@]}" "${steps[@]}" || rc=$?
 if [ "$rc" = 75 ]; then
   "$py" training/checked.py snapshot --state "$out/state.pt" --out "$carried"
   exit 75

@@ -1,7 +1,8 @@
 """How well a GRM predicts the digits of the checking judgements it is trained on: teacher-forced,
 the share of digit tokens of the judgement whose argmax is right, split by where they stand —
 computed in the criteria (a run of digits right after "=": column sums and the result), copied
-in the criteria (operands, "write 5"), and in the analysis's check of each response. A
+in the criteria (operands, "write 5"), each response's final answer as the criteria name it
+before the working, and in the analysis's check of each response. A
 checkpoint of training/checked.py is judged by it long before its held-out accuracy moves off
 chance (models/README.md, "A judge that checks").
 
@@ -38,7 +39,7 @@ def main():
     examples = bigsft.load([a.data])[: a.arith_items]
     picked = random.Random(7).sample(range(len(examples)), min(a.items, len(examples)))
     model = Gemma2ForCausalLM.from_pretrained(a.model, attn_implementation="eager", dtype=torch.float32).eval()
-    parts = ("criteria: computed", "criteria: copied", "analysis")
+    parts = ("criteria: computed", "criteria: copied", "criteria: a response's answer", "analysis")
     right = dict.fromkeys(parts, 0)
     total = dict.fromkeys(parts, 0)
     # The computed digits again, by the item's operation and by where they stand: a column's
@@ -61,6 +62,9 @@ def main():
                 if ids[t] not in digits:
                     continue
                 part = "analysis" if "Analysis" in text else ("criteria: computed" if computed[t] else "criteria: copied")
+                if part == "criteria: copied" and "Column by column" not in text and "Response " in text:
+                    # The criteria name each response's final answer before the working.
+                    part = "criteria: a response's answer"
                 total[part] += 1
                 ok = int(pred[t - 1] == ids[t])
                 right[part] += ok
