@@ -8,10 +8,13 @@
 #   DEVICE=cuda bash training/checked.sh   # on a GPU, in one go
 #   bash training/checked.sh               # on CPU: one piece of PIECE_SECONDS (6600) per run;
 #                                          # exits 75 while the plan is unfinished: run it again
-# This is the second stage. The first (checked.sh and arith.py at de80e44: 24 phrasings, the
-# analysis alone naming each answer, 1,668 steps) taught the column facts; its state is
-# committed, training/resume/checked-stage1.pt, and this stage starts from its weights.
-# ITEMS (48000), OLD_ITEMS (12000) and DRILLS (20000) size the data, LR (5e-4) and EPOCHS (1)
+# This is the third stage, and each stage starts from the weights of the one before, whose state
+# is committed: the first (arith.py at de80e44: 24 phrasings, the analysis alone naming each
+# answer; 1,668 steps, training/resume/checked-stage1.pt) taught the column facts; the second
+# (at 1de4006: composed questions, each answer named before the working; stopped at step 567
+# of 712, training/resume/checked-stage2.pt) taught the questions; this one quotes a short
+# response before naming its answer (arith.stated).
+# ITEMS (48000), OLD_ITEMS (16000) and DRILLS (20000) size the data, LR (5e-4) and EPOCHS (1)
 # the plan, MAX_STEPS cuts it, NO_SHIP=1 stops before models/ is written. The state lives in
 # $GRM_TRAIN_OUT/checked (training/out/checked); a piece that ends unfinished also writes it,
 # in bf16, to training/resume/checked.pt, which is committed: a session's disk does not outlive
@@ -21,11 +24,11 @@ source "$(dirname "$0")/env.sh"
 out=${GRM_TRAIN_OUT:-$PWD/training/out}/checked
 mkdir -p "$out/init" "$out/tokenizer"
 cp models/grm/tokenizer.json "$out/tokenizer/tokenizer.json"
-# The GRM it starts from: the shipped one's config and tokenizer with the first stage's weights,
+# The GRM it starts from: the shipped one's config and tokenizer with the last stage's weights,
 # kept beside the state (a run in pieces must not start a piece from a model it shipped itself).
 if [ ! -f "$out/init/model.safetensors" ]; then
   cp models/grm/config.json models/grm/tokenizer.json "$out/init/"
-  "$py" training/checked.py weights --state training/resume/checked-stage1.pt --out "$out/init/model.safetensors"
+  "$py" training/checked.py weights --state training/resume/checked-stage2.pt --out "$out/init/model.safetensors"
 fi
 # Every layer sees the whole context (WINDOW, 1024 = max_position_embeddings; the shipped GRM's
 # sliding layers see 64 tokens): a judgement copies operands and each response's answer from
@@ -36,7 +39,7 @@ c = json.load(open(sys.argv[1]))
 c["sliding_window"] = int(sys.argv[2])
 json.dump(c, open(sys.argv[1], "w"), indent=2)
 EOF
-[ -f "$out/data.npz" ] || time "$py" training/checked.py data --items "${ITEMS:-48000}" --old-items "${OLD_ITEMS:-12000}" \
+[ -f "$out/data.npz" ] || time "$py" training/checked.py data --items "${ITEMS:-48000}" --old-items "${OLD_ITEMS:-16000}" \
   --drills "${DRILLS:-20000}" --out "$out/data.npz" --threads "$threads"
 carried=training/resume/checked.pt
 [ -f "$out/state.pt" ] || [ ! -f "$carried" ] || { echo "checked: resuming from $carried" >&2; cp "$carried" "$out/state.pt"; }
