@@ -101,12 +101,18 @@ def train(a):
 
 def save(model, a, out):
     """The weights alone, bf16, as one safetensors file (the GPU machine sends few files back;
-    `finish` makes a model directory of it); the tied head is the embedding."""
-    from safetensors.torch import save_file
-    state = {k: v.detach().to("cpu", torch.bfloat16).contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    save_file(state, out + ".tmp", metadata={"format": "pt"})
-    os.replace(out + ".tmp", out)
+    `finish` makes a model directory of it)."""
+    save_weights(model.state_dict(), out)
     print(f"saved {out}", flush=True)
+
+
+def save_weights(state, out):
+    """A state dict as one bf16 safetensors file, written whole or not at all; the tied head is
+    the embedding, so it is left out."""
+    from safetensors.torch import save_file
+    tensors = {k: v.detach().to("cpu", torch.bfloat16).contiguous() for k, v in state.items() if k != "lm_head.weight"}
+    save_file(tensors, out + ".tmp", metadata={"format": "pt"})
+    os.replace(out + ".tmp", out)
 
 
 def finish(a):

@@ -107,13 +107,10 @@ def train(a):
 
 
 def weights(a):
-    """The weights of a training state (a snapshot) as a model's safetensors file: the second
-    stage starts from the first's committed state (checked.sh)."""
-    from safetensors.torch import save_file
+    """The weights of a training state (a snapshot) as a model's safetensors file: each stage
+    starts from the committed state of the one before (checked.sh)."""
     state = torch.load(a.state, map_location="cpu", weights_only=False)
-    tensors = {k: v.to(torch.bfloat16).contiguous() for k, v in state["model"].items() if k != "lm_head.weight"}
-    save_file(tensors, a.out + ".tmp", metadata={"format": "pt"})
-    os.replace(a.out + ".tmp", a.out)
+    bigsft.save_weights(state["model"], a.out)
     print(f"weights of step {state['step']} in {a.out}", flush=True)
 
 

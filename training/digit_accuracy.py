@@ -61,10 +61,14 @@ def main():
                 text += (tok.id_to_token(ids[t]) or "").replace("\u0120", " ")
                 if ids[t] not in digits:
                     continue
-                part = "analysis" if "Analysis" in text else ("criteria: computed" if computed[t] else "criteria: copied")
-                if part == "criteria: copied" and "Column by column" not in text and "Response " in text:
-                    # The criteria name each response's final answer before the working.
+                if "Analysis" in text:
+                    part = "analysis"
+                elif "Column by column" not in text and "Response " in text:
+                    # The criteria name each response's final answer before the working, a short
+                    # response quoted first: copies, though a quoted "12+7=19" has digits after "=".
                     part = "criteria: a response's answer"
+                else:
+                    part = "criteria: computed" if computed[t] else "criteria: copied"
                 total[part] += 1
                 ok = int(pred[t - 1] == ids[t])
                 right[part] += ok

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU half of training/checked.py on one CUDA machine (the device gives minutes, not hours):
 # the GRM in INIT fine-tuned on DATA (checked.py data, built beforehand on a machine with the grm
-# binary) at two learning rates at once (5e-4 and 1e-3) (the model is small: one process leaves most of the GPU
-# idle), each plan cut to FIT_SECONDS (300), printing the --max-steps that reproduces it.
+# binary) at two learning rates at once, 5e-4 and 1e-3 (the model is small: one process leaves
+# most of the GPU idle), each plan cut to FIT_SECONDS (300), printing the --max-steps that reproduces it.
 #   bash training/gpu_checked.sh OUT INIT DATA.npz
 # INIT is checked.sh's training/out/checked/init, whose config gives every layer the whole
 # context (checked.sh sets it), not models/grm.
