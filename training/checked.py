@@ -137,6 +137,16 @@ def snapshot(a):
     print(f"snapshot of step {state['step']} in {a.out} ({os.path.getsize(a.out) >> 20} MiB)", flush=True)
 
 
+def pairs(a):
+    """New pairs from arith.py's own generator, in `grm eval`'s form with each response's final
+    answer (`finals`, for judged_parts.py): how the judge does on the training distribution,
+    beside the held-out split's figure. The README's are seed 424242, 60 pairs."""
+    from common import write_jsonl
+    rows = arith.split(a.seed, a.n, a.prefix, sizes=([2], [1]))
+    write_jsonl(a.out, [{"id": it["id"], "query": it["query"], "responses": it["responses"],
+                         "best": it["label"]["best"], "finals": it["finals"]} for it in rows])
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -167,14 +177,18 @@ def main():
     w = sub.add_parser("weights")
     w.add_argument("--state", required=True)
     w.add_argument("--out", required=True, help="a model.safetensors")
-    for p in (d, t, s, w):
+    p = sub.add_parser("pairs")
+    p.add_argument("--n", type=int, default=60)
+    p.add_argument("--prefix", default="indist")
+    p.add_argument("--out", required=True)
+    for p in (d, t, s, w, p):
         p.add_argument("--seed", type=int, default=32)
         p.add_argument("--tokenizer", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                             "models", "grm", "tokenizer.json"))
         p.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    {"data": build, "train": train, "snapshot": snapshot, "weights": weights}[a.cmd](a)
+    {"data": build, "train": train, "snapshot": snapshot, "weights": weights, "pairs": pairs}[a.cmd](a)
 
 
 if __name__ == "__main__":
