@@ -394,20 +394,21 @@ def analysis(pos, it, i):
     return f"Response {pos} answers {x}, which is {c}: right, and its working is right."
 
 
-# A response this short is quoted before its answer is named (about 12 tokens at most; longer
-# quotes put judgements of 8 responses past the context).
-QUOTE_CHARS = 24
+# A response this short would be quoted before its answer is named. The third stage quoted up
+# to 24 characters, so that the copy ran from the response's start as an induction copy does;
+# at step ~540 of 803 it was worse than the second stage on the same pairs (held-out answers
+# named rightly 32 of 60 against 38, in-distribution 41 of 60 against 48): this small model
+# starts a quote rightly and then writes on ("766" quoted as "766 + 145 = 621. 621."), or stops
+# at the first sign ("399-2=397" as "399"); 10 of 33 quotes were exact. 0 turns it off.
+QUOTE_CHARS = 0
 
 
 def stated(pos, it, i):
     """What a response answers, as the criteria name it before the working, while the
     judgement's own result is not yet written: copied after it (the analysis alone, up to step
-    1,668 of the first stage), 21% of these digits were wrong, most towards that result. A short
-    response is quoted first (from the third stage): a causal model finds "the last number
-    before [The End of Response N]" only from the end marker backwards (73 of 120 held-out
-    answers named rightly at step 567 of the second stage, most wrong ones the response's first
-    number), while a quote is copied from the response's start, token after token, and ends
-    with the number to name. The analysis repeats the sentence's number."""
+    1,668 of the first stage), 21% of these digits were wrong, most towards that result (at
+    step 567 of the second stage, 73 of 120 held-out answers named rightly, most wrong ones
+    the response's first number). The analysis repeats the sentence's number."""
     x, text = it["finals"][i], it["responses"][i]
     quote = f' says "{text}", so it' if len(text) <= QUOTE_CHARS else ""
     return f" Response {pos}{quote} gives no final answer." if x is None else f" Response {pos}{quote} answers {x}."

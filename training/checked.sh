@@ -8,13 +8,15 @@
 #   DEVICE=cuda bash training/checked.sh   # on a GPU, in one go
 #   bash training/checked.sh               # on CPU: one piece of PIECE_SECONDS (6600) per run;
 #                                          # exits 75 while the plan is unfinished: run it again
-# This is the third stage, and each stage starts from the weights of the one before, whose state
-# is committed: the first (arith.py at de80e44: 24 phrasings, the analysis alone naming each
-# answer; 1,668 steps, training/resume/checked-stage1.pt) taught the column facts; the second
-# (at 1de4006: composed questions, each answer named before the working; stopped at step 567
-# of 712, training/resume/checked-stage2.pt) taught the questions; this one quotes a short
-# response before naming its answer (arith.stated).
-# ITEMS (48000), OLD_ITEMS (16000) and DRILLS (20000) size the data, LR (5e-4) and EPOCHS (1)
+# This is the fourth stage, and each stage starts from the weights of a stage before, whose
+# state is committed: the first (arith.py at de80e44: 24 phrasings, the analysis alone naming
+# each answer; 1,668 steps, training/resume/checked-stage1.pt) taught the column facts; the
+# second (at 1de4006: composed questions, each answer named before the working; stopped at step
+# 567 of 712, training/resume/checked-stage2.pt) taught the questions; the third (1c1a372:
+# short responses quoted, stopped at step ~550 of 803) named answers worse than the second and
+# was dropped; this one goes on from the second in its format, on new items (SEED 33), at a
+# lower learning rate, to sharpen what it copies.
+# ITEMS (16000), OLD_ITEMS (5000) and DRILLS (5000) size the data, LR (1.5e-4) and EPOCHS (1)
 # the plan, MAX_STEPS cuts it, NO_SHIP=1 stops before models/ is written. The state lives in
 # $GRM_TRAIN_OUT/checked (training/out/checked); a piece that ends unfinished also writes it,
 # in bf16, to training/resume/checked.pt, which is committed: a session's disk does not outlive
@@ -39,8 +41,8 @@ c = json.load(open(sys.argv[1]))
 c["sliding_window"] = int(sys.argv[2])
 json.dump(c, open(sys.argv[1], "w"), indent=2)
 EOF
-[ -f "$out/data.npz" ] || time "$py" training/checked.py data --items "${ITEMS:-48000}" --old-items "${OLD_ITEMS:-16000}" \
-  --drills "${DRILLS:-20000}" --out "$out/data.npz" --threads "$threads"
+[ -f "$out/data.npz" ] || time "$py" training/checked.py data --items "${ITEMS:-16000}" --old-items "${OLD_ITEMS:-5000}" \
+  --drills "${DRILLS:-5000}" --seed "${SEED:-33}" --out "$out/data.npz" --threads "$threads"
 carried=training/resume/checked.pt
 [ -f "$out/state.pt" ] || [ ! -f "$carried" ] || { echo "checked: resuming from $carried" >&2; cp "$carried" "$out/state.pt"; }
 piece=()
@@ -49,7 +51,7 @@ steps=()
 [ -n "${MAX_STEPS:-}" ] && steps=(--max-steps "$MAX_STEPS")
 rc=0
 time "$py" training/checked.py train --data "$out/data.npz" --init "$out/init" --out "$out/grm.safetensors" \
-  --state "$out/state.pt" --device "${DEVICE:-cpu}" --threads "$threads" --lr "${LR:-5e-4}" --epochs "${EPOCHS:-1}" \
+  --state "$out/state.pt" --device "${DEVICE:-cpu}" --threads "$threads" --lr "${LR:-1.5e-4}" --epochs "${EPOCHS:-1}" \
   "${piece[@]}" "${steps[@]}" || rc=$?
 if [ "$rc" = 75 ]; then
   "$py" training/checked.py snapshot --state "$out/state.pt" --out "$carried"
