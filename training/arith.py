@@ -394,24 +394,21 @@ def analysis(pos, it, i):
     return f"Response {pos} answers {x}, which is {c}: right, and its working is right."
 
 
-# A response this short would be quoted before its answer is named. The third stage quoted up
-# to 24 characters, so that the copy ran from the response's start as an induction copy does;
-# at step ~540 of 803 it was worse than the second stage on the same pairs (held-out answers
-# named rightly 32 of 60 against 38, in-distribution 41 of 60 against 48): this small model
-# starts a quote rightly and then writes on ("766" quoted as "766 + 145 = 621. 621."), or stops
-# at the first sign ("399-2=397" as "399"); 10 of 33 quotes were exact. 0 turns it off.
-QUOTE_CHARS = 0
-
-
 def stated(pos, it, i):
     """What a response answers, as the criteria name it before the working, while the
     judgement's own result is not yet written: copied after it (the analysis alone, up to step
     1,668 of the first stage), 21% of these digits were wrong, most towards that result (at
     step 567 of the second stage, 73 of 120 held-out answers named rightly, most wrong ones
-    the response's first number). The analysis repeats the sentence's number."""
-    x, text = it["finals"][i], it["responses"][i]
-    quote = f' says "{text}", so it' if len(text) <= QUOTE_CHARS else ""
-    return f" Response {pos}{quote} gives no final answer." if x is None else f" Response {pos}{quote} answers {x}."
+    the response's first number). The analysis repeats the sentence's number.
+
+    The third stage (1c1a372) quoted a response of up to 24 characters first (`Response 2 says
+    "766", so it answers 766.`), so that the copy ran from the response's start as an induction
+    copy does; at step ~540 of 803 it named fewer answers rightly than the second stage on the
+    same pairs (held-out 32 of 60 against 38, in-distribution 41 against 48): this small model
+    starts a quote rightly and then writes on ("766" quoted as "766 + 145 = 621. 621."), or
+    stops at the first sign ("399-2=397" as "399"); 10 of 33 quotes were exact."""
+    x = it["finals"][i]
+    return f" Response {pos} gives no final answer." if x is None else f" Response {pos} answers {x}."
 
 
 def working(op, a, b):

@@ -177,11 +177,11 @@ def main():
     w = sub.add_parser("weights")
     w.add_argument("--state", required=True)
     w.add_argument("--out", required=True, help="a model.safetensors")
-    p = sub.add_parser("pairs")
-    p.add_argument("--n", type=int, default=60)
-    p.add_argument("--prefix", default="indist")
-    p.add_argument("--out", required=True)
-    for p in (d, t, s, w, p):
+    pr = sub.add_parser("pairs")
+    pr.add_argument("--n", type=int, default=60)
+    pr.add_argument("--prefix", default="indist")
+    pr.add_argument("--out", required=True)
+    for p in (d, t, s, w, pr):
         p.add_argument("--seed", type=int, default=32)
         p.add_argument("--tokenizer", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                             "models", "grm", "tokenizer.json"))

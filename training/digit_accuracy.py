@@ -64,8 +64,8 @@ def main():
                 if "Analysis" in text:
                     part = "analysis"
                 elif "Column by column" not in text and "Response " in text:
-                    # The criteria name each response's final answer before the working, a short
-                    # response quoted first: copies, though a quoted "12+7=19" has digits after "=".
+                    # The criteria name each response's final answer before the working: copies
+                    # (the third stage's quotes too, though a quoted "12+7=19" has digits after "=").
                     part = "criteria: a response's answer"
                 else:
                     part = "criteria: computed" if computed[t] else "criteria: copied"
