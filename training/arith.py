@@ -133,7 +133,11 @@ def operands(rng, op):
         d = rng.randint(lo_digits, hi_digits)
         return rng.randint(10 ** (d - 1) if d > 1 else 2, 10 ** d - 1)
     if op == "+":
-        return number(1, 3), number(1, 3)
+        # Half the time b has as many digits as a: with the lengths drawn apart, b lacked a's top
+        # column two times in three where a had three digits, and the fifth stage's working
+        # dropped b's hundreds ("621 + 145": "H: 6, write 6") in 6 of 60 held-out judgements.
+        a = number(1, 3)
+        return a, (number(len(str(a)), len(str(a))) if rng.random() < 0.5 else number(1, 3))
     if op == "-":
         a = number(2, 3)
         return a, rng.randint(1, a - 1)
@@ -411,12 +415,30 @@ def stated(pos, it, i):
     return f" Response {pos} gives no final answer." if x is None else f" Response {pos} answers {x}."
 
 
+# Place labels (hundreds, tens, ones): one token each in the GRM's vocabulary.
+COLUMNS = "HTO"
+
+
+def places(n):
+    """An operand with its places named, most significant first: 287 as "H2 T8 O7"."""
+    s = str(n)
+    assert len(s) <= len(COLUMNS), n
+    return " ".join(f"{p}{d}" for p, d in zip(COLUMNS[-len(s):], s))
+
+
 def working(op, a, b):
-    """The criteria's opening (what is asked) and its working (column by column, then the
-    result), as every judgement writes them; drills repeat them alone."""
+    """The criteria's opening (what is asked) and its working, as every judgement writes them;
+    drills repeat them alone. The working names each operand's places ("H2 T8 O7 and H5 T9 O8"),
+    then works column by column, each column under its place ("O: 7 + 8 = 15, write 5 carry 1;
+    T: ..."), then writes the result. Without the places (up to the fourth stage) a column had
+    to find its digits by their distance from each operand's end, and 14 of 60 held-out
+    judgements whose operands were right took a wrong digit or stopped a column early ("15 × 5":
+    "5 × 5 = 25, write 25"); with them it finds a digit by its place's token."""
     steps, c = column(op, a, b)
+    labelled = "; ".join(step if step.startswith("write") else f"{COLUMNS[-1 - i]}: {step}"
+                         for i, step in enumerate(steps.split("; ")))
     return (f"Specific Criteria: The question asks for {a} {op} {b}.",
-            f" Column by column: {steps}. So {a} {op} {b} = {c}", c)
+            f" Column by column: {places(a)} and {places(b)}; {labelled}. So {a} {op} {b} = {c}", c)
 
 
 def drill(rng):

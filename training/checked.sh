@@ -8,15 +8,19 @@
 #   DEVICE=cuda bash training/checked.sh   # on a GPU, in one go
 #   bash training/checked.sh               # on CPU: one piece of PIECE_SECONDS (6600) per run;
 #                                          # exits 75 while the plan is unfinished: run it again
-# This is the fourth stage, and each stage starts from the weights of a stage before, whose
+# This is the sixth stage, and each stage starts from the weights of a stage before, whose
 # state is committed: the first (arith.py at de80e44: 24 phrasings, the analysis alone naming
 # each answer; 1,668 steps, training/resume/checked-stage1.pt) taught the column facts; the
 # second (at 1de4006: composed questions, each answer named before the working; stopped at step
 # 567 of 712, training/resume/checked-stage2.pt) taught the questions; the third (1c1a372:
 # short responses quoted, stopped at step ~550 of 803) named answers worse than the second and
-# was dropped; this one goes on from the second in its format, on new items (SEED 33), at a
-# lower learning rate, to sharpen what it copies.
-# ITEMS (16000), OLD_ITEMS (5000) and DRILLS (5000) size the data, LR (1.5e-4) and EPOCHS (1)
+# was dropped; the fourth (459efe8: the second's format, new items, 241 steps at 1.5e-4,
+# training/resume/checked-stage4.safetensors) sharpened the second; the fifth (arith.py's
+# working with the operands' places named, "H2 T8 O7"; SEED 35, 32,000 items, 8,000 of the
+# first domain, 14,000 drills, 499 steps at 3e-4, training/resume/checked-stage5.safetensors)
+# learned that format; this one goes on from the fifth on new items (SEED 36) where b has a's
+# number of digits half the time, at a lower learning rate, with more of the first domain.
+# ITEMS (14000), OLD_ITEMS (5000) and DRILLS (6000) size the data, LR (1.5e-4) and EPOCHS (1)
 # the plan, MAX_STEPS cuts it, NO_SHIP=1 stops before models/ is written. The state lives in
 # $GRM_TRAIN_OUT/checked (training/out/checked); a piece that ends unfinished also writes it,
 # in bf16, to training/resume/checked.pt, which is committed: a session's disk does not outlive
@@ -30,7 +34,7 @@ cp models/grm/tokenizer.json "$out/tokenizer/tokenizer.json"
 # kept beside the state (a run in pieces must not start a piece from a model it shipped itself).
 if [ ! -f "$out/init/model.safetensors" ]; then
   cp models/grm/config.json models/grm/tokenizer.json "$out/init/"
-  "$py" training/checked.py weights --state training/resume/checked-stage2.pt --out "$out/init/model.safetensors"
+  cp training/resume/checked-stage5.safetensors "$out/init/model.safetensors"
 fi
 # Every layer sees the whole context (WINDOW, 1024 = max_position_embeddings; the shipped GRM's
 # sliding layers see 64 tokens): a judgement copies operands and each response's answer from
@@ -41,8 +45,8 @@ c = json.load(open(sys.argv[1]))
 c["sliding_window"] = int(sys.argv[2])
 json.dump(c, open(sys.argv[1], "w"), indent=2)
 EOF
-[ -f "$out/data.npz" ] || time "$py" training/checked.py data --items "${ITEMS:-16000}" --old-items "${OLD_ITEMS:-5000}" \
-  --drills "${DRILLS:-5000}" --seed "${SEED:-33}" --out "$out/data.npz" --threads "$threads"
+[ -f "$out/data.npz" ] || time "$py" training/checked.py data --items "${ITEMS:-14000}" --old-items "${OLD_ITEMS:-5000}" \
+  --drills "${DRILLS:-6000}" --seed "${SEED:-36}" --out "$out/data.npz" --threads "$threads"
 carried=training/resume/checked.pt
 [ -f "$out/state.pt" ] || [ ! -f "$carried" ] || { echo "checked: resuming from $carried" >&2; cp "$carried" "$out/state.pt"; }
 piece=()

@@ -1,5 +1,6 @@
 """Which parts of a checking judge's free judgements are right: the operands and operation it
-reads from the question, its result, each response's answer as the criteria name it (apart by
+reads from the question, its column working (against the rule's for the operands it read, so
+apart from a misread operand), its result, each response's answer as the criteria name it (apart by
 the response's form: bare digits, an equation, words), a short response's quote, and the
 number of scores. digit_accuracy.py measures the same digits teacher-forced; this reads the
 greedy judgements that `grm eval --judgements` kept, where one wrong token carries on.
@@ -16,6 +17,8 @@ import argparse
 import json
 import re
 from collections import Counter
+
+from arith import column, places, working
 
 MASK = (1 << 64) - 1
 
@@ -66,6 +69,14 @@ def form(response):
     return "equation" if "=" in response else "words"
 
 
+def walk(text, a, op, b):
+    """Whether the judgement's column working is the rule's for a op b, in either format: with
+    the operands' places named (the fifth stage on) or without (up to the fourth)."""
+    m = re.search(r" Column by column: .*?(?=\. So \d+ \S \d+ = \d+)", text)
+    return bool(m) and m.group(0) in (working(op, a, b)[1].split(". So ")[0],
+                                      " Column by column: " + column(op, a, b)[0])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", required=True, help="the JSONL `grm eval` read")
@@ -99,6 +110,14 @@ def main():
         asked = re.search(r"asks for (\d+) (\S) (\d+)\.", text)
         numbers = sorted(int(x) for x in re.findall(r"\d+", it["query"]))
         c["operands"] += bool(asked and sorted([int(asked.group(1)), int(asked.group(3))]) == numbers)
+        walked = asked and asked.group(2) in "+-×" and walk(text, int(asked.group(1)), asked.group(2),
+                                                          int(asked.group(3)))
+        c["working"] += bool(walked)
+        named = re.search(r"Column by column: ([HTO]\d(?: [HTO]\d)*) and ([HTO]\d(?: [HTO]\d)*);", text)
+        if named:
+            c["places named"] += 1
+            c["places right"] += bool(asked) and (named.group(1), named.group(2)) == (
+                places(int(asked.group(1))), places(int(asked.group(3))))
         result = re.search(r"So \d+ \S \d+ = (\d+)", text)
         c["result"] += bool(result and truth is not None and int(result.group(1)) == truth)
         box = re.search(r"\\boxed\{([^}]*)\}", text)
@@ -121,7 +140,8 @@ def main():
                 print(f"{j['id']} Response {pos + 1} = {responses[i]!r}: named {named}, its answer {want}")
         c["all answers"] += all_named
     n = c["judgements"]
-    print(f"{n} greedy judgements: right {c['correct']}; operands read {c['operands']}; result right {c['result']}; "
+    print(f"{n} greedy judgements: right {c['correct']}; operands read {c['operands']}; "
+          f"working right for the operands read {c['working']}; result right {c['result']}; "
           f"every answer named rightly {c['all answers']}; score count right {c['score count']}")
     kinds = [k for k in ("bare", "equation", "words") if c[f"answers {k}"]]
     named = sum(c[f"answers {k} right"] for k in kinds)
@@ -129,6 +149,8 @@ def main():
     print(f"answers named rightly {named}/{total}: " +
           ", ".join(f"{k} {c[f'answers {k} right']}/{c[f'answers {k}']}" for k in kinds) +
           (f"; quoted {c['quoted']}, exactly {c['quoted exactly']}" if c["quoted"] else ""))
+    if c["places named"]:
+        print(f"operands' places named in {c['places named']}, rightly for the operands read in {c['places right']}")
 
 
 if __name__ == "__main__":
