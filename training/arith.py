@@ -431,8 +431,8 @@ def working(op, a, b):
     drills repeat them alone. The working names each operand's places ("H2 T8 O7 and H5 T9 O8"),
     then works column by column, each column under its place ("O: 7 + 8 = 15, write 5 carry 1;
     T: ..."), then writes the result. Without the places (up to the fourth stage) a column had
-    to find its digits by their distance from each operand's end, and 14 of 60 held-out
-    judgements whose operands were right took a wrong digit or stopped a column early ("15 × 5":
+    to find its digits by their distance from each operand's end, and in 12 of 60 held-out
+    judgements of the fourth stage (judged_parts.py) a column took a wrong digit or stopped early ("15 × 5":
     "5 × 5 = 25, write 25"); with them it finds a digit by its place's token."""
     steps, c = column(op, a, b)
     labelled = "; ".join(step if step.startswith("write") else f"{COLUMNS[-1 - i]}: {step}"

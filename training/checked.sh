@@ -16,7 +16,8 @@
 # short responses quoted, stopped at step ~550 of 803) named answers worse than the second and
 # was dropped; the fourth (459efe8: the second's format, new items, 241 steps at 1.5e-4,
 # training/resume/checked-stage4.safetensors) sharpened the second; the fifth (arith.py's
-# working with the operands' places named, "H2 T8 O7"; SEED 35, 32,000 items, 8,000 of the
+# working with the operands' places named, "H2 T8 O7", and + operands' lengths still drawn
+# apart as at 4d700fd; SEED 35, 32,000 items, 8,000 of the
 # first domain, 14,000 drills, 499 steps at 3e-4, training/resume/checked-stage5.safetensors)
 # learned that format; this one goes on from the fifth on new items (SEED 36) where b has a's
 # number of digits half the time, at a lower learning rate, with more of the first domain.

@@ -113,10 +113,10 @@ def main():
         walked = asked and asked.group(2) in "+-×" and walk(text, int(asked.group(1)), asked.group(2),
                                                           int(asked.group(3)))
         c["working"] += bool(walked)
-        named = re.search(r"Column by column: ([HTO]\d(?: [HTO]\d)*) and ([HTO]\d(?: [HTO]\d)*);", text)
-        if named:
+        listed = re.search(r"Column by column: ([HTO]\d(?: [HTO]\d)*) and ([HTO]\d(?: [HTO]\d)*);", text)
+        if listed:
             c["places named"] += 1
-            c["places right"] += bool(asked) and (named.group(1), named.group(2)) == (
+            c["places right"] += bool(asked) and (listed.group(1), listed.group(2)) == (
                 places(int(asked.group(1))), places(int(asked.group(3))))
         result = re.search(r"So \d+ \S \d+ = (\d+)", text)
         c["result"] += bool(result and truth is not None and int(result.group(1)) == truth)
