@@ -9,8 +9,9 @@ by parts, a word-problem sentence) is drawn for right and wrong responses alike,
 for every response of an item, and the wrong ones are wrong in the number only: off by one, off
 by ten or a hundred, a dropped carry or borrow (with the working that makes it), the wrong
 operation, two digits swapped, a right equation with a wrong final answer; and the reverse, a
-right final answer after a wrong equation, which scores between. Operands up to three digits for
-+ and -, up to three digits times one for ×.
+right final answer after a wrong equation, which scores between. An opener and a closer frame
+some responses (framed), so that an answer is the last number wherever its form puts it.
+Operands up to three digits for + and -, up to three digits times one for ×.
 
 Questions are composed, so that the judge learns to find the operation and its numbers rather
 than a few sentences: a bare expression (signs as +, plus, -, −, minus, ×, x, X, *, times,
@@ -270,6 +271,32 @@ def wrong_value(rng, kind, op, a, b, c):
     return v
 
 
+# Words around a response, drawn for right and wrong alike: an opener (some restate the
+# question's numbers, so that the first number of a response is often not its answer) and a
+# closer without numbers (so that a response's answer is not always its last token). The sixth
+# stage named 112 of 120 in-distribution answers rightly but 87 of 120 held-out ones, most
+# often as a held-out response's first number: the answer forms alone let the copy find the
+# answer by a form's place, not as the last number written.
+OPENERS = ["Let me see.", "OK.", "Sure!", "Hmm.", "Easy one.", "Let's work it out.", "Here goes:", "Right, so",
+           "Good question!", "Alright.", "We have {a} and {b}.", "The numbers are {a} and {b}, so", "Starting from {a}:",
+           "{a} {s} {b}:", "{a} {s} {b}?", "Take {a} and {b}.", "Step 1: read off {a} and {b}.", "Given {a} and {b},",
+           "First I note {a}, then {b}.", "With {b} and {a}:", "Working with {a}.", "So, {b} and {a}."]
+CLOSERS = [" Hope that helps!", " Done.", " :)", " Let me know if you need more.", " I checked it twice.",
+           " That's my final answer.", " Hope this is right.", " Cheers!", " (done in my head)", " Easy.",
+           " Thanks for asking!", " QED."]
+OPEN_P, CLOSE_P = 0.3, 0.2
+
+
+def framed(rng, text, op, a, b):
+    """A response with an opener before it and a closer after it, each drawn apart."""
+    if rng.random() < OPEN_P:
+        sign = rng.choice(SIGNS[op])
+        text = rng.choice(OPENERS).format(a=a, b=b, s=sign) + " " + text
+    if rng.random() < CLOSE_P:
+        text += ("." if text[-1].isalnum() else "") + rng.choice(CLOSERS)
+    return text
+
+
 def say(rng, x):
     return rng.choice(SAY).format(x=x)
 
@@ -337,15 +364,22 @@ def response(rng, form, kind, op, a, b, c, ctx):
     return f"{lead}{steps}. So {equation(rng, op, a, b, x, '=')}.", x, True, None
 
 
-def item(rng, n, idx):
+def item(rng, n, idx, any_right=False):
+    """One item of n responses. A group (n >= 2) has one right answer, or with `any_right`, half
+    the time, any number from none to all: a trainer's group of a policy's samples often has
+    none right or several. With one right in every group, the sixth stage's judgements read
+    none right as a misreading of their own and wrote one score more than there were responses
+    (a pair's "\\boxed{2, 2, 9}" or "{2, 2, 8}": 16 of 60 held-out greedy judgements; 18 had
+    the wrong count, 15 of them after a wrong result), as if a right one had to come."""
     q, op, a, b, c, ctx = question(rng)
     if n == 1:
         kinds = [rng.choice(["right", "right", "wrong", "wrong", "reverse", "none"])]
     else:
-        # One right answer; the others wrong (at most one reverse and one without an answer).
-        kinds = ["right"]
+        # The right answers; the others wrong (at most one reverse and one without an answer).
+        rights = rng.randint(0, n) if any_right and rng.random() < 0.5 else 1
+        kinds = ["right"] * rights
         extra = [k for k in ("reverse", "none") if rng.random() < 0.25]
-        kinds += extra[: n - 1]
+        kinds += extra[: n - rights]
         while len(kinds) < n:
             kinds.append("wrong")
         rng.shuffle(kinds)
@@ -364,10 +398,14 @@ def item(rng, n, idx):
         wrote.append(y)
         kinds_out.append(("right" if work else "bare") if k == "right" else k.split(":")[0])
         mistakes.append(k.split(":")[1] if k.startswith("wrong:") else None)
+    responses = [framed(rng, t, op, a, b) for t in responses]
     it = {"id": f"{idx}", "query": q, "responses": responses, "kinds": kinds_out, "mistakes": mistakes, "finals": finals,
           "wrote": wrote, "op": op, "a": a, "b": b, "answer": c}
     if n >= 2:
-        it["label"] = {"best": next(i for i, k in enumerate(kinds_out) if k in ("right", "bare"))}
+        # The best is the response scored above every other, where there is one (grm's label).
+        scores = [SCORES[k] for k in kinds_out]
+        top = max(scores)
+        it["label"] = {"best": scores.index(top)} if scores.count(top) == 1 else None
     else:
         it["label"] = {"rating": SCORES[kinds_out[0]]}
         it["correct"] = kinds_out[0] in ("right", "bare")
@@ -377,9 +415,10 @@ def item(rng, n, idx):
 SIZES_8 = ([1, 2, 3, 4, 5, 6, 7, 8], [2, 5, 2, 3, 1, 1, 1, 2])
 
 
-def split(seed, n_items, prefix, sizes=SIZES_8):
+def split(seed, n_items, prefix, sizes=SIZES_8, any_right=False):
     rng = random.Random(seed)
-    return [item(rng, rng.choices(sizes[0], weights=sizes[1])[0], f"{prefix}-{i}") for i in range(n_items)]
+    return [item(rng, rng.choices(sizes[0], weights=sizes[1])[0], f"{prefix}-{i}", any_right)
+            for i in range(n_items)]
 
 
 # ------------------------------------------------------------------ the rule-made judgement
