@@ -39,7 +39,7 @@ def build(a):
     tok = Tokenizer.from_file(a.tokenizer)
     examples = []
     for start in range(0, a.items, 10000):
-        items = arith.split(a.seed + start, min(10000, a.items - start), f"checked{start}")
+        items = arith.split(a.seed + start, min(10000, a.items - start), f"checked{start}", any_right=True)
         examples += sft_examples(tok, items, seed=a.seed + start + 1, dom=arith)
         print(f"data: {len(examples)} checked", flush=True)
     for start in range(0, a.old_items, 10000):

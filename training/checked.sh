@@ -8,7 +8,7 @@
 #   DEVICE=cuda bash training/checked.sh   # on a GPU, in one go
 #   bash training/checked.sh               # on CPU: one piece of PIECE_SECONDS (6600) per run;
 #                                          # exits 75 while the plan is unfinished: run it again
-# This is the seventh stage, and each stage starts from the weights of a stage before, whose
+# This is the eighth stage, and each stage starts from the weights of a stage before, whose
 # state is committed: the first (arith.py at de80e44: 24 phrasings, the analysis alone naming
 # each answer; 1,668 steps, training/resume/checked-stage1.pt) taught the column facts; the
 # second (at 1de4006: composed questions, each answer named before the working; stopped at step
@@ -21,10 +21,14 @@
 # first domain, 14,000 drills, 499 steps at 3e-4, training/resume/checked-stage5.safetensors)
 # learned that format; the sixth went on from the fifth on new items (SEED 36, cc4d32b) where b
 # has a's number of digits half the time (14,000 items, 5,000 of the first domain, 6,000
-# drills, 228 steps at 1.5e-4, training/resume/checked-stage6.safetensors); this one goes on
-# from the sixth on new items (SEED 37) whose responses are framed by an opener and a closer
-# (arith.framed), so that a response's answer is its last number wherever the form puts it.
-# ITEMS (17000), OLD_ITEMS (5000) and DRILLS (6000) size the data, LR (2e-4) and EPOCHS (1)
+# drills, 228 steps at 1.5e-4, training/resume/checked-stage6.safetensors); the seventh went
+# on from the sixth on new items (SEED 37) whose responses are framed by an opener and a closer
+# (arith.framed), so that a response's answer is its last number wherever the form puts it
+# (17,000 items, 5,000 of the first domain, 6,000 drills, 274 steps at 2e-4,
+# training/resume/checked-stage7.safetensors); this one goes on from the seventh on new items
+# (SEED 38) whose groups have, half the time, any number of right answers (arith.item's
+# any_right), at a lower learning rate.
+# ITEMS (17000), OLD_ITEMS (5000) and DRILLS (6000) size the data, LR (1.5e-4) and EPOCHS (1)
 # the plan, MAX_STEPS cuts it, NO_SHIP=1 stops before models/ is written. The state lives in
 # $GRM_TRAIN_OUT/checked (training/out/checked); a piece that ends unfinished also writes it,
 # in bf16, to training/resume/checked.pt, which is committed: a session's disk does not outlive
@@ -38,7 +42,7 @@ cp models/grm/tokenizer.json "$out/tokenizer/tokenizer.json"
 # kept beside the state (a run in pieces must not start a piece from a model it shipped itself).
 if [ ! -f "$out/init/model.safetensors" ]; then
   cp models/grm/config.json models/grm/tokenizer.json "$out/init/"
-  cp training/resume/checked-stage6.safetensors "$out/init/model.safetensors"
+  cp training/resume/checked-stage7.safetensors "$out/init/model.safetensors"
 fi
 # Every layer sees the whole context (WINDOW, 1024 = max_position_embeddings; the shipped GRM's
 # sliding layers see 64 tokens): a judgement copies operands and each response's answer from
@@ -50,7 +54,7 @@ c["sliding_window"] = int(sys.argv[2])
 json.dump(c, open(sys.argv[1], "w"), indent=2)
 EOF
 [ -f "$out/data.npz" ] || time "$py" training/checked.py data --items "${ITEMS:-17000}" --old-items "${OLD_ITEMS:-5000}" \
-  --drills "${DRILLS:-6000}" --seed "${SEED:-37}" --out "$out/data.npz" --threads "$threads"
+  --drills "${DRILLS:-6000}" --seed "${SEED:-38}" --out "$out/data.npz" --threads "$threads"
 carried=training/resume/checked.pt
 [ -f "$out/state.pt" ] || [ ! -f "$carried" ] || { echo "checked: resuming from $carried" >&2; cp "$carried" "$out/state.pt"; }
 piece=()
@@ -59,7 +63,7 @@ steps=()
 [ -n "${MAX_STEPS:-}" ] && steps=(--max-steps "$MAX_STEPS")
 rc=0
 time "$py" training/checked.py train --data "$out/data.npz" --init "$out/init" --out "$out/grm.safetensors" \
-  --state "$out/state.pt" --device "${DEVICE:-cpu}" --threads "$threads" --lr "${LR:-2e-4}" --epochs "${EPOCHS:-1}" \
+  --state "$out/state.pt" --device "${DEVICE:-cpu}" --threads "$threads" --lr "${LR:-1.5e-4}" --epochs "${EPOCHS:-1}" \
   "${piece[@]}" "${steps[@]}" || rc=$?
 if [ "$rc" = 75 ]; then
   "$py" training/checked.py snapshot --state "$out/state.pt" --out "$carried"
