@@ -9,7 +9,8 @@ import torch
 
 sys.path.insert(0, __import__("os").path.dirname(__file__))
 import domain  # noqa: E402
-from common import JUDGEMENT_TOKENS, MODEL, PAD, encode, grm, load_tokenizer, path, read_jsonl, write_jsonl  # noqa: E402
+from common import (JUDGEMENT_TOKENS, MODEL, PAD, encode, grm, load_tokenizer, path, read_jsonl,  # noqa: E402
+                    render_prompts, write_jsonl)
 
 
 def main():
@@ -19,7 +20,8 @@ def main():
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--grm", default=None)
-    ap.add_argument("--max-new-tokens", type=int, default=JUDGEMENT_TOKENS)
+    ap.add_argument("--max-new-tokens", type=int, default=None,
+                    help=f"{JUDGEMENT_TOKENS} for the first domain, 512 (the servers' default) for arith, whose judgements work the result out")
     ap.add_argument("--no-eight", action="store_true", help="items of 1, 2, 4 responses only (the first recipe)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reuse-data", action="store_true", help="train on the judgements an earlier run drew (no grm needed)")
@@ -29,6 +31,8 @@ def main():
     ap.add_argument("--domain", choices=["first", "arith"], default="first",
                     help="arith: the checking judge's items (arith.py), a quarter of the first domain's mixed in")
     a = ap.parse_args()
+    if a.max_new_tokens is None:
+        a.max_new_tokens = 512 if a.domain == "arith" else JUDGEMENT_TOKENS
     torch.set_num_threads(a.threads)
     grm_dir = a.grm or path("grm-rl", "x")[:-2]
     if not a.reuse_data:
@@ -36,7 +40,17 @@ def main():
         if a.domain == "arith":
             import arith
             items = arith.split(52, a.items - a.items // 4, "meta-checked") + items[: a.items // 4]
-        write_jsonl(path("data", "meta-items.jsonl"), [domain.request(it) for it in items])
+        reqs = [domain.request(it) for it in items]
+        if a.domain == "arith":
+            # grm refuses an item whose prompt and new tokens overflow the context: some groups
+            # of 8 do (the first run stopped at one of 718 prompt tokens); they are left out, as
+            # checked.py data leaves out rows over the context.
+            tok = load_tokenizer()
+            fits = {p["id"] for p in render_prompts(reqs)
+                    if len(encode(tok, p["prompt"])) + a.max_new_tokens <= MODEL["max_position_embeddings"]}
+            print(f"meta: {len(reqs) - len(fits)} of {len(reqs)} items left out, over the context", flush=True)
+            reqs = [r for r in reqs if r["id"] in fits]
+        write_jsonl(path("data", "meta-items.jsonl"), reqs)
         r = grm("spct", "meta-data", "--input", path("data", "meta-items.jsonl"), "--output", path("data", "meta.jsonl"),
                 "--k", a.k, "--model", grm_dir, "--temperature", a.temperature, "--max-new-tokens", a.max_new_tokens,
                 "--concurrency", 64, "--kv-blocks", 20000, "--max-batch-tokens", 2048, "--threads", a.threads)
