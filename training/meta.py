@@ -35,6 +35,7 @@ def main():
         a.max_new_tokens = 512 if a.domain == "arith" else JUDGEMENT_TOKENS
     torch.set_num_threads(a.threads)
     grm_dir = a.grm or path("grm-rl", "x")[:-2]
+    tok = load_tokenizer()
     if not a.reuse_data:
         items = domain.split(51, a.items, "meta", sizes=domain.SIZES if a.no_eight else domain.SIZES_8)
         if a.domain == "arith":
@@ -45,7 +46,6 @@ def main():
             # grm refuses an item whose prompt and new tokens overflow the context: some groups
             # of 8 do (the first run stopped at one of 718 prompt tokens); they are left out, as
             # checked.py data leaves out rows over the context.
-            tok = load_tokenizer()
             fits = {p["id"] for p in render_prompts(reqs)
                     if len(encode(tok, p["prompt"])) + a.max_new_tokens <= MODEL["max_position_embeddings"]}
             print(f"meta: {len(reqs) - len(fits)} of {len(reqs)} items left out, over the context", flush=True)
@@ -60,7 +60,6 @@ def main():
     print(f"meta: {len(rows)} judgements, {pos} correct", flush=True)
 
     from transformers import Gemma2Config, Gemma2ForCausalLM, Gemma2ForSequenceClassification
-    tok = load_tokenizer()
     base = Gemma2ForCausalLM.from_pretrained(grm_dir, attn_implementation="eager", dtype=torch.float32)
     cfg = Gemma2Config(**dict(MODEL, vocab_size=tok.get_vocab_size()), num_labels=1, attn_implementation="eager")
     cfg.architectures = ["Gemma2ForSequenceClassification"]
