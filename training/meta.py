@@ -61,9 +61,12 @@ def main():
 
     from transformers import Gemma2Config, Gemma2ForCausalLM, Gemma2ForSequenceClassification
     base = Gemma2ForCausalLM.from_pretrained(grm_dir, attn_implementation="eager", dtype=torch.float32)
-    cfg = Gemma2Config(**dict(MODEL, vocab_size=tok.get_vocab_size()), num_labels=1, attn_implementation="eager")
+    # The GRM's own config: its layers' window (the checking judge sees 1024 tokens, common.MODEL's
+    # 64) is what its weights were trained for, and a meta RM reads the whole judgement.
+    cfg = Gemma2Config.from_pretrained(grm_dir, num_labels=1, attn_implementation="eager")
     cfg.architectures = ["Gemma2ForSequenceClassification"]
-    meta = Gemma2ForSequenceClassification(cfg)
+    # float32 on the CPU: the GRM's config says bf16, and the new head would be built in another dtype.
+    meta = Gemma2ForSequenceClassification(cfg).float()
     meta.model.load_state_dict(base.model.state_dict())
     torch.nn.init.normal_(meta.score.weight, std=0.02)
     dev = torch.device(a.device)
