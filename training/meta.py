@@ -2,6 +2,7 @@
 trained with binary cross-entropy on the GRM's own sampled judgements labelled by the SPCT
 rule (`grm spct meta-data`), each read in the template's meta form."""
 import argparse
+import json
 import random
 import sys
 
@@ -9,7 +10,7 @@ import torch
 
 sys.path.insert(0, __import__("os").path.dirname(__file__))
 import domain  # noqa: E402
-from common import (JUDGEMENT_TOKENS, MODEL, PAD, encode, grm, load_tokenizer, path, read_jsonl,  # noqa: E402
+from common import (JUDGEMENT_TOKENS, PAD, encode, grm, load_tokenizer, path, read_jsonl,  # noqa: E402
                     render_prompts, write_jsonl)
 
 
@@ -43,11 +44,12 @@ def main():
             items = arith.split(52, a.items - a.items // 4, "meta-checked") + items[: a.items // 4]
         reqs = [domain.request(it) for it in items]
         if a.domain == "arith":
+            context = json.load(open(f"{grm_dir}/config.json"))["max_position_embeddings"]
             # grm refuses an item whose prompt and new tokens overflow the context: some groups
             # of 8 do (the first run stopped at one of 718 prompt tokens); they are left out, as
             # checked.py data leaves out rows over the context.
             fits = {p["id"] for p in render_prompts(reqs)
-                    if len(encode(tok, p["prompt"])) + a.max_new_tokens <= MODEL["max_position_embeddings"]}
+                    if len(encode(tok, p["prompt"])) + a.max_new_tokens <= context}
             print(f"meta: {len(reqs) - len(fits)} of {len(reqs)} items left out, over the context", flush=True)
             reqs = [r for r in reqs if r["id"] in fits]
         write_jsonl(path("data", "meta-items.jsonl"), reqs)
