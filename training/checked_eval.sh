@@ -14,7 +14,7 @@ limit=${3:-60}
 mkdir -p "$out"
 data=${GRM_TRAIN_OUT:-$PWD/training/out}/checked/data.npz
 if [ -f "$data" ]; then
-  "$py" training/digit_accuracy.py --model "$model" --data "$data" --items 150 --arith-items "${ITEMS:-17000}" \
+  "$py" training/digit_accuracy.py --model "$model" --data "$data" --items 150 --arith-items "${ITEMS:-20000}" \
     --threads "$threads" > "$out/digits.txt"
 fi
 "$py" training/checked.py pairs --seed 424242 --n "$limit" --out "$out/indist-pairs.jsonl"

@@ -5,6 +5,7 @@ import argparse
 import json
 import random
 import sys
+import zlib
 
 import torch
 
@@ -29,6 +30,8 @@ def main():
     ap.add_argument("--device", default="cpu", help="cuda: bf16 autocast on a GPU")
     ap.add_argument("--out", default=None, help="where to save (default out/meta-rm)")
     ap.add_argument("--bf16", action="store_true", help="save in bf16 (as shipped)")
+    ap.add_argument("--held-out-tenths", type=int, default=1,
+                    help="tenths of the items held out of training to measure the meta RM on (0: none)")
     ap.add_argument("--domain", choices=["first", "arith"], default="first",
                     help="arith: the checking judge's items (arith.py), a quarter of the first domain's mixed in")
     a = ap.parse_args()
@@ -58,8 +61,14 @@ def main():
                 "--concurrency", 64, "--kv-blocks", 20000, "--max-batch-tokens", 2048, "--threads", a.threads)
         print("meta-data:", r.stderr.strip().splitlines()[-1], flush=True)
     rows = read_jsonl(path("data", "meta.jsonl"))
+    # A tenth of the items (by a hash of the id, so every judgement of an item stays on one
+    # side) is held out: their AUC says whether the meta RM tells right judgements from wrong at
+    # all, and the within-item figure whether it ranks an item's judgements, which is all that
+    # meta-RM voting uses.
+    held = [r for r in rows if zlib.crc32(r["id"].encode()) % 10 < a.held_out_tenths]
+    rows = [r for r in rows if zlib.crc32(r["id"].encode()) % 10 >= a.held_out_tenths]
     pos = sum(r["label"] for r in rows)
-    print(f"meta: {len(rows)} judgements, {pos} correct", flush=True)
+    print(f"meta: {len(rows)} judgements, {pos} correct; {len(held)} held out", flush=True)
 
     from transformers import Gemma2Config, Gemma2ForCausalLM, Gemma2ForSequenceClassification
     base = Gemma2ForCausalLM.from_pretrained(grm_dir, attn_implementation="eager", dtype=torch.float32)
@@ -79,9 +88,10 @@ def main():
     bce = torch.nn.BCEWithLogitsLoss(reduction="none")
     opt = torch.optim.AdamW(meta.parameters(), lr=5e-4, weight_decay=0.01)
     rng = random.Random(3)
-    meta.train()
+    held_data = [(encode(tok, r["text"]), r["label"], r["id"]) for r in held]
     step = 0
     for epoch in range(a.epochs):
+        meta.train()
         order = sorted(range(len(data)), key=lambda i: len(data[i][0]) + rng.random() * 8)
         chunks = [order[i:i + 32] for i in range(0, len(order), 32)]
         rng.shuffle(chunks)
@@ -101,12 +111,46 @@ def main():
             if step % 50 == 0:
                 print(f"meta epoch {epoch} step {step} loss {loss.item():.4f}", flush=True)
             step += 1
+        if held_data:
+            report(meta, held_data, dev, epoch)
     meta.eval()
     import shutil
     out = a.out or path("meta-rm", "x")[:-2]
     meta.to("cpu", torch.bfloat16 if a.bf16 else torch.float32).save_pretrained(out, safe_serialization=True)
     shutil.copy(path("tokenizer", "tokenizer.json"), f"{out}/tokenizer.json")
     print("saved", out, flush=True)
+
+
+def pairwise(pos, neg):
+    """The share of (right, wrong) pairs the scores order rightly, ties counting half."""
+    if not pos or not neg:
+        return None
+    won = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return won / (len(pos) * len(neg))
+
+
+@torch.no_grad()
+def report(meta, held, dev, epoch):
+    """Held-out AUC over all judgements and within items that have both right and wrong ones."""
+    meta.eval()
+    scores = []
+    for i in range(0, len(held), 16):
+        chunk = held[i:i + 16]
+        L = max(len(t) for t, _, _ in chunk)
+        x = torch.tensor([[PAD] * (L - len(t)) + t for t, _, _ in chunk])
+        m = torch.tensor([[0] * (L - len(t)) + [1] * len(t) for t, _, _ in chunk])
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            scores += meta(input_ids=x.to(dev), attention_mask=m.to(dev)).logits[:, 0].float().tolist()
+    overall = pairwise([s for s, (_, y, _) in zip(scores, held) if y], [s for s, (_, y, _) in zip(scores, held) if not y])
+    by_item = {}
+    for s, (_, y, i) in zip(scores, held):
+        by_item.setdefault(i, ([], []))[0 if y else 1].append(s)
+    within = [(pairwise(p, n), len(p) * len(n)) for p, n in by_item.values() if p and n]
+    w = sum(c for _, c in within)
+    within_auc = sum(v * c for v, c in within) / w if w else None
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    print(f"meta epoch {epoch} held out: {len(held)} judgements of {len(by_item)} items, AUC {fmt(overall)}, "
+          f"within {len(within)} mixed items {fmt(within_auc)}", flush=True)
 
 
 if __name__ == "__main__":
