@@ -9,16 +9,31 @@ import sys
 
 
 def pairwise(pos, neg):
-    """The share of (right, wrong) pairs the scores order rightly, ties counting half."""
+    """(right, wrong) pairs the scores order rightly, ties counting half, and the pairs there are."""
     return sum((p > n) + 0.5 * (p == n) for p in pos for n in neg), len(pos) * len(neg)
+
+
+def aucs(by_item):
+    """From each item's (right scores, wrong scores): the AUC over all judgements and the AUC
+    within the items that have both (None where there are no such pairs), and those items' count."""
+    right = [s for p, _ in by_item for s in p]
+    wrong = [s for _, n in by_item for s in n]
+    won, n = pairwise(right, wrong)
+    mixed = [pairwise(p, q) for p, q in by_item if p and q]
+    w_won, w_n = sum(x for x, _ in mixed), sum(c for _, c in mixed)
+    return won / n if n else None, w_won / w_n if w_n else None, len(mixed)
+
+
+def fmt(v):
+    return "n/a" if v is None else f"{v:.3f}"
 
 
 def main():
     rows = [json.loads(line) for line in open(sys.argv[1])]
     # Each item's k_max draws (its greedy judgement is a row of its own, `#greedy`).
     rows = [r for r in rows if r["id"].endswith("#draw")]
-    some = ties = mixed = 0
-    right, wrong, within = [], [], [0.0, 0]
+    some = ties = 0
+    by_item = []
     for r in rows:
         samples = r.get("samples", [])
         ok = [bool(s.get("correct")) for s in samples]
@@ -27,22 +42,13 @@ def main():
         elif samples and all(s.get("scores") and len(set(s["scores"]["original"])) == 1 for s in samples):
             ties += 1
         scored = [(s["meta_score"], y) for s, y in zip(samples, ok) if s.get("meta_score") is not None]
-        pos = [m for m, y in scored if y]
-        neg = [m for m, y in scored if not y]
-        right += pos
-        wrong += neg
-        if pos and neg:
-            mixed += 1
-            won, n = pairwise(pos, neg)
-            within[0] += won
-            within[1] += n
+        by_item.append(([m for m, y in scored if y], [m for m, y in scored if not y]))
     print(f"{len(rows)} items: {some} with a right judgement, {ties} with none right and every judgement a tie, "
           f"{len(rows) - some - ties} with none right")
-    if right and wrong:
-        won, n = pairwise(right, wrong)
-        w = f"{within[0] / within[1]:.3f}" if within[1] else "n/a"
-        print(f"meta scores: {len(right)} right and {len(wrong)} wrong judgements, AUC {won / n:.3f}; "
-              f"within the {mixed} items with both, {w}")
+    overall, within, mixed = aucs(by_item)
+    if overall is not None:
+        print(f"meta scores: {sum(len(p) for p, _ in by_item)} right and {sum(len(n) for _, n in by_item)} wrong "
+              f"judgements, AUC {fmt(overall)}; within the {mixed} items with both, {fmt(within)}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ sys.path.insert(0, __import__("os").path.dirname(__file__))
 import domain  # noqa: E402
 from common import (JUDGEMENT_TOKENS, PAD, encode, grm, load_tokenizer, path, read_jsonl,  # noqa: E402
                     render_prompts, write_jsonl)
+from judgement_ceiling import aucs, fmt  # noqa: E402
 
 
 def main():
@@ -96,13 +97,8 @@ def main():
         chunks = [order[i:i + 32] for i in range(0, len(order), 32)]
         rng.shuffle(chunks)
         for idx in chunks:
-            L = max(len(data[i][0]) for i in idx)
-            # Left padding: the last position is every row's last token.
-            x = torch.tensor([[PAD] * (L - len(data[i][0])) + data[i][0] for i in idx])
-            m = torch.tensor([[0] * (L - len(data[i][0])) + [1] * len(data[i][0]) for i in idx])
             y = torch.tensor([data[i][1] for i in idx], device=dev)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                logits = meta(input_ids=x.to(dev), attention_mask=m.to(dev)).logits[:, 0].float()
+            logits = score(meta, [data[i][0] for i in idx], dev)
             loss = (bce(logits, y) * torch.where(y > 0, w_pos, 1.0)).mean()
             opt.zero_grad()
             loss.backward()
@@ -121,12 +117,14 @@ def main():
     print("saved", out, flush=True)
 
 
-def pairwise(pos, neg):
-    """The share of (right, wrong) pairs the scores order rightly, ties counting half."""
-    if not pos or not neg:
-        return None
-    won = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return won / (len(pos) * len(neg))
+def score(meta, seqs, dev):
+    """The meta RM's logits for a batch of token lists."""
+    L = max(len(t) for t in seqs)
+    # Left padding: the last position is every row's last token.
+    x = torch.tensor([[PAD] * (L - len(t)) + t for t in seqs])
+    m = torch.tensor([[0] * (L - len(t)) + [1] * len(t) for t in seqs])
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        return meta(input_ids=x.to(dev), attention_mask=m.to(dev)).logits[:, 0].float()
 
 
 @torch.no_grad()
@@ -135,22 +133,13 @@ def report(meta, held, dev, epoch):
     meta.eval()
     scores = []
     for i in range(0, len(held), 16):
-        chunk = held[i:i + 16]
-        L = max(len(t) for t, _, _ in chunk)
-        x = torch.tensor([[PAD] * (L - len(t)) + t for t, _, _ in chunk])
-        m = torch.tensor([[0] * (L - len(t)) + [1] * len(t) for t, _, _ in chunk])
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            scores += meta(input_ids=x.to(dev), attention_mask=m.to(dev)).logits[:, 0].float().tolist()
-    overall = pairwise([s for s, (_, y, _) in zip(scores, held) if y], [s for s, (_, y, _) in zip(scores, held) if not y])
+        scores += score(meta, [t for t, _, _ in held[i:i + 16]], dev).tolist()
     by_item = {}
     for s, (_, y, i) in zip(scores, held):
         by_item.setdefault(i, ([], []))[0 if y else 1].append(s)
-    within = [(pairwise(p, n), len(p) * len(n)) for p, n in by_item.values() if p and n]
-    w = sum(c for _, c in within)
-    within_auc = sum(v * c for v, c in within) / w if w else None
-    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    overall, within, mixed = aucs(by_item.values())
     print(f"meta epoch {epoch} held out: {len(held)} judgements of {len(by_item)} items, AUC {fmt(overall)}, "
-          f"within {len(within)} mixed items {fmt(within_auc)}", flush=True)
+          f"within {mixed} mixed items {fmt(within)}", flush=True)
 
 
 if __name__ == "__main__":
