@@ -21,9 +21,9 @@ phrase in words ("17 less than 40", "3 lots of 25") or an order ("Subtract 17 fr
 ~50 names (some non-ASCII) and ~60 things, sometimes with an aside between the numbers and the
 question. The first stage's 24 phrasings and 9 word problems (de80e44) left held-out questions'
 operands misread in 33 of 60 judgements; the tenth stage's (~26 word problems, 6 phrases for ×)
-still misread 13 of 60, all in held-out phrasings, so the eleventh's data adds ~30 word-problem
+still misread 13 of 60, all in held-out phrasings, so the eleventh's data adds 28 word-problem
 structures (11 for ×, the count of groups and the size of each in either order and in separate
-sentences), ~25 phrases and orders, and unspaced "12x6". heldout_overlap.py checks that no
+sentences), 28 phrases and orders, and unspaced "12x6". heldout_overlap.py checks that no
 held-out question shares a template with these.
 
 The judgement computes: its criteria name each response's final answer (before the result is
