@@ -9,7 +9,11 @@ by parts, a word-problem sentence) is drawn for right and wrong responses alike,
 for every response of an item, and the wrong ones are wrong in the number only: off by one, off
 by ten or a hundred, a dropped carry or borrow (with the working that makes it), the wrong
 operation, two digits swapped, a right equation with a wrong final answer; and the reverse, a
-right final answer after a wrong equation, which scores between. An opener and a closer frame
+right final answer after a wrong equation, which scores between. Working in chained sentences
+(stepwise) puts several numbers between the question's and the answer, and some answers are
+written against "=" ("Total=56"): of the eleventh stage's 21 misnamed held-out answers (greedy,
+60 pairs), 9 were a number from inside a chain of working and 6 a fragment of an unspaced
+equation. An opener and a closer frame
 some responses (framed), so that an answer is the last number wherever its form puts it.
 Operands up to three digits for + and -, up to three digits times one for ×.
 
@@ -23,8 +27,11 @@ question. The first stage's 24 phrasings and 9 word problems (de80e44) left held
 operands misread in 33 of 60 judgements; the tenth stage's (~26 word problems, 6 phrases for ×)
 still misread 13 of 60, all in held-out phrasings, so the eleventh's data adds 28 word-problem
 structures (11 for ×, the count of groups and the size of each in either order and in separate
-sentences), 28 phrases and orders, and unspaced "12x6". heldout_overlap.py checks that no
-held-out question shares a template with these.
+sentences), 28 phrases and orders, and unspaced "12x6". The eleventh still read × as - in 3
+of its 6 held-out pairs without a right judgement among 8, so the twelfth's makes × a third of
+the questions, with 12 more × word problems whose one-digit factor comes late ("every basket
+holds 6"), 9 more × phrases and orders, and one-letter signs unspaced half the time.
+heldout_overlap.py checks that no held-out question shares a template with these.
 
 The judgement computes: its criteria name each response's final answer (before the result is
 written, so that a copied number cannot drift to it), work the result out column by column
@@ -88,7 +95,9 @@ PHRASES = {
     "×": [("the product of {a} and {b}", "ab"), ("{a} when multiplied by {b}", "ab"), ("{b} groups of {a}", "ba"),
           ("{b} lots of {a}", "ba"), ("{a} copies of {b}", "ab"), ("{b} sets of {a}", "ba"),
           ("{a} taken {b} times", "ab"), ("{b} times as many as {a}", "ba"), ("{a} repeated {b} times", "ab"),
-          ("{b} batches of {a}", "ba"), ("{a} groups of {b}", "ab")],
+          ("{b} batches of {a}", "ba"), ("{a} groups of {b}", "ab"), ("{b} helpings of {a}", "ba"),
+          ("{a}, {b} times over", "ab"), ("{b} rounds of {a}", "ba"), ("{b} piles of {a}", "ba"),
+          ("{a} scaled up {b} times", "ab"), ("{b} stacks of {a}", "ba")],
 }
 PHRASE_AROUND = [("What is ", "?"), ("Compute ", "."), ("Calculate ", "."), ("Tell me ", "."), ("What do I get for ", "?"),
                  ("I want ", "."), ("Please give ", "."), ("", "?"), ("What is ", " equal to?"), ("Can you get ", "?"),
@@ -109,7 +118,9 @@ ORDERS = {
     "×": [("Multiply {a} by {b}", "ab"), ("Multiply {a} and {b}", "ab"), ("Times {a} by {b}", "ab"),
           ("Double {a}", "a2"), ("Triple {a}", "a3"), ("Multiply {b} by {a}", "ba"), ("Scale {a} by {b}", "ab"),
           ("Multiply together {a} and {b}", "ab"), ("Take {a}, {b} times", "ab"), ("Quadruple {a}", "a4"),
-          ("Repeat {a} {b} times and add them up", "ab"), ("Make {b} copies of {a} and count them", "ba")],
+          ("Repeat {a} {b} times and add them up", "ab"), ("Make {b} copies of {a} and count them", "ba"),
+          ("Count {b} groups of {a}", "ba"), ("Take {b} stacks of {a} and total them", "ba"),
+          ("Give {b} people {a} each and count the lot", "ba")],
 }
 ORDER_AROUND = [("", "."), ("Please ", "."), ("Can you ", "?"), ("", ""), ("Quickly, ", "."), ("", ". What do you get?"),
                 ("", ". What is the result?"), ("", " and tell me the answer."), ("Could you ", " for me?"), ("", ", please."),
@@ -158,7 +169,19 @@ STORY_START = {
           ("{P} has {a} shelves of {t}. There are {b} on each shelf.", "ab"),
           ("{N} plants {a} lines of {t} with {b} per line.", "ab"),
           ("Each of the {a} classes at {p} gets {b} {t}.", "ab"),
-          ("{N} lays out {a} columns of {t}, {b} per column.", "ab")],
+          ("{N} lays out {a} columns of {t}, {b} per column.", "ab"),
+          ("{N} has {a} baskets, and every basket holds {b} {t}.", "ab"),
+          ("{P} stacks {t} on {a} pallets. Each pallet takes {b}.", "ab"),
+          ("{N} hands out {t} to {a} children, {b} apiece.", "ab"),
+          ("{a} families visit {p}, and every family brings {b} {t}.", "ab"),
+          ("{P} needs {b} {t} for each of its {a} rooms.", "ba"),
+          ("A tray holds {b} {t}. {N} has {a} full trays.", "ba"),
+          ("{N} packs {a} parcels and puts {b} {t} in every parcel.", "ab"),
+          ("{P} runs {a} buses, and each bus carries {b} {t}.", "ab"),
+          ("There are {a} teams at {p}. Every team has {b} {t}.", "ab"),
+          ("{N} buys {t} in packets of {b} and gets {a} packets.", "ba"),
+          ("{a} shelves line the wall at {p}; every shelf holds {b} {t}.", "ab"),
+          ("{N} earns {b} {t} for every game and plays {a} games.", "ba")],
 }
 STORY_ASK = {
     "+": ["How many {t} does {n} have now?", "How many {t} in total?", "How many {t} altogether?",
@@ -166,7 +189,8 @@ STORY_ASK = {
     "-": ["How many {t} are left?", "How many {t} remain?", "How many are still there?",
           "How many {t} are there now?", "What is left?", "How many {t} does that leave?"],
     "×": ["How many {t} in all?", "How many {t} is that altogether?", "What is the total number of {t}?",
-          "How many {t} are there?", "How many {t} does that make?"],
+          "How many {t} are there?", "How many {t} does that make?", "How many {t} are there in total?",
+          "Count the {t}: how many?", "What is the full count of {t}?"],
 }
 # A sentence a word problem can carry between its numbers and its question, so that the
 # operands are not always in the sentence just before the question.
@@ -203,7 +227,9 @@ def cap(s):
 def question(rng):
     """(question, op, a, b, result, ctx): a + b, a - b or a × b (b one digit), asked in one of
     four ways, bare expression, a phrase in words, an order, a word problem."""
-    op = rng.choice(["+", "+", "-", "-", "×"])
+    # × a third of the time (a fifth up to the eleventh stage, whose held-out greedy judgements
+    # still read 3 of 7 × word problems and "12x6" as -).
+    op = rng.choice(["+", "+", "-", "-", "×", "×"])
     a, b = operands(rng, op)
     way = rng.choices(["bare", "phrase", "order", "story"], weights=[4, 2, 2, 4])[0]
     name, thing = rng.choice(NAMES), rng.choice(THINGS)
@@ -213,7 +239,7 @@ def question(rng):
         sign = rng.choice(SIGNS[op])
         x, y = (b, a) if op != "-" and rng.random() < 0.3 else (a, b)
         # Words need their spaces; a one-letter x or X is written against its numbers too ("12x6").
-        gap = " " if len(sign) > 1 or rng.random() < 0.7 else ""
+        gap = " " if len(sign) > 1 or rng.random() < 0.5 else ""
         pre, post = rng.choice(AROUND)
         q = f"{pre}{x}{gap}{sign}{gap}{y}{post}"
     elif way in ("phrase", "order"):
@@ -293,14 +319,15 @@ def column(op, a, b, drop_carry=False):
 
 # ------------------------------------------------------------------ responses
 
-FORMS = ["digits", "sentence", "equation", "eq_answer", "words", "worked", "parts", "story"]
+FORMS = ["digits", "sentence", "equation", "eq_answer", "words", "worked", "parts", "story", "steps"]
 WRONG = ["off_by_one", "off_by_ten", "drop_carry", "wrong_op", "swap", "inconsistent"]
 SWAP_OP = {"+": "-", "-": "+", "×": "+"}
 # How a response can state its final answer x.
 SAY = ["The answer is {x}.", "It is {x}.", "{x} is the answer.", "Answer: {x}", "So it is {x}.", "That makes {x}.",
        "We get {x}.", "My answer is {x}.", "I think it is {x}.", "{x}.", "It equals {x}.", "Final answer: {x}",
        "The result is {x}", "It comes to {x}.", "Easy: {x}", "That's {x}!", "{x} for sure.", "Total: {x}", "I got {x}",
-       "Should be {x}.", "**{x}**", "Pretty sure it's {x}.", "Ans: {x}", "→ {x}", "The result: {x}."]
+       "Should be {x}.", "**{x}**", "Pretty sure it's {x}.", "Ans: {x}", "→ {x}", "The result: {x}.", "Answer={x}",
+       "Total={x}", "result={x}", "So, ={x}"]
 
 
 def wrong_value(rng, kind, op, a, b, c):
@@ -375,6 +402,23 @@ def parts(op, a, b, x):
     return f"First {a} {op} {tens} = {mid}, then {mid} {op} {ones} = {x}."
 
 
+def stepwise(op, a, b, x):
+    """Working in sentences, each step an equation whose result the next one starts from, the
+    final step's result x: several numbers come between the question's and the answer, which is
+    the last (the eleventh stage named a number from inside a held-out chain of working for 9
+    of its 21 misnamed answers)."""
+    if op == "×":
+        tens, ones = a - a % 10, a % 10
+        if not ones:
+            return f"{b} × {tens} = {x}."
+        return f"{b} × {tens} = {tens * b}. {b} × {ones} = {ones * b}. {tens * b} + {ones * b} = {x}."
+    tens, ones = b - b % 10, b % 10
+    if not ones:
+        return f"{a} {op} {tens} = {x}."
+    mid = OPS[op](a, ones)
+    return f"{a} {op} {ones} = {mid}. {mid} {op} {tens} = {x}."
+
+
 def response(rng, form, kind, op, a, b, c, ctx):
     """(text, final answer or None, shows working, the equation's value where it differs from
     the final answer). kind: right, wrong:<how>, reverse, none."""
@@ -393,7 +437,7 @@ def response(rng, form, kind, op, a, b, c, ctx):
         return f"{equation(rng, op, a, b, c, '=')}. " + say(rng, x), x, True, None
     if form == "story" and ctx["story"] is None:
         form = "sentence"
-    if form == "parts" and (b < 10 if op != "×" else a < 10):
+    if form in ("parts", "steps") and (b < 10 if op != "×" else a < 10):
         form = "worked"
     if form == "digits":
         return str(x), x, False, None
@@ -410,6 +454,8 @@ def response(rng, form, kind, op, a, b, c, ctx):
         return ctx["story"].format(x=x, **{k: v for k, v in ctx.items() if k != "story"}), x, False, None
     if form == "parts":
         return parts(op, a, b, x), x, True, None
+    if form == "steps":
+        return stepwise(op, a, b, x), x, True, None
     # worked: column steps; a dropped carry shows its own wrong steps, other mistakes a slip
     # at the end.
     steps, _ = column(op, a, b, drop_carry=how == "drop_carry")

@@ -8,7 +8,7 @@
 #   DEVICE=cuda bash training/checked.sh   # on a GPU, in one go
 #   bash training/checked.sh               # on CPU: one piece of PIECE_SECONDS (6600) per run;
 #                                          # exits 75 while the plan is unfinished: run it again
-# This is the eleventh stage, and each stage starts from the weights of a stage before, whose
+# This is the twelfth stage, and each stage starts from the weights of a stage before, whose
 # state is committed: the first (arith.py at de80e44: 24 phrasings, the analysis alone naming
 # each answer; 1,668 steps, training/resume/checked-stage1.pt) taught the column facts; the
 # second (at 1de4006: composed questions, each answer named before the working; stopped at step
@@ -31,11 +31,16 @@
 # on from the eighth on new items (SEED 39), the same recipe (276 steps,
 # training/resume/checked-stage9.safetensors); the tenth went on from the ninth on new items
 # (SEED 40), the same recipe with a fifth more items (326 steps,
-# training/resume/checked-stage10.safetensors); this one goes on from the tenth on new items
-# (SEED 41) whose questions vary more how they place and name their operands (arith.py at this
-# stage: more word-problem structures for each operation, × among them, asides between the
-# numbers and the question, more phrases and orders, "12x6" unspaced), a third of them stories.
-# ITEMS (20000), OLD_ITEMS (6000) and DRILLS (7000) size the data, LR (1.5e-4) and EPOCHS (1)
+# training/resume/checked-stage10.safetensors); the eleventh went on from the tenth on new items
+# (SEED 41, arith.py at 93a60c9) whose questions vary more how they place and name their operands
+# (more word-problem structures for each operation, × among them, asides between the numbers and
+# the question, more phrases and orders, "12x6" unspaced), a third of them stories (20,000
+# items, 6,000 of the first domain, 7,000 drills, 328 steps,
+# training/resume/checked-stage11.safetensors); this one goes on from the eleventh on new items
+# (SEED 42) where × is a third of the questions (12 more × word problems whose one-digit factor
+# comes late, 9 more × phrases and orders, one-letter signs unspaced half the time), a form of
+# working in chained sentences (arith.stepwise) and answers written against "=" ("Total=56").
+# ITEMS (16000), OLD_ITEMS (5000) and DRILLS (5000) size the data, LR (1.5e-4) and EPOCHS (1)
 # the plan, MAX_STEPS cuts it, NO_SHIP=1 stops before models/ is written. The state lives in
 # $GRM_TRAIN_OUT/checked (training/out/checked); a piece that ends unfinished also writes it,
 # in bf16, to training/resume/checked.pt, which is committed: a session's disk does not outlive
@@ -49,7 +54,7 @@ cp models/grm/tokenizer.json "$out/tokenizer/tokenizer.json"
 # kept beside the state (a run in pieces must not start a piece from a model it shipped itself).
 if [ ! -f "$out/init/model.safetensors" ]; then
   cp models/grm/config.json models/grm/tokenizer.json "$out/init/"
-  cp training/resume/checked-stage10.safetensors "$out/init/model.safetensors"
+  cp training/resume/checked-stage11.safetensors "$out/init/model.safetensors"
 fi
 # Every layer sees the whole context (WINDOW, 1024 = max_position_embeddings; the shipped GRM's
 # sliding layers see 64 tokens): a judgement copies operands and each response's answer from
@@ -60,8 +65,8 @@ c = json.load(open(sys.argv[1]))
 c["sliding_window"] = int(sys.argv[2])
 json.dump(c, open(sys.argv[1], "w"), indent=2)
 EOF
-[ -f "$out/data.npz" ] || time "$py" training/checked.py data --items "${ITEMS:-20000}" --old-items "${OLD_ITEMS:-6000}" \
-  --drills "${DRILLS:-7000}" --seed "${SEED:-41}" --out "$out/data.npz" --threads "$threads"
+[ -f "$out/data.npz" ] || time "$py" training/checked.py data --items "${ITEMS:-16000}" --old-items "${OLD_ITEMS:-5000}" \
+  --drills "${DRILLS:-5000}" --seed "${SEED:-42}" --out "$out/data.npz" --threads "$threads"
 carried=training/resume/checked.pt
 [ -f "$out/state.pt" ] || [ ! -f "$carried" ] || { echo "checked: resuming from $carried" >&2; cp "$carried" "$out/state.pt"; }
 piece=()

@@ -64,8 +64,15 @@ def finals(item):
 
 
 def form(response):
+    """A response's form, as the answers-named counts split them: a chain of working (two or more
+    "="; the eleventh stage named a number inside one for 9 of its 21 misnamed held-out answers)
+    and an unspaced equation ("53+403=456", 6 of 21) apart from the other equations."""
     if re.fullmatch(r"\s*\d+\s*", response):
         return "bare"
+    if response.count("=") >= 2:
+        return "chain"
+    if re.search(r"\d=\d", response):
+        return "unspaced"
     return "equation" if "=" in response else "words"
 
 
@@ -143,7 +150,7 @@ def main():
     print(f"{n} greedy judgements: right {c['correct']}; operands read {c['operands']}; "
           f"working right for the operands read {c['working']}; result right {c['result']}; "
           f"every answer named rightly {c['all answers']}; score count right {c['score count']}")
-    kinds = [k for k in ("bare", "equation", "words") if c[f"answers {k}"]]
+    kinds = [k for k in ("bare", "equation", "chain", "unspaced", "words") if c[f"answers {k}"]]
     named = sum(c[f"answers {k} right"] for k in kinds)
     total = sum(c[f"answers {k}"] for k in kinds)
     print(f"answers named rightly {named}/{total}: " +
