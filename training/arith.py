@@ -405,8 +405,7 @@ def parts(op, a, b, x):
 def stepwise(op, a, b, x):
     """Working in sentences, each step an equation whose result the next one starts from, the
     final step's result x: several numbers come between the question's and the answer, which is
-    the last (the eleventh stage named a number from inside a held-out chain of working for 9
-    of its 21 misnamed answers)."""
+    the last (see the module's docstring for why)."""
     if op == "×":
         tens, ones = a - a % 10, a % 10
         if not ones:
